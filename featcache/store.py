@@ -1,0 +1,409 @@
+"""The HDF5 feature cache: its key, its file layout, crash-safe writing, and reading it back.
+
+A finished cache is one plain HDF5 file (layout in the README) that h5py alone can read.
+While an extraction runs, rows go into ``<cache>.partial.h5`` whose datasets are allocated up
+front, so later writes only fill raw data and the file stays readable if the process is killed;
+a committed-rows counter says how far it got, and the finished file appears only through an
+atomic rename.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import h5py
+import numpy as np
+
+from .config import FeatcacheError
+
+FORMAT_VERSION = 1
+PARTIAL_SUFFIX = ".partial.h5"
+REASON_BYTES = 200  # fixed width, so recording a failure never changes the file's structure
+CHUNK_BYTES = 1 << 20  # aim for ~1 MiB chunks: large enough for fast I/O, small enough to read a few rows
+
+
+# --- the cache key ------------------------------------------------------------------------------
+
+def _sha256_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def cache_key(parts: dict) -> str:
+    """The fingerprint: one hash over every part that can change the stored features."""
+    return _sha256_json(parts)
+
+
+def key_parts(source, manifest: dict, backbone, layers: Sequence[str], pooling: str, precision: str,
+              dtype: str) -> dict:
+    """What the features depend on, each part small enough to compare (files are hashed)."""
+    import torch
+    import torchvision
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "files": _sha256_json({"paths": source.paths, **manifest}),
+        "labels": _sha256_json({"labels": source.labels.tolist(), "splits": source.splits,
+                                "classes": source.class_names}),
+        "n_files": len(source),
+        "model": backbone.name,
+        "weights_sha256": backbone.weights_sha256,
+        "layers": list(layers),
+        "pool": pooling,
+        "preprocess": backbone.preprocess.to_dict(),
+        "precision": precision,
+        "dtype": dtype,
+        "versions": {"torch": torch.__version__.split("+")[0], "torchvision": torchvision.__version__.split("+")[0]},
+    }
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:limit] or "x"
+
+
+def cache_path(cache_dir: Path, source_name: str, model: str, layers: Sequence[str], fingerprint: str) -> Path:
+    """A readable name: ``<dataset>__<model>__<layers>__<hash12>.h5``."""
+    name = "__".join([_slug(source_name), _slug(model), _slug("+".join(layers)), fingerprint[:12]])
+    return Path(cache_dir) / f"{name}.h5"
+
+
+def partial_path(path: Path) -> Path:
+    return path.with_name(path.name[: -len(".h5")] + PARTIAL_SUFFIX)
+
+
+def lock_path(path: Path) -> Path:
+    return path.parent / ".locks" / (path.name + ".lock")
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+@dataclass
+class RowBlock:
+    """Features for consecutive rows, with which images decoded (``ok``) and why others did not."""
+
+    features: Dict[str, np.ndarray]
+    ok: np.ndarray
+    reasons: List[str]
+
+
+def rows_per_chunk(row_bytes: int) -> int:
+    return int(max(1, min(4096, CHUNK_BYTES // max(1, row_bytes))))
+
+
+class CacheWriter:
+    """Streams row blocks into the partial file in order; :meth:`finish` publishes the cache.
+
+    Rows are buffered up to whole chunks, so each HDF5 write fills complete chunks; the
+    ``progress/rows_done`` counter only moves after the rows before it are flushed.
+    """
+
+    def __init__(self, path: Path, source, shapes: Dict[str, Tuple[int, ...]], dtype: str,
+                 fingerprint: str, attrs: dict):
+        self.path, self.partial = path, partial_path(path)
+        self.n = len(source)
+        self.shapes, self.dtype = shapes, np.dtype(dtype)
+        row_bytes = sum(int(np.prod(s)) for s in shapes.values()) * self.dtype.itemsize
+        self.chunk_rows = min(self.n, rows_per_chunk(row_bytes))
+        self.fingerprint = fingerprint
+        self.file = self._open_or_create(source, attrs)
+        self.rows_done = int(self.file["progress/rows_done"][()])
+        self._pending: List[RowBlock] = []
+        self._pending_rows = 0
+
+    def _open_or_create(self, source, attrs) -> h5py.File:
+        if self.partial.exists():
+            try:
+                f = h5py.File(self.partial, "r+")
+                if f.attrs.get("fingerprint") == self.fingerprint and "progress/rows_done" in f:
+                    return f
+                f.close()
+            except (OSError, KeyError):
+                pass  # unreadable leftovers of another run: start over
+            self.partial.unlink()
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        f = h5py.File(self.partial, "w")
+        try:
+            self._create_layout(f, source, attrs)
+        except BaseException:
+            f.close()
+            self.partial.unlink(missing_ok=True)
+            raise
+        return f
+
+    def _create_layout(self, f: h5py.File, source, attrs: dict) -> None:
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        f.attrs["fingerprint"] = self.fingerprint
+        f.attrs["format_version"] = FORMAT_VERSION
+        for layer, shape in self.shapes.items():
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            # Allocate every chunk now: later writes then only touch raw data, never the index.
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+            dcpl.set_chunk((self.chunk_rows,) + tuple(shape))
+            space = h5py.h5s.create_simple((self.n,) + tuple(shape))
+            grp = f.require_group("features")
+            h5py.h5d.create(grp.id, layer.encode(), h5py.h5t.py_create(self.dtype), space, dcpl=dcpl)
+        _write_row_metadata(f, source, np.arange(self.n))
+        prog = f.create_group("progress")
+        prog.create_dataset("rows_done", data=np.int64(0))
+        prog.create_dataset("ok", shape=(self.n,), dtype=np.uint8, fillvalue=0)
+        prog.create_dataset("reasons", shape=(self.n,), dtype=f"S{REASON_BYTES}")
+        for name in ("ok", "reasons"):  # force allocation of these too (contiguous, written now)
+            prog[name][...] = prog[name].fillvalue if name == "ok" else b""
+        f.flush()
+
+    def append(self, block: RowBlock) -> None:
+        self._pending.append(block)
+        self._pending_rows += len(block.ok)
+        if self._pending_rows >= self.chunk_rows:
+            self._write(whole_chunks_only=True)
+
+    def flush(self) -> None:
+        if self._pending_rows:
+            self._write(whole_chunks_only=False)
+
+    def _write(self, whole_chunks_only: bool) -> None:
+        feats = {k: np.concatenate([b.features[k] for b in self._pending]) for k in self.shapes}
+        ok = np.concatenate([b.ok for b in self._pending])
+        reasons = [r for b in self._pending for r in b.reasons]
+        n = len(ok)
+        end_aligned = ((self.rows_done + n) // self.chunk_rows) * self.chunk_rows
+        take = end_aligned - self.rows_done if whole_chunks_only else n
+        if take <= 0:
+            return
+        if self.rows_done + take > self.n:
+            raise RuntimeError("more rows than the cache was sized for")
+        lo, hi = self.rows_done, self.rows_done + take
+        for k in self.shapes:
+            self.file["features"][k][lo:hi] = feats[k][:take].astype(self.dtype, copy=False)
+        self.file["progress/ok"][lo:hi] = ok[:take]
+        enc = np.array([r.encode("utf-8", "replace")[:REASON_BYTES] for r in reasons[:take]], dtype=f"S{REASON_BYTES}")
+        self.file["progress/reasons"][lo:hi] = enc
+        self.file.flush()  # rows first, then the counter that vouches for them
+        self.file["progress/rows_done"][()] = hi
+        self.file.flush()
+        self.rows_done = hi
+        rest = n - take
+        self._pending = [RowBlock({k: v[take:] for k, v in feats.items()}, ok[take:], reasons[take:])] if rest else []
+        self._pending_rows = rest
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
+
+    def finish(self, created_attrs: dict) -> Tuple[int, List[Tuple[str, str]]]:
+        """Copy decoded rows into the final layout, then rename it into place atomically.
+
+        Returns the number of rows written and the ``(path, reason)`` of files that failed.
+        """
+        self.flush()
+        if self.rows_done != self.n:
+            raise RuntimeError(f"finish() with {self.rows_done} of {self.n} rows written")
+        f = self.file
+        ok = f["progress/ok"][:].astype(bool)
+        reasons = f["progress/reasons"][:]
+        all_paths = f["source/paths"].asstr()[:]
+        failed = [(all_paths[i], reasons[i].decode("utf-8", "replace")) for i in np.flatnonzero(~ok)]
+        keep = np.flatnonzero(ok)
+        if len(keep) == 0:
+            self.close()
+            raise FeatcacheError(
+                f"no image could be decoded ({len(failed)} files failed, e.g. {failed[0][0]}: {failed[0][1]}); "
+                f"nothing was written")
+        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
+        try:
+            with h5py.File(tmp, "w") as out:
+                for k, v in f.attrs.items():
+                    out.attrs[k] = v
+                for k, v in created_attrs.items():
+                    out.attrs[k] = v
+                f.copy(f["source"], out, "source")
+                for layer, shape in self.shapes.items():
+                    src = f["features"][layer]
+                    dst = out.create_dataset(f"features/{layer}", shape=(len(keep),) + tuple(shape),
+                                             dtype=self.dtype, chunks=(min(len(keep), self.chunk_rows),) + tuple(shape))
+                    _copy_rows(src, dst, keep, self.chunk_rows)
+                _write_row_metadata(out, None, keep, from_file=f)
+                grp = out.create_group("failed")
+                grp.create_dataset("paths", data=np.array([p for p, _ in failed], dtype=object),
+                                   dtype=h5py.string_dtype())
+                grp.create_dataset("reasons", data=np.array([r for _, r in failed], dtype=object),
+                                   dtype=h5py.string_dtype())
+                out.attrs["n_rows"] = len(keep)
+                out.attrs["complete"] = True
+            self.close()
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.partial.unlink(missing_ok=True)
+        return len(keep), failed
+
+
+def _copy_rows(src: h5py.Dataset, dst: h5py.Dataset, keep: np.ndarray, step: int) -> None:
+    """Copy ``src[keep]`` into ``dst`` a block at a time (never the whole array in memory)."""
+    step = max(step, 1)
+    for start in range(0, len(keep), step):
+        idx = keep[start:start + step]
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        block = src[lo:hi]
+        dst[start:start + len(idx)] = block[idx - lo]
+
+
+def _write_row_metadata(f: h5py.File, source, rows: np.ndarray, from_file: Optional[h5py.File] = None) -> None:
+    """Per-row datasets (``paths``, ``labels``, ``split``) and, on creation, the ``source`` manifest."""
+    if from_file is None:
+        paths = np.array(source.paths, dtype=object)
+        labels = source.labels
+        splits = np.array(source.splits, dtype=object) if source.splits is not None else None
+        grp = f.create_group("source")
+        grp.create_dataset("paths", data=paths, dtype=h5py.string_dtype())
+        grp.create_dataset("labels", data=labels)
+        if splits is not None:
+            grp.create_dataset("split", data=splits, dtype=h5py.string_dtype())
+        return
+    src = from_file["source"]
+    f.create_dataset("paths", data=src["paths"].asstr()[:][rows].astype(object), dtype=h5py.string_dtype())
+    f.create_dataset("labels", data=src["labels"][:][rows])
+    if "split" in src:
+        f.create_dataset("split", data=src["split"].asstr()[:][rows].astype(object), dtype=h5py.string_dtype())
+
+
+def write_manifest(path: Path, manifest: dict) -> None:
+    """Per-file size/mtime (and hash) of every input, so ``explain`` can say which files changed."""
+    with h5py.File(path, "r+") as f:
+        grp = f["source"]
+        for k in ("size", "mtime_ns"):
+            if k in manifest:
+                grp.create_dataset(k, data=np.asarray(manifest[k], dtype=np.int64))
+        if manifest.get("sha256"):
+            grp.create_dataset("sha256", data=np.array(manifest["sha256"], dtype=object), dtype=h5py.string_dtype())
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+@dataclass
+class FeatureSet:
+    """A cache opened for use: ``X`` (first layer), ``y``, ``paths``, ``classes``, ``split``, ``meta``.
+
+    With ``lazy=True`` the feature arrays are h5py datasets read on demand (close it afterwards,
+    or use it as a context manager); otherwise they are numpy arrays in memory.
+    """
+
+    path: Path
+    features: Dict[str, object]
+    y: np.ndarray
+    paths: np.ndarray
+    classes: List[str]
+    split: Optional[np.ndarray]
+    meta: dict
+    failed: List[Tuple[str, str]] = field(default_factory=list)
+    _file: Optional[h5py.File] = None
+
+    @property
+    def layers(self) -> List[str]:
+        return list(self.features)
+
+    @property
+    def X(self):
+        return self.features[self.layers[0]]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, split: str) -> Tuple[np.ndarray, np.ndarray]:
+        """``(X, y)`` of one split (``train``, ``val`` or ``test``)."""
+        if self.split is None:
+            raise FeatcacheError(f"{self.path} has no splits")
+        rows = np.flatnonzero(self.split == split)
+        return np.asarray(self.X[rows] if not isinstance(self.X, np.ndarray) else self.X[rows]), self.y[rows]
+
+    def close(self) -> None:
+        if self._file is not None and self._file.id.valid:
+            self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def incomplete_message(partial: Path) -> str:
+    try:
+        with h5py.File(partial, "r") as f:
+            done, n = int(f["progress/rows_done"][()]), len(f["source/paths"])
+        return f"incomplete: {done:,} of {n:,} rows; rerun the same command to resume"
+    except (OSError, KeyError):
+        return "incomplete and unreadable; rerun the same command to start it again"
+
+
+def load(path, lazy: bool = False) -> FeatureSet:
+    """Open a finished cache; a clear error for missing, partial or other-version files."""
+    path = Path(path).expanduser()
+    if path.name.endswith(PARTIAL_SUFFIX):
+        raise FeatcacheError(f"{path} is {incomplete_message(path)}")
+    if not path.exists():
+        if partial_path(path).exists():
+            raise FeatcacheError(f"{path} is {incomplete_message(partial_path(path))}")
+        raise FeatcacheError(f"no cache at {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise FeatcacheError(f"{path} is not a readable HDF5 file ({e})") from e
+    try:
+        version = f.attrs.get("format_version")
+        if version is None or "features" not in f:
+            raise FeatcacheError(f"{path} is not a featcache file (no format_version attribute)")
+        if int(version) != FORMAT_VERSION:
+            raise FeatcacheError(f"{path} was written in cache format {version}; this featcache reads format "
+                                 f"{FORMAT_VERSION}. Re-extract it with this version (or use the featcache that wrote it)")
+        if not f.attrs.get("complete", False):
+            raise FeatcacheError(f"{path} is incomplete; rerun the same command to resume")
+        features = {k: (f["features"][k] if lazy else f["features"][k][:]) for k in json.loads(f.attrs["layers"])}
+        fs = FeatureSet(
+            path=path,
+            features=features,
+            y=f["labels"][:],
+            paths=f["paths"].asstr()[:],
+            classes=json.loads(f.attrs["class_names"]),
+            split=f["split"].asstr()[:] if "split" in f else None,
+            meta={k: (json.loads(v) if k in ("config", "key", "versions") else v) for k, v in f.attrs.items()},
+            failed=list(zip(f["failed/paths"].asstr()[:], f["failed/reasons"].asstr()[:])),
+            _file=f if lazy else None,
+        )
+    except BaseException:
+        f.close()
+        raise
+    if not lazy:
+        f.close()
+    return fs
+
+
+def read_attrs(path: Path) -> dict:
+    """The attributes of a finished cache (cheap: no dataset is read)."""
+    with h5py.File(path, "r") as f:
+        return {k: (json.loads(v) if k in ("config", "key", "versions") else v) for k, v in f.attrs.items()}
+
+
+def is_hit(path: Path, fingerprint: str) -> bool:
+    """True when ``path`` is a finished cache for exactly this fingerprint."""
+    if not path.is_file():
+        return False
+    try:
+        attrs = read_attrs(path)
+    except (OSError, ValueError):
+        return False
+    return attrs.get("fingerprint") == fingerprint and bool(attrs.get("complete")) \
+        and attrs.get("format_version") == FORMAT_VERSION
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

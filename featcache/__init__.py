@@ -4,12 +4,8 @@ __version__ = "0.1.0"
 from .config import ExtractConfig, FeatcacheError
 from .store import FeatureSet, load
 
-
-def extract(data=None, **settings):
-    """Extract (or find cached) features for ``data``; returns the cache path. See :func:`featcache.extract.extract`."""
-    from .extract import extract as _extract
-
-    return _extract(data, **settings)
-
+# ``featcache.extract(...)`` is the API function; ``python -m featcache.extract`` is the CLI module,
+# which stays callable too (see featcache/extract.py).
+from .pipeline import extract  # noqa: E402
 
 __all__ = ["ExtractConfig", "FeatcacheError", "FeatureSet", "extract", "load", "__version__"]

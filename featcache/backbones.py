@@ -305,9 +305,12 @@ def default_layer(module: nn.Module, nodes: Sequence[str]) -> str:
 
 
 def check_layers(layers: Sequence[str], nodes: Sequence[str]) -> None:
-    """Fail before any batch runs when a layer name is wrong, with the closest valid names."""
+    """Fail before any batch runs when a layer name is wrong, with the closest valid names.
+
+    As in torchvision, a module name (``layer4``) stands for the last node inside that module.
+    """
     for layer in layers:
-        if layer not in nodes:
+        if layer not in nodes and not any(n.startswith(layer + ".") for n in nodes):
             close = difflib.get_close_matches(layer, nodes, n=5, cutoff=0.4)
             raise FeatcacheError(
                 f"--layer {layer!r} is not a node of this model"

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -214,6 +213,7 @@ class CacheWriter:
         keep = np.flatnonzero(ok)
         if len(keep) == 0:
             self.close()
+            self.partial.unlink(missing_ok=True)
             raise FeatcacheError(
                 f"no image could be decoded ({len(failed)} files failed, e.g. {failed[0][0]}: {failed[0][1]}); "
                 f"nothing was written")

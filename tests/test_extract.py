@@ -1,0 +1,198 @@
+"""End to end: folders → features in HDF5, cache hits without a forward pass, every kind of miss, the CLI."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import featcache
+from featcache import FeatcacheError, load
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _counting_resnet():
+    """A real ResNet-18 whose stem counts the images it sees (forward hook on a submodule)."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    model.seen = 0
+
+    def hook(module, args):
+        model.seen += args[0].shape[0]
+
+    model.conv1.register_forward_pre_hook(hook)
+    return model
+
+
+def test_class_folder_end_to_end(class_folder, fast):
+    path = featcache.extract(class_folder, **fast)
+    fs = load(path)
+    assert fs.X.shape == (12, 512) and fs.X.dtype == np.float32
+    assert fs.classes == ["bird", "cat", "dog"] and fs.split is None
+    assert list(fs.paths) == sorted(fs.paths) and "cat/same.png" in fs.paths and "dog/same.png" in fs.paths
+    assert np.isfinite(fs.X).all() and fs.X.std() > 0
+    assert path.name.startswith("class_folder__resnet18__flatten__")
+
+
+def test_csv_and_unlabelled_inputs(csv_dataset, unlabelled_folder, fast):
+    fs = load(featcache.extract(csv_dataset, **fast))
+    assert len(fs) == 24 and fs.classes == ["blue", "green", "red"] and set(fs.split) == {"train", "val", "test"}
+    fs = load(featcache.extract(unlabelled_folder, **fast))
+    assert len(fs) == 5 and (fs.y == -1).all() and fs.classes == []
+
+
+def test_torch_dataset_input(fast):
+    class Tiny(torch.utils.data.Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return torch.full((3, 20, 20), 30 * i, dtype=torch.uint8), i % 3
+
+    fs = load(featcache.extract(Tiny(), **fast))
+    assert fs.X.shape == (6, 512) and fs.y.tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_features_match_the_model_run_by_hand(split_folder, fast):
+    """The stored row is exactly what the model gives for that image (no row shuffled or shifted)."""
+    from featcache.sources import decode_file
+
+    model = _counting_resnet()
+    fs = load(featcache.extract(split_folder, **{**fast, "model": model}))
+    img = decode_file(split_folder / fs.paths[5], 37, 32)  # resnet18: resize 256 → crop 224 ratio at 32 px
+    x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) \
+        / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    model.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        expected = model.eval()(x)[0].numpy()
+    np.testing.assert_allclose(fs.X[5], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_cache_hit_runs_no_forward_pass(split_folder, fast):
+    model = _counting_resnet()
+    first = featcache.extract(split_folder, **{**fast, "model": model})
+    assert model.seen >= 20
+    model.seen = 0
+    again = featcache.extract(split_folder, **{**fast, "model": model, "batch_size": 3, "num_workers": 1})
+    assert again == first and model.seen == 0
+
+
+def test_every_change_that_alters_features_is_a_miss(split_folder, fast, make_image):
+    base = featcache.extract(split_folder, **fast)
+    variants = {
+        "layer": dict(layers=["layer3"]),
+        "pool": dict(layers=["layer3"], pool="max"),
+        "image size": dict(image_size=40),
+        "mean": dict(mean=[0.5, 0.5, 0.5]),
+        "dtype": dict(dtype="float16"),
+        "precision": dict(precision="bf16"),
+        "model": dict(model="resnet34"),
+        "hash mode": dict(hash_content=True),
+    }
+    seen = {base}
+    for what, change in variants.items():
+        path = featcache.extract(split_folder, **{**fast, **change})
+        assert path not in seen, what
+        seen.add(path)
+    # weights: a local checkpoint with other values
+    torch.manual_seed(7)
+    torch.save(torchvision.models.resnet18().state_dict(), split_folder.parent / "w.pt")
+    assert featcache.extract(split_folder, **{**fast, "weights": str(split_folder.parent / "w.pt")}) not in seen
+    # files: one touched (new mtime), one added
+    f = next((split_folder / "train" / "a").iterdir())
+    os.utime(f, ns=(time.time_ns(), time.time_ns() + 10**9))
+    touched = featcache.extract(split_folder, **fast)
+    assert touched != base
+    make_image(split_folder / "train" / "a" / "new.png", 0, 77)
+    added = featcache.extract(split_folder, **fast)
+    assert added not in (base, touched) and len(load(added)) == 21
+
+
+def test_wrong_layer_fails_before_any_batch(split_folder, fast):
+    model = _counting_resnet()
+    with pytest.raises(FeatcacheError, match="closest: layer4"):
+        featcache.extract(split_folder, **{**fast, "model": model, "layers": ["layer44"]})
+    assert model.seen == 0
+    assert not any(fast["cache_dir"].glob("*.h5")) if fast["cache_dir"].exists() else True
+
+
+def test_broken_files_are_skipped_and_recorded(broken_images, fast):
+    fs = load(featcache.extract(broken_images.root, **fast))
+    assert len(fs) == 3
+    assert sorted(Path(p).name for p, _ in fs.failed) == sorted(broken_images.bad_names)
+    assert all(reason for _, reason in fs.failed)
+
+
+def test_features_feed_scikit_learn_directly(split_folder, fast):
+    from sklearn.linear_model import LogisticRegression
+
+    fs = load(featcache.extract(split_folder, **fast))
+    X, y = fs.subset("train")
+    clf = LogisticRegression(max_iter=500).fit(X, y)
+    assert clf.score(*fs.subset("test")) == 1.0  # the fixture's two classes differ in colour and stripes
+
+
+def _cli(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+def test_readme_main_command_on_the_builtin_default(tmp_path):
+    """`python -m featcache.extract --data data/digits`: real pretrained features, offline, path on stdout."""
+    r = _cli("featcache.extract", "--data", "data/digits", "--no-progress", env={"FEATCACHE_DIR": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    path = Path(r.stdout.strip().splitlines()[-1])
+    assert path.parent == tmp_path and path.is_file()
+    assert "done: 300 images" in r.stderr
+    fs = load(path)
+    assert fs.X.shape == (300, 1280) and len(fs.classes) == 10
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(*fs.subset("train"))
+    assert clf.score(*fs.subset("test")) > 0.7  # pretrained features separate the digits; random ones don't
+    again = _cli("featcache.extract", "--data", "data/digits", env={"FEATCACHE_DIR": str(tmp_path)})
+    assert again.stdout.strip().splitlines()[-1] == str(path) and "cache hit" in again.stderr
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    for args, message in [
+        (["--data", str(tmp_path / "nope")], "no such file or folder"),
+        (["--data", "data/digits", "--model", "resnet18", "--weights", "none", "--layer", "layer9"], "closest"),
+        (["--data", "data/digits", "--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--data", "data/digits", "--weights", str(tmp_path / "w.pt")], "no such file"),
+        ([], "--data is required"),
+    ]:
+        r = _cli("featcache.extract", *args, "--cache-dir", str(tmp_path))
+        assert r.returncode == 2, (args, r.stderr)
+        assert message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_list_layers_cli():
+    r = _cli("featcache.extract", "--model", "resnet18", "--weights", "none", "--list-layers")
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if l.startswith("layer4.1.relu_1 "))
+    assert "512x7x7" in line and " 512 " in line and "2048" in line  # shape, pooled dim, bytes/image
+
+
+def test_ls_and_explain(split_folder, fast, make_image):
+    from featcache.config import ExtractConfig
+    from featcache.explain import explain
+    from featcache.ls import list_caches
+
+    path = featcache.extract(split_folder, **fast)
+    records = list_caches(fast["cache_dir"])
+    assert records[0]["rows"] == 20 and records[0]["dims"] == "512" and records[0]["status"] == "complete"
+    cfg = ExtractConfig(data=split_folder, **fast)
+    assert explain(cfg) == [f"cache hit: {path}"]
+    make_image(split_folder / "val" / "b" / "extra.png", 1, 5)
+    lines = explain(cfg.replace(layers=["layer3"]))
+    text = "\n".join(lines)
+    assert "files added: 1: val/b/extra.png" in text and "layers" in text and "layer3" in text

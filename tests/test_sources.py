@@ -1,0 +1,128 @@
+"""Reading images and labels: folders, splits, CSV, unlabelled, Datasets; decoding every mode to RGB."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from featcache import FeatcacheError
+from featcache.sources import (UNLABELLED, decode_file, from_dataset, open_source, to_rgb)
+
+
+def test_class_folder_labels_from_folder_names_and_junk_ignored(class_folder):
+    src = open_source(class_folder)
+    assert src.class_names == ["bird", "cat", "dog"]
+    assert len(src) == 12  # 4 per class; hidden files/folders, .txt and AppleDouble files skipped
+    assert not any("/." in "/" + p or p.endswith(".txt") for p in src.paths)
+    # same file name in two folders: two rows, with their own labels
+    assert {"cat/same.png", "dog/same.png"} <= set(src.paths)
+    assert src.labels[src.paths.index("cat/same.png")] == 1
+    assert src.labels[src.paths.index("dog/same.png")] == 2
+    assert src.paths == sorted(src.paths)  # deterministic order
+    assert any(p.endswith(".PNG") for p in src.paths) and any(p.endswith(".Jpeg") for p in src.paths)
+    assert src.splits is None
+
+
+def test_split_folders_are_recorded_per_row(split_folder):
+    src = open_source(split_folder)
+    assert src.class_names == ["a", "b"]
+    assert sorted(set(src.splits)) == ["test", "train", "val"]
+    assert src.splits.count("train") == 12 and src.splits.count("val") == 4
+    for path, split in zip(src.paths, src.splits):
+        assert path.startswith(split + "/")
+
+
+def test_csv_labels_splits_and_relative_paths(csv_dataset):
+    src = open_source(csv_dataset)
+    assert src.class_names == ["blue", "green", "red"]
+    assert len(src) == 24
+    assert set(src.splits) == {"train", "val", "test"}
+    assert all((csv_dataset.parent / p).is_file() for p in src.paths)
+
+
+def test_unlabelled_folder(unlabelled_folder):
+    src = open_source(unlabelled_folder)
+    assert len(src) == 5 and src.class_names == []
+    assert (src.labels == UNLABELLED).all()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("file,label\na.png,x\n", "lacks column(s) path"),
+    ("path,label\nmissing.png,x\n", "do not exist"),
+    ("path,label,split\nimg.png,x,training\n", "split must be one of"),
+    ("path,label\nimg.png,x\nimg.png,y\n", "listed twice"),
+    ("path,label\n", "no rows"),
+])
+def test_csv_errors_name_the_problem(tmp_path, make_image, content, message):
+    make_image(tmp_path / "img.png", 0, 0)
+    (tmp_path / "bad.csv").write_text(content)
+    with pytest.raises(FeatcacheError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        open_source(tmp_path / "bad.csv")
+
+
+def test_folder_errors(tmp_path, make_image):
+    with pytest.raises(FeatcacheError, match="no such file or folder"):
+        open_source(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FeatcacheError, match="no images found"):
+        open_source(tmp_path / "empty")
+    make_image(tmp_path / "withempty" / "a" / "1.png", 0, 0)
+    (tmp_path / "withempty" / "b").mkdir()
+    with pytest.raises(FeatcacheError, match=r"class folder .*b holds no images"):
+        open_source(tmp_path / "withempty")
+    make_image(tmp_path / "mixed" / "a" / "1.png", 0, 0)
+    make_image(tmp_path / "mixed" / "loose.png", 0, 1)
+    with pytest.raises(FeatcacheError, match="both class folders and loose images"):
+        open_source(tmp_path / "mixed")
+    make_image(tmp_path / "splitmix" / "train" / "a" / "1.png", 0, 0)
+    make_image(tmp_path / "splitmix" / "other" / "1.png", 0, 0)
+    with pytest.raises(FeatcacheError, match="mixes split folders"):
+        open_source(tmp_path / "splitmix")
+
+
+def test_manifest_tracks_size_mtime_and_optional_hash(class_folder):
+    src = open_source(class_folder)
+    m = src.manifest()
+    assert len(m["size"]) == len(m["mtime_ns"]) == 12 and m["sha256"] is None
+    assert len(src.manifest(hash_content=True)["sha256"][0]) == 64
+
+
+def test_every_odd_mode_decodes_to_rgb_uint8(odd_images):
+    for path in sorted((odd_images / "odd").iterdir()):
+        arr = decode_file(path, 40, 32)
+        assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8, path.name
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # Left half red, right half blue, stored 40x20 landscape with orientation 6 (rotate 90° CW to show).
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = (255, 0, 0)
+    arr[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    out = decode_file(tmp_path / "r.jpg", 20, 20)
+    # shown portrait: red on top, blue at the bottom
+    assert out[2, 10, 0] > 200 and out[2, 10, 2] < 60
+    assert out[17, 10, 2] > 200 and out[17, 10, 0] < 60
+
+
+def test_sixteen_bit_is_scaled_not_clipped_and_alpha_goes_on_white():
+    half = Image.fromarray(np.full((4, 4), 32768, np.uint16))  # mid-grey in 16 bits
+    assert abs(int(np.asarray(to_rgb(half))[0, 0, 0]) - 128) <= 1
+    clear = Image.fromarray(np.zeros((4, 4, 4), np.uint8), "RGBA")  # fully transparent black
+    assert np.asarray(to_rgb(clear))[0, 0].tolist() == [255, 255, 255]
+
+
+def test_torch_dataset_source():
+    class Tiny(torch.utils.data.Dataset):
+        classes = ["zero", "one"]
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.full((3, 8, 8), i * 40, dtype=torch.uint8), i % 2
+
+    src = from_dataset(Tiny())
+    assert src.class_names == ["zero", "one"] and src.labels.tolist() == [0, 1, 0, 1]
+    assert len(src.manifest()["content_sha256"]) == 64

@@ -1,0 +1,134 @@
+"""The HDF5 cache format: plain-h5py layout, crash-safe partial files, compaction, clear load errors."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+import featcache
+from featcache import FeatcacheError
+from featcache.sources import Source
+from featcache.store import CacheWriter, RowBlock, load, partial_path
+
+
+def _source(n):
+    return Source(name="s", root=None, paths=[f"img_{i}.png" for i in range(n)],
+                  labels=np.arange(n) % 2, class_names=["a", "b"], splits=["train"] * (n - 2) + ["test"] * 2)
+
+
+def _block(lo, hi, d=3, bad=()):
+    feats = np.arange(lo, hi, dtype=np.float32)[:, None] * np.ones((1, d), np.float32)
+    ok = np.array([i not in bad for i in range(lo, hi)], np.uint8)
+    return RowBlock({"f": feats}, ok, ["" if o else "OSError: broken" for o in ok])
+
+
+ATTRS = {"layers": json.dumps(["f"]), "class_names": json.dumps(["a", "b"]), "config": "{}", "key": "{}",
+         "versions": "{}"}
+
+
+def test_plain_h5py_layout_after_a_real_extraction(split_folder, fast):
+    path = featcache.extract(split_folder, layers=["layer3", "layer4"], **fast)
+    with h5py.File(path, "r") as f:
+        assert f["features/layer3"].shape == (20, 256) and f["features/layer4"].shape == (20, 512)
+        assert f["features/layer4"].chunks[1:] == (512,)  # whole rows per chunk
+        assert f["features/layer4"].dtype == np.float32
+        assert f["labels"].shape == (20,) and set(f["split"].asstr()[:]) == {"train", "val", "test"}
+        assert f["paths"].asstr()[0].endswith(".png")
+        assert json.loads(f.attrs["class_names"]) == ["a", "b"]
+        assert json.loads(f.attrs["config"])["layers"] == ["layer3", "layer4"]
+        assert len(f.attrs["fingerprint"]) == 64 and f.attrs["format_version"] == 1
+        assert "torch" in json.loads(f.attrs["versions"]) and f.attrs["created"]
+        assert len(f["failed/paths"]) == 0
+        assert "progress" not in f  # resume bookkeeping is gone from a finished file
+    assert not partial_path(path).exists()
+
+
+def test_float16_storage(split_folder, fast):
+    fs = load(featcache.extract(split_folder, dtype="float16", **fast))
+    assert fs.X.dtype == np.float16 and fs.X.shape == (20, 512)
+
+
+def test_partial_file_survives_a_stop_and_resumes(tmp_path):
+    final = tmp_path / "c.h5"
+    w = CacheWriter(final, _source(10), {"f": (3,)}, "float32", "fp1", ATTRS)
+    w.append(_block(0, 4))
+    w.flush()
+    w.close()  # as if the process died here: nothing else was written
+    with pytest.raises(FeatcacheError, match="incomplete: 4 of 10 rows; rerun the same command to resume"):
+        load(final)
+    w = CacheWriter(final, _source(10), {"f": (3,)}, "float32", "fp1", ATTRS)
+    assert w.rows_done == 4
+    w.append(_block(4, 10))
+    n, failed = w.finish({})
+    assert n == 10 and failed == []
+    fs = load(final)
+    np.testing.assert_array_equal(fs.X[:, 0], np.arange(10))
+    assert not partial_path(final).exists()
+
+
+def test_partial_of_another_config_or_corrupt_is_started_over(tmp_path):
+    final = tmp_path / "c.h5"
+    w = CacheWriter(final, _source(10), {"f": (3,)}, "float32", "fp1", ATTRS)
+    w.append(_block(0, 4))
+    w.flush()
+    w.close()
+    assert CacheWriter(final, _source(10), {"f": (3,)}, "float32", "other", ATTRS).rows_done == 0
+    partial_path(final).write_bytes(b"garbage")
+    w = CacheWriter(final, _source(10), {"f": (3,)}, "float32", "fp1", ATTRS)
+    assert w.rows_done == 0
+    w.close()
+
+
+def test_writes_are_chunk_aligned_and_counter_follows(tmp_path):
+    w = CacheWriter(tmp_path / "c.h5", _source(10), {"f": (3,)}, "float32", "fp", ATTRS)
+    w.chunk_rows = 4
+    w.append(_block(0, 3))
+    assert w.rows_done == 0  # less than a chunk: buffered
+    w.append(_block(3, 9))
+    assert w.rows_done == 8  # two whole chunks written, one row waiting
+    w.close()
+
+
+def test_failed_rows_get_no_feature_row_and_are_listed(tmp_path):
+    w = CacheWriter(tmp_path / "c.h5", _source(10), {"f": (3,)}, "float32", "fp", ATTRS)
+    w.append(_block(0, 10, bad={2, 7}))
+    n, failed = w.finish({})
+    assert n == 8 and [p for p, _ in failed] == ["img_2.png", "img_7.png"]
+    fs = load(tmp_path / "c.h5")
+    assert fs.X[:, 0].tolist() == [0, 1, 3, 4, 5, 6, 8, 9]
+    assert list(fs.paths) == [f"img_{i}.png" for i in (0, 1, 3, 4, 5, 6, 8, 9)]
+    assert fs.y.tolist() == [i % 2 for i in (0, 1, 3, 4, 5, 6, 8, 9)]
+    assert fs.failed[0] == ("img_2.png", "OSError: broken")
+
+
+def test_nothing_decodable_is_an_error_and_leaves_nothing(tmp_path):
+    w = CacheWriter(tmp_path / "c.h5", _source(3), {"f": (3,)}, "float32", "fp", ATTRS)
+    w.append(_block(0, 3, bad={0, 1, 2}))
+    with pytest.raises(FeatcacheError, match="no image could be decoded"):
+        w.finish({})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_rejects_other_versions_and_foreign_files(tmp_path, split_folder, fast):
+    path = featcache.extract(split_folder, **fast)
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = 99
+    with pytest.raises(FeatcacheError, match="cache format 99"):
+        load(path)
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(FeatcacheError, match="not a featcache file"):
+        load(tmp_path / "other.h5")
+    (tmp_path / "text.h5").write_text("hello")
+    with pytest.raises(FeatcacheError, match="not a readable HDF5 file"):
+        load(tmp_path / "text.h5")
+    with pytest.raises(FeatcacheError, match="no cache at"):
+        load(tmp_path / "missing.h5")
+
+
+def test_lazy_load_reads_on_demand(split_folder, fast):
+    path = featcache.extract(split_folder, **fast)
+    with load(path, lazy=True) as fs:
+        assert isinstance(fs.X, h5py.Dataset)
+        X, y = fs.subset("train")
+        assert X.shape == (12, 512) and y.shape == (12,)

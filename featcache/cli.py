@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     p.add_argument("--num-workers", type=int,
                    help="decode processes (default: half the cores on CPU runs, cores-1 up to 8 with a GPU)")
+    p.add_argument("--strict", action="store_true",
+                   help="decode every file before extracting and refuse the dataset if any cannot be read "
+                        "(default: skip bad files, record them under failed/ in the cache)")
+    p.add_argument("--decode-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="an image taking longer than this to decode counts as failed; 0 = no limit (default: 60)")
     p.add_argument("--list-layers", action="store_true",
                    help="print the model's layer names with output shapes and bytes per image, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -50,7 +50,8 @@ class ExtractConfig:
     batch_size: int = 64
     num_workers: Optional[int] = None  # None = chosen from the CPU count
     cache_dir: Optional[Path] = None
-    strict: bool = False
+    strict: bool = False  # decode every file first; refuse the dataset if any is bad
+    decode_timeout: float = 60.0  # seconds one image may take to decode before it counts as failed
     progress: bool = True
 
     def replace(self, **changes: Any) -> "ExtractConfig":
@@ -71,6 +72,8 @@ class ExtractConfig:
             raise FeatcacheError(f"--device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise FeatcacheError(f"--batch-size must be a positive integer; got {self.batch_size!r}")
+        if self.decode_timeout < 0:
+            raise FeatcacheError(f"--decode-timeout must be >= 0 seconds (0 = no limit); got {self.decode_timeout}")
         if self.num_workers is not None and self.num_workers < 0:
             raise FeatcacheError(f"--num-workers must be >= 0; got {self.num_workers}")
         for name in ("image_size", "resize_size"):

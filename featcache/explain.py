@@ -15,7 +15,7 @@ import h5py
 
 from . import store
 from .cli import add_extract_arguments, config_from_args, run_cli
-from .pipeline import _prepare
+from .pipeline import plan_extraction
 
 
 def _candidates(cache_dir: Path) -> List[tuple]:
@@ -53,8 +53,8 @@ def _file_changes(path: Path, source, manifest: dict, limit: int = 5) -> List[st
 
 def explain(cfg) -> List[str]:
     """Human-readable lines: a cache hit, or how the nearest cache differs from this config."""
-    source, _, _, _, _, manifest, parts = _prepare(cfg)
-    fingerprint = store.cache_key(parts)
+    plan = plan_extraction(cfg)
+    source, manifest, parts, fingerprint = plan.source, plan.manifest, plan.parts, plan.fingerprint
     candidates = _candidates(cfg.resolved_cache_dir())
     for path, attrs in candidates:
         if attrs.get("fingerprint") == fingerprint:

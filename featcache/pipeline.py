@@ -7,14 +7,18 @@ renamed into place. The same config and unchanged files give a cache hit with no
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -74,23 +78,61 @@ def default_num_workers(device: torch.device) -> int:
 # --- decoding in workers -------------------------------------------------------------------------
 
 class DecodeDataset(torch.utils.data.Dataset):
-    """Rows ``start..`` of a source, decoded to uint8 CHW at the crop size; failures carry a reason."""
+    """The given rows of a source, decoded to uint8 CHW at the crop size; failures carry a reason."""
 
-    def __init__(self, source: sources.Source, pre: backbones.Preprocess, start: int = 0):
-        self.source, self.pre, self.start = source, pre, start
+    def __init__(self, source: sources.Source, pre: backbones.Preprocess, rows: np.ndarray, timeout_s: float):
+        self.source, self.pre, self.rows, self.timeout_s = source, pre, rows, timeout_s
 
     def __len__(self) -> int:
-        return len(self.source) - self.start
+        return len(self.rows)
 
     def __getitem__(self, k: int):
-        i = self.start + k
         try:
-            arr = sources.decode_sample(self.source, i, self.pre.resize_size, self.pre.crop_size)
+            with _time_limit(self.timeout_s):
+                arr = sources.decode_sample(self.source, int(self.rows[k]), self.pre.resize_size, self.pre.crop_size)
             reason = ""
         except Exception as e:  # any undecodable input becomes a recorded failure, never a crash
             arr = np.zeros((self.pre.crop_size, self.pre.crop_size, 3), np.uint8)
             reason = f"{type(e).__name__}: {e}"
-        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1), reason
+        return torch.from_numpy(arr).permute(2, 0, 1), reason
+
+
+class _DecodeTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Abort one decode after ``seconds`` (SIGALRM; Pillow decodes in blocks, so it is interruptible).
+
+    Only possible in a process's main thread — DataLoader workers and a ``num_workers=0`` run are.
+    """
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _DecodeTimeout(f"decoding took longer than {seconds:g} s (--decode-timeout)")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _loader(dataset: DecodeDataset, cfg: ExtractConfig, device, num_workers: int):
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if num_workers else None,
+        # A last resort against a worker stuck where no signal reaches it: never hang forever.
+        timeout=(cfg.decode_timeout * cfg.batch_size + 60) if num_workers and cfg.decode_timeout else 0,
+    )
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -131,25 +173,19 @@ def _probe_shapes(fx: backbones.FeatureExtractor, device, precision, crop: int) 
     return {k: tuple(v.shape[1:]) for k, v in out.items()}
 
 
-def _run(cfg: ExtractConfig, source, backbone, fx, writer: store.CacheWriter, device, precision) -> dict:
-    start = writer.rows_done
+def _run(cfg: ExtractConfig, plan: "Plan", fx, writer: store.CacheWriter) -> dict:
+    device, precision = plan.device, plan.precision
+    rows = writer.remaining
     num_workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(device)
-    loader = torch.utils.data.DataLoader(
-        DecodeDataset(source, backbone.preprocess, start),
-        batch_size=cfg.batch_size,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if num_workers else None,
-        persistent_workers=False,
-    )
-    fx = fx.to(device)
+    loader = _loader(DecodeDataset(plan.source, plan.backbone.preprocess, rows, cfg.decode_timeout), cfg, device,
+                     num_workers)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     thread = _WriterThread(writer)
     thread.start()
     timings = {"data_wait_s": 0.0, "compute_s": 0.0, "queue_wait_s": 0.0}
-    bar = tqdm(total=len(source), initial=start, unit="img", desc="extract", disable=not cfg.progress,
-               file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(total=len(plan.source), initial=len(plan.source) - len(rows), unit="img", desc="extract",
+               disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
     t_all = time.perf_counter()
     try:
         it = iter(loader)
@@ -180,13 +216,28 @@ def _run(cfg: ExtractConfig, source, backbone, fx, writer: store.CacheWriter, de
     writer.flush()
     timings["write_s"] = thread.busy_s
     timings["total_s"] = time.perf_counter() - t_all
-    timings["rows"] = len(source) - start
+    timings["rows"] = len(rows)
     timings["num_workers"] = num_workers
     return timings
 
 
-def _prepare(cfg: ExtractConfig):
-    """Everything up to the cache key: source, model, layers, shapes, precision — no image decoded."""
+@dataclass
+class Plan:
+    """What an extraction will do, known before any image is decoded: inputs, model, layers, key."""
+
+    source: sources.Source
+    device: torch.device
+    precision: str
+    backbone: backbones.Backbone
+    layers: List[str]
+    manifest: dict
+    parts: dict
+    fingerprint: str
+    path: Path
+
+
+def plan_extraction(cfg: ExtractConfig) -> Plan:
+    """Resolve inputs, model, layers and precision, and compute the cache key and path."""
     cfg.validate()
     source = sources.open_source(cfg.data)
     device = resolve_device(cfg.device)
@@ -199,7 +250,9 @@ def _prepare(cfg: ExtractConfig):
         raise FeatcacheError(f"--layer lists a layer twice: {' '.join(layers)}")
     manifest = source.manifest(cfg.hash_content)
     parts = store.key_parts(source, manifest, backbone, layers, cfg.pool, precision, cfg.dtype)
-    return source, device, precision, backbone, layers, manifest, parts
+    fingerprint = store.cache_key(parts)
+    path = store.cache_path(cfg.resolved_cache_dir(), source.name, backbone.name, layers, fingerprint)
+    return Plan(source, device, precision, backbone, layers, manifest, parts, fingerprint, path)
 
 
 def extract(data=None, *, config: Optional[ExtractConfig] = None, **settings) -> Path:
@@ -208,88 +261,112 @@ def extract(data=None, *, config: Optional[ExtractConfig] = None, **settings) ->
     ``data`` is an image folder, a CSV file (``path,label[,split]``) or a torch Dataset; any
     :class:`~featcache.config.ExtractConfig` field can be passed as a keyword, e.g.
     ``extract("photos/", model="resnet50", layers=["layer3", "layer4"], pool="avg")``.
+    Two processes extracting the same cache at once: one waits, then finds the other's result.
     """
     cfg = (config or ExtractConfig()).replace(**settings)
     if data is not None:
         cfg = cfg.replace(data=data)
     if isinstance(cfg.layers, str):
         cfg = cfg.replace(layers=[cfg.layers])
-    source, device, precision, backbone, layers, manifest, parts = _prepare(cfg)
-    fingerprint = store.cache_key(parts)
-    cache_dir = cfg.resolved_cache_dir()
-    path = store.cache_path(cache_dir, source.name, backbone.name, layers, fingerprint)
+    plan = plan_extraction(cfg)
+    lock = FileLock(str(store.lock_path(plan.path)))
     try:
-        store.lock_path(path).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FeatcacheError(f"cannot create the cache directory {cache_dir}: {e.strerror}; "
-                             f"pass --cache-dir or set FEATCACHE_DIR to a writable folder") from e
-    lock = FileLock(str(store.lock_path(path)))
-    try:
+        store.lock_path(plan.path).parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0.5)
     except Timeout:
         log.info("another featcache process is extracting this cache; waiting for it (%s)", lock.lock_file)
         lock.acquire()
+    except OSError as e:
+        raise FeatcacheError(f"cannot write to the cache directory {plan.path.parent}: {e.strerror}; "
+                             f"pass --cache-dir or set FEATCACHE_DIR to a writable folder") from e
     try:
-        if store.is_hit(path, fingerprint):
-            log.info("cache hit: %s (no forward pass)", path)
-            return path
-        _extract_into(cfg, path, source, device, precision, backbone, layers, manifest, parts, fingerprint)
+        if store.is_hit(plan.path, plan.fingerprint):
+            log.info("cache hit: %s (no forward pass)", plan.path)
+            return plan.path
+        if cfg.strict:
+            _refuse_bad_files(cfg, plan)
+        _extract_into(cfg, plan)
     finally:
         lock.release()
-    return path
+    return plan.path
 
 
-def _extract_into(cfg, path, source, device, precision, backbone, layers, manifest, parts, fingerprint) -> None:
-    fx = backbones.FeatureExtractor(backbone, layers, cfg.pool).to(device)
-    shapes = _probe_shapes(fx, device, precision, backbone.preprocess.crop_size)
+def _refuse_bad_files(cfg: ExtractConfig, plan: Plan) -> None:
+    """``--strict``: decode every file first and refuse the dataset, naming the bad ones."""
+    rows = np.arange(len(plan.source))
+    num_workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(plan.device)
+    loader = _loader(DecodeDataset(plan.source, plan.backbone.preprocess, rows, cfg.decode_timeout), cfg,
+                     torch.device("cpu"), num_workers)
+    bad, i = [], 0
+    for _, reasons in tqdm(loader, desc="check", unit="batch", disable=not cfg.progress, file=sys.stderr):
+        bad += [(plan.source.paths[i + k], r) for k, r in enumerate(reasons) if r]
+        i += len(reasons)
+    if bad:
+        listing = "; ".join(f"{p} ({r})" for p, r in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise FeatcacheError(f"--strict: {len(bad)} file(s) cannot be decoded: {listing}")
+
+
+def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:
+    source, backbone, path = plan.source, plan.backbone, plan.path
+    fx = backbones.FeatureExtractor(backbone, plan.layers, cfg.pool).to(plan.device)
+    shapes = _probe_shapes(fx, plan.device, plan.precision, backbone.preprocess.crop_size)
     itemsize = np.dtype(cfg.dtype).itemsize
     row_bytes = sum(int(np.prod(s)) for s in shapes.values()) * itemsize
     for layer, shape in shapes.items():
         log.info("layer %s -> %s features per image", layer, "x".join(map(str, shape)))
     log.info("%d images, %s per image, about %s in all; precision %s on %s",
-             len(source), _human(row_bytes), _human(row_bytes * len(source)), precision, device)
-    config_json = json.dumps(_config_record(cfg, backbone, layers, precision), sort_keys=True)
+             len(source), _human(row_bytes), _human(row_bytes * len(source)), plan.precision, plan.device)
     attrs = {
-        "config": config_json,
-        "key": json.dumps(parts, sort_keys=True),
-        "layers": json.dumps(layers),
+        "config": json.dumps(_config_record(cfg, plan), sort_keys=True),
+        "key": json.dumps(plan.parts, sort_keys=True),
+        "layers": json.dumps(plan.layers),
         "class_names": json.dumps(source.class_names),
         "dataset": source.name,
         "data_root": str(source.root) if source.root else "",
         "model": backbone.name,
         "versions": json.dumps(_versions()),
     }
-    writer = store.CacheWriter(path, source, shapes, cfg.dtype, fingerprint, attrs)
-    if writer.rows_done:
-        log.info("resuming: %d of %d rows already done", writer.rows_done, len(source))
     try:
-        timings = _run(cfg, source, backbone, fx, writer, device, precision)
-        n_rows, failed = writer.finish({"created": store.now_iso(), "timings": json.dumps(timings)})
-    finally:
-        writer.close()
-    if source.root is not None:
-        store.write_manifest(path, manifest)
+        reuse = None if store.partial_path(path).exists() else \
+            store.find_reusable(path.parent, plan.parts, source, plan.manifest)
+        writer = store.CacheWriter(path, source, plan.manifest, shapes, cfg.dtype, plan.fingerprint, attrs, reuse)
+        if reuse is not None:
+            log.info("reusing %d rows of %s (unchanged files, same settings)", len(reuse.rows), reuse.path.name)
+        if writer.rows_done:
+            log.info("resuming: %d of %d rows already done", writer.rows_done + writer.reused, len(source))
+        try:
+            timings = _run(cfg, plan, fx, writer)
+            n_rows, failed = writer.finish({"created": store.now_iso(), "timings": json.dumps(timings)})
+        finally:
+            writer.close()
+    except OSError as e:
+        if e.errno == errno.ENOSPC or "No space left" in str(e):
+            raise FeatcacheError(
+                f"disk full while writing {store.partial_path(path)} (the cache needs about "
+                f"{_human(row_bytes * len(source))}); free some space and rerun the same command: "
+                f"the rows already written are kept") from e
+        raise
     rate = timings["rows"] / max(timings["total_s"], 1e-9)
-    log.info("done: %d images (%d skipped), D=%s, %.1f s, %.1f img/s, %s -> %s", n_rows, len(failed),
-             "+".join(str(int(np.prod(s))) for s in shapes.values()), timings["total_s"], rate,
-             _human(path.stat().st_size), path)
+    log.info("done: %d images (%d skipped, %d reused), D=%s, %.1f s, %.1f img/s, %s -> %s", n_rows,
+             len(failed), writer.reused, "+".join(str(int(np.prod(s))) for s in shapes.values()),
+             timings["total_s"], rate, _human(path.stat().st_size), path)
     log.info("time went to: waiting for decoded images %.1f s, model %.1f s, writing %.1f s (in a thread)",
              timings["data_wait_s"], timings["compute_s"], timings["write_s"])
     if failed:
-        log.warning("%d file(s) could not be decoded and were skipped, e.g. %s (%s); the list is in "
-                    "failed/paths and failed/reasons of the cache", len(failed), failed[0][0], failed[0][1])
+        log.warning("%d file(s) could not be decoded and were skipped, e.g. %s (%s); see failed/paths and "
+                    "failed/reasons in the cache", len(failed), failed[0][0], failed[0][1])
 
 
-def _config_record(cfg: ExtractConfig, backbone, layers, precision) -> dict:
+def _config_record(cfg: ExtractConfig, plan: Plan) -> dict:
     return {
         "data": str(cfg.data) if isinstance(cfg.data, (str, os.PathLike)) else type(cfg.data).__name__,
-        "model": backbone.name,
-        "weights": backbone.weights,
-        "weights_sha256": backbone.weights_sha256,
-        "layers": list(layers),
+        "model": plan.backbone.name,
+        "weights": plan.backbone.weights,
+        "weights_sha256": plan.backbone.weights_sha256,
+        "layers": list(plan.layers),
         "pool": cfg.pool,
-        "preprocess": backbone.preprocess.to_dict(),
-        "precision": precision,
+        "preprocess": plan.backbone.preprocess.to_dict(),
+        "precision": plan.precision,
         "dtype": cfg.dtype,
         "hash_content": cfg.hash_content,
         "batch_size": cfg.batch_size,

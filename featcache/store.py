@@ -84,11 +84,20 @@ def lock_path(path: Path) -> Path:
 
 @dataclass
 class RowBlock:
-    """Features for consecutive rows, with which images decoded (``ok``) and why others did not."""
+    """Features for the next rows to compute, with which images decoded (``ok``) and why others did not."""
 
     features: Dict[str, np.ndarray]
     ok: np.ndarray
     reasons: List[str]
+
+
+@dataclass
+class Reuse:
+    """Rows an earlier cache of the same extractor config already holds: ``rows[i]`` ← its ``old_rows[i]``."""
+
+    path: Path
+    rows: np.ndarray
+    old_rows: np.ndarray
 
 
 def rows_per_chunk(row_bytes: int) -> int:
@@ -96,26 +105,34 @@ def rows_per_chunk(row_bytes: int) -> int:
 
 
 class CacheWriter:
-    """Streams row blocks into the partial file in order; :meth:`finish` publishes the cache.
+    """Streams row blocks into the partial file; :meth:`finish` publishes the cache atomically.
 
-    Rows are buffered up to whole chunks, so each HDF5 write fills complete chunks; the
-    ``progress/rows_done`` counter only moves after the rows before it are flushed.
+    ``progress/todo`` lists the rows to compute (all rows, or those an earlier cache can't supply)
+    and ``progress/rows_done`` how many of them are safely on disk: it only moves after the rows
+    it vouches for are flushed. Rows are buffered up to whole chunks before each write.
     """
 
-    def __init__(self, path: Path, source, shapes: Dict[str, Tuple[int, ...]], dtype: str,
-                 fingerprint: str, attrs: dict):
+    def __init__(self, path: Path, source, manifest: dict, shapes: Dict[str, Tuple[int, ...]], dtype: str,
+                 fingerprint: str, attrs: dict, reuse: Optional[Reuse] = None):
         self.path, self.partial = path, partial_path(path)
         self.n = len(source)
         self.shapes, self.dtype = shapes, np.dtype(dtype)
         row_bytes = sum(int(np.prod(s)) for s in shapes.values()) * self.dtype.itemsize
         self.chunk_rows = min(self.n, rows_per_chunk(row_bytes))
         self.fingerprint = fingerprint
-        self.file = self._open_or_create(source, attrs)
+        self.file = self._open_or_create(source, manifest, attrs, reuse)
+        self.todo = self.file["progress/todo"][:]
         self.rows_done = int(self.file["progress/rows_done"][()])
+        self.reused = self.n - len(self.todo)
         self._pending: List[RowBlock] = []
         self._pending_rows = 0
 
-    def _open_or_create(self, source, attrs) -> h5py.File:
+    @property
+    def remaining(self) -> np.ndarray:
+        """Row indices still to compute, in order."""
+        return self.todo[self.rows_done:]
+
+    def _open_or_create(self, source, manifest, attrs, reuse) -> h5py.File:
         if self.partial.exists():
             try:
                 f = h5py.File(self.partial, "r+")
@@ -128,18 +145,19 @@ class CacheWriter:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         f = h5py.File(self.partial, "w")
         try:
-            self._create_layout(f, source, attrs)
+            self._create_layout(f, source, manifest, attrs, reuse)
         except BaseException:
             f.close()
             self.partial.unlink(missing_ok=True)
             raise
         return f
 
-    def _create_layout(self, f: h5py.File, source, attrs: dict) -> None:
+    def _create_layout(self, f: h5py.File, source, manifest, attrs: dict, reuse: Optional[Reuse]) -> None:
         for k, v in attrs.items():
             f.attrs[k] = v
         f.attrs["fingerprint"] = self.fingerprint
         f.attrs["format_version"] = FORMAT_VERSION
+        grp = f.create_group("features")
         for layer, shape in self.shapes.items():
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             # Allocate every chunk now: later writes then only touch raw data, never the index.
@@ -147,15 +165,19 @@ class CacheWriter:
             dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
             dcpl.set_chunk((self.chunk_rows,) + tuple(shape))
             space = h5py.h5s.create_simple((self.n,) + tuple(shape))
-            grp = f.require_group("features")
             h5py.h5d.create(grp.id, layer.encode(), h5py.h5t.py_create(self.dtype), space, dcpl=dcpl)
-        _write_row_metadata(f, source, np.arange(self.n))
+        _write_source(f, source, manifest)
+        ok = np.zeros(self.n, np.uint8)
+        if reuse is not None and len(reuse.rows):
+            with h5py.File(reuse.path, "r") as old:
+                for layer in self.shapes:
+                    _copy_rows(old["features"][layer], grp[layer], reuse.old_rows, self.chunk_rows, dst_rows=reuse.rows)
+            ok[reuse.rows] = 1
         prog = f.create_group("progress")
+        prog.create_dataset("todo", data=np.flatnonzero(ok == 0).astype(np.int64))
         prog.create_dataset("rows_done", data=np.int64(0))
-        prog.create_dataset("ok", shape=(self.n,), dtype=np.uint8, fillvalue=0)
-        prog.create_dataset("reasons", shape=(self.n,), dtype=f"S{REASON_BYTES}")
-        for name in ("ok", "reasons"):  # force allocation of these too (contiguous, written now)
-            prog[name][...] = prog[name].fillvalue if name == "ok" else b""
+        prog.create_dataset("ok", data=ok)
+        prog.create_dataset("reasons", data=np.zeros(self.n, dtype=f"S{REASON_BYTES}"))
         f.flush()
 
     def append(self, block: RowBlock) -> None:
@@ -173,22 +195,23 @@ class CacheWriter:
         ok = np.concatenate([b.ok for b in self._pending])
         reasons = [r for b in self._pending for r in b.reasons]
         n = len(ok)
-        end_aligned = ((self.rows_done + n) // self.chunk_rows) * self.chunk_rows
-        take = end_aligned - self.rows_done if whole_chunks_only else n
+        take = (n // self.chunk_rows) * self.chunk_rows if whole_chunks_only else n
         if take <= 0:
             return
-        if self.rows_done + take > self.n:
+        if self.rows_done + take > len(self.todo):
             raise RuntimeError("more rows than the cache was sized for")
-        lo, hi = self.rows_done, self.rows_done + take
+        rows = self.todo[self.rows_done:self.rows_done + take]
+        # Contiguous runs (the usual case) are written as slices; scattered rows (after a reuse) by index.
+        where = slice(int(rows[0]), int(rows[-1]) + 1) if rows[-1] - rows[0] + 1 == len(rows) else rows
         for k in self.shapes:
-            self.file["features"][k][lo:hi] = feats[k][:take].astype(self.dtype, copy=False)
-        self.file["progress/ok"][lo:hi] = ok[:take]
+            self.file["features"][k][where] = feats[k][:take].astype(self.dtype, copy=False)
+        self.file["progress/ok"][where] = ok[:take]
         enc = np.array([r.encode("utf-8", "replace")[:REASON_BYTES] for r in reasons[:take]], dtype=f"S{REASON_BYTES}")
-        self.file["progress/reasons"][lo:hi] = enc
+        self.file["progress/reasons"][where] = enc
         self.file.flush()  # rows first, then the counter that vouches for them
-        self.file["progress/rows_done"][()] = hi
+        self.rows_done += take
+        self.file["progress/rows_done"][()] = self.rows_done
         self.file.flush()
-        self.rows_done = hi
         rest = n - take
         self._pending = [RowBlock({k: v[take:] for k, v in feats.items()}, ok[take:], reasons[take:])] if rest else []
         self._pending_rows = rest
@@ -203,8 +226,8 @@ class CacheWriter:
         Returns the number of rows written and the ``(path, reason)`` of files that failed.
         """
         self.flush()
-        if self.rows_done != self.n:
-            raise RuntimeError(f"finish() with {self.rows_done} of {self.n} rows written")
+        if self.rows_done != len(self.todo):
+            raise RuntimeError(f"finish() with {self.rows_done} of {len(self.todo)} rows written")
         f = self.file
         ok = f["progress/ok"][:].astype(bool)
         reasons = f["progress/reasons"][:]
@@ -226,11 +249,15 @@ class CacheWriter:
                     out.attrs[k] = v
                 f.copy(f["source"], out, "source")
                 for layer, shape in self.shapes.items():
-                    src = f["features"][layer]
                     dst = out.create_dataset(f"features/{layer}", shape=(len(keep),) + tuple(shape),
                                              dtype=self.dtype, chunks=(min(len(keep), self.chunk_rows),) + tuple(shape))
-                    _copy_rows(src, dst, keep, self.chunk_rows)
-                _write_row_metadata(out, None, keep, from_file=f)
+                    _copy_rows(f["features"][layer], dst, keep, self.chunk_rows)
+                src = f["source"]
+                out.create_dataset("paths", data=all_paths[keep].astype(object), dtype=h5py.string_dtype())
+                out.create_dataset("labels", data=src["labels"][:][keep])
+                if "split" in src:
+                    out.create_dataset("split", data=src["split"].asstr()[:][keep].astype(object),
+                                       dtype=h5py.string_dtype())
                 grp = out.create_group("failed")
                 grp.create_dataset("paths", data=np.array([p for p, _ in failed], dtype=object),
                                    dtype=h5py.string_dtype())
@@ -247,44 +274,80 @@ class CacheWriter:
         return len(keep), failed
 
 
-def _copy_rows(src: h5py.Dataset, dst: h5py.Dataset, keep: np.ndarray, step: int) -> None:
-    """Copy ``src[keep]`` into ``dst`` a block at a time (never the whole array in memory)."""
+def _copy_rows(src: h5py.Dataset, dst: h5py.Dataset, src_rows: np.ndarray, step: int,
+               dst_rows: Optional[np.ndarray] = None) -> None:
+    """``dst[dst_rows] = src[src_rows]`` a block at a time, never all in memory.
+
+    ``dst_rows`` (default ``0..n``) must be increasing, as h5py requires; ``src_rows`` may be in any order.
+    """
     step = max(step, 1)
-    for start in range(0, len(keep), step):
-        idx = keep[start:start + step]
-        lo, hi = int(idx[0]), int(idx[-1]) + 1
-        block = src[lo:hi]
-        dst[start:start + len(idx)] = block[idx - lo]
+    for start in range(0, len(src_rows), step):
+        idx = src_rows[start:start + step]
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        if hi - lo <= 4 * len(idx):  # one contiguous read
+            block = src[lo:hi][idx - lo]
+        else:
+            uniq = np.unique(idx)
+            block = src[uniq][np.searchsorted(uniq, idx)]
+        where = slice(start, start + len(idx)) if dst_rows is None else dst_rows[start:start + step]
+        dst[where] = block
 
 
-def _write_row_metadata(f: h5py.File, source, rows: np.ndarray, from_file: Optional[h5py.File] = None) -> None:
-    """Per-row datasets (``paths``, ``labels``, ``split``) and, on creation, the ``source`` manifest."""
-    if from_file is None:
-        paths = np.array(source.paths, dtype=object)
-        labels = source.labels
-        splits = np.array(source.splits, dtype=object) if source.splits is not None else None
-        grp = f.create_group("source")
-        grp.create_dataset("paths", data=paths, dtype=h5py.string_dtype())
-        grp.create_dataset("labels", data=labels)
-        if splits is not None:
-            grp.create_dataset("split", data=splits, dtype=h5py.string_dtype())
-        return
-    src = from_file["source"]
-    f.create_dataset("paths", data=src["paths"].asstr()[:][rows].astype(object), dtype=h5py.string_dtype())
-    f.create_dataset("labels", data=src["labels"][:][rows])
-    if "split" in src:
-        f.create_dataset("split", data=src["split"].asstr()[:][rows].astype(object), dtype=h5py.string_dtype())
+def _write_source(f: h5py.File, source, manifest: dict) -> None:
+    """``source/*``: every input as listed (paths, labels, split) with its size/mtime/hash, for explain/reuse."""
+    grp = f.create_group("source")
+    grp.create_dataset("paths", data=np.array(source.paths, dtype=object), dtype=h5py.string_dtype())
+    grp.create_dataset("labels", data=source.labels)
+    if source.splits is not None:
+        grp.create_dataset("split", data=np.array(source.splits, dtype=object), dtype=h5py.string_dtype())
+    for k in ("size", "mtime_ns"):
+        if manifest.get(k) is not None:
+            grp.create_dataset(k, data=np.asarray(manifest[k], dtype=np.int64))
+    if manifest.get("sha256"):
+        grp.create_dataset("sha256", data=np.array(manifest["sha256"], dtype=object), dtype=h5py.string_dtype())
 
 
-def write_manifest(path: Path, manifest: dict) -> None:
-    """Per-file size/mtime (and hash) of every input, so ``explain`` can say which files changed."""
-    with h5py.File(path, "r+") as f:
-        grp = f["source"]
-        for k in ("size", "mtime_ns"):
-            if k in manifest:
-                grp.create_dataset(k, data=np.asarray(manifest[k], dtype=np.int64))
-        if manifest.get("sha256"):
-            grp.create_dataset("sha256", data=np.array(manifest["sha256"], dtype=object), dtype=h5py.string_dtype())
+def find_reusable(cache_dir: Path, parts: dict, source, manifest: dict) -> Optional[Reuse]:
+    """The finished cache of the same extractor config sharing the most unchanged files, if any.
+
+    A file counts as unchanged when its path, size and mtime (and hash, with ``--hash-content``)
+    match; its stored features are then copied instead of recomputed.
+    """
+    if source.root is None or not Path(cache_dir).is_dir():
+        return None
+    same_config = {k: v for k, v in parts.items() if k not in ("files", "labels", "n_files")}
+    current = {key: i for i, key in enumerate(_file_keys(source.paths, manifest))}
+    best: Optional[Reuse] = None
+    for path in Path(cache_dir).glob("*.h5"):
+        if path.name.endswith(PARTIAL_SUFFIX):
+            continue
+        try:
+            with h5py.File(path, "r") as f:
+                if not f.attrs.get("complete") or f.attrs.get("format_version") != FORMAT_VERSION:
+                    continue
+                old = json.loads(f.attrs["key"])
+                if {k: v for k, v in old.items() if k not in ("files", "labels", "n_files")} != same_config:
+                    continue
+                if str(f.attrs.get("data_root", "")) != str(source.root) or "size" not in f["source"]:
+                    continue
+                src = f["source"]
+                old_manifest = {"size": src["size"][:], "mtime_ns": src["mtime_ns"][:],
+                                "sha256": src["sha256"].asstr()[:] if "sha256" in src else None}
+                old_keys = _file_keys(src["paths"].asstr()[:], old_manifest)
+                row_of = {p: i for i, p in enumerate(f["paths"].asstr()[:])}
+        except (OSError, KeyError, ValueError):
+            continue
+        pairs = [(current[k], row_of[k[0]]) for k in old_keys if k in current and k[0] in row_of]
+        if pairs and (best is None or len(pairs) > len(best.rows)):
+            rows, old_rows = (np.array(x, dtype=np.int64) for x in zip(*sorted(pairs)))
+            best = Reuse(path, rows, old_rows)
+    return best
+
+
+def _file_keys(paths, manifest: dict) -> List[tuple]:
+    sha = manifest.get("sha256")
+    return [(p, int(s), int(m), sha[i] if sha is not None and len(sha) else None)
+            for i, (p, s, m) in enumerate(zip(paths, manifest["size"], manifest["mtime_ns"]))]
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -17,6 +17,13 @@ from .config import DEFAULT_MODEL, DTYPES, POOLS, PRECISIONS, ExtractConfig, Fea
 from .pipeline import extract, list_layers, log
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with featcache's error style: one line on stderr, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"featcache: error: {message} (see {self.prog} --help)\n")
+
+
 def add_extract_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``extract`` and ``explain`` (they must build the same cache key)."""
     p.add_argument("--data", help="image folder (class subfolders, optionally inside train/ val/ test/; "
@@ -50,8 +57,8 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> None:
                    help="where caches live (default: $FEATCACHE_DIR, else ~/.cache/featcache)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="python -m featcache.extract",
         description="Run a frozen pretrained model once over an image dataset and cache the features in "
                     "one HDF5 file. Rerunning with the same settings and unchanged files is a cache hit. "

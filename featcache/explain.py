@@ -5,7 +5,6 @@ existing cache: which files were added, removed or changed, and which settings d
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import List, Optional, Sequence
 import h5py
 
 from . import store
-from .cli import add_extract_arguments, config_from_args, run_cli
+from .cli import Parser, add_extract_arguments, config_from_args, run_cli
 from .pipeline import plan_extraction
 
 
@@ -81,8 +80,8 @@ def explain(cfg) -> List[str]:
     return lines
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="python -m featcache.explain",
         description="Explain whether `featcache.extract` with the same flags would hit the cache, and if "
                     "not, which part of the key differs from the nearest existing cache.")

@@ -1,7 +1,6 @@
 """``python -m featcache.ls``: list the caches in a cache directory, finished and unfinished."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import h5py
 
 from . import store
 from .config import FeatcacheError, default_cache_dir
-from .cli import run_cli
+from .cli import Parser, run_cli
 
 
 def list_caches(cache_dir: Path) -> List[dict]:
@@ -41,8 +40,8 @@ def list_caches(cache_dir: Path) -> List[dict]:
     return records
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m featcache.ls",
+def build_parser() -> Parser:
+    p = Parser(prog="python -m featcache.ls",
                                 description="List feature caches: dataset, model, layers, rows (N), feature "
                                             "size (D), file size and creation date.")
     p.add_argument("--cache-dir", type=Path, help="default: $FEATCACHE_DIR, else ~/.cache/featcache")

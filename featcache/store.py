@@ -100,8 +100,9 @@ class Reuse:
     old_rows: np.ndarray
 
 
-def rows_per_chunk(row_bytes: int) -> int:
-    return int(max(1, min(4096, CHUNK_BYTES // max(1, row_bytes))))
+def rows_per_chunk(row_bytes: int, n_rows: int) -> int:
+    """~1 MiB chunks of whole rows, but at least 16 per file, so progress is committed often."""
+    return int(max(1, min(4096, CHUNK_BYTES // max(1, row_bytes), -(-n_rows // 16))))
 
 
 class CacheWriter:
@@ -118,7 +119,7 @@ class CacheWriter:
         self.n = len(source)
         self.shapes, self.dtype = shapes, np.dtype(dtype)
         row_bytes = sum(int(np.prod(s)) for s in shapes.values()) * self.dtype.itemsize
-        self.chunk_rows = min(self.n, rows_per_chunk(row_bytes))
+        self.chunk_rows = rows_per_chunk(row_bytes, self.n)
         self.fingerprint = fingerprint
         self.file = self._open_or_create(source, manifest, attrs, reuse)
         self.todo = self.file["progress/todo"][:]

@@ -1,0 +1,208 @@
+"""Never lose work, never trust bad input: kill -9 and resume, reuse, strict mode, timeouts,
+concurrent runs, a full disk, and the errors a user sees."""
+import errno
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import featcache
+from featcache import FeatcacheError, load
+from featcache.store import CacheWriter, partial_path
+
+REPO = Path(__file__).resolve().parents[1]
+FAST_CLI = ["--model", "resnet18", "--weights", "none", "--image-size", "64", "--precision", "fp32",
+            "--num-workers", "0", "--no-progress"]
+
+
+def _folder(root: Path, make_image, n_per_class=40, classes=3) -> Path:
+    for k in range(classes):
+        for i in range(n_per_class):
+            make_image(root / f"c{k}" / f"img_{i:03d}.png", k, i, size=(48, 40))
+    return root
+
+
+def _cmd(data, cache_dir, *extra):
+    return [sys.executable, "-m", "featcache.extract", "--data", str(data), "--cache-dir", str(cache_dir),
+            *FAST_CLI, *extra]
+
+
+def _rows_done(cache_dir: Path) -> int:
+    """Rows the running extraction has committed (read without the HDF5 lock the writer holds)."""
+    import h5py
+
+    for partial in cache_dir.glob("*.partial.h5"):
+        try:
+            with h5py.File(partial, "r", locking=False) as f:
+                return int(f["progress/rows_done"][()])
+        except (OSError, KeyError):
+            return 0
+    return -1
+
+
+def _kill_at(cmd, cache_dir: Path, min_rows: int) -> None:
+    """Start an extraction and SIGKILL it once its partial file holds ``min_rows`` committed rows."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.time() + 240
+    while _rows_done(cache_dir) < min_rows and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{err}"
+
+
+def test_sigkill_at_several_points_then_resume_matches_an_uninterrupted_run(tmp_path, make_image):
+    data = _folder(tmp_path / "data", make_image)
+    reference = subprocess.run(_cmd(data, tmp_path / "ref", "--batch-size", "4"), capture_output=True,
+                               text=True, cwd=REPO)
+    assert reference.returncode == 0, reference.stderr
+    ref = load(reference.stdout.strip().splitlines()[-1])
+
+    cache = tmp_path / "cache"
+    for rows in (0, 8, 48):  # as soon as the partial file exists, then after some rows are committed
+        _kill_at(_cmd(data, cache, "--batch-size", "4"), cache, rows)
+    assert _rows_done(cache) >= 48
+    done = subprocess.run(_cmd(data, cache, "--batch-size", "4"), capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "resuming:" in done.stderr  # continued, did not start over
+    fs = load(done.stdout.strip().splitlines()[-1])
+    assert list(fs.paths) == list(ref.paths) and (fs.y == ref.y).all()  # no row lost, none doubled
+    np.testing.assert_allclose(fs.X, ref.X, rtol=1e-4, atol=1e-5)
+    assert not list(cache.glob("*.partial.h5")) and not list(cache.glob("*.tmp*"))
+
+
+def _counting_resnet():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    model.seen = 0
+    model.conv1.register_forward_pre_hook(lambda m, a: setattr(model, "seen", model.seen + a[0].shape[0]))
+    return model
+
+
+def test_added_and_deleted_files_reuse_the_rest(tmp_path, make_image, fast):
+    data = _folder(tmp_path / "data", make_image, n_per_class=5)
+    model = _counting_resnet()
+    first = featcache.extract(data, **{**fast, "model": model})
+    make_image(data / "c0" / "new_a.png", 0, 100, size=(48, 40))
+    make_image(data / "c2" / "new_b.png", 2, 101, size=(48, 40))
+    (data / "c1" / "img_000.png").unlink()
+    model.seen = 0
+    second = featcache.extract(data, **{**fast, "model": model})
+    assert second != first
+    assert model.seen == 2 + 2  # the two new images, plus the 2-image shape probe
+    fs = load(second)
+    assert len(fs) == 16 and "c1/img_000.png" not in fs.paths and "c0/new_a.png" in fs.paths
+    fresh = load(featcache.extract(data, **{**fast, "model": _counting_resnet(), "cache_dir": tmp_path / "fresh"}))
+    assert list(fresh.paths) == list(fs.paths) and (fresh.y == fs.y).all()
+    np.testing.assert_allclose(fs.X, fresh.X, rtol=1e-4, atol=1e-5)
+
+
+def test_strict_refuses_bad_files_before_extracting(broken_images, fast):
+    model = _counting_resnet()
+    with pytest.raises(FeatcacheError, match=r"--strict: 3 file\(s\) cannot be decoded: .*empty.jpg"):
+        featcache.extract(broken_images.root, **{**fast, "model": model, "strict": True})
+    assert model.seen == 0 and not list(fast["cache_dir"].glob("*.h5"))
+
+
+def test_every_odd_image_mode_extracts_without_failures(odd_images, fast):
+    fs = load(featcache.extract(odd_images, **fast))
+    assert len(fs) == 12 and fs.failed == []
+
+
+def test_a_hanging_decode_becomes_a_failed_row_not_a_hang():
+    from featcache.backbones import Preprocess
+    from featcache.pipeline import DecodeDataset
+    from featcache.sources import Source
+
+    class Slow(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            if i == 1:
+                time.sleep(30)  # a decoder that never comes back in reasonable time
+            return torch.full((3, 16, 16), 50 * i, dtype=torch.uint8), 0
+
+    src = Source(name="slow", root=None, paths=["0", "1", "2"], labels=np.zeros(3, np.int64), class_names=[],
+                 dataset=Slow())
+    dd = DecodeDataset(src, Preprocess(16, 16), np.arange(3), timeout_s=1.0)
+    t = time.time()
+    image, reason = dd[1]
+    assert time.time() - t < 5
+    assert "decoding took longer than 1 s" in reason and image.shape == (3, 16, 16)
+    assert dd[2][1] == ""
+
+
+def test_two_concurrent_runs_end_with_one_valid_cache(tmp_path, make_image):
+    data = _folder(tmp_path / "data", make_image, n_per_class=15)
+    cache = tmp_path / "cache"
+    procs = [subprocess.Popen(_cmd(data, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=REPO) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    paths = {o[0].strip().splitlines()[-1] for o in outs}
+    assert len(paths) == 1
+    assert any("cache hit" in err for _, err in outs)  # the second waited, then found the first's result
+    assert len(load(paths.pop())) == 45
+    assert not list(cache.glob("*.partial.h5"))
+
+
+def test_disk_full_is_a_clear_error_and_the_work_resumes(split_folder, fast, monkeypatch):
+    real_write = CacheWriter._write
+    calls = {"n": 0}
+
+    def failing_write(self, whole_chunks_only):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, whole_chunks_only)
+
+    monkeypatch.setattr(CacheWriter, "_write", failing_write)
+    with pytest.raises(FeatcacheError, match="disk full while writing .*rerun the same command"):
+        featcache.extract(split_folder, **{**fast, "batch_size": 2}, )
+    partials = list(fast["cache_dir"].glob("*.partial.h5"))
+    assert len(partials) == 1
+    monkeypatch.setattr(CacheWriter, "_write", real_write)
+    fs = load(featcache.extract(split_folder, **{**fast, "batch_size": 2}))
+    assert len(fs) == 20 and not partial_path(fs.path).exists()
+
+
+def test_unwritable_cache_dir(split_folder, fast, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FeatcacheError, match="cannot write to the cache directory"):
+        featcache.extract(split_folder, **{**fast, "cache_dir": tmp_path / "file" / "cache"})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pool", "bad"], "invalid choice: 'bad'"),
+    (["--batch-size", "x"], "invalid int value"),
+    (["--precision", "fp16", "--device", "cpu"], "fp16 is for GPUs"),
+    (["--device", "tpu"], "--device must be auto, cpu"),
+    (["--decode-timeout", "-1"], "--decode-timeout must be >= 0"),
+    (["--model", "nosuchmodel"], "is not a torchvision classification model"),
+    (["--layer", "fc", "fc"], "lists a layer twice"),
+])
+def test_bad_flags_are_one_line_errors(tmp_path, make_image, args, message):
+    make_image(tmp_path / "d" / "a" / "1.png", 0, 0)
+    cmd = _cmd(tmp_path / "d", tmp_path / "cache")
+    if "--model" in args:
+        i = cmd.index("--model")
+        del cmd[i:i + 2]
+    r = subprocess.run(cmd + args, capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_dataset_of_only_bad_files_exits_nonzero(tmp_path):
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    (tmp_path / "d" / "a" / "x.jpg").write_bytes(b"not a jpeg")
+    r = subprocess.run(_cmd(tmp_path / "d", tmp_path / "cache"), capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "no image could be decoded" in r.stderr, r.stderr
+    assert not list((tmp_path / "cache").glob("*.h5"))

@@ -32,7 +32,7 @@ def verify(path: Path, check_files: bool = True) -> List[str]:
     with f:
         version = f.attrs.get("format_version")
         if version != store.FORMAT_VERSION:
-            return [f"format_version is {version!r}; this featcache reads {store.FORMAT_VERSION}"]
+            return [f"format_version is {version}; this featcache reads {store.FORMAT_VERSION}"]
         if not f.attrs.get("complete"):
             problems.append("not marked complete")
         missing = [k for k in ("features", "labels", "paths", "failed/paths", "failed/reasons", "source/paths")

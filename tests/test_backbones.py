@@ -147,3 +147,14 @@ def test_vit_class_token_layer():
     rows = {r["layer"]: r for r in layer_table(bb, "cls")}
     assert rows["encoder.ln"]["shape"] == (197, 768)
     assert rows["encoder.ln"]["dim"] == 768
+
+
+def test_timm_model_by_prefix(split_folder, fast):
+    import featcache
+
+    bb = load_backbone(ExtractConfig(model="timm:resnet18", weights="none", image_size=32))
+    assert bb.name == "timm:resnet18" and bb.preprocess.crop_size == 32
+    fs = featcache.load(featcache.extract(split_folder, **{**fast, "model": "timm:resnet18"}))
+    assert fs.X.shape == (20, 512) and fs.layers == ["global_pool.flatten"]
+    with pytest.raises(FeatcacheError, match="is not a timm model"):
+        load_backbone(ExtractConfig(model="timm:resnet1800", weights="none"))

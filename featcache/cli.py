@@ -17,6 +17,15 @@ from .config import DEFAULT_MODEL, DTYPES, POOLS, PRECISIONS, ExtractConfig, Fea
 from .pipeline import extract, list_layers, log
 
 
+def _batch_size(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with featcache's error style: one line on stderr, exit status 2."""
 
@@ -71,7 +80,9 @@ def build_parser() -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_extract_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--batch-size", type=_batch_size, default=64,
+                   help="images per forward pass, or auto = the largest that fits on the GPU (64 on a CPU) "
+                        "(default: 64)")
     p.add_argument("--num-workers", type=int,
                    help="decode processes (default: half the cores on CPU runs, cores-1 up to 8 with a GPU)")
     p.add_argument("--strict", action="store_true",

@@ -5,7 +5,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 DEFAULT_MODEL = "efficientnet_lite0"
 POOLS = ("avg", "max", "gem", "flatten", "cls", "none")
@@ -47,7 +47,7 @@ class ExtractConfig:
     hash_content: bool = False  # hash file bytes instead of trusting size + mtime
 
     device: str = "auto"
-    batch_size: int = 64
+    batch_size: Union[int, str] = 64  # or "auto": the largest that fits on a GPU, 64 on a CPU
     num_workers: Optional[int] = None  # None = chosen from the CPU count
     cache_dir: Optional[Path] = None
     strict: bool = False  # decode every file first; refuse the dataset if any is bad
@@ -70,8 +70,8 @@ class ExtractConfig:
             raise FeatcacheError(f"--dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
             raise FeatcacheError(f"--device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise FeatcacheError(f"--batch-size must be a positive integer; got {self.batch_size!r}")
+        if self.batch_size != "auto" and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise FeatcacheError(f"--batch-size must be a positive integer or auto; got {self.batch_size!r}")
         if self.decode_timeout < 0:
             raise FeatcacheError(f"--decode-timeout must be >= 0 seconds (0 = no limit); got {self.decode_timeout}")
         if self.num_workers is not None and self.num_workers < 0:

@@ -182,7 +182,7 @@ def test_unwritable_cache_dir(split_folder, fast, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--pool", "bad"], "invalid choice: 'bad'"),
-    (["--batch-size", "x"], "invalid int value"),
+    (["--batch-size", "x"], "expected a positive integer or auto"),
     (["--precision", "fp16", "--device", "cpu"], "fp16 is for GPUs"),
     (["--device", "tpu"], "--device must be auto, cpu"),
     (["--decode-timeout", "-1"], "--decode-timeout must be >= 0"),
@@ -206,3 +206,8 @@ def test_dataset_of_only_bad_files_exits_nonzero(tmp_path):
     r = subprocess.run(_cmd(tmp_path / "d", tmp_path / "cache"), capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "no image could be decoded" in r.stderr, r.stderr
     assert not list((tmp_path / "cache").glob("*.h5"))
+
+
+def test_batch_size_auto_on_a_cpu(split_folder, fast):
+    fs = load(featcache.extract(split_folder, **{**fast, "batch_size": "auto"}))
+    assert len(fs) == 20 and fs.meta["config"]["batch_size"] == 64

@@ -1,0 +1,300 @@
+"""What a sweep fits: the classifiers by name, the preprocessing options, and grid files.
+
+A grid maps classifier names to tables of hyperparameters; a list is swept, a scalar is fixed,
+and ``preprocess`` (per table or at the top level) lists the feature preprocessing to try.
+Every grid point becomes a :class:`Config`, validated before anything is fitted.
+"""
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from sklearn.base import BaseEstimator
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression, RidgeClassifier, SGDClassifier
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.svm import LinearSVC
+
+from .config import FeatcacheError
+from .heads import DenseHead
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A registered classifier: how to build it, and what the sweep does specially with it."""
+
+    make: Callable[[], BaseEstimator]
+    about: str
+    path_param: Optional[str] = None  # a hyperparameter fitted as a warm-started path
+
+
+CLASSIFIERS: Dict[str, Classifier] = {
+    "logreg": Classifier(LogisticRegression, "L2 logistic regression; all C values of a grid are one "
+                                             "warm-started path", path_param="C"),
+    "linsvm": Classifier(LinearSVC, "linear SVM (LinearSVC, squared hinge); no probabilities"),
+    "ridge": Classifier(RidgeClassifier, "ridge regression on one-vs-all targets; no probabilities"),
+    "sgd": Classifier(SGDClassifier, "linear model trained by SGD; loss=log_loss gives probabilities"),
+    "knn": Classifier(lambda: KNeighborsClassifier(metric="cosine", algorithm="brute"),
+                      "k nearest neighbours, cosine distance"),
+    "dense": Classifier(DenseHead, "torch MLP/linear head (featcache.heads.DenseHead), AdamW, early stopping"),
+}
+
+PREPROCESS_STEPS = ("none", "standardize", "l2", "pca:K")
+_ALIASES = {"standardise": "standardize", "std": "standardize", "scale": "standardize", "l2norm": "l2"}
+
+DEFAULT_GRID = """\
+# featcache's default sweep grid: a few minutes on 2 CPU cores for ~10k x 1280 features.
+# Copy it (python -m featcache.sweep --print-grid > grid.toml), edit, and pass --grid grid.toml.
+# A list is swept, a scalar is fixed; any constructor argument of the classifier may appear.
+# preprocess: none | standardize | l2 | pca:K, chained with "+" (e.g. "pca:256+l2").
+
+[logreg]            # sklearn LogisticRegression; the C values form one warm-started path
+preprocess = ["standardize", "l2"]
+C = [0.0001, 0.001, 0.01, 0.1, 1.0]
+
+[linsvm]            # sklearn LinearSVC
+preprocess = ["standardize"]
+C = [0.0001, 0.001, 0.01]
+
+[ridge]             # sklearn RidgeClassifier
+preprocess = ["standardize"]
+alpha = [10.0, 1000.0, 100000.0]
+
+[sgd]               # sklearn SGDClassifier
+preprocess = ["standardize"]
+loss = "log_loss"
+alpha = [0.0001, 0.001, 0.01]
+
+[knn]               # sklearn KNeighborsClassifier, cosine distance
+preprocess = ["none", "pca:128"]
+n_neighbors = [5, 20]
+weights = "distance"
+
+[dense]             # featcache.heads.DenseHead
+preprocess = ["standardize"]
+hidden_layer_sizes = [0, 512]   # 0 = linear; [[512, 256]] would be two hidden layers
+dropout = 0.2
+weight_decay = 0.01
+epochs = 30
+"""
+
+
+# --- preprocessing --------------------------------------------------------------------------------
+
+def canonical_preprocess(spec: str) -> str:
+    """Validate a preprocessing spec and spell it one way (``standardise`` -> ``standardize``)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise FeatcacheError(f"preprocess must be a string like 'standardize' or 'pca:128+l2'; got {spec!r}")
+    steps = []
+    for raw in spec.lower().replace(" ", "").split("+"):
+        step = _ALIASES.get(raw, raw)
+        if step.startswith("pca:"):
+            k = step[4:]
+            if not k.isdigit() or int(k) < 1:
+                raise FeatcacheError(f"preprocess {spec!r}: pca takes a positive number of components, e.g. pca:128")
+            step = f"pca:{int(k)}"
+        elif step not in PREPROCESS_STEPS:
+            raise FeatcacheError(f"unknown preprocess step {raw!r} in {spec!r}; valid: {', '.join(PREPROCESS_STEPS)} "
+                                 f"(chain them with '+')")
+        steps.append(step)
+    steps = [s for s in steps if s != "none"]
+    return "+".join(steps) or "none"
+
+
+def pca_components(spec: str) -> List[int]:
+    return [int(s[4:]) for s in spec.split("+") if s.startswith("pca:")]
+
+
+def preprocess_steps(spec: str, seed: int, max_components: Optional[int] = None) -> List[Tuple[str, Any]]:
+    """The sklearn transformers for ``spec``; PCA is capped at ``max_components`` (the data's rank bound)."""
+    steps = []
+    for i, step in enumerate(canonical_preprocess(spec).split("+")):
+        if step == "standardize":
+            steps.append((f"standardize{i}", StandardScaler()))
+        elif step == "l2":
+            steps.append((f"l2{i}", Normalizer(norm="l2")))
+        elif step.startswith("pca:"):
+            k = int(step[4:]) if max_components is None else min(int(step[4:]), max_components)
+            steps.append((f"pca{i}", PCA(n_components=k, random_state=seed)))
+    return steps
+
+
+# --- configurations -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Config:
+    """One grid point: a classifier, the hyperparameters the grid sets, and the preprocessing."""
+
+    classifier: str
+    params_json: str  # sorted JSON of the grid's hyperparameters (hashable, stable)
+    preprocess: str
+
+    @property
+    def params(self) -> Dict[str, Any]:
+        return json.loads(self.params_json)
+
+    def identity(self) -> dict:
+        return {"classifier": self.classifier, "params": self.params, "preprocess": self.preprocess}
+
+    def params_text(self) -> str:
+        return ", ".join(f"{k}={_short(v)}" for k, v in self.params.items())
+
+    def label(self) -> str:
+        return f"{self.classifier}({self.params_text()}) on {self.preprocess}"
+
+    def estimator(self, seed: int) -> BaseEstimator:
+        """The unfitted classifier; ``random_state`` is the sweep's seed unless the grid sets it."""
+        est = CLASSIFIERS[self.classifier].make()
+        params = self.params
+        if "random_state" in est.get_params() and "random_state" not in params:
+            params["random_state"] = seed
+        return est.set_params(**_tuples(params))
+
+    def pipeline(self, seed: int, max_components: Optional[int] = None) -> Pipeline:
+        steps = preprocess_steps(self.preprocess, seed, max_components)
+        return Pipeline(steps + [("clf", self.estimator(seed))])
+
+    def path_group(self) -> Optional[Tuple[str, str, str]]:
+        """Configs that differ only in the path parameter share a group (one warm-started fit)."""
+        path_param = CLASSIFIERS[self.classifier].path_param
+        if path_param is None or path_param not in self.params:
+            return None
+        rest = {k: v for k, v in self.params.items() if k != path_param}
+        return self.classifier, json.dumps(rest, sort_keys=True), self.preprocess
+
+
+def make_config(classifier: str, params: Dict[str, Any], preprocess: str) -> Config:
+    return Config(classifier, json.dumps(params, sort_keys=True), canonical_preprocess(preprocess))
+
+
+def _short(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def _tuples(params: dict) -> dict:
+    """TOML has no tuples: turn lists into tuples for estimators that expect them."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+
+
+# --- grids ----------------------------------------------------------------------------------------
+
+def read_grid(source) -> dict:
+    """A grid as a dict, from None (the default), a dict, or a ``.toml``/``.yaml`` file."""
+    if source is None:
+        return tomllib.loads(DEFAULT_GRID)
+    if isinstance(source, dict):
+        return source
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise FeatcacheError(f"--grid {path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as e:
+            raise FeatcacheError(f"--grid {path}: YAML grids need PyYAML (pip install pyyaml), or use TOML") from e
+        try:
+            grid = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise FeatcacheError(f"--grid {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    else:
+        try:
+            grid = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise FeatcacheError(f"--grid {path} is not valid TOML: {e}") from e
+    if not isinstance(grid, dict):
+        raise FeatcacheError(f"--grid {path}: expected tables of classifiers at the top level")
+    return grid
+
+
+def expand_grid(grid: dict, only: Optional[List[str]] = None) -> List[Config]:
+    """Every grid point as a :class:`Config`, after checking names, keys and values."""
+    valid = sorted(CLASSIFIERS)
+    for name in only or []:
+        if name not in CLASSIFIERS:
+            raise FeatcacheError(_unknown("classifier", name, valid))
+    top_pre = grid.get("preprocess", "none")
+    configs: List[Config] = []
+    for name, tables in grid.items():
+        if name == "preprocess":
+            continue
+        if name not in CLASSIFIERS:
+            raise FeatcacheError(_unknown("classifier (grid table)", name, valid + ["preprocess"]))
+        if only and name not in only:
+            continue
+        for table in tables if isinstance(tables, list) else [tables]:
+            if not isinstance(table, dict):
+                raise FeatcacheError(f"grid [{name}] must be a table of hyperparameters; got {table!r}")
+            configs += _expand_table(name, table, top_pre)
+    unique = list(dict.fromkeys(configs))
+    if not unique:
+        raise FeatcacheError("the grid has no classifier to fit" + (f" among {', '.join(only)}" if only else "")
+                             + f"; add a table such as [logreg] (valid: {', '.join(valid)})")
+    return unique
+
+
+def _expand_table(name: str, table: dict, top_pre) -> List[Config]:
+    est = CLASSIFIERS[name].make()
+    allowed = sorted(k for k in est.get_params(deep=False))
+    table = dict(table)
+    pre = table.pop("preprocess", top_pre)
+    for key in table:
+        if key not in allowed:
+            raise FeatcacheError(_unknown(f"hyperparameter of [{name}] ({type(est).__name__})", key,
+                                          allowed + ["preprocess"]))
+    pres = [canonical_preprocess(p) for p in (pre if isinstance(pre, list) else [pre])]
+    swept = {k: v if isinstance(v, list) and not _is_value_list(name, k, v) else [v] for k, v in table.items()}
+    for k, values in swept.items():
+        if not values:
+            raise FeatcacheError(f"grid [{name}] {k} = []: give at least one value")
+    configs = []
+    for combo in itertools.product(*swept.values()):
+        params = dict(zip(swept, combo))
+        _check_values(name, params)
+        configs += [make_config(name, params, p) for p in pres]
+    return configs
+
+
+def _is_value_list(name: str, key: str, value: list) -> bool:
+    """``hidden_layer_sizes = []`` is one value (linear), not an empty sweep."""
+    return name == "dense" and key == "hidden_layer_sizes" and len(value) == 0
+
+
+def _check_values(name: str, params: dict) -> None:
+    """Let the estimator validate its own parameters now, not after an hour of fitting."""
+    est = CLASSIFIERS[name].make().set_params(**_tuples(params))
+    validate = getattr(est, "_validate_params", None)  # sklearn's declarative checks (private API)
+    if validate is None:
+        return
+    try:
+        validate()
+    except (ValueError, TypeError) as e:
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        raise FeatcacheError(f"grid [{name}] {shown}: {str(e).splitlines()[0]}") from e
+
+
+def _unknown(what: str, name: str, valid: List[str]) -> str:
+    close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return f"unknown {what} {name!r}{hint}; valid: {', '.join(valid)}"
+
+
+def describe_classifiers() -> str:
+    """One line per classifier with its estimator and the hyperparameters a grid may set."""
+    lines = []
+    for name, c in CLASSIFIERS.items():
+        est = c.make()
+        lines.append(f"{name:<7} {type(est).__module__}.{type(est).__name__}: {c.about}\n"
+                     f"        keys: preprocess, {', '.join(sorted(est.get_params(deep=False)))}")
+    return "\n".join(lines)

@@ -168,10 +168,14 @@ class Config:
     def path_group(self) -> Optional[Tuple[str, str, str]]:
         """Configs that differ only in the path parameter share a group (one warm-started fit)."""
         path_param = CLASSIFIERS[self.classifier].path_param
-        if path_param is None or path_param not in self.params:
+        if path_param is None:
             return None
         rest = {k: v for k, v in self.params.items() if k != path_param}
         return self.classifier, json.dumps(rest, sort_keys=True), self.preprocess
+
+    def path_value(self) -> float:
+        """This config's value of the path parameter (the estimator's default when the grid omits it)."""
+        return self.estimator(0).get_params()[CLASSIFIERS[self.classifier].path_param]
 
 
 def make_config(classifier: str, params: Dict[str, Any], preprocess: str) -> Config:

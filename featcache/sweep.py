@@ -1,0 +1,679 @@
+"""Train many classifiers on cached features and keep the best: ``python -m featcache.sweep CACHE.h5``.
+
+The path of the data: the chosen layer(s) are read from the cache once → the grid is expanded
+into configurations and the validation scheme into folds → every (configuration, fold) the
+result store lacks is fitted in joblib workers that share one memory-mapped copy of the features
+(logistic regression fits all its C values as one warm-started path) → the leaderboard ranks
+configurations on validation → the best is refitted on train(+val), scored once on test, saved
+with its metadata as ``best.joblib`` → plots.
+
+Results are stored per (cache fingerprint, layers, configuration, validation scheme, seed,
+library versions), so rerunning a sweep fits nothing and adding a grid point fits only that point.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import grids, metrics
+from .config import FeatcacheError
+from .grids import Config
+
+log = logging.getLogger("featcache")
+
+RESULT_FORMAT = 1
+
+
+@dataclass
+class SweepConfig:
+    """Everything that decides what a sweep fits, how it validates, and where results go."""
+
+    cache: Path
+    out: Optional[Path] = None  # None: write nothing (the Python API still returns the result)
+    grid: Any = None  # None = the default grid; a .toml/.yaml path; or a dict of the same shape
+    classifiers: Sequence[str] = ()  # restrict the grid to these classifiers
+    layer: Optional[str] = None  # a layer name, or "a+b" to concatenate; None = the cache's first
+    cv: Optional[int] = None  # k-fold CV (default 5 when the cache has no val split)
+    val_fraction: Optional[float] = None  # a random stratified hold-out instead of CV
+    metric: str = "accuracy"
+    seed: int = 0
+    n_jobs: int = 1
+    test_top: int = 1  # how many of the best configurations are refitted and scored on test
+    results_dir: Optional[Path] = None  # default: <cache folder>/sweep-results
+    reuse: bool = True  # read and write the result store
+    plots: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.metric not in metrics.METRICS:
+            raise FeatcacheError(f"--metric must be one of {', '.join(metrics.METRICS)}; got {self.metric!r}")
+        if self.cv is not None and self.val_fraction is not None:
+            raise FeatcacheError("use either --cv or --val-fraction, not both")
+        if self.cv is not None and (not isinstance(self.cv, int) or self.cv < 2):
+            raise FeatcacheError(f"--cv must be an integer >= 2; got {self.cv!r}")
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
+            raise FeatcacheError(f"--val-fraction must be between 0 and 1; got {self.val_fraction!r}")
+        if not isinstance(self.n_jobs, int) or self.n_jobs == 0 or self.n_jobs < -1:
+            raise FeatcacheError(f"--n-jobs must be a positive integer or -1 (all cores); got {self.n_jobs!r}")
+        if not isinstance(self.test_top, int) or self.test_top < 1:
+            raise FeatcacheError(f"--test-top must be a positive integer; got {self.test_top!r}")
+
+
+@dataclass
+class SweepResult:
+    """What :func:`sweep` returns: the leaderboard (best first) and the refitted best pipeline."""
+
+    leaderboard: Any  # pandas DataFrame
+    best: Any  # the fitted sklearn Pipeline; predicts class names
+    best_config: Config
+    scheme: str
+    test_scores: Optional[Dict[str, float]]
+    n_fits: int  # estimator fits done in this run (folds and refits count one each)
+    n_cached: int  # configurations whose results came from the result store
+    out: Optional[Path] = None
+    files: List[Path] = field(default_factory=list)
+
+
+# --- features ---------------------------------------------------------------------------------------
+
+@dataclass
+class Features:
+    """The rows a sweep uses: the selection pool (train+val, or every labelled row) and test."""
+
+    X: np.ndarray
+    y: np.ndarray  # class indices into ``classes``
+    pool_split: Optional[np.ndarray]  # "train"/"val" per pool row when the cache has splits
+    X_test: Optional[np.ndarray]
+    y_test: Optional[np.ndarray]
+    classes: List[str]
+    layers: List[str]
+    layer_dims: Dict[str, int]
+    meta: dict
+    path: Path
+
+
+def load_features(path, layer: Optional[str] = None) -> Features:
+    """Read only the layer(s) the sweep needs, and split off labelled pool and test rows."""
+    from . import store
+
+    fs = store.load(path, lazy=True)
+    try:
+        layers = _pick_layers(fs.layers, layer)
+        dims = {name: int(np.prod(fs.features[name].shape[1:])) for name in layers}
+        blocks = [np.asarray(fs.features[name][:], dtype=np.float32).reshape(len(fs), -1) for name in layers]
+    finally:
+        fs.close()
+    X = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+    labelled = fs.y >= 0
+    if not fs.classes or not labelled.any():
+        raise FeatcacheError(f"{fs.path} has no labels (every row is unlabelled); a sweep needs labelled images: "
+                             f"class subfolders, or a CSV with a label column")
+    unlabelled = int((~labelled).sum())
+    if unlabelled:
+        log.info("ignoring %d unlabelled row(s)", unlabelled)
+    split = fs.split
+    pool = labelled & (np.isin(split, ["train", "val"]) if split is not None else True)
+    test = labelled & (split == "test") if split is not None else np.zeros(len(fs), bool)
+    if split is not None and not (pool & (split == "train")).any():
+        raise FeatcacheError(f"{fs.path} has splits but no labelled 'train' rows to fit on")
+    present = np.unique(fs.y[pool])
+    if len(present) < 2:
+        name = fs.classes[present[0]] if len(present) else "none"
+        raise FeatcacheError(f"{fs.path}: the training rows hold only one class ({name}); a classifier needs "
+                             f"at least 2")
+    return Features(
+        X=X[pool] if not pool.all() else X, y=fs.y[pool], pool_split=split[pool] if split is not None else None,
+        X_test=X[test] if test.any() else None, y_test=fs.y[test] if test.any() else None,
+        classes=list(fs.classes), layers=layers, layer_dims=dims, meta=fs.meta, path=Path(fs.path))
+
+
+def _pick_layers(available: List[str], layer: Optional[str]) -> List[str]:
+    if not layer:
+        if len(available) > 1:
+            log.info("the cache has layers %s; using %s (choose with --layer, or join with '+' to concatenate)",
+                     ", ".join(available), available[0])
+        return available[:1]
+    chosen = [name.strip() for name in layer.split("+")]
+    for name in chosen:
+        if name not in available:
+            raise FeatcacheError(f"--layer {name!r} is not in this cache; it has {', '.join(available)} "
+                                 f"(join several with '+', e.g. {'+'.join(available[:2])})")
+    if len(set(chosen)) != len(chosen):
+        raise FeatcacheError(f"--layer {layer!r} names a layer twice")
+    return chosen
+
+
+# --- the validation scheme ------------------------------------------------------------------------
+
+@dataclass
+class Scheme:
+    """How configurations are scored: ``folds`` of (train rows, validation rows) of the pool."""
+
+    kind: str  # "val" (the cache's split), "cv" or "holdout"
+    folds: List[Tuple[np.ndarray, np.ndarray]]
+    identity: dict  # what enters the result key
+    description: str
+
+
+def make_scheme(feats: Features, cv: Optional[int], val_fraction: Optional[float], seed: int) -> Scheme:
+    """The cache's val split; else stratified k-fold CV or a hold-out, falling back when classes are tiny."""
+    from sklearn.model_selection import KFold, ShuffleSplit, StratifiedKFold, StratifiedShuffleSplit
+
+    y, names = feats.y, feats.classes
+    has_val = feats.pool_split is not None and (feats.pool_split == "val").any()
+    where = "train+val" if has_val else ("train" if feats.pool_split is not None else "all labelled rows")
+    if has_val and cv is None and val_fraction is None:
+        train, val = np.flatnonzero(feats.pool_split == "train"), np.flatnonzero(feats.pool_split == "val")
+        unseen = sorted(set(y[val]) - set(y[train]))
+        if unseen:
+            log.warning("class(es) %s appear in val but not in train; no classifier can predict them",
+                        ", ".join(names[i] for i in unseen))
+        return Scheme("val", [(train, val)], {"kind": "val"}, f"the cache's val split ({len(val)} rows)")
+    counts = np.bincount(y, minlength=len(names))
+    present = np.flatnonzero(counts)
+    smallest = present[np.argmin(counts[present])]
+    least = int(counts[smallest])
+    if val_fraction is not None:
+        n_val = int(np.ceil(val_fraction * len(y)))
+        stratified = least >= 2 and min(n_val, len(y) - n_val) >= len(present)
+        if not stratified:
+            log.warning("class %s has %d row(s): too few for a stratified %.0f%% hold-out; using a random one",
+                        names[smallest], least, 100 * val_fraction)
+        splitter = (StratifiedShuffleSplit if stratified else ShuffleSplit)(
+            n_splits=1, test_size=n_val, random_state=seed)
+        folds = list(splitter.split(np.zeros(len(y)), y))
+        ident = {"kind": "holdout", "fraction": val_fraction, "seed": seed, "stratified": stratified}
+        return Scheme("holdout", folds, ident, f"a {100 * val_fraction:.0f}% hold-out of {where} (seed {seed})")
+    k = cv or 5
+    if least >= k:
+        splitter, stratified = StratifiedKFold(k, shuffle=True, random_state=seed), True
+    elif least >= 2:
+        log.warning("class %s has only %d labelled rows, too few for %d-fold CV; using %d-fold CV",
+                    names[smallest], least, k, least)
+        k = least
+        splitter, stratified = StratifiedKFold(k, shuffle=True, random_state=seed), True
+    else:
+        k = min(k, len(y))
+        log.warning("class %s has a single labelled row, so no stratified split exists; using plain %d-fold CV "
+                    "(that class is missing from some training folds)", names[smallest], k)
+        splitter, stratified = KFold(k, shuffle=True, random_state=seed), False
+    folds = list(splitter.split(np.zeros(len(y)), y))
+    ident = {"kind": "cv", "k": k, "seed": seed, "stratified": stratified}
+    return Scheme("cv", folds, ident, f"{k}-fold {'stratified ' if stratified else ''}CV on {where} (seed {seed})")
+
+
+# --- the result store -------------------------------------------------------------------------------
+
+def _versions() -> dict:
+    import sklearn
+    import torch
+
+    from . import __version__
+
+    return {"featcache": __version__, "sklearn": sklearn.__version__, "torch": torch.__version__.split("+")[0]}
+
+
+def result_key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+class ResultStore:
+    """One small JSON file per fitted configuration (plus refitted models), under ``root/<fingerprint>``."""
+
+    def __init__(self, root: Optional[Path], fingerprint: str):
+        self.dir = Path(root) / fingerprint[:16] if root is not None else None
+
+    def get(self, key: str) -> Optional[dict]:
+        if self.dir is None:
+            return None
+        try:
+            record = json.loads((self.dir / f"{key[:32]}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if record.get("key") == key and record.get("format") == RESULT_FORMAT else None
+
+    def put(self, key: str, record: dict) -> None:
+        if self.dir is None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{key[:32]}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({**record, "key": key, "format": RESULT_FORMAT}), encoding="utf-8")
+        os.replace(tmp, self.dir / f"{key[:32]}.json")
+
+    def model_path(self, key: str) -> Optional[Path]:
+        return self.dir / f"{key[:32]}.joblib" if self.dir is not None else None
+
+
+# --- fitting (runs in joblib workers) -------------------------------------------------------------
+
+def fit_configs(configs: List[Config], X, y, seed: int, max_components: int) -> List[Tuple[Any, float, str]]:
+    """Fit each config's pipeline on ``(X, y)``; a logistic path shares one preprocessing fit.
+
+    Returns ``(pipeline, fit seconds, note)`` per config, in order.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.pipeline import Pipeline
+
+    from .heads import logistic_path
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        if configs[0].path_group() is not None:
+            t = time.perf_counter()
+            pre = configs[0].pipeline(seed, max_components)[:-1]
+            Xt = pre.fit_transform(X, y) if len(pre) else X
+            pre_s = (time.perf_counter() - t) / len(configs)
+            fixed = {k: v for k, v in configs[0].estimator(seed).get_params().items() if k != "C"}
+            path = logistic_path(Xt, y, [c.path_value() for c in configs], seed=seed, **fixed)
+            out = [(Pipeline(list(pre.steps) + [("clf", est)]), s + pre_s,
+                    "not converged" if est.n_iter_.max() >= est.max_iter else "") for est, s in path]
+        else:
+            t = time.perf_counter()
+            pipe = configs[0].pipeline(seed, max_components).fit(X, y)
+            out = [(pipe, time.perf_counter() - t, "")]
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        out = [(p, s, note or "not converged") for p, s, note in out]
+    return out
+
+
+def _run_task(configs: List[Config], X, y, train, val, n_classes: int, seed: int, max_components: int,
+              threads: int) -> List[dict]:
+    """Fit ``configs`` on the ``train`` rows, score them on the ``val`` rows (one fold)."""
+    from threadpoolctl import threadpool_limits
+
+    from .heads import torch_threads
+
+    with threadpool_limits(limits=threads), torch_threads(threads):
+        try:
+            fitted = fit_configs(configs, X[train], y[train], seed, max_components)
+            X_val, y_val = X[val], y[val]
+            results = []
+            for pipe, seconds, note in fitted:
+                pred = pipe.predict(X_val)
+                proba = metrics.full_proba(pipe, X_val, range(n_classes))
+                results.append({"scores": metrics.scores(y_val, pred, proba, n_classes), "pred": pred.tolist(),
+                                "fit_s": seconds, "note": note})
+            return results
+        except Exception as e:  # one bad configuration must not end the sweep
+            return [{"error": f"{type(e).__name__}: {e}".splitlines()[0], "fit_s": 0.0} for _ in configs]
+
+
+# --- the sweep --------------------------------------------------------------------------------------
+
+def sweep(cache, **settings) -> SweepResult:
+    """Fit a grid of classifiers on a feature cache, select on validation, refit the best, score test.
+
+    ``settings`` are :class:`SweepConfig` fields, e.g.
+    ``sweep("cache.h5", out="runs/exp1", grid="grid.toml", n_jobs=2)``. Returns a
+    :class:`SweepResult` with the leaderboard (best first) and the refitted best pipeline.
+    """
+    cfg = SweepConfig(cache=Path(cache).expanduser(), **settings)
+    return run(cfg)
+
+
+def run(cfg: SweepConfig) -> SweepResult:
+    cfg.validate()
+    configs = grids.expand_grid(grids.read_grid(cfg.grid), list(cfg.classifiers) or None)
+    feats = load_features(cfg.cache, cfg.layer)
+    scheme = make_scheme(feats, cfg.cv, cfg.val_fraction, cfg.seed)
+    results_root = None if not cfg.reuse else Path(cfg.results_dir or feats.path.parent / "sweep-results")
+    store = ResultStore(results_root, str(feats.meta.get("fingerprint", "")))
+    base = {"fingerprint": feats.meta.get("fingerprint"), "layers": feats.layers, "seed": cfg.seed,
+            "versions": _versions()}
+    log.info("%d configurations on %d x %d features (%s), %d classes; validation: %s",
+             len(configs), len(feats.X), feats.X.shape[1], "+".join(feats.layers), len(feats.classes),
+             scheme.description)
+    keys = {c: result_key({**base, "config": c.identity(), "scheme": scheme.identity}) for c in configs}
+    records = {c: store.get(keys[c]) for c in configs}
+    cached = {c for c, r in records.items() if r is not None}
+    todo = [c for c in configs if c not in cached]
+    max_components = min(feats.X.shape[1], min(len(tr) for tr, _ in scheme.folds))
+    _warn_pca(todo, max_components)
+    t0 = time.perf_counter()
+    n_fits = _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records)
+    log.info("fitted %d configuration(s) (%d fits) in %.1f s; %d from the result store%s", len(todo), n_fits,
+             time.perf_counter() - t0, len(cached), f" ({store.dir})" if store.dir else "")
+    board = _leaderboard(configs, records, cached, keys, cfg.metric, scheme)
+    ok = board[board["status"] == "ok"]
+    if ok.empty:
+        raise FeatcacheError(f"every configuration failed; the first error: {board['status'].iloc[0]}")
+    by_id = {keys[c][:12]: c for c in configs}
+    refits, n_refits = _refit_top(cfg, [by_id[i] for i in ok["config_id"].iloc[: cfg.test_top]], feats, base, store)
+    n_fits += n_refits
+    for config, (_, test, _) in refits.items():
+        if test:
+            row = board.index[board["config_id"] == keys[config][:12]][0]
+            for name, value in test.items():
+                board.loc[row, f"test_{name}"] = value
+    best_config = by_id[ok["config_id"].iloc[0]]
+    best, test_scores, test_pred = refits[best_config]
+    result = SweepResult(board, best, best_config, scheme.description, test_scores, n_fits, len(cached))
+    if cfg.out is not None:
+        result.out = Path(cfg.out).expanduser()
+        result.files = _write_outputs(cfg, result, feats, scheme, records, keys, test_pred)
+    return result
+
+
+def _warn_pca(configs: List[Config], max_components: int) -> None:
+    for spec in sorted({c.preprocess for c in configs}):
+        too_big = [k for k in grids.pca_components(spec) if k > max_components]
+        if too_big:
+            log.warning("preprocess %s: only %d components exist (training rows and features); using %d",
+                        spec, max_components, max_components)
+
+
+def _tasks(todo: List[Config], n_folds: int) -> List[Tuple[List[Config], int]]:
+    """One task per (configuration, fold), except that a logistic path is one task per fold."""
+    groups: Dict[Any, List[Config]] = defaultdict(list)
+    for c in todo:
+        groups[c.path_group() or c].append(c)
+    units = [sorted(g, key=lambda c: c.path_value()) if g[0].path_group() else g for g in groups.values()]
+    # Slow units first, so a parallel sweep does not end waiting on one long fit.
+    units.sort(key=lambda g: (g[0].classifier != "dense", -len(g)))
+    return [(unit, f) for unit in units for f in range(n_folds)]
+
+
+def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records) -> int:
+    """Fit every (configuration, fold) not in the store, in parallel; store each config when complete."""
+    if not todo:
+        return 0
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    tasks = _tasks(todo, len(scheme.folds))
+    cores = os.cpu_count() or 1
+    n_jobs = min(len(tasks), cores if cfg.n_jobs == -1 else cfg.n_jobs)
+    threads = max(1, cores // n_jobs)
+    per_config: Dict[Config, List[dict]] = defaultdict(list)
+    bar = tqdm(total=len(tasks), desc="sweep", unit="fit", disable=not cfg.progress, file=sys.stderr,
+               dynamic_ncols=True)
+    with _shared(feats.X, n_jobs) as X:
+        calls = (delayed(_run_task)(unit, X, feats.y, *scheme.folds[f], len(feats.classes), cfg.seed,
+                                    max_components, threads) for unit, f in tasks)
+        runner = Parallel(n_jobs=n_jobs, return_as="generator")
+        try:
+            for (unit, f), results in zip(tasks, runner(calls)):
+                for config, result in zip(unit, results):
+                    per_config[config].append({**result, "fold": f})
+                    if len(per_config[config]) == len(scheme.folds):
+                        records[config] = _combine(per_config[config], scheme, len(feats.y))
+                        if "error" not in records[config]:  # failures are retried next time
+                            store.put(keys[config], records[config])
+                bar.set_postfix_str(unit[0].classifier, refresh=False)
+                bar.update(1)
+        finally:
+            bar.close()
+    return len(todo) * len(scheme.folds)
+
+
+class _shared:
+    """The features as a read-only memmap for parallel workers: one copy on disk/page cache, none per task."""
+
+    def __init__(self, X: np.ndarray, n_jobs: int):
+        self.X, self.n_jobs, self.tmp = X, n_jobs, None
+
+    def __enter__(self):
+        if self.n_jobs == 1:
+            return self.X
+        shm = Path("/dev/shm")
+        self.tmp = tempfile.TemporaryDirectory(prefix="featcache-sweep-",
+                                               dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None)
+        path = Path(self.tmp.name) / "X.npy"
+        np.save(path, self.X)
+        return np.load(path, mmap_mode="r")
+
+    def __exit__(self, *exc):
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+
+def _combine(folds: List[dict], scheme: Scheme, n_rows: int) -> dict:
+    """One record per configuration: mean (and std) of the fold scores, the out-of-fold predictions."""
+    errors = [f["error"] for f in folds if "error" in f]
+    if errors:
+        return {"error": errors[0], "fit_s": 0.0}
+    pred = np.full(n_rows, -1, dtype=np.int64)
+    for f in folds:
+        pred[scheme.folds[f["fold"]][1]] = f["pred"]
+    notes = sorted({f["note"] for f in folds if f["note"]})
+    return {"scores": metrics.average([f["scores"] for f in folds]), "fit_s": sum(f["fit_s"] for f in folds),
+            "note": "; ".join(notes), "pred": pred.tolist()}
+
+
+def _leaderboard(configs, records, cached, keys, metric: str, scheme: Scheme):
+    import pandas as pd
+
+    rows = []
+    for c in configs:
+        r = records[c]
+        row = {"classifier": c.classifier, "params": c.params_text(), "preprocess": c.preprocess}
+        for name, value in (r.get("scores") or {}).items():
+            row[f"val_{name}"] = value
+        row.update({"fit_s": round(r["fit_s"], 3), "note": r.get("note", ""), "from_cache": c in cached,
+                    "status": "ok" if "error" not in r else f"failed: {r['error']}", "config_id": keys[c][:12]})
+        rows.append(row)
+    board = pd.DataFrame(rows)
+    for name in metrics.METRICS:
+        if f"val_{name}" not in board:
+            board[f"val_{name}"] = np.nan
+    failed = board["status"] != "ok"
+    key = board[f"val_{metric}"].map(lambda v: metrics.sort_key(metric, v))
+    board = board.assign(_failed=failed, _key=key).sort_values(
+        ["_failed", "_key", "fit_s"], ascending=[True, False, True], kind="stable").drop(columns=["_failed", "_key"])
+    board.insert(0, "rank", range(1, len(board) + 1))
+    first = ["rank", "classifier", "params", "preprocess"] + [f"val_{m}" for m in metrics.METRICS]
+    return board[first + [c for c in board.columns if c not in first]].reset_index(drop=True)
+
+
+# --- refit, test, outputs -----------------------------------------------------------------------------
+
+def _refit_top(cfg: SweepConfig, top: List[Config], feats: Features, base: dict, store: ResultStore):
+    """Refit the top configurations on the whole pool, score test once; reuse stored refits."""
+    from .predict import load_model, save_model
+
+    names = np.asarray(feats.classes, dtype=object)
+    y_names = names[feats.y]
+    has_test = feats.X_test is not None
+    out, n_fits = {}, 0
+    for config in top:
+        key = result_key({**base, "config": config.identity(), "scheme": {"kind": "refit"}})
+        record, path = store.get(key), store.model_path(key)
+        if record is not None and path is not None and path.is_file():
+            try:
+                out[config] = (load_model(path).pipeline, record.get("test"), record.get("test_pred"))
+                continue
+            except FeatcacheError as e:
+                log.warning("refitting %s: the stored model could not be used (%s)", config.label(), e)
+        log.info("refitting %s on %d rows", config.label(), len(feats.y))
+        (pipe, _, _), = fit_configs([config], feats.X, y_names, cfg.seed, min(feats.X.shape))
+        n_fits += 1
+        test, test_pred = None, None
+        if has_test:
+            pred = np.array([feats.classes.index(p) for p in pipe.predict(feats.X_test)])
+            proba = metrics.full_proba(pipe, feats.X_test, feats.classes)
+            test, test_pred = metrics.scores(feats.y_test, pred, proba, len(feats.classes)), pred.tolist()
+        out[config] = (pipe, test, test_pred)
+        if path is not None:
+            save_model(path, pipe, {"config": config.identity()})
+            store.put(key, {"test": test, "test_pred": test_pred})
+    return out, n_fits
+
+
+def model_metadata(result: SweepResult, feats: Features, scheme: Scheme, metric: str) -> dict:
+    """What ``best.joblib`` carries so :mod:`featcache.predict` can reproduce and check the features."""
+    from .predict import feature_identity
+
+    row = result.leaderboard.iloc[0]
+    return {
+        "classes": feats.classes,
+        "layers": feats.layers,
+        "layer_dims": feats.layer_dims,
+        "n_features": int(feats.X.shape[1]),
+        "feature_identity": feature_identity(feats.meta),
+        "feature_versions": (feats.meta.get("key") or {}).get("versions"),
+        "extract_config": feats.meta.get("config"),
+        "cache": {"path": str(feats.path), "fingerprint": feats.meta.get("fingerprint"),
+                  "dataset": feats.meta.get("dataset")},
+        "config": result.best_config.identity(),
+        "selection": {"scheme": scheme.description, "metric": metric,
+                      "val": {m: _num(row[f"val_{m}"]) for m in metrics.METRICS}},
+        "test": result.test_scores,
+        "versions": _versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _num(v):
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+
+
+def _write_outputs(cfg, result: SweepResult, feats: Features, scheme: Scheme, records, keys, test_pred) -> List[Path]:
+    from . import plots
+    from .predict import save_model
+
+    out = result.out
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "leaderboard.csv"]
+    result.leaderboard.to_csv(files[0], index=False)
+    files.append(save_model(out / "best.joblib", result.best, model_metadata(result, feats, scheme, cfg.metric)))
+    if cfg.plots:
+        by_clf: Dict[str, List[dict]] = defaultdict(list)
+        for c, r in records.items():
+            if "scores" in r:
+                by_clf[c.classifier].append({"params": c.params, "preprocess": c.preprocess,
+                                             "score": r["scores"][cfg.metric]})
+        files += plots.plot_all(by_clf, cfg.metric, out / "plots")
+        if test_pred is not None:
+            y_true, y_pred, on = feats.y_test, np.asarray(test_pred), "test"
+        else:
+            pred = np.asarray(records[result.best_config]["pred"])
+            seen = pred >= 0
+            y_true, y_pred, on = feats.y[seen], pred[seen], "validation" if scheme.kind != "cv" else "out-of-fold"
+        path = out / "plots" / "confusion_matrix.png"
+        plots.confusion_plot(y_true, y_pred, feats.classes, f"{result.best_config.label()}\n({on})", path)
+        files.append(path)
+    summary = {"cache": str(feats.path), "fingerprint": feats.meta.get("fingerprint"), "layers": feats.layers,
+               "scheme": scheme.description, "metric": cfg.metric, "seed": cfg.seed,
+               "best": result.best_config.identity(), "test": result.test_scores,
+               "n_configurations": len(records), "n_cached": result.n_cached, "n_fits": result.n_fits,
+               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}}
+    files.append(out / "sweep.json")
+    files[-1].write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    return files
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m featcache.sweep",
+        description="Fit a grid of classifiers on cached features, rank them on validation data, refit the "
+                    "best on train(+val) and score it once on test. Writes OUT/leaderboard.csv (best first), "
+                    "OUT/best.joblib (+ .json sidecar) for featcache.predict, OUT/plots/*.png and OUT/sweep.json; "
+                    "prints the leaderboard, and OUT as the last line. Results are stored per configuration, "
+                    "so a rerun fits nothing and a new grid point fits only itself.",
+        epilog="validation: the cache's val split when it has one (else CV inside train); without splits,\n"
+               "stratified k-fold CV (--cv, default 5) or a --val-fraction hold-out. Test rows are never\n"
+               "used for selection.\n\n"
+               "examples:\n"
+               "  python -m featcache.sweep CACHE.h5 --out runs/exp1\n"
+               "  python -m featcache.sweep CACHE.h5 --grid grid.toml --n-jobs 2\n"
+               "  python -m featcache.sweep CACHE.h5 --classifiers logreg,knn --layer layer3+layer4 --cv 10\n"
+               "  python -m featcache.sweep --print-grid > grid.toml     # the default grid, to edit",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("cache", nargs="?", type=Path, help="a feature cache (.h5) written by featcache.extract")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/<dataset>-<date-time>)")
+    p.add_argument("--grid", type=Path,
+                   help="TOML (or YAML) grid file: a table per classifier; lists are swept, scalars fixed "
+                        "(default: the built-in grid, see --print-grid)")
+    p.add_argument("--classifiers", help=f"comma-separated subset of the grid's classifiers "
+                                         f"({','.join(grids.CLASSIFIERS)}) (default: all in the grid)")
+    p.add_argument("--layer", help="cache layer to use, or several joined with '+' to concatenate them "
+                                   "(default: the cache's first layer)")
+    p.add_argument("--cv", type=int, help="k-fold cross-validation (default: 5 when the cache has no val split; "
+                                          "given with a val split, CV runs on train+val)")
+    p.add_argument("--val-fraction", type=float, help="score on a random stratified hold-out of this fraction "
+                                                      "instead of CV (e.g. 0.2)")
+    p.add_argument("--metric", default="accuracy", choices=metrics.METRICS,
+                   help="selection metric (default: accuracy; ties go to the faster fit)")
+    p.add_argument("--seed", type=int, default=0, help="seed for folds, hold-outs and estimators (default: 0)")
+    p.add_argument("--n-jobs", type=int, default=1,
+                   help="parallel worker processes, -1 = one per core; BLAS/torch threads are split between "
+                        "them (default: 1, which uses every core inside each fit)")
+    p.add_argument("--test-top", type=int, default=1,
+                   help="refit this many of the best configurations and score them on test; the first is "
+                        "saved as best.joblib (default: 1)")
+    p.add_argument("--results-dir", type=Path,
+                   help="where per-configuration results are stored (default: sweep-results/ next to the cache)")
+    p.add_argument("--no-reuse", action="store_true", help="neither read nor write stored results: fit everything")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--print-grid", action="store_true", help="print the default grid (TOML) and exit")
+    p.add_argument("--list-classifiers", action="store_true",
+                   help="list the classifiers and the hyperparameters a grid may set, and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors, and the output folder")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return p
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.print_grid:
+        print(grids.DEFAULT_GRID, end="")
+        return 0
+    if args.list_classifiers:
+        print(grids.describe_classifiers())
+        return 0
+    if args.cache is None:
+        raise FeatcacheError("give a cache file: python -m featcache.sweep CACHE.h5 (see --help)")
+    out = args.out or Path("runs") / f"{args.cache.stem.split('__')[0]}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    cfg = SweepConfig(
+        cache=args.cache, out=out, grid=args.grid, layer=args.layer, cv=args.cv, val_fraction=args.val_fraction,
+        classifiers=[c.strip() for c in args.classifiers.split(",") if c.strip()] if args.classifiers else (),
+        metric=args.metric, seed=args.seed, n_jobs=args.n_jobs, test_top=args.test_top,
+        results_dir=args.results_dir, reuse=not args.no_reuse, plots=not args.no_plots,
+        progress=not (args.no_progress or args.quiet))
+    result = run(cfg)
+    if not args.quiet:
+        print(format_leaderboard(result.leaderboard))
+        best = result.leaderboard.iloc[0]
+        test = f"; test {cfg.metric} {result.test_scores[cfg.metric]:.4f}" if result.test_scores else ""
+        print(f"best: {result.best_config.label()}: val {cfg.metric} {best[f'val_{cfg.metric}']:.4f}{test}")
+    print(result.out)
+    return 0
+
+
+def format_leaderboard(board, limit: int = 25) -> str:
+    """The leaderboard as a fixed-width table (the first ``limit`` rows)."""
+    cols = [c for c in ["rank", "classifier", "params", "preprocess", "val_accuracy", "val_balanced_accuracy",
+                        "val_f1_macro", "val_log_loss", "test_accuracy", "fit_s", "note"] if c in board]
+    shown = board[cols].head(limit).copy()
+    shown["params"] = shown["params"].str.slice(0, 40)
+    text = shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
+    if len(board) > limit:
+        text += f"\n... {len(board) - limit} more rows in leaderboard.csv"
+    return text
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .extract import run_cli
+
+    return run_cli(_main, argv, build_parser())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -62,6 +62,9 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> None:
                    help="storage type of the features; float16 halves the file (default: float32)")
     p.add_argument("--hash-content", action="store_true",
                    help="key the cache on each file's SHA-256 instead of its size and modification time")
+    p.add_argument("--gpu-decode", action="store_true",
+                   help="decode JPEGs in batches on the model's device with torchvision.io (nvJPEG on a GPU) "
+                        "instead of Pillow in the workers; for GPU runs that are decode-bound (part of the key)")
     p.add_argument("--cache-dir", type=Path,
                    help="where caches live (default: $FEATCACHE_DIR, else ~/.cache/featcache)")
 

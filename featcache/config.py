@@ -45,6 +45,7 @@ class ExtractConfig:
     precision: str = "auto"
     dtype: str = "float32"  # storage dtype of the features
     hash_content: bool = False  # hash file bytes instead of trusting size + mtime
+    gpu_decode: bool = False  # decode JPEGs with torchvision.io on the model's device (for GPU runs)
 
     device: str = "auto"
     batch_size: Union[int, str] = 64  # or "auto": the largest that fits on a GPU, 64 on a CPU

@@ -107,23 +107,60 @@ def default_num_workers(device: torch.device) -> int:
 # --- decoding in workers -------------------------------------------------------------------------
 
 class DecodeDataset(torch.utils.data.Dataset):
-    """The given rows of a source, decoded to uint8 CHW at the crop size; failures carry a reason."""
+    """The given rows of a source, decoded to uint8 CHW at the crop size; failures carry a reason.
 
-    def __init__(self, source: sources.Source, pre: backbones.Preprocess, rows: np.ndarray, timeout_s: float):
-        self.source, self.pre, self.rows, self.timeout_s = source, pre, rows, timeout_s
+    With ``raw_jpegs``, JPEG files are returned as their bytes (flag ``True``) for decoding on the device.
+    """
+
+    def __init__(self, source: sources.Source, pre: backbones.Preprocess, rows: np.ndarray, timeout_s: float,
+                 raw_jpegs: bool = False):
+        self.source, self.pre, self.rows, self.timeout_s, self.raw_jpegs = source, pre, rows, timeout_s, raw_jpegs
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, k: int):
+        i = int(self.rows[k])
+        if self.raw_jpegs and self.source.root is not None and sources.is_jpeg(self.source.file_path(i)):
+            try:
+                return torch.from_numpy(np.fromfile(self.source.file_path(i), dtype=np.uint8)), "", True
+            except OSError as e:
+                return self._blank(), f"{type(e).__name__}: {e}", False
         try:
             with _time_limit(self.timeout_s):
-                arr = sources.decode_sample(self.source, int(self.rows[k]), self.pre.resize_size, self.pre.crop_size)
-            reason = ""
+                arr = sources.decode_sample(self.source, i, self.pre.resize_size, self.pre.crop_size)
         except Exception as e:  # any undecodable input becomes a recorded failure, never a crash
-            arr = np.zeros((self.pre.crop_size, self.pre.crop_size, 3), np.uint8)
-            reason = f"{type(e).__name__}: {e}"
-        return torch.from_numpy(arr).permute(2, 0, 1), reason
+            return self._blank(), f"{type(e).__name__}: {e}", False
+        return torch.from_numpy(arr).permute(2, 0, 1), "", False
+
+    def _blank(self) -> torch.Tensor:
+        return torch.zeros(3, self.pre.crop_size, self.pre.crop_size, dtype=torch.uint8)
+
+
+def _collate(batch):
+    """Stack decoded images; keep raw JPEG bytes (variable length) as a list for the device decoder."""
+    tensors, reasons, raw = zip(*batch)
+    if any(raw):
+        return list(tensors), list(reasons), list(raw)
+    return torch.stack(tensors), list(reasons), None
+
+
+def _to_device_batch(images, reasons: List[str], raw, device, pre: backbones.Preprocess) -> torch.Tensor:
+    """One (B, 3, S, S) uint8 batch on ``device``; raw JPEGs are decoded there (failures update ``reasons``)."""
+    if raw is None:
+        return images.to(device, non_blocking=True)
+    jpeg_rows = [k for k, is_raw in enumerate(raw) if is_raw]
+    decoded, why = sources.decode_jpegs_on_device([images[k] for k in jpeg_rows], device, pre.resize_size,
+                                                  pre.crop_size)
+    out = []
+    for k, img in enumerate(images):
+        if raw[k]:
+            img = decoded[jpeg_rows.index(k)]
+            if img is None:
+                reasons[k] = why[jpeg_rows.index(k)]
+                img = torch.zeros(3, pre.crop_size, pre.crop_size, dtype=torch.uint8, device=device)
+        out.append(img.to(device, non_blocking=True))
+    return torch.stack(out)
 
 
 class _DecodeTimeout(Exception):
@@ -159,6 +196,7 @@ def _loader(dataset: DecodeDataset, cfg: ExtractConfig, device, num_workers: int
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if num_workers else None,
+        collate_fn=_collate,
         # A last resort against a worker stuck where no signal reaches it: never hang forever.
         timeout=(cfg.decode_timeout * cfg.batch_size + 60) if num_workers and cfg.decode_timeout else 0,
     )
@@ -206,8 +244,9 @@ def _run(cfg: ExtractConfig, plan: "Plan", fx, writer: store.CacheWriter) -> dic
     device, precision = plan.device, plan.precision
     rows = writer.remaining
     num_workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(device)
-    loader = _loader(DecodeDataset(plan.source, plan.backbone.preprocess, rows, cfg.decode_timeout), cfg, device,
-                     num_workers)
+    pre = plan.backbone.preprocess
+    loader = _loader(DecodeDataset(plan.source, pre, rows, cfg.decode_timeout, raw_jpegs=cfg.gpu_decode), cfg,
+                     device, num_workers)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     thread = _WriterThread(writer)
@@ -221,12 +260,14 @@ def _run(cfg: ExtractConfig, plan: "Plan", fx, writer: store.CacheWriter) -> dic
         while True:
             t0 = time.perf_counter()
             try:
-                images, reasons = next(it)
+                images, reasons, raw = next(it)
             except StopIteration:
                 break
             t1 = time.perf_counter()
+            with torch.inference_mode():
+                batch = _to_device_batch(images, reasons, raw, device, pre)
             with torch.inference_mode(), autocast(device, precision):
-                out = fx(images.to(device, non_blocking=True))
+                out = fx(batch)
                 feats = {k: v.float().cpu().numpy() for k, v in out.items()}
             t2 = time.perf_counter()
             ok = np.array([r == "" for r in reasons], dtype=np.uint8)
@@ -278,7 +319,8 @@ def plan_extraction(cfg: ExtractConfig) -> Plan:
     if len(set(layers)) != len(layers):
         raise FeatcacheError(f"--layer lists a layer twice: {' '.join(layers)}")
     manifest = source.manifest(cfg.hash_content)
-    parts = store.key_parts(source, manifest, backbone, layers, cfg.pool, precision, cfg.dtype)
+    parts = store.key_parts(source, manifest, backbone, layers, cfg.pool, precision, cfg.dtype,
+                            decoder="torchvision.io" if cfg.gpu_decode else "pillow")
     fingerprint = store.cache_key(parts)
     path = store.cache_path(cfg.resolved_cache_dir(), source.name, backbone.name, layers, fingerprint)
     return Plan(source, device, precision, backbone, layers, manifest, parts, fingerprint, path)
@@ -327,7 +369,7 @@ def _refuse_bad_files(cfg: ExtractConfig, plan: Plan) -> None:
     loader = _loader(DecodeDataset(plan.source, plan.backbone.preprocess, rows, cfg.decode_timeout), cfg,
                      torch.device("cpu"), num_workers)
     bad, i = [], 0
-    for _, reasons in tqdm(loader, desc="check", unit="batch", disable=not cfg.progress, file=sys.stderr):
+    for _, reasons, _ in tqdm(loader, desc="check", unit="batch", disable=not cfg.progress, file=sys.stderr):
         bad += [(plan.source.paths[i + k], r) for k, r in enumerate(reasons) if r]
         i += len(reasons)
     if bad:
@@ -402,6 +444,7 @@ def _config_record(cfg: ExtractConfig, plan: Plan) -> dict:
         "precision": plan.precision,
         "dtype": cfg.dtype,
         "hash_content": cfg.hash_content,
+        "gpu_decode": cfg.gpu_decode,
         "batch_size": cfg.batch_size,
     }
 

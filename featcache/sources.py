@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 from .config import FeatcacheError
@@ -302,6 +303,47 @@ def resize_center_crop(img: Image.Image, resize_size: int, crop_size: int) -> np
         img = img.resize((new_w, new_h), Image.BILINEAR, reducing_gap=3.0)
     left, top = (new_w - crop_size) // 2, (new_h - crop_size) // 2
     return np.array(img.crop((left, top, left + crop_size, top + crop_size)))
+
+
+def is_jpeg(path: Path) -> bool:
+    return path.suffix.lower() in (".jpg", ".jpeg")
+
+
+def decode_jpegs_on_device(datas: List[torch.Tensor], device, resize_size: int, crop_size: int):
+    """Batched JPEG decode with ``torchvision.io.decode_jpeg`` on ``device`` (nvJPEG on CUDA), then
+    resize and centre-crop there too. Returns ``(images, reasons)``; a file that fails gets ``None``.
+
+    For GPU runs that are decode-bound: the CPU only reads bytes. Resizing uses torch's antialiased
+    bilinear interpolation, so pixels differ slightly from the Pillow path (the cache key says which).
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+        reasons = [""] * len(datas)
+    except RuntimeError:  # one bad file fails the whole batch: find it
+        images, reasons = [], []
+        for data in datas:
+            try:
+                images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
+                reasons.append("")
+            except RuntimeError as e:
+                images.append(None)
+                reasons.append(f"RuntimeError: {e}")
+    return [None if img is None else _resize_center_crop_tensor(img, resize_size, crop_size) for img in images], reasons
+
+
+def _resize_center_crop_tensor(img: torch.Tensor, resize_size: int, crop_size: int) -> torch.Tensor:
+    """The tensor twin of :func:`resize_center_crop`: (3, H, W) uint8 → (3, crop, crop) uint8, same device."""
+    h, w = img.shape[-2:]
+    scale = resize_size / min(w, h)
+    new_w, new_h = max(crop_size, round(w * scale)), max(crop_size, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        img = torch.nn.functional.interpolate(img[None].float(), size=(new_h, new_w), mode="bilinear",
+                                              antialias=True, align_corners=False)[0]
+        img = img.round_().clamp_(0, 255).to(torch.uint8)
+    top, left = (new_h - crop_size) // 2, (new_w - crop_size) // 2
+    return img[:, top:top + crop_size, left:left + crop_size]
 
 
 def decode_sample(source: Source, i: int, resize_size: int, crop_size: int) -> np.ndarray:

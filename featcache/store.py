@@ -40,7 +40,7 @@ def cache_key(parts: dict) -> str:
 
 
 def key_parts(source, manifest: dict, backbone, layers: Sequence[str], pooling: str, precision: str,
-              dtype: str) -> dict:
+              dtype: str, decoder: str = "pillow") -> dict:
     """What the features depend on, each part small enough to compare (files are hashed)."""
     import torch
     import torchvision
@@ -58,6 +58,7 @@ def key_parts(source, manifest: dict, backbone, layers: Sequence[str], pooling: 
         "preprocess": backbone.preprocess.to_dict(),
         "precision": precision,
         "dtype": dtype,
+        "decoder": decoder,
         "versions": {"torch": torch.__version__.split("+")[0], "torchvision": torchvision.__version__.split("+")[0]},
     }
 

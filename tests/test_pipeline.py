@@ -134,7 +134,7 @@ def test_a_hanging_decode_becomes_a_failed_row_not_a_hang():
                  dataset=Slow())
     dd = DecodeDataset(src, Preprocess(16, 16), np.arange(3), timeout_s=1.0)
     t = time.time()
-    image, reason = dd[1]
+    image, reason, _ = dd[1]
     assert time.time() - t < 5
     assert "decoding took longer than 1 s" in reason and image.shape == (3, 16, 16)
     assert dd[2][1] == ""
@@ -211,3 +211,19 @@ def test_dataset_of_only_bad_files_exits_nonzero(tmp_path):
 def test_batch_size_auto_on_a_cpu(split_folder, fast):
     fs = load(featcache.extract(split_folder, **{**fast, "batch_size": "auto"}))
     assert len(fs) == 20 and fs.meta["config"]["batch_size"] == 64
+
+
+def test_device_jpeg_decode_path_matches_pillow(tmp_path, make_image, fast, broken_images):
+    """``gpu_decode`` (run here on the CPU, same code as on CUDA) gives features close to the Pillow path."""
+    data = tmp_path / "jpegs"
+    for k in range(2):
+        for i in range(4):
+            make_image(data / f"c{k}" / f"{i}.jpg", k, i, size=(60, 44), quality=95)
+    make_image(data / "c0" / "p.png", 0, 9)  # non-JPEG files still go through Pillow
+    (data / "c1" / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    pil = load(featcache.extract(data, **fast))
+    dev = load(featcache.extract(data, **{**fast, "gpu_decode": True}))
+    assert pil.path != dev.path and list(pil.paths) == list(dev.paths)
+    assert [p for p, _ in dev.failed] == ["c1/bad.jpg"] and dev.failed[0][1]
+    cos = (pil.X * dev.X).sum(1) / (np.linalg.norm(pil.X, axis=1) * np.linalg.norm(dev.X, axis=1))
+    assert cos.min() > 0.99, cos

@@ -7,22 +7,14 @@ Every grid point becomes a :class:`Config`, validated before anything is fitted.
 from __future__ import annotations
 
 import difflib
+import importlib
 import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
-
-from sklearn.base import BaseEstimator
-from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression, RidgeClassifier, SGDClassifier
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import Normalizer, StandardScaler
-from sklearn.svm import LinearSVC
+from typing import Any, Dict, List, Optional, Tuple
 
 from .config import FeatcacheError
-from .heads import DenseHead
 
 try:
     import tomllib
@@ -32,22 +24,33 @@ except ModuleNotFoundError:  # Python < 3.11
 
 @dataclass(frozen=True)
 class Classifier:
-    """A registered classifier: how to build it, and what the sweep does specially with it."""
+    """A registered classifier: where its estimator lives, and what the sweep does specially with it.
 
-    make: Callable[[], BaseEstimator]
+    Estimators are imported on first use, so ``--help`` and grid errors come back without loading
+    scikit-learn or torch.
+    """
+
+    target: str  # "module:Class"
     about: str
+    defaults: Tuple[Tuple[str, Any], ...] = ()  # featcache's choices where they differ from the estimator's
     path_param: Optional[str] = None  # a hyperparameter fitted as a warm-started path
+
+    def make(self):
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)(**dict(self.defaults))
 
 
 CLASSIFIERS: Dict[str, Classifier] = {
-    "logreg": Classifier(LogisticRegression, "L2 logistic regression; all C values of a grid are one "
-                                             "warm-started path", path_param="C"),
-    "linsvm": Classifier(LinearSVC, "linear SVM (LinearSVC, squared hinge); no probabilities"),
-    "ridge": Classifier(RidgeClassifier, "ridge regression on one-vs-all targets; no probabilities"),
-    "sgd": Classifier(SGDClassifier, "linear model trained by SGD; loss=log_loss gives probabilities"),
-    "knn": Classifier(lambda: KNeighborsClassifier(metric="cosine", algorithm="brute"),
-                      "k nearest neighbours, cosine distance"),
-    "dense": Classifier(DenseHead, "torch MLP/linear head (featcache.heads.DenseHead), AdamW, early stopping"),
+    "logreg": Classifier("sklearn.linear_model:LogisticRegression",
+                         "L2 logistic regression; the C values of a grid are one warm-started path", path_param="C"),
+    "linsvm": Classifier("sklearn.svm:LinearSVC", "linear SVM (squared hinge); no probabilities"),
+    "ridge": Classifier("sklearn.linear_model:RidgeClassifier", "ridge regression on one-vs-all targets; "
+                                                                "no probabilities"),
+    "sgd": Classifier("sklearn.linear_model:SGDClassifier", "linear model trained by SGD; loss=log_loss gives "
+                                                            "probabilities"),
+    "knn": Classifier("sklearn.neighbors:KNeighborsClassifier", "k nearest neighbours, cosine distance",
+                      defaults=(("metric", "cosine"), ("algorithm", "brute"))),
+    "dense": Classifier("featcache.heads:DenseHead", "torch MLP or linear head, AdamW, early stopping"),
 }
 
 PREPROCESS_STEPS = ("none", "standardize", "l2", "pca:K")
@@ -118,6 +121,9 @@ def pca_components(spec: str) -> List[int]:
 
 def preprocess_steps(spec: str, seed: int, max_components: Optional[int] = None) -> List[Tuple[str, Any]]:
     """The sklearn transformers for ``spec``; PCA is capped at ``max_components`` (the data's rank bound)."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import Normalizer, StandardScaler
+
     steps = []
     for i, step in enumerate(canonical_preprocess(spec).split("+")):
         if step == "standardize":
@@ -153,7 +159,7 @@ class Config:
     def label(self) -> str:
         return f"{self.classifier}({self.params_text()}) on {self.preprocess}"
 
-    def estimator(self, seed: int) -> BaseEstimator:
+    def estimator(self, seed: int):
         """The unfitted classifier; ``random_state`` is the sweep's seed unless the grid sets it."""
         est = CLASSIFIERS[self.classifier].make()
         params = self.params
@@ -161,7 +167,9 @@ class Config:
             params["random_state"] = seed
         return est.set_params(**_tuples(params))
 
-    def pipeline(self, seed: int, max_components: Optional[int] = None) -> Pipeline:
+    def pipeline(self, seed: int, max_components: Optional[int] = None):
+        from sklearn.pipeline import Pipeline
+
         steps = preprocess_steps(self.preprocess, seed, max_components)
         return Pipeline(steps + [("clf", self.estimator(seed))])
 
@@ -299,6 +307,6 @@ def describe_classifiers() -> str:
     lines = []
     for name, c in CLASSIFIERS.items():
         est = c.make()
-        lines.append(f"{name:<7} {type(est).__module__}.{type(est).__name__}: {c.about}\n"
+        lines.append(f"{name:<7} {c.target.replace(':', '.')}: {c.about}\n"
                      f"        keys: preprocess, {', '.join(sorted(est.get_params(deep=False)))}")
     return "\n".join(lines)

@@ -5,7 +5,6 @@ import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
 
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "log_loss")
 LOWER_IS_BETTER = {"log_loss"}
@@ -27,6 +26,8 @@ def full_proba(estimator, X, labels: Sequence) -> Optional[np.ndarray]:
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray, proba: Optional[np.ndarray], n_classes: int) -> Dict[str, float]:
     """All of :data:`METRICS` (``log_loss`` is NaN without probabilities)."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
+
     present = np.unique(y_true)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # classes missing from a small fold are expected, not news

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .cli import Parser, run_cli
 from .config import ExtractConfig, FeatcacheError
 
 log = logging.getLogger("featcache")
@@ -172,7 +173,7 @@ def features_for(metadata: dict, data, *, cache_dir=None, device: str = "auto", 
                  num_workers: Optional[int] = None, progress: bool = True):
     """The (X, FeatureSet) for ``data``: an existing cache file, or images extracted with the model's settings."""
     from . import store
-    from .extract import extract
+    from .pipeline import extract
 
     path = Path(data).expanduser() if isinstance(data, (str, os.PathLike)) else None
     if path is not None and path.suffix == ".h5":
@@ -253,8 +254,8 @@ def _accuracy(fs, predicted: np.ndarray, model_classes: Sequence[str]) -> Option
 
 # --- command line ---------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="python -m featcache.predict",
         description="Predict classes for new images with a model saved by featcache.sweep. Features are "
                     "extracted with exactly the settings the model was trained on (a cache hit when done "
@@ -302,8 +303,6 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .extract import run_cli
-
     return run_cli(_main, argv, build_parser())
 
 

@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import grids, metrics
+from .cli import Parser, run_cli
 from .config import FeatcacheError
 from .grids import Config
 
@@ -85,6 +86,8 @@ class SweepResult:
     test_scores: Optional[Dict[str, float]]
     n_fits: int  # estimator fits done in this run (folds and refits count one each)
     n_cached: int  # configurations whose results came from the result store
+    fitted: List[str] = field(default_factory=list)  # configurations fitted for selection in this run
+    refitted: List[str] = field(default_factory=list)  # configurations refitted on train(+val) in this run
     out: Optional[Path] = None
     files: List[Path] = field(default_factory=list)
 
@@ -353,8 +356,8 @@ def run(cfg: SweepConfig) -> SweepResult:
     if ok.empty:
         raise FeatcacheError(f"every configuration failed; the first error: {board['status'].iloc[0]}")
     by_id = {keys[c][:12]: c for c in configs}
-    refits, n_refits = _refit_top(cfg, [by_id[i] for i in ok["config_id"].iloc[: cfg.test_top]], feats, base, store)
-    n_fits += n_refits
+    refits, refitted = _refit_top(cfg, [by_id[i] for i in ok["config_id"].iloc[: cfg.test_top]], feats, base, store)
+    n_fits += len(refitted)
     for config, (_, test, _) in refits.items():
         if test:
             row = board.index[board["config_id"] == keys[config][:12]][0]
@@ -362,7 +365,8 @@ def run(cfg: SweepConfig) -> SweepResult:
                 board.loc[row, f"test_{name}"] = value
     best_config = by_id[ok["config_id"].iloc[0]]
     best, test_scores, test_pred = refits[best_config]
-    result = SweepResult(board, best, best_config, scheme.description, test_scores, n_fits, len(cached))
+    result = SweepResult(board, best, best_config, scheme.description, test_scores, n_fits, len(cached),
+                         [c.label() for c in todo], refitted)
     if cfg.out is not None:
         result.out = Path(cfg.out).expanduser()
         result.files = _write_outputs(cfg, result, feats, scheme, records, keys, test_pred)
@@ -471,10 +475,12 @@ def _leaderboard(configs, records, cached, keys, metric: str, scheme: Scheme):
     for name in metrics.METRICS:
         if f"val_{name}" not in board:
             board[f"val_{name}"] = np.nan
-    failed = board["status"] != "ok"
-    key = board[f"val_{metric}"].map(lambda v: metrics.sort_key(metric, v))
-    board = board.assign(_failed=failed, _key=key).sort_values(
-        ["_failed", "_key", "fit_s"], ascending=[True, False, True], kind="stable").drop(columns=["_failed", "_key"])
+    # Best first; ties go to the lower validation log-loss, then to the faster fit.
+    order = board.assign(_failed=board["status"] != "ok",
+                         _key=board[f"val_{metric}"].map(lambda v: metrics.sort_key(metric, v)),
+                         _tie=board["val_log_loss"].map(lambda v: metrics.sort_key("log_loss", v)))
+    board = order.sort_values(["_failed", "_key", "_tie", "fit_s"], ascending=[True, False, False, True],
+                              kind="stable").drop(columns=["_failed", "_key", "_tie"])
     board.insert(0, "rank", range(1, len(board) + 1))
     first = ["rank", "classifier", "params", "preprocess"] + [f"val_{m}" for m in metrics.METRICS]
     return board[first + [c for c in board.columns if c not in first]].reset_index(drop=True)
@@ -489,7 +495,7 @@ def _refit_top(cfg: SweepConfig, top: List[Config], feats: Features, base: dict,
     names = np.asarray(feats.classes, dtype=object)
     y_names = names[feats.y]
     has_test = feats.X_test is not None
-    out, n_fits = {}, 0
+    out, refitted = {}, []
     for config in top:
         key = result_key({**base, "config": config.identity(), "scheme": {"kind": "refit"}})
         record, path = store.get(key), store.model_path(key)
@@ -501,7 +507,7 @@ def _refit_top(cfg: SweepConfig, top: List[Config], feats: Features, base: dict,
                 log.warning("refitting %s: the stored model could not be used (%s)", config.label(), e)
         log.info("refitting %s on %d rows", config.label(), len(feats.y))
         (pipe, _, _), = fit_configs([config], feats.X, y_names, cfg.seed, min(feats.X.shape))
-        n_fits += 1
+        refitted.append(config.label())
         test, test_pred = None, None
         if has_test:
             pred = np.array([feats.classes.index(p) for p in pipe.predict(feats.X_test)])
@@ -511,7 +517,7 @@ def _refit_top(cfg: SweepConfig, top: List[Config], feats: Features, base: dict,
         if path is not None:
             save_model(path, pipe, {"config": config.identity()})
             store.put(key, {"test": test, "test_pred": test_pred})
-    return out, n_fits
+    return out, refitted
 
 
 def model_metadata(result: SweepResult, feats: Features, scheme: Scheme, metric: str) -> dict:
@@ -579,8 +585,8 @@ def _write_outputs(cfg, result: SweepResult, feats: Features, scheme: Scheme, re
 
 # --- command line -----------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="python -m featcache.sweep",
         description="Fit a grid of classifiers on cached features, rank them on validation data, refit the "
                     "best on train(+val) and score it once on test. Writes OUT/leaderboard.csv (best first), "
@@ -610,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, help="score on a random stratified hold-out of this fraction "
                                                       "instead of CV (e.g. 0.2)")
     p.add_argument("--metric", default="accuracy", choices=metrics.METRICS,
-                   help="selection metric (default: accuracy; ties go to the faster fit)")
+                   help="selection metric (default: accuracy; ties go to the lower log-loss, then the faster fit)")
     p.add_argument("--seed", type=int, default=0, help="seed for folds, hold-outs and estimators (default: 0)")
     p.add_argument("--n-jobs", type=int, default=1,
                    help="parallel worker processes, -1 = one per core; BLAS/torch threads are split between "
@@ -670,8 +676,6 @@ def format_leaderboard(board, limit: int = 25) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .extract import run_cli
-
     return run_cli(_main, argv, build_parser())
 
 

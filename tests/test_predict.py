@@ -1,0 +1,131 @@
+"""Saved models: verified loading, prediction on new images with the training extractor, mismatches."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+
+import featcache
+from featcache.config import FeatcacheError
+from featcache.predict import load_model, main, predict, read_metadata
+from featcache.sweep import sweep
+
+COLOURS = ("red", "green", "blue")
+SETTINGS = dict(model="resnet18", weights="none", image_size=32, progress=False)
+
+
+def _images(root: Path, make_image, per_class: int, classes=COLOURS, seed: int = 0) -> Path:
+    for k, cls in enumerate(classes):
+        for i in range(per_class):
+            make_image(root / cls / f"{i}.png", COLOURS.index(cls), i, seed=seed + 1000 * k + i)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, make_image):
+    """A sweep's best model on a real cache (train/val/test of 3 colours), and that cache."""
+    root = tmp_path_factory.mktemp("predict")
+    for split, n in {"train": 6, "val": 3, "test": 3}.items():
+        _images(root / "data" / split, make_image, n, seed=100 * len(split))
+    cache = featcache.extract(root / "data", cache_dir=root / "c", **SETTINGS)
+    res = sweep(cache, grid={"logreg": {"preprocess": "standardize", "C": [0.1, 1.0]}}, out=root / "out",
+                results_dir=root / "r", progress=False)
+    return {"model": root / "out" / "best.joblib", "cache": cache, "root": root, "result": res}
+
+
+def test_round_trip_on_new_labelled_images(trained, tmp_path, make_image):
+    new = _images(tmp_path / "new", make_image, 2, classes=("blue", "red"), seed=7)
+    df = predict(trained["model"], new, out=tmp_path / "preds.csv", cache_dir=tmp_path / "c", progress=False)
+    assert list(df.columns) == ["path", "prediction", "proba_blue", "proba_green", "proba_red"]
+    assert len(df) == 4 and set(df["prediction"]) <= set(COLOURS)
+    assert np.allclose(df.filter(like="proba_").sum(axis=1), 1, atol=1e-5)
+    assert df.attrs["accuracy"] >= 0.75
+    assert Path(df["path"][0]).is_file()
+    assert pd.read_csv(tmp_path / "preds.csv").equals(pd.read_csv(tmp_path / "preds.csv"))  # a plain CSV
+
+
+def test_stored_settings_reproduce_the_training_features(trained, tmp_path):
+    """Re-extracting the training images with the model's settings is a cache hit on the same file."""
+    df = predict(trained["model"], trained["root"] / "data", cache_dir=trained["root"] / "c", proba=False,
+                 progress=False)
+    assert list(df.columns) == ["path", "prediction"]
+    assert len(list((trained["root"] / "c").glob("*.h5"))) == 1  # no second cache was made
+    train_acc = trained["result"].leaderboard["val_accuracy"].iloc[0]
+    assert df.attrs["accuracy"] >= min(train_acc, 0.9)
+
+
+def test_unlabelled_images_and_existing_caches(trained, tmp_path, make_image):
+    flat = tmp_path / "flat"
+    for i in range(3):
+        make_image(flat / f"{i}.png", i, i)
+    df = predict(trained["model"], flat, cache_dir=tmp_path / "c", progress=False)
+    assert "accuracy" not in df.attrs and len(df) == 3
+    from_cache = predict(trained["model"], trained["cache"], progress=False)
+    assert len(from_cache) == 36 and "accuracy" in from_cache.attrs
+
+
+def test_features_of_another_kind_are_refused(trained, tmp_path):
+    data = trained["root"] / "data"
+    bigger = featcache.extract(data, cache_dir=tmp_path, **{**SETTINGS, "image_size": 48})
+    with pytest.raises(FeatcacheError, match=r"do not match the model's training features: preprocess: .*"
+                                             r"crop_size\": 48.* here, .*crop_size\": 32"):
+        predict(trained["model"], bigger, progress=False)
+    other_layer = featcache.extract(data, cache_dir=tmp_path, layers=["layer3"], **SETTINGS)
+    with pytest.raises(FeatcacheError, match=r"layer\(s\) flatten missing here \(has layer3\)"):
+        predict(trained["model"], other_layer, progress=False)
+
+
+def test_only_verified_featcache_files_are_unpickled(trained, tmp_path):
+    model = tmp_path / "best.joblib"
+    shutil.copy(trained["model"], model)
+    shutil.copy(trained["model"].with_name("best.joblib.json"), tmp_path / "best.joblib.json")
+    assert load_model(model).classes == sorted(COLOURS)
+    meta = read_metadata(model)
+    assert meta["layers"] == ["flatten"] and meta["feature_identity"]["model"] == "resnet18"
+    assert meta["extract_config"]["preprocess"]["crop_size"] == 32 and meta["test"]["accuracy"] >= 0
+
+    with open(model, "r+b") as f:  # flip one byte
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(FeatcacheError, match=r"contents changed since featcache wrote it \(SHA-256 differs"):
+        load_model(model)
+
+    foreign = tmp_path / "foreign.joblib"
+    joblib.dump({"anything": 1}, foreign)
+    with pytest.raises(FeatcacheError, match=r"refusing to load .*foreign.joblib: it has no foreign.joblib.json"):
+        load_model(foreign)
+    (tmp_path / "foreign.joblib.json").write_text(json.dumps({"sha256": "x"}), encoding="utf-8")
+    with pytest.raises(FeatcacheError, match=r"foreign.joblib.json was not written by featcache"):
+        load_model(foreign)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "featcache.predict", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli(trained, tmp_path, capsys):
+    out = tmp_path / "preds.csv"
+    ok = _cli(trained["model"], "--data", trained["cache"], "--out", out, "--no-progress")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("accuracy: ") and len(pd.read_csv(out)) == 36
+    assert main([str(trained["model"]), "--info"]) == 0
+    assert json.loads(capsys.readouterr().out)["classes"] == sorted(COLOURS)
+    assert main([str(trained["model"]), "--data", str(trained["cache"]), "--no-proba", "--no-progress"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "path,prediction" and len(printed) == 37
+    lonely = tmp_path / "m.joblib"
+    shutil.copy(trained["model"], lonely)
+    bad = _cli(lonely, "--data", trained["cache"])
+    assert bad.returncode == 2
+    assert len(bad.stderr.strip().splitlines()) == 1
+    assert bad.stderr.startswith(f"featcache: error: refusing to load {lonely}: it has no m.joblib.json")

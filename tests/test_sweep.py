@@ -1,0 +1,252 @@
+"""Sweeps on real caches of tiny images: classifiers, validation schemes, the result store, errors, CLI."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import featcache
+from featcache.config import FeatcacheError
+from featcache.grids import CLASSIFIERS, DEFAULT_GRID, expand_grid, read_grid
+from featcache.sweep import main, sweep
+
+COLOURS = ("red", "green", "blue")
+EVERY_CLASSIFIER = {
+    "logreg": {"preprocess": "standardize", "C": 1.0},
+    "linsvm": {"preprocess": "l2", "C": 1.0},
+    "ridge": {"preprocess": "standardize", "alpha": 1.0},
+    "sgd": {"preprocess": "standardize", "loss": "log_loss"},
+    "knn": {"preprocess": "pca:8", "n_neighbors": 3},
+    "dense": {"preprocess": "standardize", "epochs": 5, "lr": 0.01},
+}
+TINY = {"logreg": {"preprocess": "standardize", "C": [0.01, 1.0]}, "knn": {"n_neighbors": 3}}
+
+
+@pytest.fixture(autouse=True)
+def logs_reach_caplog(monkeypatch):
+    """CLI runs in this process (ours or other test files') stop the featcache logger propagating."""
+    monkeypatch.setattr(logging.getLogger("featcache"), "propagate", True)
+
+
+def _images(root: Path, make_image, counts: dict, classes=COLOURS) -> Path:
+    """``root/[split/]class/i.png``; ``counts`` maps split (or None) to images per class (int or list)."""
+    for s, (split, n) in enumerate(counts.items()):
+        for k, cls in enumerate(classes):
+            per_class = n[k] if isinstance(n, (list, tuple)) else n
+            for i in range(per_class):
+                where = root / split / cls if split else root / cls
+                make_image(where / f"{i}.png", k, i, seed=1000 * k + 100 * s + i)
+    return root
+
+
+def _extract(folder: Path, cache_dir: Path, **kw) -> Path:
+    return featcache.extract(folder, model="resnet18", weights="none", image_size=32, cache_dir=cache_dir,
+                             progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory, make_image):
+    """Real caches: with train/val/test, without splits, with train/test only, and with two layers."""
+    root = tmp_path_factory.mktemp("sweep")
+    split = _images(root / "split", make_image, {"train": 8, "val": 4, "test": 4})
+    return {
+        "split": _extract(split, root / "c"),
+        "flat": _extract(_images(root / "flat", make_image, {None: [6, 6, 3]}), root / "c"),
+        "train_test": _extract(_images(root / "tt", make_image, {"train": 6, "test": 2}), root / "c"),
+        "two_layers": _extract(split, root / "c", layers=["layer3", "layer4"]),
+    }
+
+
+def test_every_classifier_on_a_real_cache(caches, tmp_path):
+    res = sweep(caches["split"], grid=EVERY_CLASSIFIER, out=tmp_path / "out", results_dir=tmp_path / "r",
+                progress=False)
+    board = res.leaderboard
+    assert set(board["classifier"]) == set(CLASSIFIERS) and (board["status"] == "ok").all()
+    assert list(board["val_accuracy"]) == sorted(board["val_accuracy"], reverse=True)
+    assert board["val_accuracy"].iloc[0] >= 0.9
+    no_proba = board["classifier"].isin(["linsvm", "ridge"])
+    assert board.loc[no_proba, "val_log_loss"].isna().all() and board.loc[~no_proba, "val_log_loss"].notna().all()
+    assert board["test_accuracy"].notna().tolist() == [True] + [False] * 5  # test is scored once, for the best
+    assert res.test_scores["accuracy"] == board["test_accuracy"].iloc[0]
+    assert set(res.best.predict(featcache.load(caches["split"]).X)) <= set(COLOURS)
+    for name in ["leaderboard.csv", "best.joblib", "best.joblib.json", "sweep.json", "plots/confusion_matrix.png"]:
+        assert (tmp_path / "out" / name).is_file(), name
+    saved = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    assert list(saved["classifier"]) == list(board["classifier"])
+
+
+def test_val_split_selects_on_val_and_refits_on_train_plus_val(caches, tmp_path):
+    res = sweep(caches["split"], grid={"knn": {"n_neighbors": [1, 3]}}, results_dir=tmp_path, progress=False)
+    assert "val split (12 rows)" in res.scheme
+    assert res.best[-1].n_samples_fit_ == 36  # 8 train + 4 val per class
+    assert res.test_scores is not None and res.out is None
+
+
+def test_cv_without_splits_falls_back_for_small_classes(caches, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="featcache"):
+        res = sweep(caches["flat"], grid=TINY, results_dir=tmp_path, progress=False)
+    assert "class blue has only 3 labelled rows, too few for 5-fold CV; using 3-fold CV" in caplog.text
+    assert res.scheme.startswith("3-fold stratified CV on all labelled rows")
+    assert "val_accuracy_std" in res.leaderboard and res.test_scores is None
+    assert res.n_fits == 3 * 3 + 1  # 3 configs x 3 folds, then the refit of the best
+    held = sweep(caches["flat"], grid=TINY, val_fraction=0.3, results_dir=tmp_path, progress=False)
+    assert held.scheme.startswith("a 30% hold-out of all labelled rows")
+
+
+def test_cache_without_val_uses_cv_inside_train(caches, tmp_path):
+    res = sweep(caches["train_test"], grid=TINY, cv=3, results_dir=tmp_path, progress=False)
+    assert res.scheme == "3-fold stratified CV on train (seed 0)"
+    assert res.best[-1].classes_.size == 3 and res.test_scores is not None
+
+
+def test_a_class_with_one_image_falls_back_to_plain_kfold(tmp_path, make_image, caplog):
+    cache = _extract(_images(tmp_path / "d", make_image, {None: [5, 5, 1]}), tmp_path / "c")
+    with caplog.at_level(logging.WARNING, logger="featcache"):
+        res = sweep(cache, grid=TINY, results_dir=tmp_path / "r", progress=False)
+    assert "class blue has a single labelled row" in caplog.text
+    assert res.scheme.startswith("5-fold CV") and (res.leaderboard["status"] == "ok").all()
+
+
+def test_rerun_fits_nothing_and_a_new_point_fits_only_itself(caches, tmp_path, caplog):
+    args = dict(results_dir=tmp_path / "r", progress=False)
+    first = sweep(caches["split"], grid=TINY, **args)
+    assert len(first.fitted) == 3 and len(first.refitted) == 1
+    with caplog.at_level(logging.INFO, logger="featcache"):
+        again = sweep(caches["split"], grid=TINY, out=tmp_path / "out", **args)
+    assert again.n_fits == 0 and again.fitted == [] and again.refitted == [] and again.n_cached == 3
+    assert "fitted 0 configuration(s) (0 fits)" in caplog.text
+    assert again.leaderboard.drop(columns="from_cache").equals(first.leaderboard.drop(columns="from_cache"))
+    assert (tmp_path / "out" / "best.joblib").is_file()  # outputs are written from stored results
+    grown = {**TINY, "logreg": {**TINY["logreg"], "C": [0.01, 0.1, 1.0]}}
+    more = sweep(caches["split"], grid=grown, **args)
+    assert more.fitted == ["logreg(C=0.1) on standardize"] and more.n_cached == 3
+    other_seed = sweep(caches["split"], grid=TINY, seed=1, **args)
+    assert len(other_seed.fitted) == 3  # the seed is part of the key
+    fresh = sweep(caches["split"], grid=TINY, reuse=False, progress=False)
+    assert len(fresh.fitted) == 3 and not (Path(caches["split"]).parent / "sweep-results").exists()
+
+
+def test_parallel_workers_give_the_same_leaderboard(caches, tmp_path):
+    grid = {"logreg": {"preprocess": "standardize", "C": [0.01, 1.0]}, "ridge": {"alpha": [1.0, 10.0]}}
+    one = sweep(caches["split"], grid=grid, reuse=False, progress=False).leaderboard
+    two = sweep(caches["split"], grid=grid, reuse=False, n_jobs=2, progress=False).leaderboard
+    cols = ["classifier", "params", "val_accuracy", "val_log_loss"]
+    one, two = (b[cols].sort_values(["classifier", "params"]).reset_index(drop=True) for b in (one, two))
+    pd.testing.assert_frame_equal(one, two, atol=1e-4)
+
+
+def test_layers_are_picked_or_concatenated(caches, tmp_path, caplog):
+    grid = {"logreg": {"C": 1.0}}
+    with caplog.at_level(logging.INFO, logger="featcache"):
+        first = sweep(caches["two_layers"], grid=grid, results_dir=tmp_path, progress=False)
+    assert "the cache has layers layer3, layer4; using layer3" in caplog.text
+    assert first.best[-1].n_features_in_ == 256
+    both = sweep(caches["two_layers"], grid=grid, layer="layer3+layer4", results_dir=tmp_path, progress=False)
+    assert both.best[-1].n_features_in_ == 256 + 512 and both.fitted  # other features, other results
+    with pytest.raises(FeatcacheError, match=r"--layer 'layer5' is not in this cache; it has layer3, layer4"):
+        sweep(caches["two_layers"], grid=grid, layer="layer5", results_dir=tmp_path)
+
+
+def test_a_failing_configuration_is_reported_not_fatal(caches, tmp_path):
+    res = sweep(caches["split"], grid={"knn": {"n_neighbors": [3, 500]}}, results_dir=tmp_path, progress=False)
+    board = res.leaderboard
+    assert board["status"].iloc[0] == "ok"
+    assert board["status"].iloc[1].startswith("failed: ValueError: Expected n_neighbors <= n_samples_fit")
+
+
+# --- bad input --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("grid, match", [
+    ({"logreggg": {"C": 1.0}}, r"unknown classifier \(grid table\) 'logreggg' \(did you mean logreg\?\); "
+                               r"valid: dense, knn, linsvm, logreg, ridge, sgd, preprocess"),
+    ({"logreg": {"Cc": [1.0]}}, r"unknown hyperparameter of \[logreg\] \(LogisticRegression\) 'Cc' "
+                                r"\(did you mean C\?\); valid: C, class_weight, "),
+    ({"logreg": {"C": [-1.0]}}, r"grid \[logreg\] C=-1.0: The 'C' parameter of LogisticRegression must be"),
+    ({"dense": {"dropout": [2.0]}}, r"grid \[dense\] dropout=2.0: The 'dropout' parameter of DenseHead"),
+    ({"knn": {"preprocess": "whiten"}}, r"unknown preprocess step 'whiten' in 'whiten'; valid: none, standardize"),
+    ({"knn": {"n_neighbors": []}}, r"grid \[knn\] n_neighbors = \[\]: give at least one value"),
+    ({"preprocess": "l2"}, r"the grid has no classifier to fit"),
+])
+def test_bad_grids_are_clear_errors(caches, grid, match):
+    with pytest.raises(FeatcacheError, match=match):
+        sweep(caches["split"], grid=grid)
+
+
+def test_bad_grid_files(caches, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[logreg]\nC = [0.1, \n", encoding="utf-8")
+    with pytest.raises(FeatcacheError, match=r"--grid .*bad.toml is not valid TOML"):
+        sweep(caches["split"], grid=bad)
+    with pytest.raises(FeatcacheError, match=r"--grid .*missing.toml: no such file"):
+        sweep(caches["split"], grid=tmp_path / "missing.toml")
+    good = tmp_path / "grid.yaml"
+    good.write_text("knn:\n  n_neighbors: [1, 3]\n", encoding="utf-8")
+    assert len(sweep(caches["split"], grid=good, reuse=False, progress=False).leaderboard) == 2
+
+
+def test_default_grid_is_valid():
+    configs = expand_grid(read_grid(None))
+    assert {c.classifier for c in configs} == set(CLASSIFIERS) and 15 <= len(configs) <= 40
+    with pytest.raises(FeatcacheError, match=r"unknown classifier 'svm' \(did you mean linsvm\?\); valid: dense, knn"):
+        expand_grid(read_grid(None), only=["svm"])
+
+
+def test_caches_without_labels_or_with_one_class(tmp_path, make_image):
+    unlabelled = tmp_path / "u"
+    for i in range(4):
+        make_image(unlabelled / f"{i}.png", i % 2, i)
+    with pytest.raises(FeatcacheError, match=r"has no labels \(every row is unlabelled\)"):
+        sweep(_extract(unlabelled, tmp_path / "c"), grid=TINY)
+    one = _images(tmp_path / "one", make_image, {None: 3}, classes=("red",))
+    with pytest.raises(FeatcacheError, match=r"the training rows hold only one class \(red\); a classifier needs"):
+        sweep(_extract(one, tmp_path / "c"), grid=TINY)
+
+
+@pytest.mark.parametrize("settings, match", [
+    ({"cv": 1}, "--cv must be an integer >= 2"),
+    ({"cv": 3, "val_fraction": 0.2}, "use either --cv or --val-fraction"),
+    ({"metric": "auc"}, "--metric must be one of accuracy, balanced_accuracy, f1_macro, log_loss"),
+    ({"n_jobs": 0}, "--n-jobs must be a positive integer or -1"),
+])
+def test_bad_settings(caches, settings, match):
+    with pytest.raises(FeatcacheError, match=match):
+        sweep(caches["split"], grid=TINY, **settings)
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "featcache.sweep", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def test_cli_success_and_errors(caches, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[knn]\nn_neighbors = [1, 3]\npreprocess = ["none", "l2"]\n', encoding="utf-8")
+    out = tmp_path / "out"
+    ok = _cli(caches["split"], "--grid", grid, "--out", out, "--results-dir", tmp_path / "r", "--no-progress")
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.strip().splitlines()
+    assert lines[-1] == str(out) and lines[0].split()[:3] == ["rank", "classifier", "params"]
+    assert (out / "plots" / "knn.png").is_file()
+
+    bad = _cli(caches["split"], "--classifiers", "logreg,svm")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "featcache: error: unknown classifier 'svm' (did you mean linsvm?); valid: dense, knn, linsvm, logreg, "
+        "ridge, sgd"]
+
+
+def test_cli_in_process(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.h5"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"featcache: error: no cache at {tmp_path / 'nope.h5'}\n"
+    assert main(["--print-grid"]) == 0 and capsys.readouterr().out == DEFAULT_GRID
+    assert main(["--list-classifiers"]) == 0 and "knn     sklearn.neighbors.KNeighborsClassifier" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--val-fraction VAL_FRACTION" in capsys.readouterr().out

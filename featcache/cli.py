@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -150,7 +151,9 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if not args.data:
         raise FeatcacheError("--data is required (an image folder or a CSV file); see --help")
-    print(extract(config=cfg))
+    path = extract(config=cfg)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one path on stdout
+        print(path)
     return 0
 
 

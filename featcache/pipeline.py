@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -251,8 +251,10 @@ def _run(cfg: ExtractConfig, plan: "Plan", fx, writer: store.CacheWriter) -> dic
     thread = _WriterThread(writer)
     thread.start()
     timings = {"data_wait_s": 0.0, "compute_s": 0.0, "queue_wait_s": 0.0}
-    bar = tqdm(total=len(plan.source), initial=len(plan.source) - len(rows), unit="img", desc="extract",
-               disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    # Under torchrun only rank 0 shows a bar; its share times the world size estimates the global rate.
+    scale = plan.shard[1] if plan.shard else 1
+    bar = tqdm(total=len(plan.source), initial=max(0, len(plan.source) - len(rows) * scale), unit="img",
+               desc="extract", disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
     t_all = time.perf_counter()
     try:
         it = iter(loader)
@@ -275,7 +277,7 @@ def _run(cfg: ExtractConfig, plan: "Plan", fx, writer: store.CacheWriter) -> dic
             timings["data_wait_s"] += t1 - t0
             timings["compute_s"] += t2 - t1
             timings["queue_wait_s"] += t3 - t2
-            bar.update(len(reasons))
+            bar.update(len(reasons) * scale)
     finally:
         thread.q.put(None)
         thread.join()
@@ -303,6 +305,26 @@ class Plan:
     parts: dict
     fingerprint: str
     path: Path
+    shard: Optional[Tuple[int, int]] = None  # (rank, world size) under torchrun
+
+
+def distributed_shard() -> Optional[Tuple[int, int]]:
+    """``(rank, world)`` when started by torchrun with more than one process, else ``None``.
+
+    Joins the process group (NCCL with GPUs, gloo otherwise) so the ranks can wait for each other.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        import datetime
+
+        # Long: ranks wait at a barrier for the slowest rank and for rank 0's merge.
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=datetime.timedelta(hours=12))
+    return dist.get_rank(), dist.get_world_size()
 
 
 def plan_extraction(cfg: ExtractConfig) -> Plan:
@@ -310,6 +332,9 @@ def plan_extraction(cfg: ExtractConfig) -> Plan:
     cfg.validate()
     source = sources.open_source(cfg.data)
     device = resolve_device(cfg.device)
+    shard = distributed_shard()
+    if shard and device.type == "cuda" and device.index is None:  # one GPU per rank, never all on cuda:0
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     precision = resolve_precision(cfg.precision, device)
     backbone = backbones.load_backbone(cfg)
     nodes = backbones.graph_node_names(backbone.module)
@@ -322,7 +347,7 @@ def plan_extraction(cfg: ExtractConfig) -> Plan:
                             decoder="torchvision.io" if cfg.gpu_decode else "pillow")
     fingerprint = store.cache_key(parts)
     path = store.cache_path(cfg.resolved_cache_dir(), source.name, backbone.name, layers, fingerprint)
-    return Plan(source, device, precision, backbone, layers, manifest, parts, fingerprint, path)
+    return Plan(source, device, precision, backbone, layers, manifest, parts, fingerprint, path, shard)
 
 
 def extract(data=None, *, config: Optional[ExtractConfig] = None, **settings) -> Path:
@@ -339,9 +364,15 @@ def extract(data=None, *, config: Optional[ExtractConfig] = None, **settings) ->
     if isinstance(cfg.layers, str):
         cfg = cfg.replace(layers=[cfg.layers])
     plan = plan_extraction(cfg)
-    lock = FileLock(str(store.lock_path(plan.path)))
+    if plan.shard and plan.shard[0] != 0:  # one log and one progress bar: rank 0's
+        log.setLevel(logging.WARNING)
+        cfg = cfg.replace(progress=False)
+    lock_file = store.lock_path(plan.path)
+    if plan.shard and plan.shard[0]:
+        lock_file = lock_file.with_name(lock_file.name + f".rank{plan.shard[0]}")
+    lock = FileLock(str(lock_file))
     try:
-        store.lock_path(plan.path).parent.mkdir(parents=True, exist_ok=True)
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0.5)
     except Timeout:
         log.info("another featcache process is extracting this cache; waiting for it (%s)", lock.lock_file)
@@ -400,23 +431,32 @@ def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:
         "model": backbone.name,
         "versions": json.dumps(_versions()),
     }
+    partial = store.partial_path(path, plan.shard)
     try:
-        reuse = None if store.partial_path(path).exists() else \
-            store.find_reusable(path.parent, plan.parts, source, plan.manifest)
-        writer = store.CacheWriter(path, source, plan.manifest, shapes, cfg.dtype, plan.fingerprint, attrs, reuse)
+        reuse = None if partial.exists() else store.find_reusable(path.parent, plan.parts, source, plan.manifest)
+        writer = store.CacheWriter(path, source, plan.manifest, shapes, cfg.dtype, plan.fingerprint, attrs, reuse,
+                                   shard=plan.shard)
         if reuse is not None:
             log.info("reusing %d rows of %s (unchanged files, same settings)", len(reuse.rows), reuse.path.name)
         if writer.rows_done:
-            log.info("resuming: %d of %d rows already done", writer.rows_done + writer.reused, len(source))
+            log.info("resuming: %d rows already done", writer.rows_done + writer.reused)
         try:
             timings = _run(cfg, plan, fx, writer)
-            n_rows, failed = writer.finish({"created": store.now_iso(), "timings": json.dumps(timings)})
+            created = {"created": store.now_iso(), "timings": json.dumps(timings)}
+            if plan.shard is None:
+                n_rows, failed = writer.finish(created)
+            else:
+                writer.complete()
+                published = _publish_shards(path, plan.shard, created)
+                if published is None:
+                    return  # not rank 0: rank 0 merged the shards
+                n_rows, failed = published
         finally:
             writer.close()
     except OSError as e:
         if e.errno == errno.ENOSPC or "No space left" in str(e):
             raise FeatcacheError(
-                f"disk full while writing {store.partial_path(path)} (the cache needs about "
+                f"disk full while writing {partial} (the cache needs about "
                 f"{_human(row_bytes * len(source))}); free some space and rerun the same command: "
                 f"the rows already written are kept") from e
         raise
@@ -429,6 +469,20 @@ def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:
     if failed:
         log.warning("%d file(s) could not be decoded and were skipped, e.g. %s (%s); see failed/paths and "
                     "failed/reasons in the cache", len(failed), failed[0][0], failed[0][1])
+
+
+def _publish_shards(path: Path, shard: Tuple[int, int], created: dict):
+    """Every rank waits for all shards; rank 0 merges them into the one cache, the others wait for that."""
+    import torch.distributed as dist
+
+    rank, world = shard
+    dist.barrier()
+    result = None
+    if rank == 0:
+        result = store.publish(path, [(store.partial_path(path, (r, world)), (r, world)) for r in range(world)],
+                               created)
+    dist.barrier()
+    return result
 
 
 def _config_record(cfg: ExtractConfig, plan: Plan) -> dict:

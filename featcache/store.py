@@ -73,8 +73,17 @@ def cache_path(cache_dir: Path, source_name: str, model: str, layers: Sequence[s
     return Path(cache_dir) / f"{name}.h5"
 
 
-def partial_path(path: Path) -> Path:
-    return path.with_name(path.name[: -len(".h5")] + PARTIAL_SUFFIX)
+def partial_path(path: Path, shard: Optional[Tuple[int, int]] = None) -> Path:
+    """``<cache>.partial.h5``, or ``<cache>.rank<r>of<w>.partial.h5`` for one rank of a torchrun job."""
+    middle = f".rank{shard[0]}of{shard[1]}" if shard else ""
+    return path.with_name(path.name[: -len(".h5")] + middle + PARTIAL_SUFFIX)
+
+
+def partials_of(path: Path) -> List[Path]:
+    """Every partial file of the cache at ``path`` (single-process and per-rank)."""
+    stem = path.name[: -len(".h5")]
+    return sorted(p for p in path.parent.glob(stem + ".*" + PARTIAL_SUFFIX)) + \
+        ([partial_path(path)] if partial_path(path).exists() else [])
 
 
 def lock_path(path: Path) -> Path:
@@ -115,8 +124,9 @@ class CacheWriter:
     """
 
     def __init__(self, path: Path, source, manifest: dict, shapes: Dict[str, Tuple[int, ...]], dtype: str,
-                 fingerprint: str, attrs: dict, reuse: Optional[Reuse] = None):
-        self.path, self.partial = path, partial_path(path)
+                 fingerprint: str, attrs: dict, reuse: Optional[Reuse] = None,
+                 shard: Optional[Tuple[int, int]] = None):
+        self.path, self.partial, self.shard = path, partial_path(path, shard), shard
         self.n = len(source)
         self.shapes, self.dtype = shapes, np.dtype(dtype)
         row_bytes = sum(int(np.prod(s)) for s in shapes.values()) * self.dtype.itemsize
@@ -125,7 +135,7 @@ class CacheWriter:
         self.file = self._open_or_create(source, manifest, attrs, reuse)
         self.todo = self.file["progress/todo"][:]
         self.rows_done = int(self.file["progress/rows_done"][()])
-        self.reused = self.n - len(self.todo)
+        self.reused = len(_shard_rows(self.n, self.shard)) - len(self.todo)
         self._pending: List[RowBlock] = []
         self._pending_rows = 0
 
@@ -159,6 +169,7 @@ class CacheWriter:
             f.attrs[k] = v
         f.attrs["fingerprint"] = self.fingerprint
         f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["shard"] = json.dumps(self.shard)
         grp = f.create_group("features")
         for layer, shape in self.shapes.items():
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
@@ -170,13 +181,18 @@ class CacheWriter:
             h5py.h5d.create(grp.id, layer.encode(), h5py.h5t.py_create(self.dtype), space, dcpl=dcpl)
         _write_source(f, source, manifest)
         ok = np.zeros(self.n, np.uint8)
+        mine = np.zeros(self.n, bool)
+        mine[_shard_rows(self.n, self.shard)] = True
+        if reuse is not None:  # only the rows this shard owns
+            keep = mine[reuse.rows]
+            reuse = Reuse(reuse.path, reuse.rows[keep], reuse.old_rows[keep])
         if reuse is not None and len(reuse.rows):
             with h5py.File(reuse.path, "r") as old:
                 for layer in self.shapes:
                     _copy_rows(old["features"][layer], grp[layer], reuse.old_rows, self.chunk_rows, dst_rows=reuse.rows)
             ok[reuse.rows] = 1
         prog = f.create_group("progress")
-        prog.create_dataset("todo", data=np.flatnonzero(ok == 0).astype(np.int64))
+        prog.create_dataset("todo", data=np.flatnonzero((ok == 0) & mine).astype(np.int64))
         prog.create_dataset("rows_done", data=np.int64(0))
         prog.create_dataset("ok", data=ok)
         prog.create_dataset("reasons", data=np.zeros(self.n, dtype=f"S{REASON_BYTES}"))
@@ -222,39 +238,64 @@ class CacheWriter:
         if self.file.id.valid:
             self.file.close()
 
-    def finish(self, created_attrs: dict) -> Tuple[int, List[Tuple[str, str]]]:
-        """Copy decoded rows into the final layout, then rename it into place atomically.
-
-        Returns the number of rows written and the ``(path, reason)`` of files that failed.
-        """
+    def complete(self) -> None:
+        """Flush the last rows and close; the partial file then holds every row this writer owns."""
         self.flush()
         if self.rows_done != len(self.todo):
-            raise RuntimeError(f"finish() with {self.rows_done} of {len(self.todo)} rows written")
-        f = self.file
-        ok = f["progress/ok"][:].astype(bool)
-        reasons = f["progress/reasons"][:]
-        all_paths = f["source/paths"].asstr()[:]
+            raise RuntimeError(f"complete() with {self.rows_done} of {len(self.todo)} rows written")
+        self.close()
+
+    def finish(self, created_attrs: dict) -> Tuple[int, List[Tuple[str, str]]]:
+        """:meth:`complete`, then :func:`publish` this single-process cache."""
+        self.complete()
+        return publish(self.path, [(self.partial, None)], created_attrs)
+
+
+def _shard_rows(n: int, shard: Optional[Tuple[int, int]]) -> np.ndarray:
+    """Rows of one rank: every ``world``-th row from ``rank``, so each rank sees every kind of file."""
+    return np.arange(n) if shard is None else np.arange(shard[0], n, shard[1])
+
+
+def publish(path: Path, partials: List[Tuple[Path, Optional[Tuple[int, int]]]], created_attrs: dict,
+            ) -> Tuple[int, List[Tuple[str, str]]]:
+    """Merge finished partial files (one, or one per rank) into the final cache, renamed into place atomically.
+
+    Failed rows are dropped (listed under ``failed/``). Returns the row count and the failures.
+    """
+    files = [(h5py.File(p, "r"), shard) for p, shard in partials]
+    try:
+        first = files[0][0]
+        n = len(first["source/paths"])
+        ok = np.zeros(n, bool)
+        reasons = np.zeros(n, dtype=f"S{REASON_BYTES}")
+        for f, shard in files:
+            rows = _shard_rows(n, shard)
+            ok[rows] = f["progress/ok"][:][rows].astype(bool)
+            reasons[rows] = f["progress/reasons"][:][rows]
+        all_paths = first["source/paths"].asstr()[:]
         failed = [(all_paths[i], reasons[i].decode("utf-8", "replace")) for i in np.flatnonzero(~ok)]
         keep = np.flatnonzero(ok)
-        if len(keep) == 0:
-            self.close()
-            self.partial.unlink(missing_ok=True)
-            raise FeatcacheError(
-                f"no image could be decoded ({len(failed)} files failed, e.g. {failed[0][0]}: {failed[0][1]}); "
-                f"nothing was written")
-        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         try:
+            if len(keep) == 0:
+                raise FeatcacheError(
+                    f"no image could be decoded ({len(failed)} files failed, e.g. {failed[0][0]}: "
+                    f"{failed[0][1]}); nothing was written")
             with h5py.File(tmp, "w") as out:
-                for k, v in f.attrs.items():
-                    out.attrs[k] = v
-                for k, v in created_attrs.items():
-                    out.attrs[k] = v
-                f.copy(f["source"], out, "source")
-                for layer, shape in self.shapes.items():
-                    dst = out.create_dataset(f"features/{layer}", shape=(len(keep),) + tuple(shape),
-                                             dtype=self.dtype, chunks=(min(len(keep), self.chunk_rows),) + tuple(shape))
-                    _copy_rows(f["features"][layer], dst, keep, self.chunk_rows)
-                src = f["source"]
+                for k, v in {**first.attrs, **created_attrs}.items():
+                    if k != "shard":
+                        out.attrs[k] = v
+                first.copy(first["source"], out, "source")
+                for layer, src0 in first["features"].items():
+                    step = src0.chunks[0]
+                    dst = out.create_dataset(f"features/{layer}", shape=(len(keep),) + src0.shape[1:],
+                                             dtype=src0.dtype, chunks=(min(len(keep), step),) + src0.shape[1:])
+                    for f, shard in files:
+                        rows = _shard_rows(n, shard)
+                        mine = rows[ok[rows]]
+                        if len(mine):
+                            _copy_rows(f["features"][layer], dst, mine, step, dst_rows=np.searchsorted(keep, mine))
+                src = first["source"]
                 out.create_dataset("paths", data=all_paths[keep].astype(object), dtype=h5py.string_dtype())
                 out.create_dataset("labels", data=src["labels"][:][keep])
                 if "split" in src:
@@ -267,13 +308,26 @@ class CacheWriter:
                                    dtype=h5py.string_dtype())
                 out.attrs["n_rows"] = len(keep)
                 out.attrs["complete"] = True
-            self.close()
-            os.replace(tmp, self.path)
+            os.replace(tmp, path)
+        except FeatcacheError:
+            _close_all(files)
+            for p, _ in partials:  # nothing decodable: there is nothing to resume either
+                p.unlink(missing_ok=True)
+            raise
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self.partial.unlink(missing_ok=True)
-        return len(keep), failed
+    finally:
+        _close_all(files)
+    for p in partials_of(path):  # including leftovers of runs with another number of ranks
+        p.unlink(missing_ok=True)
+    return len(keep), failed
+
+
+def _close_all(files) -> None:
+    for f, _ in files:
+        if f.id.valid:
+            f.close()
 
 
 def _copy_rows(src: h5py.Dataset, dst: h5py.Dataset, src_rows: np.ndarray, step: int,
@@ -404,8 +458,11 @@ class FeatureSet:
 def incomplete_message(partial: Path) -> str:
     try:
         with h5py.File(partial, "r") as f:
-            done, n = int(f["progress/rows_done"][()]), len(f["source/paths"])
-        return f"incomplete: {done:,} of {n:,} rows; rerun the same command to resume"
+            shard = json.loads(f.attrs.get("shard", "null"))
+            owned = len(_shard_rows(len(f["source/paths"]), shard))
+            done = owned - (len(f["progress/todo"]) - int(f["progress/rows_done"][()]))
+        who = f" (rank {shard[0]} of {shard[1]})" if shard else ""
+        return f"incomplete{who}: {done:,} of {owned:,} rows; rerun the same command to resume"
     except (OSError, KeyError):
         return "incomplete and unreadable; rerun the same command to start it again"
 
@@ -416,8 +473,8 @@ def load(path, lazy: bool = False) -> FeatureSet:
     if path.name.endswith(PARTIAL_SUFFIX):
         raise FeatcacheError(f"{path} is {incomplete_message(path)}")
     if not path.exists():
-        if partial_path(path).exists():
-            raise FeatcacheError(f"{path} is {incomplete_message(partial_path(path))}")
+        if partials_of(path):
+            raise FeatcacheError(f"{path} is {incomplete_message(partials_of(path)[0])}")
         raise FeatcacheError(f"no cache at {path}")
     try:
         f = h5py.File(path, "r")

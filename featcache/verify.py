@@ -21,8 +21,8 @@ from .sources import file_sha256
 def verify(path: Path, check_files: bool = True) -> List[str]:
     """Problems found in the cache at ``path`` (an empty list means it is sound)."""
     path = Path(path)
-    if path.name.endswith(store.PARTIAL_SUFFIX) or (not path.exists() and store.partial_path(path).exists()):
-        partial = path if path.name.endswith(store.PARTIAL_SUFFIX) else store.partial_path(path)
+    if path.name.endswith(store.PARTIAL_SUFFIX) or (not path.exists() and store.partials_of(path)):
+        partial = path if path.name.endswith(store.PARTIAL_SUFFIX) else store.partials_of(path)[0]
         return [f"{partial} is {store.incomplete_message(partial)}"]
     try:
         f = h5py.File(path, "r")

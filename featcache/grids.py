@@ -57,27 +57,34 @@ PREPROCESS_STEPS = ("none", "standardize", "l2", "pca:K")
 _ALIASES = {"standardise": "standardize", "std": "standardize", "scale": "standardize", "l2norm": "l2"}
 
 DEFAULT_GRID = """\
-# featcache's default sweep grid: a few minutes on 2 CPU cores for ~10k x 1280 features.
+# featcache's default sweep grid: about 1-2 minutes on 2 CPU cores for 10k x 1280 features.
 # Copy it (python -m featcache.sweep --print-grid > grid.toml), edit, and pass --grid grid.toml.
 # A list is swept, a scalar is fixed; any constructor argument of the classifier may appear.
 # preprocess: none | standardize | l2 | pca:K, chained with "+" (e.g. "pca:256+l2").
+# [[name]] tables may repeat, for grids that differ per preprocessing.
 
-[logreg]            # sklearn LogisticRegression; the C values form one warm-started path
-preprocess = ["standardize", "l2"]
+[[logreg]]          # sklearn LogisticRegression; each table's C values are one warm-started path
+preprocess = "standardize"
 C = [0.0001, 0.001, 0.01, 0.1, 1.0]
 
-[linsvm]            # sklearn LinearSVC
-preprocess = ["standardize"]
+[[logreg]]          # unit-norm rows need ~1000x larger C than standardized ones
+preprocess = "l2"
+C = [0.1, 1.0, 10.0, 100.0, 1000.0]
+
+[linsvm]            # sklearn LinearSVC (dual solver: fast for the small C that suit many features)
+preprocess = "standardize"
 C = [0.0001, 0.001, 0.01]
+dual = true
 
 [ridge]             # sklearn RidgeClassifier
-preprocess = ["standardize"]
+preprocess = "standardize"
 alpha = [10.0, 1000.0, 100000.0]
 
-[sgd]               # sklearn SGDClassifier
-preprocess = ["standardize"]
+[sgd]               # sklearn SGDClassifier; 20 epochs at most
+preprocess = "standardize"
 loss = "log_loss"
 alpha = [0.0001, 0.001, 0.01]
+max_iter = 20
 
 [knn]               # sklearn KNeighborsClassifier, cosine distance
 preprocess = ["none", "pca:128"]
@@ -85,7 +92,7 @@ n_neighbors = [5, 20]
 weights = "distance"
 
 [dense]             # featcache.heads.DenseHead
-preprocess = ["standardize"]
+preprocess = "standardize"
 hidden_layer_sizes = [0, 512]   # 0 = linear; [[512, 256]] would be two hidden layers
 dropout = 0.2
 weight_decay = 0.01

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import time
 import warnings
 from contextlib import contextmanager
@@ -212,7 +213,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(rows)
+                total += loss.item() * len(rows)
             self.loss_curve_.append(total / len(order))
             self.n_epochs_ = epoch
             if not len(val):
@@ -353,12 +354,14 @@ def _torch_path(X, y, Cs, *, seed, tol=1e-4, max_iter=100, fit_intercept=True, c
     pre = _Preconditioner(Xt, mu, seed)
     setup_s = (time.perf_counter() - t0) / len(Cs)
 
-    def data_loss(logits):
+    def objective(V, shift, d, lam):
+        W = pre.to_w(V, d)
+        logits = Xt @ W + (shift - mu @ W)
         if binary:
             per_row = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), reduction="none")
         else:
             per_row = F.cross_entropy(logits, target, reduction="none")
-        return (sw * per_row).sum() / sw_sum
+        return (sw * per_row).sum() / sw_sum + 0.5 * lam * (W * W).sum()
 
     W = torch.zeros(Xt.shape[1], n_out)
     b = torch.zeros(n_out)
@@ -369,19 +372,8 @@ def _torch_path(X, y, Cs, *, seed, tol=1e-4, max_iter=100, fit_intercept=True, c
         d = pre.scales(lam)
         V = pre.from_w(W, d).requires_grad_()
         shift = (b + mu @ W).requires_grad_(fit_intercept)  # intercept of the centred features
-        opt = torch.optim.LBFGS([V, shift] if fit_intercept else [V], lr=1, max_iter=max_iter,
-                                tolerance_grad=tol, tolerance_change=1e-9, history_size=10,
-                                line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            Wc = pre.to_w(V, d)
-            loss = data_loss(Xt @ Wc + (shift - mu @ Wc)) + 0.5 * lam * (Wc * Wc).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
+        n_iter = _minimise(functools.partial(objective, V, shift, d, lam), [V, shift] if fit_intercept else [V],
+                           tol, max_iter)
         with torch.no_grad():
             W = pre.to_w(V, d)
             b = shift - mu @ W
@@ -394,6 +386,21 @@ def _torch_path(X, y, Cs, *, seed, tol=1e-4, max_iter=100, fit_intercept=True, c
         est.n_iter_ = np.array([n_iter], dtype=np.int32)
         out.append((est, time.perf_counter() - t + setup_s))
     return out
+
+
+def _minimise(objective, params: List[torch.Tensor], tol: float, max_iter: int) -> int:
+    """LBFGS with a strong-Wolfe line search until no gradient entry exceeds ``tol``; returns iterations."""
+    opt = torch.optim.LBFGS(params, lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-9,
+                            history_size=10, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return int(opt.state[params[0]].get("n_iter", 0))
 
 
 @contextmanager

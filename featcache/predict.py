@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -114,7 +115,7 @@ def load_model(path) -> SavedModel:
     payload = joblib.load(path)
     if not isinstance(payload, dict) or payload.get("marker") != MARKER:
         raise FeatcacheError(f"{path} is not a featcache model file")
-    return SavedModel(path, payload["pipeline"], payload["metadata"])
+    return SavedModel(path, payload["pipeline"], metadata)
 
 
 # --- matching features to a model ----------------------------------------------------------------
@@ -305,6 +306,15 @@ def _main(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_cli(_main, argv, build_parser())
 
+
+class _CallableModule(types.ModuleType):
+    """``featcache.predict(...)`` runs :func:`predict` whether that package attribute is this module or the function."""
+
+    def __call__(self, *args, **kwargs):
+        return predict(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())

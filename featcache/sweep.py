@@ -19,9 +19,11 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
+import types
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ from .grids import Config
 log = logging.getLogger("featcache")
 
 RESULT_FORMAT = 1
+SMALL_FIT = 1 << 20  # training values (rows x features) below which a fit runs single-threaded
 
 
 @dataclass
@@ -301,6 +304,8 @@ def _run_task(configs: List[Config], X, y, train, val, n_classes: int, seed: int
 
     from .heads import torch_threads
 
+    if len(train) * X.shape[1] < SMALL_FIT:
+        threads = 1  # thread start-up and spin-waiting cost more than they save on tiny fits
     with threadpool_limits(limits=threads), torch_threads(threads):
         try:
             fitted = fit_configs(configs, X[train], y[train], seed, max_components)
@@ -330,6 +335,7 @@ def sweep(cache, **settings) -> SweepResult:
 
 
 def run(cfg: SweepConfig) -> SweepResult:
+    """The sweep for one :class:`SweepConfig` (what :func:`sweep` and the CLI call)."""
     cfg.validate()
     configs = grids.expand_grid(grids.read_grid(cfg.grid), list(cfg.classifiers) or None)
     feats = load_features(cfg.cache, cfg.layer)
@@ -351,7 +357,7 @@ def run(cfg: SweepConfig) -> SweepResult:
     n_fits = _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records)
     log.info("fitted %d configuration(s) (%d fits) in %.1f s; %d from the result store%s", len(todo), n_fits,
              time.perf_counter() - t0, len(cached), f" ({store.dir})" if store.dir else "")
-    board = _leaderboard(configs, records, cached, keys, cfg.metric, scheme)
+    board = _leaderboard(configs, records, cached, keys, cfg.metric)
     ok = board[board["status"] == "ok"]
     if ok.empty:
         raise FeatcacheError(f"every configuration failed; the first error: {board['status'].iloc[0]}")
@@ -434,9 +440,7 @@ class _shared:
     def __enter__(self):
         if self.n_jobs == 1:
             return self.X
-        shm = Path("/dev/shm")
-        self.tmp = tempfile.TemporaryDirectory(prefix="featcache-sweep-",
-                                               dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None)
+        self.tmp = tempfile.TemporaryDirectory(prefix="featcache-sweep-", dir=_scratch_dir(self.X.nbytes))
         path = Path(self.tmp.name) / "X.npy"
         np.save(path, self.X)
         return np.load(path, mmap_mode="r")
@@ -444,6 +448,17 @@ class _shared:
     def __exit__(self, *exc):
         if self.tmp is not None:
             self.tmp.cleanup()
+
+
+def _scratch_dir(nbytes: int) -> Optional[str]:
+    """RAM-backed /dev/shm when it has room to spare (containers often give it 64 MB), else the temp dir."""
+    shm = Path("/dev/shm")
+    try:
+        if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 2 * nbytes:
+            return str(shm)
+    except OSError:
+        pass
+    return None
 
 
 def _combine(folds: List[dict], scheme: Scheme, n_rows: int) -> dict:
@@ -459,7 +474,8 @@ def _combine(folds: List[dict], scheme: Scheme, n_rows: int) -> dict:
             "note": "; ".join(notes), "pred": pred.tolist()}
 
 
-def _leaderboard(configs, records, cached, keys, metric: str, scheme: Scheme):
+def _leaderboard(configs, records, cached, keys, metric: str):
+    """One row per configuration, best first; ``fit_s`` sums all folds, failures sort last."""
     import pandas as pd
 
     rows = []
@@ -510,7 +526,8 @@ def _refit_top(cfg: SweepConfig, top: List[Config], feats: Features, base: dict,
         refitted.append(config.label())
         test, test_pred = None, None
         if has_test:
-            pred = np.array([feats.classes.index(p) for p in pipe.predict(feats.X_test)])
+            index = {name: i for i, name in enumerate(feats.classes)}
+            pred = np.array([index[p] for p in pipe.predict(feats.X_test)])
             proba = metrics.full_proba(pipe, feats.X_test, feats.classes)
             test, test_pred = metrics.scores(feats.y_test, pred, proba, len(feats.classes)), pred.tolist()
         out[config] = (pipe, test, test_pred)
@@ -678,6 +695,15 @@ def format_leaderboard(board, limit: int = 25) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_cli(_main, argv, build_parser())
 
+
+class _CallableModule(types.ModuleType):
+    """``featcache.sweep(...)`` runs :func:`sweep` whether that package attribute is this module or the function."""
+
+    def __call__(self, *args, **kwargs):
+        return sweep(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())

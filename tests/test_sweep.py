@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -237,9 +236,8 @@ def test_cli_success_and_errors(caches, tmp_path):
 
     bad = _cli(caches["split"], "--classifiers", "logreg,svm")
     assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines() == [
-        "featcache: error: unknown classifier 'svm' (did you mean linsvm?); valid: dense, knn, linsvm, logreg, "
-        "ridge, sgd"]
+    assert bad.stderr.strip().splitlines() == [("featcache: error: unknown classifier 'svm' (did you mean linsvm?); "
+                                                 "valid: dense, knn, linsvm, logreg, ridge, sgd")]
 
 
 def test_cli_in_process(tmp_path, capsys):

@@ -1,0 +1,232 @@
+"""Benchmark of featcache's sweep (not a test): prints figures and, last, one JSON line.
+
+1. C path: a 10-point logistic-regression C path on synthetic CNN-like features (N x D, 10 classes)
+   with featcache's warm-started path (``featcache.heads.logistic_path``, the engine of the sweep)
+   vs a plain loop of ``LogisticRegression(C=c).fit``; accuracy of both on the same held-out rows.
+2. Dense head: 10 epochs on cached features (extract once + train) vs end to end (decode and run
+   the frozen EfficientNet-Lite0 every epoch, then the same head step), on real images. The end-to-end
+   run is measured for ``--e2e-epochs`` epochs and extrapolated to 10; per-image costs are printed
+   so the ratio can be extrapolated to other dataset sizes.
+3. Default grid: wall time of ``featcache.sweep`` with the built-in grid on 10k x D synthetic features.
+
+    python scripts/bench_sweep.py                # N=60000, D=1280 (several minutes on 2 cores)
+    python scripts/bench_sweep.py --n 12000      # quicker
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def synthetic(n: int, dim: int, classes: int, seed: int = 0, sep: float = 0.35):
+    """Non-negative, correlated features with class structure in a 64-d latent space (like pooled CNN features)."""
+    rng = np.random.default_rng(seed)
+    latent = 64
+    means = rng.normal(0, sep, (classes, latent))
+    y = rng.integers(0, classes, n)
+    W = rng.normal(0, 1 / np.sqrt(latent), (latent, dim)).astype(np.float32)
+    X = np.empty((n, dim), np.float32)
+    for lo in range(0, n, 8192):  # in blocks, to keep the float64 temporaries small
+        hi = min(n, lo + 8192)
+        z = (means[y[lo:hi]] + rng.normal(0, 1, (hi - lo, latent))).astype(np.float32)
+        X[lo:hi] = np.maximum(z @ W + rng.normal(0, 0.5, (hi - lo, dim)).astype(np.float32) - 0.3, 0)
+    return X, y
+
+
+def write_cache(path: Path, X: np.ndarray, y: np.ndarray, split: np.ndarray, classes) -> Path:
+    """A minimal cache in featcache's HDF5 layout (what ``featcache.load`` reads) from arrays."""
+    fingerprint = f"synthetic-{len(X)}x{X.shape[1]}"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features/synthetic", data=X, chunks=(min(len(X), 256), X.shape[1]))
+        f.create_dataset("labels", data=y.astype(np.int64))
+        f.create_dataset("paths", data=np.array([f"row{i}" for i in range(len(X))], dtype=object),
+                         dtype=h5py.string_dtype())
+        f.create_dataset("split", data=split.astype(object), dtype=h5py.string_dtype())
+        for name in ("paths", "reasons"):
+            f.create_dataset(f"failed/{name}", data=np.array([], dtype=object), dtype=h5py.string_dtype())
+        f.attrs.update({"format_version": 1, "complete": True, "layers": json.dumps(["synthetic"]),
+                        "class_names": json.dumps([str(c) for c in classes]), "fingerprint": fingerprint,
+                        "config": json.dumps({"model": "synthetic"}), "key": json.dumps({"model": "synthetic"}),
+                        "versions": json.dumps({}), "n_rows": len(X)})
+    return path
+
+
+def bench_c_path(n: int, dim: int, n_cs: int) -> dict:
+    import torch
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    from featcache.heads import logistic_path
+
+    X, y = synthetic(n, dim, 10)
+    n_train = int(0.8 * n)
+    Xtr, ytr, Xte, yte = X[:n_train], y[:n_train], X[n_train:], y[n_train:]
+    Cs = np.logspace(-4, 1, n_cs)
+    print(f"[C path] {n_train} train / {n - n_train} held-out rows x {dim} features, 10 classes; "
+          f"C = {', '.join(f'{c:.2g}' for c in Cs)}; {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+          flush=True)
+
+    t = time.perf_counter()
+    fast = logistic_path(Xtr, ytr, Cs)
+    t_fast = time.perf_counter() - t
+    acc_fast = [float(est.score(Xte, yte)) for est, _ in fast]
+    iters_fast = [int(est.n_iter_[0]) for est, _ in fast]
+    print(f"[C path] featcache logistic_path: {t_fast:.1f} s, LBFGS iterations {iters_fast}", flush=True)
+
+    t = time.perf_counter()
+    acc_plain, iters_plain = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for C in Cs:
+            est = LogisticRegression(C=C).fit(Xtr, ytr)
+            acc_plain.append(float(est.score(Xte, yte)))
+            iters_plain.append(int(est.n_iter_[0]))
+    t_plain = time.perf_counter() - t
+    print(f"[C path] plain loop of LogisticRegression(C=c).fit: {t_plain:.1f} s, LBFGS iterations {iters_plain}")
+    print(f"[C path] held-out accuracy per C, featcache: {' '.join(f'{a:.4f}' for a in acc_fast)}")
+    print(f"[C path] held-out accuracy per C, plain:     {' '.join(f'{a:.4f}' for a in acc_plain)}")
+    diff = max(abs(a - b) for a, b in zip(acc_fast, acc_plain))
+    print(f"[C path] best accuracy: featcache {max(acc_fast):.4f}, plain {max(acc_plain):.4f} "
+          f"(largest per-C difference {diff:.4f}); speed-up {t_plain / t_fast:.2f}x", flush=True)
+    return {"n_train": n_train, "dim": dim, "featcache_s": round(t_fast, 2), "plain_s": round(t_plain, 2),
+            "speedup": round(t_plain / t_fast, 2), "best_acc_featcache": round(max(acc_fast), 4),
+            "best_acc_plain": round(max(acc_plain), 4), "max_acc_diff": round(diff, 4)}
+
+
+def bench_dense(images: Path, e2e_epochs: int, epochs: int = 10) -> dict:
+    import torch
+    from torch.nn import functional as F
+
+    import featcache
+    from featcache import backbones, sources
+    from featcache.config import ExtractConfig
+    from featcache.heads import DenseHead
+
+    head_params = dict(hidden_layer_sizes=512, epochs=epochs, batch_size=64, early_stopping=False, random_state=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        cache = featcache.extract(images, model="efficientnet_lite0", cache_dir=tmp, progress=False)
+        t_extract = time.perf_counter() - t
+        fs = featcache.load(cache)
+    n = len(fs)
+    t = time.perf_counter()
+    DenseHead(**head_params).fit(fs.X, fs.y)
+    t_head = time.perf_counter() - t
+    cached_total = t_extract + t_head
+    print(f"[dense] cached: extract {n} images once {t_extract:.1f} s (model load, decode, forward, write) + "
+          f"{epochs} epochs of DenseHead(512) {t_head:.2f} s = {cached_total:.1f} s (all measured)", flush=True)
+
+    # End to end: the same images decoded and pushed through the frozen base every epoch.
+    record = fs.meta["config"]
+    pre = record["preprocess"]
+    t = time.perf_counter()
+    backbone = backbones.load_backbone(ExtractConfig(model="efficientnet_lite0"))
+    fx = backbones.FeatureExtractor(backbone, record["layers"], record["pool"]).eval()
+    t_load = time.perf_counter() - t
+    source = sources.open_source(images)
+    dataset = [(i, source) for i in range(len(source))]
+
+    def collate(batch):
+        arrays = [sources.decode_sample(src, i, pre["resize_size"], pre["crop_size"]) for i, src in batch]
+        images_ = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        return images_, torch.from_numpy(source.labels[[i for i, _ in batch]])
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True, collate_fn=collate,
+                                         num_workers=1, persistent_workers=True)
+    head = torch.nn.Sequential(torch.nn.Linear(fs.X.shape[1], 512), torch.nn.ReLU(),
+                               torch.nn.Linear(512, len(fs.classes)))
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-4)
+    dtype = torch.bfloat16 if record["precision"] == "bf16" else None
+    epoch_s = []
+    for _ in range(e2e_epochs):
+        t = time.perf_counter()
+        for images_, labels in loader:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                feats = fx(images_)[record["layers"][0]].float()
+            loss = F.cross_entropy(head(feats.clone()), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        epoch_s.append(time.perf_counter() - t)
+    per_epoch = float(np.mean(epoch_s))
+    e2e_total = t_load + epochs * per_epoch
+    print(f"[dense] end to end: model load {t_load:.1f} s + {e2e_epochs} epoch(s) measured at "
+          f"{', '.join(f'{s:.1f}' for s in epoch_s)} s; {epochs} epochs extrapolated: {e2e_total:.1f} s "
+          f"(precision {record['precision']})")
+    ratio = e2e_total / cached_total
+    # Extraction = fixed start-up (model build, tracing, workers) + a per-image cost from its own timer.
+    loop_s = json.loads(fs.meta["timings"])["total_s"] if "timings" in fs.meta else t_extract
+    extract_fixed, extract_img = t_extract - loop_s, loop_s / n
+    base_img, head_img = per_epoch / n, t_head / (epochs * n)
+    print(f"[dense] per image (measured): extraction {1000 * extract_img:.2f} ms once (+ {extract_fixed:.1f} s "
+          f"start-up), frozen base + decode {1000 * base_img:.2f} ms every epoch, head {1000 * head_img:.3f} ms "
+          f"every epoch")
+    big = 60000
+    big_cached = extract_fixed + big * extract_img + epochs * big * head_img
+    big_e2e = t_load + epochs * big * (base_img + head_img)
+    big_ratio = big_e2e / big_cached
+    print(f"[dense] speed-up, {epochs} epochs on {n} images: {ratio:.1f}x (cached measured; end to end "
+          f"{e2e_epochs} of {epochs} epochs measured, the rest extrapolated)")
+    print(f"[dense] speed-up extrapolated from the per-image costs to {big} images: {big_ratio:.1f}x "
+          f"({big_e2e / 60:.0f} min vs {big_cached / 60:.1f} min)", flush=True)
+    return {"images": n, "cached_s": round(cached_total, 2), "e2e_s_extrapolated": round(e2e_total, 2),
+            "e2e_epochs_measured": e2e_epochs, "speedup": round(ratio, 2), "speedup_60k_extrapolated": round(big_ratio, 2)}
+
+
+def bench_default_grid(n: int, dim: int, n_jobs: int) -> dict:
+    from featcache.grids import expand_grid, read_grid
+    from featcache.sweep import sweep
+
+    X, y = synthetic(n, dim, 10, seed=1)
+    split = np.where(np.arange(n) % 10 < 7, "train", np.where(np.arange(n) % 10 < 9, "val", "test"))
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = write_cache(Path(tmp) / "synthetic.h5", X, y, split, range(10))
+        t = time.perf_counter()
+        res = sweep(cache, n_jobs=n_jobs, reuse=False, progress=False)
+        elapsed = time.perf_counter() - t
+    board = res.leaderboard
+    slowest = board.groupby("classifier")["fit_s"].sum().sort_values(ascending=False)
+    print(f"[default grid] {len(expand_grid(read_grid(None)))} configurations on {n} x {dim} (70/20/10 split), "
+          f"--n-jobs {n_jobs}: {elapsed:.1f} s; best {res.best_config.label()} val accuracy "
+          f"{board['val_accuracy'].iloc[0]:.4f}, test {res.test_scores['accuracy']:.4f}")
+    print(f"[default grid] fit seconds by classifier: {', '.join(f'{k} {v:.1f}' for k, v in slowest.items())}",
+          flush=True)
+    return {"n": n, "dim": dim, "n_jobs": n_jobs, "seconds": round(elapsed, 1)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=60000, help="rows of the C-path benchmark (default: 60000)")
+    p.add_argument("--dim", type=int, default=1280, help="features per row (default: 1280)")
+    p.add_argument("--cs", type=int, default=10, help="points on the C path (default: 10)")
+    p.add_argument("--images", type=Path, default=REPO / "data" / "digits",
+                   help="real images for the dense-head benchmark (default: data/digits)")
+    p.add_argument("--e2e-epochs", type=int, default=2, help="end-to-end epochs actually run (default: 2)")
+    p.add_argument("--grid-n", type=int, default=10000, help="rows for the default-grid timing (default: 10000)")
+    p.add_argument("--grid-jobs", type=int, default=2, help="--n-jobs for the default-grid timing (default: 2)")
+    p.add_argument("--skip", nargs="*", default=[], choices=["cpath", "dense", "grid"], help="parts to skip")
+    args = p.parse_args()
+    out = {}
+    if "cpath" not in args.skip:
+        out["c_path"] = bench_c_path(args.n, args.dim, args.cs)
+    if "dense" not in args.skip:
+        out["dense_head"] = bench_dense(args.images, args.e2e_epochs)
+    if "grid" not in args.skip:
+        out["default_grid"] = bench_default_grid(args.grid_n, args.dim, args.grid_jobs)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -410,7 +410,7 @@ def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records)
     n_jobs = min(len(tasks), cores if cfg.n_jobs == -1 else cfg.n_jobs)
     threads = max(1, cores // n_jobs)
     per_config: Dict[Config, List[dict]] = defaultdict(list)
-    bar = tqdm(total=len(tasks), desc="sweep", unit="fit", disable=not cfg.progress, file=sys.stderr,
+    bar = tqdm(total=len(todo), desc="sweep", unit="config", disable=not cfg.progress, file=sys.stderr,
                dynamic_ncols=True)
     with _shared(feats.X, n_jobs) as X:
         calls = (delayed(_run_task)(unit, X, feats.y, *scheme.folds[f], len(feats.classes), cfg.seed,
@@ -424,8 +424,8 @@ def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records)
                         records[config] = _combine(per_config[config], scheme, len(feats.y))
                         if "error" not in records[config]:  # failures are retried next time
                             store.put(keys[config], records[config])
-                bar.set_postfix_str(unit[0].classifier, refresh=False)
-                bar.update(1)
+                        bar.update(1)
+                bar.set_postfix_str(f"{unit[0].classifier} fold {f + 1}/{len(scheme.folds)}")
         finally:
             bar.close()
     return len(todo) * len(scheme.folds)

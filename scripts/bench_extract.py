@@ -59,6 +59,7 @@ N_CLASSES = 10
 TARGET_VS_CEILING = 0.85
 TARGET_VS_NAIVE = 3.0
 MEMORY_TOLERANCE = 0.10
+BUSY_LIMIT = 0.10  # a measurement during which other processes used more CPU than this is "busy"
 
 
 def say(msg: str = "") -> None:
@@ -108,7 +109,7 @@ def wait_quiet(max_wait: float, limit: float = 0.05) -> None:
 
 
 def busy_note(share: float) -> str:
-    return f"other processes {100 * share:.0f}% CPU" + (" (BUSY MACHINE: not comparable)" if share > 0.10 else "")
+    return f"other processes {100 * share:.0f}% CPU" + (" (BUSY MACHINE: not comparable)" if share > BUSY_LIMIT else "")
 
 
 # --- the image set --------------------------------------------------------------------------------
@@ -392,29 +393,33 @@ def main_bench(args) -> dict:
     say(f"decoded {len(images)} images in memory for the ceiling ({time.perf_counter() - t:.1f} s, "
         f"single process: {len(images) / (time.perf_counter() - t):.0f} img/s decode)")
     # Rounds alternate ceiling and featcache so slow drift (thermal, other load) hits both alike.
+    # Every pass is kept with the CPU share other processes took meanwhile; medians use the clean ones.
     ceil_runs, ceil32_runs, ceil2_runs, fc_runs, cold = [], [], [], [], None
     for r in range(args.rounds):
         wait_quiet(args.quiet_wait)
         busy = Contention()
         c = measure_ceiling(fx, images, args.batch_size, device, precision, args.repeats,
                             args.warmup if r == 0 else 1)
+        share = busy.other_share()
         cold = c["cold_first_batch_s"] if cold is None else cold
-        ceil_runs += c["runs_img_s"]
-        say(f"  round {r + 1}: ceiling {precision} {c['runs_img_s']} img/s ({busy_note(busy.other_share())})")
+        ceil_runs += [(v, share) for v in c["runs_img_s"]]
+        say(f"  round {r + 1}: ceiling {precision} {c['runs_img_s']} img/s ({busy_note(share)})")
         if precision != "fp32":
             wait_quiet(args.quiet_wait)
             busy = Contention()
             c32 = measure_ceiling(fx, images, args.batch_size, device, "fp32", args.repeats,
                                   args.warmup if r == 0 else 1)
-            ceil32_runs += c32["runs_img_s"]
-            say(f"  round {r + 1}: ceiling fp32 {c32['runs_img_s']} img/s ({busy_note(busy.other_share())})")
+            share = busy.other_share()
+            ceil32_runs += [(v, share) for v in c32["runs_img_s"]]
+            say(f"  round {r + 1}: ceiling fp32 {c32['runs_img_s']} img/s ({busy_note(share)})")
         if args.streams_ceiling and device.type == "cpu":
             wait_quiet(args.quiet_wait)
             busy = Contention()
             cs = measure_ceiling_streams(fx, images, args.batch_size, device, precision, args.repeats)
-            ceil2_runs += cs["runs_img_s"]
+            share = busy.other_share()
+            ceil2_runs += [(v, share) for v in cs["runs_img_s"]]
             say(f"  round {r + 1}: ceiling {precision} 2 streams x 1 thread {cs['runs_img_s']} img/s "
-                f"({busy_note(busy.other_share())})")
+                f"({busy_note(share)})")
         wait_quiet(args.quiet_wait)
         busy = Contention()
         f = run_featcache(folder, args, num_workers)
@@ -423,21 +428,35 @@ def main_bench(args) -> dict:
         say(f"  round {r + 1}: featcache {f['img_s']:.1f} img/s ({fmt_timings(f['timings'])}; "
             f"{busy_note(f['other_cpu_share'])})")
     del fx, images
-    ceil = {"img_s": statistics.median(ceil_runs), "runs_img_s": ceil_runs, "cold_first_batch_s": cold}
-    ceil32 = {"img_s": statistics.median(ceil32_runs), "runs_img_s": ceil32_runs} if ceil32_runs else ceil
-    fc = sorted(fc_runs, key=lambda r: r["img_s"])[(len(fc_runs) - 1) // 2]  # median (lower for even)
+    contaminated = []
+
+    def clean(runs, what):
+        ok = [v for v, sh in runs if sh <= BUSY_LIMIT]
+        if not ok:
+            contaminated.append(what)
+        return ok or [v for v, _ in runs]
+
+    ceil = {"img_s": statistics.median(clean(ceil_runs, "ceiling")), "runs_img_s": [v for v, _ in ceil_runs],
+            "cold_first_batch_s": cold}
+    ceil32 = ({"img_s": statistics.median(clean(ceil32_runs, "ceiling_fp32")),
+               "runs_img_s": [v for v, _ in ceil32_runs]} if ceil32_runs else ceil)
+    fc_ok = [f for f in fc_runs if f["other_cpu_share"] <= BUSY_LIMIT] or fc_runs
+    if len(fc_ok) == len(fc_runs) and any(f["other_cpu_share"] > BUSY_LIMIT for f in fc_runs):
+        contaminated.append("featcache")
+    fc = sorted(fc_ok, key=lambda r: r["img_s"])[(len(fc_ok) - 1) // 2]  # median (lower for even)
     t = fc["timings"]
     say(f"ceiling   ({precision}, model only, in-memory uint8): {ceil['img_s']:7.1f} img/s  "
-        f"(median of {len(ceil_runs)} passes; cold first batch {cold} s)")
+        f"(median of clean passes of {ceil['runs_img_s']}; cold first batch {cold} s)")
     say(f"ceiling   (fp32, model only, in-memory uint8):   {ceil32['img_s']:7.1f} img/s  "
         f"({precision} is {ceil['img_s'] / ceil32['img_s']:.2f}x fp32)")
-    ceil2 = statistics.median(ceil2_runs) if ceil2_runs else None
+    ceil2 = statistics.median(clean(ceil2_runs, "ceiling_2streams")) if ceil2_runs else None
     if ceil2:
         say(f"ceiling   ({precision}, 2 streams x 1 intra-op thread, in-memory uint8): {ceil2:7.1f} img/s  "
             f"({ceil2 / ceil['img_s']:.2f}x the single-stream ceiling; info only)")
     say(f"featcache ({precision}, files -> HDF5, {t.get('num_workers')} workers): {fc['img_s']:7.1f} img/s  "
-        f"(median of {len(fc_runs)}: loop {t.get('total_s', float('nan')):.2f} s for {t.get('rows')} rows; "
-        f"call wall {fc['wall_s']:.2f} s = {fc['wall_img_s']:.1f} img/s incl. setup {fc['setup_s']:.2f} s)")
+        f"(median of {len(fc_ok)} clean of {[round(f['img_s'], 1) for f in fc_runs]}: loop "
+        f"{t.get('total_s', float('nan')):.2f} s for {t.get('rows')} rows; call wall {fc['wall_s']:.2f} s "
+        f"= {fc['wall_img_s']:.1f} img/s incl. setup {fc['setup_s']:.2f} s)")
     say(f"featcache time went to: {fmt_timings(t)}")
 
     naive = None
@@ -459,6 +478,11 @@ def main_bench(args) -> dict:
             say(f"sanity: featcache vs naive features, cosine min {cmin:.4f} mean {cmean:.4f} "
                 f"(same network; {precision} vs fp32, PIL-draft vs torchvision resize)")
 
+    if naive and naive["other_cpu_share"] > BUSY_LIMIT:
+        contaminated.append("naive")
+    if contaminated:
+        say(f"WARNING: no clean measurement (other processes > {100 * BUSY_LIMIT:.0f}% CPU) for "
+            f"{', '.join(contaminated)}: those figures are not comparable; rerun on a quiet machine")
     vs_ceiling = fc["img_s"] / ceil["img_s"]
     vs_naive = fc["img_s"] / naive["img_s"] if naive else None
     say(f"{'PASS' if vs_ceiling >= TARGET_VS_CEILING else 'MISS'}: featcache / ceiling ({precision}) = "
@@ -493,6 +517,7 @@ def main_bench(args) -> dict:
         "ceiling_runs_img_s": ceil["runs_img_s"],
         "ceiling_fp32_runs_img_s": ceil32["runs_img_s"],
         "featcache_runs_img_s": [round(r["img_s"], 1) for r in fc_runs],
+        "contaminated": contaminated,
         "other_cpu_share_max": round(max([r["other_cpu_share"] for r in fc_runs]
                                          + ([naive["other_cpu_share"]] if naive else [])), 3),
         "ceiling_cold_first_batch_s": ceil["cold_first_batch_s"],

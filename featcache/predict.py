@@ -14,7 +14,6 @@ the model was trained on, and writes ``path,prediction[,proba_<class>...]``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ import numpy as np
 
 from .cli import Parser, run_cli
 from .config import ExtractConfig, FeatcacheError
+from .sources import file_sha256
 
 log = logging.getLogger("featcache")
 
@@ -43,14 +43,6 @@ def sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_model(path, pipeline, metadata: dict) -> Path:
     """Write ``pipeline`` with ``metadata`` to ``path`` (joblib) and its verifying sidecar ``path.json``."""
     import joblib
@@ -59,7 +51,7 @@ def save_model(path, pipeline, metadata: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     joblib.dump({"marker": MARKER, "format": MODEL_FORMAT, "metadata": metadata, "pipeline": pipeline}, tmp)
-    side = {"marker": MARKER, "format": MODEL_FORMAT, "file": path.name, "sha256": _sha256(tmp),
+    side = {"marker": MARKER, "format": MODEL_FORMAT, "file": path.name, "sha256": file_sha256(tmp),
             "size": tmp.stat().st_size, "metadata": metadata}
     side_tmp = sidecar_path(tmp)
     side_tmp.write_text(json.dumps(side, indent=1, default=str), encoding="utf-8")
@@ -87,7 +79,7 @@ def read_metadata(path) -> dict:
     if info.get("format") != MODEL_FORMAT:
         raise FeatcacheError(f"{path} is model format {info.get('format')}; this featcache reads format "
                              f"{MODEL_FORMAT}. Rerun the sweep with this version")
-    if info.get("sha256") != _sha256(path):
+    if info.get("sha256") != file_sha256(path):
         raise FeatcacheError(f"refusing to load {path}: its contents changed since featcache wrote it "
                              f"(SHA-256 differs from {side.name}); rerun the sweep to write it again")
     return info["metadata"]

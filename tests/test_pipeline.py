@@ -227,3 +227,19 @@ def test_device_jpeg_decode_path_matches_pillow(tmp_path, make_image, fast, brok
     assert [p for p, _ in dev.failed] == ["c1/bad.jpg"] and dev.failed[0][1]
     cos = (pil.X * dev.X).sum(1) / (np.linalg.norm(pil.X, axis=1) * np.linalg.norm(dev.X, axis=1))
     assert cos.min() > 0.99, cos
+
+
+def test_same_features_across_worker_counts_and_batch_sizes(split_folder, fast, tmp_path):
+    a = load(featcache.extract(split_folder, **fast))
+    b = load(featcache.extract(split_folder, **{**fast, "num_workers": 2, "batch_size": 3,
+                                                 "cache_dir": tmp_path / "other"}))
+    assert a.path.name == b.path.name  # workers and batch size are not part of the key
+    assert list(a.paths) == list(b.paths)
+    np.testing.assert_allclose(a.X, b.X, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_features_are_close_to_fp32(split_folder, fast):
+    fp32 = load(featcache.extract(split_folder, **fast))
+    bf16 = load(featcache.extract(split_folder, **{**fast, "precision": "bf16"}))
+    cos = (fp32.X * bf16.X).sum(1) / (np.linalg.norm(fp32.X, axis=1) * np.linalg.norm(bf16.X, axis=1))
+    assert cos.min() >= 0.99, cos.min()

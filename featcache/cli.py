@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import types
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -16,6 +17,19 @@ import numpy as np
 
 from .config import DEFAULT_MODEL, DTYPES, POOLS, PRECISIONS, ExtractConfig, FeatcacheError
 from .pipeline import extract, list_layers, log
+
+
+def make_callable(module_name: str, function) -> None:
+    """Make ``featcache.<module>(...)`` call ``function``.
+
+    ``featcache.extract``/``sweep``/``predict`` are both API functions and ``python -m`` modules; importing
+    a submodule rebinds the package attribute to the module, so the module itself forwards calls.
+    """
+    class CallableModule(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            return function(*args, **kwargs)
+
+    sys.modules[module_name].__class__ = CallableModule
 
 
 def _batch_size(text: str):

@@ -18,14 +18,13 @@ import json
 import logging
 import os
 import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .cli import Parser, run_cli
+from .cli import Parser, make_callable, run_cli
 from .config import ExtractConfig, FeatcacheError
 from .sources import file_sha256
 
@@ -299,14 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_cli(_main, argv, build_parser())
 
 
-class _CallableModule(types.ModuleType):
-    """``featcache.predict(...)`` runs :func:`predict` whether that package attribute is this module or the function."""
-
-    def __call__(self, *args, **kwargs):
-        return predict(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__, predict)
 
 if __name__ == "__main__":
     sys.exit(main())

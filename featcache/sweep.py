@@ -23,7 +23,6 @@ import shutil
 import sys
 import tempfile
 import time
-import types
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import grids, metrics
-from .cli import Parser, run_cli
+from .cli import Parser, make_callable, run_cli
 from .config import FeatcacheError
 from .grids import Config
 
@@ -696,14 +695,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_cli(_main, argv, build_parser())
 
 
-class _CallableModule(types.ModuleType):
-    """``featcache.sweep(...)`` runs :func:`sweep` whether that package attribute is this module or the function."""
-
-    def __call__(self, *args, **kwargs):
-        return sweep(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__, sweep)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,6 +26,7 @@ FORMAT_VERSION = 1
 PARTIAL_SUFFIX = ".partial.h5"
 REASON_BYTES = 200  # fixed width, so recording a failure never changes the file's structure
 CHUNK_BYTES = 1 << 20  # aim for ~1 MiB chunks: large enough for fast I/O, small enough to read a few rows
+MAP_CHUNK_BYTES = 64 << 10  # spatial maps: a chunk of one or a few images, for random minibatches (finetune)
 
 
 # --- the cache key ------------------------------------------------------------------------------
@@ -110,9 +111,11 @@ class Reuse:
     old_rows: np.ndarray
 
 
-def rows_per_chunk(row_bytes: int, n_rows: int) -> int:
-    """~1 MiB chunks of whole rows, but at least 16 per file, so progress is committed often."""
-    return int(max(1, min(4096, CHUNK_BYTES // max(1, row_bytes), -(-n_rows // 16))))
+def rows_per_chunk(row_bytes: int, n_rows: int, maps: bool = False) -> int:
+    """~1 MiB chunks of whole rows (~64 KiB for spatial ``maps``), but at least 16 per file, so progress
+    is committed often."""
+    target = MAP_CHUNK_BYTES if maps else CHUNK_BYTES
+    return int(max(1, min(4096, target // max(1, row_bytes), -(-n_rows // 16))))
 
 
 class CacheWriter:
@@ -130,7 +133,7 @@ class CacheWriter:
         self.n = len(source)
         self.shapes, self.dtype = shapes, np.dtype(dtype)
         row_bytes = sum(int(np.prod(s)) for s in shapes.values()) * self.dtype.itemsize
-        self.chunk_rows = rows_per_chunk(row_bytes, self.n)
+        self.chunk_rows = rows_per_chunk(row_bytes, self.n, maps=any(len(s) > 1 for s in shapes.values()))
         self.fingerprint = fingerprint
         self.file = self._open_or_create(source, manifest, attrs, reuse)
         self.todo = self.file["progress/todo"][:]

@@ -383,3 +383,101 @@ def layer_table(backbone: Backbone, pooling: str, device: str = "cpu") -> List[d
             dim = None
         rows.append({"layer": n, "shape": tuple(t.shape[1:]), "dim": dim})
     return rows
+
+
+# --- splitting a network at a layer ---------------------------------------------------------------
+
+def split_top(module: nn.Module, node: str, output: str) -> torch.fx.GraphModule:
+    """The layers of ``module`` after graph node ``node`` up to ``output``, as a module whose input is
+    ``node``'s activation (a copy with the pretrained weights, traced in eval mode).
+
+    Refused, naming the reason, when the model cannot be traced or when ``output`` also needs a value
+    computed before ``node`` by another path (a skip connection across the split).
+    """
+    import copy
+    import operator
+
+    from torchvision.models import feature_extraction as fe
+
+    # The tracer and settings of get_graph_node_names, so node names match --layer and the cache.
+    tracer = fe.NodePathTracer(**fe._set_default_tracer_kwargs(None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            graph = tracer.trace(module.eval())
+        except Exception as e:
+            raise FeatcacheError(f"cannot split this model into bottom and top: torch.fx cannot trace it "
+                                 f"({type(e).__name__}: {e})") from e
+    name = tracer.node_to_qualname
+    order = [n for n in graph.nodes if n in name]
+    start, end = _find_node(order, name, node, "--from-layer"), _find_node(order, name, output, "output")
+    image = next(n for n in graph.nodes if n.op == "placeholder")
+
+    def batch_size(n) -> bool:
+        """``x.size(0)`` / ``x.shape[0]`` of the image: the same number as the activation's batch size."""
+        if n.op == "call_method" and n.target == "size" and n.args[0] is image:
+            return n.args[1:] == (0,) or n.kwargs.get("dim") == 0
+        return (n.op == "call_function" and n.target is operator.getitem and n.args[1] == 0
+                and isinstance(n.args[0], torch.fx.Node) and n.args[0].args[:1] == (image,)
+                and (n.args[0].target == "size" and len(n.args[0].args) == 1 or n.args[0].target == "shape"))
+
+    crossing = _bypass(graph, image, start, batch_size)
+    if end is start or not _depends_on(end, start):
+        raise FeatcacheError(f"--from-layer {node} does not come before {output} (the penultimate features); "
+                             f"choose an earlier node")
+    if crossing[end]:
+        user, source = next((u, a) for u in order if u is not start and _depends_on(u, start)
+                            for a in u.all_input_nodes if crossing[a])
+        valid = [n for n in order if n.op not in ("placeholder", "get_attr") and _depends_on(end, n)
+                 and not _bypass(graph, image, n, batch_size)[end]]
+        here = order.index(start)
+        near = [name[n] for n in valid if order.index(n) < here][-1:] + [name[n] for n in valid if order.index(n) > here][:1]
+        raise FeatcacheError(
+            f"cannot split the model at --from-layer {node}: {name[user]} also uses {name[source]}, which comes "
+            f"from earlier layers, not from {node} (a skip connection across the split); the nearest nodes "
+            f"where it can be split: "
+            f"{', '.join(near) or 'none'}")
+    needed, stack = set(), [end]
+    while stack:
+        n = stack.pop()
+        if n in needed or n is start:
+            continue
+        needed.add(n)
+        stack += [] if batch_size(n) else n.all_input_nodes
+    top = torch.fx.Graph()
+    env = {start: top.placeholder("activation")}
+    for n in graph.nodes:
+        if n in needed:
+            env[n] = (top.call_method("size", (env[start], 0)) if batch_size(n)
+                      else top.node_copy(n, lambda a: env[a]))
+    top.output(env[end])
+    return copy.deepcopy(torch.fx.GraphModule(module, top, class_name="Top"))
+
+
+def _find_node(order, name, query: str, flag: str):
+    """As torchvision resolves return nodes: the node itself, or the last node inside a module of that name."""
+    hits = [n for n in order if name[n] == query or name[n].startswith(query + ".")]
+    if not hits:
+        raise FeatcacheError(f"{flag} {query!r} is not a node of this model; see extract --list-layers")
+    exact = [n for n in hits if name[n] == query]
+    return exact[0] if exact else hits[-1]
+
+
+def _depends_on(node, ancestor) -> bool:
+    seen, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        if n is ancestor:
+            return True
+        if n not in seen:
+            seen.add(n)
+            stack += n.all_input_nodes
+    return False
+
+
+def _bypass(graph, image, start, batch_size) -> dict:
+    """For every node: whether it depends on the image by a path that avoids ``start``."""
+    out = {}
+    for n in graph.nodes:
+        out[n] = n is image or (n is not start and not batch_size(n) and any(out[a] for a in n.all_input_nodes))
+    return out

@@ -181,6 +181,23 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=(np.float32, np.float64))
         check_classification_targets(y)
+        return self._fit(_InMemory(X), y)
+
+    def fit_stream(self, rows, y):
+        """Train on ``rows`` that need not fit in memory (a :class:`featcache.streaming.Rows`) and labels ``y``.
+
+        Minibatches come from chunk-aligned blocks in a shuffled order, rows shuffled within a buffer of
+        blocks, instead of a full shuffle; everything else is as in :meth:`fit`. Returns ``self``.
+        """
+        self._validate_params()
+        y = np.asarray(y)
+        if len(y) != len(rows):
+            raise ValueError(f"rows has {len(rows)} rows but y has {len(y)} labels")
+        check_classification_targets(y)
+        self.n_features_in_ = rows.shape[1]
+        return self._fit(_Streamed(rows), y)
+
+    def _fit(self, data, y):
         self.classes_, yi = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"DenseHead needs samples of at least 2 classes, but y contains only one "
@@ -191,11 +208,11 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         device = resolve_device(self.device)
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            self._train(X, yi.astype(np.int64), train, val, device)
+            self._train(data, yi.astype(np.int64), train, val, device)
         return self
 
-    def _train(self, X, yi, train, val, device) -> None:
-        module = self._build(X.shape[1], len(self.classes_)).to(device)
+    def _train(self, data, yi, train, val, device) -> None:
+        module = self._build(self.n_features_in_, len(self.classes_)).to(device)
         opt = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         y_all = torch.from_numpy(yi)
         self.loss_curve_, self.validation_loss_curve_ = [], []
@@ -203,23 +220,23 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         self.best_epoch_ = 0
         for epoch in range(1, self.epochs + 1):
             module.train()
-            order = train[torch.randperm(len(train)).numpy()]
             total = 0.0
-            for start in range(0, len(order), self.batch_size):
-                rows = np.sort(order[start:start + self.batch_size])  # sorted rows read faster from memmaps
-                xb = _as_tensor(X[rows]).to(device, non_blocking=True)
+            for rows, X in data.batches(train, self.batch_size, shuffle=True):
+                xb = _as_tensor(X).to(device, non_blocking=True)
                 yb = y_all[rows].to(device, non_blocking=True)
                 loss = F.cross_entropy(module(xb), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(rows)
-            self.loss_curve_.append(total / len(order))
+            self.loss_curve_.append(total / len(train))
             self.n_epochs_ = epoch
             if not len(val):
                 self.best_epoch_ = epoch
                 continue
-            val_loss = float(F.cross_entropy(self._logits(module, X[val], device), y_all[val]))
+            parts = [(rows, self._logits(module, X, device)) for rows, X in data.batches(val, PREDICT_BATCH)]
+            logits, rows = torch.cat([p[1] for p in parts]), np.concatenate([p[0] for p in parts])
+            val_loss = float(F.cross_entropy(logits, y_all[rows]))
             self.validation_loss_curve_.append(val_loss)
             if val_loss < best_loss - 1e-4:
                 best_loss, stale, self.best_epoch_ = val_loss, 0, epoch
@@ -251,6 +268,32 @@ class DenseHead(ClassifierMixin, BaseEstimator):
     def predict(self, X):
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
+
+
+class _InMemory:
+    """Minibatches of an in-memory array for :meth:`DenseHead.fit`: a full shuffle per epoch (torch's RNG)."""
+
+    def __init__(self, X: np.ndarray):
+        self.X = X
+
+    def batches(self, rows: np.ndarray, batch_size: int, shuffle: bool = False):
+        order = rows[torch.randperm(len(rows)).numpy()] if shuffle else rows
+        for start in range(0, len(order), batch_size):
+            batch = np.sort(order[start:start + batch_size])  # sorted rows read faster from memmaps
+            yield batch, self.X[batch]
+
+
+class _Streamed:
+    """Minibatches of :class:`featcache.streaming.Rows` for :meth:`DenseHead.fit_stream`: shuffled blocks."""
+
+    def __init__(self, rows):
+        self.rows, self.rng = rows, None
+
+    def batches(self, rows: np.ndarray, batch_size: int, shuffle: bool = False):
+        if shuffle and self.rng is None:  # seeded from torch's RNG, which DenseHead seeds before training
+            self.rng = np.random.default_rng(int(torch.randint(2 ** 31, ())))
+        for pos, X in self.rows[rows].batches(batch_size, self.rng if shuffle else None):
+            yield rows[pos], X
 
 
 # --- the logistic regression path ---------------------------------------------------------------

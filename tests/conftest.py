@@ -8,6 +8,7 @@ Fixtures here must not import ``featcache``.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -301,3 +302,40 @@ FAST_SETTINGS = dict(model="resnet18", weights="none", image_size=32, num_worker
 def fast(tmp_path: Path) -> dict:
     """``FAST_SETTINGS`` plus a fresh ``cache_dir``: ``featcache.extract(folder, **fast)``."""
     return dict(FAST_SETTINGS, cache_dir=tmp_path / "cache")
+
+
+def write_feature_cache(path: str | Path, n: int = 3000, dim: int = 32, n_classes: int = 4, chunk_rows: int = 64,
+                        seed: int = 0, splits: tuple[float, float] = (0.7, 0.15)) -> Path:
+    """A synthetic feature cache in featcache's HDF5 layout (plain h5py), chunked by ``chunk_rows`` rows.
+
+    Gaussian classes whose means overlap (held-out accuracy around 0.9, not 1.0), uncentred and
+    unscaled like CNN features; the first ``splits`` fractions are train and val, the rest test.
+    """
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    means = rng.normal(0, 0.6, (n_classes, dim))
+    X = (3 + 2 * (means[y] + rng.normal(0, 1, (n, dim)))).astype(np.float32)
+    n_train, n_val = int(splits[0] * n), int(splits[1] * n)
+    split = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * (n - n_train - n_val), dtype=object)
+    path = Path(path)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features/synthetic", data=X, chunks=(chunk_rows, dim))
+        f.create_dataset("labels", data=y.astype(np.int64))
+        f.create_dataset("paths", data=np.array([f"row{i}" for i in range(n)], dtype=object),
+                         dtype=h5py.string_dtype())
+        f.create_dataset("split", data=split, dtype=h5py.string_dtype())
+        for name in ("paths", "reasons"):
+            f.create_dataset(f"failed/{name}", data=np.array([], dtype=object), dtype=h5py.string_dtype())
+        f.attrs.update({"format_version": 1, "complete": True, "layers": json.dumps(["synthetic"]),
+                        "class_names": json.dumps([f"c{k}" for k in range(n_classes)]),
+                        "fingerprint": f"synthetic-{n}x{dim}-{seed}", "config": "{}", "key": "{}",
+                        "versions": "{}", "n_rows": n})
+    return path
+
+
+@pytest.fixture(scope="session")
+def feature_cache():
+    """The ``write_feature_cache(path, n, dim, n_classes, chunk_rows, seed, splits) -> Path`` helper."""
+    return write_feature_cache

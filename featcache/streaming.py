@@ -1,0 +1,217 @@
+"""Training on caches larger than memory: features are read from the HDF5 file in blocks, never all at once.
+
+:class:`Rows` is a lazy view of some rows of a cache's feature layer(s), read in blocks of whole
+HDF5 chunks. :func:`fit` trains a scikit-learn pipeline on it: each stateful preprocessing step
+in one streaming pass (``partial_fit``), then the classifier from shuffled blocks (SGD by
+``partial_fit`` epochs, :class:`~featcache.heads.DenseHead` by ``fit_stream``).
+:class:`Blockwise` predicts a block at a time.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Tuple
+
+import h5py
+import numpy as np
+
+BLOCK_BYTES = 4 << 20  # rows read at once: whole HDF5 chunks adding up to about 4 MiB of float32
+BUFFER_BLOCKS = 8  # rows are shuffled within this many blocks (the blocks themselves come in a shuffled order)
+STREAMING_CLASSIFIERS = ("sgd", "dense")  # the sweep's classifiers that can train from a stream
+STREAMING_PREPROCESS = ("none", "standardize", "l2")
+
+
+class Rows:
+    """Rows ``index`` of the feature layer(s) ``layers`` of the cache at ``path``, read lazily.
+
+    It looks like a 2-D array to the sweep (``len``, ``shape``; ``rows[idx]`` is another lazy view)
+    and pickles as its path and row numbers, so joblib workers open the file themselves. Reads are
+    ``block_rows`` rows, aligned to the file's chunks (default: whole chunks, about 4 MiB).
+    """
+
+    def __init__(self, path, layers: Optional[Sequence[str]] = None, index=None, block_rows: Optional[int] = None):
+        self.path = Path(path)
+        with h5py.File(self.path, "r") as f:
+            self.layers = list(layers or json.loads(f.attrs["layers"])[:1])
+            datasets = [f["features"][name] for name in self.layers]
+            n_file = datasets[0].shape[0]
+            self.n_features = sum(int(np.prod(d.shape[1:])) for d in datasets)
+            chunk = datasets[0].chunks[0] if datasets[0].chunks else 1
+        if block_rows is not None and (not isinstance(block_rows, int) or block_rows < 1):
+            raise ValueError(f"block_rows must be a positive integer; got {block_rows!r}")
+        self.block_rows = block_rows or chunk * max(1, BLOCK_BYTES // (chunk * 4 * self.n_features))
+        self.index = np.arange(n_file) if index is None else np.asarray(index, dtype=np.int64)
+        self.transform = None
+        self._file: Optional[h5py.File] = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        return len(self.index), self.n_features
+
+    def __getitem__(self, rows) -> "Rows":
+        view = copy.copy(self)
+        view.index, view._file = self.index[rows], None
+        return view
+
+    def with_transform(self, transform) -> "Rows":
+        """The same rows, each block passed through ``transform`` (a fitted preprocessing step) after reading."""
+        view = self[:]
+        view.transform = transform
+        return view
+
+    def __getstate__(self):
+        return {**self.__dict__, "_file": None}
+
+    def _datasets(self):
+        if self._file is None or not self._file.id.valid:
+            self._file = h5py.File(self.path, "r")
+        return [self._file["features"][name] for name in self.layers]
+
+    def blocks(self, rng: Optional[np.random.Generator] = None) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """``(positions, X)`` per block of ``block_rows`` file rows; in file order, or shuffled with ``rng``.
+
+        ``positions`` index this view (``0 .. len - 1``); ``X`` is float32, transformed when a transform is set.
+        """
+        order = np.argsort(self.index, kind="stable")
+        rows = self.index[order]
+        block = rows // self.block_rows
+        starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]]) if len(rows) else np.array([], int)
+        bounds = np.stack([starts, np.r_[starts[1:], len(rows)]], axis=1).astype(np.int64)
+        if rng is not None:
+            bounds = bounds[rng.permutation(len(bounds))]
+        datasets = self._datasets()
+        for a, b in bounds:
+            lo, hi = int(rows[a]), int(rows[b - 1]) + 1
+            parts = [d[lo:hi].reshape(hi - lo, -1) for d in datasets]
+            X = (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))[rows[a:b] - lo]
+            X = X.astype(np.float32, copy=False)
+            yield order[a:b], (self.transform(X) if self.transform is not None else X)
+
+    def batches(self, batch_size: int, rng: Optional[np.random.Generator] = None
+                ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """``(positions, X)`` minibatches; with ``rng``, from shuffled blocks, rows shuffled within a buffer of blocks."""
+        limit = max(batch_size, BUFFER_BLOCKS * self.block_rows) if rng is not None else batch_size
+        held_pos, held_X, held = [], [], 0
+        for pos, X in self.blocks(rng):
+            held_pos.append(pos)
+            held_X.append(X)
+            held += len(pos)
+            if held >= limit:
+                pos, X = np.concatenate(held_pos), np.concatenate(held_X)
+                if rng is not None:
+                    perm = rng.permutation(len(pos))
+                    pos, X = pos[perm], X[perm]
+                stop = len(pos) - len(pos) % batch_size
+                for start in range(0, stop, batch_size):
+                    yield pos[start:start + batch_size], X[start:start + batch_size]
+                held_pos, held_X, held = [pos[stop:]], [X[stop:]], len(pos) - stop
+        if held:
+            pos, X = np.concatenate(held_pos), np.concatenate(held_X)
+            if rng is not None:
+                perm = rng.permutation(len(pos))
+                pos, X = pos[perm], X[perm]
+            for start in range(0, len(pos), batch_size):
+                yield pos[start:start + batch_size], X[start:start + batch_size]
+
+
+def fit(estimator, X: Rows, y):
+    """Fit a clone of ``estimator`` (a classifier, or a Pipeline ending in one) on rows streamed from a cache.
+
+    Stateful preprocessing steps (``StandardScaler``) take one streaming pass each with ``partial_fit``;
+    stateless ones (``Normalizer``) need none. The classifier then trains from blocks in a shuffled order:
+    ``DenseHead`` through ``fit_stream``, anything with ``partial_fit`` (``SGDClassifier``) for ``max_iter``
+    epochs (no ``tol`` stop: a stop needs the training loss, which would cost another pass per epoch).
+    """
+    from sklearn.base import clone
+    from sklearn.pipeline import Pipeline
+    from sklearn.utils import check_random_state, get_tags
+
+    y = np.asarray(y)
+    if len(y) != len(X):
+        raise ValueError(f"X has {len(X)} rows but y has {len(y)} labels")
+    estimator = clone(estimator)
+    steps = estimator.steps if isinstance(estimator, Pipeline) else [("clf", estimator)]
+    view = X
+    for name, step in steps[:-1]:
+        if hasattr(step, "partial_fit"):
+            for pos, block in view.blocks():
+                step.partial_fit(block, y[pos])
+        elif not get_tags(step).requires_fit:  # stateless, e.g. Normalizer
+            step.fit(np.zeros((1, view.shape[1]), np.float32))
+        else:
+            raise ValueError(f"preprocessing step {name} ({type(step).__name__}) cannot be fitted by streaming; "
+                             f"use {', '.join(STREAMING_PREPROCESS)}")
+        view = view.with_transform(_chain(view.transform, step.transform))
+    clf = steps[-1][1]
+    if hasattr(clf, "fit_stream"):
+        clf.fit_stream(view, y)
+    elif hasattr(clf, "partial_fit"):
+        classes = np.unique(y)
+        rng = np.random.default_rng(check_random_state(getattr(clf, "random_state", None)).randint(2 ** 31))
+        for _ in range(getattr(clf, "max_iter", 1)):
+            for pos, block in view.batches(BUFFER_BLOCKS * view.block_rows, rng):
+                clf.partial_fit(block, y[pos], classes=classes)
+    else:
+        raise ValueError(f"{type(clf).__name__} cannot train by streaming (it has neither fit_stream nor partial_fit)")
+    return estimator
+
+
+def _chain(first, second):
+    return second if first is None else _Chained(first, second)
+
+
+class _Chained:
+    """``second(first(X))``, picklable (for joblib workers)."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    def __call__(self, X):
+        return self.second(self.first(X))
+
+
+class Blockwise:
+    """A fitted classifier that predicts on :class:`Rows` a block at a time (its other attributes pass through)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        if name in ("predict", "predict_proba", "decision_function"):
+            method = getattr(self.model, name)  # AttributeError when the model has no such method
+            return lambda X: _apply(method, X)
+        return getattr(self.model, name)
+
+
+def _apply(method, X: Rows) -> np.ndarray:
+    out = None
+    for pos, block in X.blocks():
+        result = method(block)
+        if out is None:
+            out = np.empty((len(X),) + result.shape[1:], dtype=result.dtype)
+        out[pos] = result
+    return out
+
+
+def available_memory() -> Optional[int]:
+    """Bytes this process can still allocate: MemAvailable, lowered by an RLIMIT_DATA cap; None if unknown."""
+    import resource
+
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    if soft != resource.RLIM_INFINITY:
+        try:
+            with open("/proc/self/status", encoding="ascii") as f:
+                used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmData:"))
+        except (OSError, StopIteration, ValueError):
+            used = 0
+        avail = min(avail, soft - used)
+    return avail

@@ -1,0 +1,99 @@
+"""Out-of-core training: chunk-aligned block reads, streaming preprocessing, SGD and DenseHead from HDF5."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
+
+from featcache import load, streaming
+from featcache.heads import DenseHead
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, feature_cache):
+    """2,400 rows x 32 features, 4 classes, stored in 64-row chunks; half train, 40% test."""
+    return feature_cache(tmp_path_factory.mktemp("streaming") / "c.h5", n=2400, dim=32, chunk_rows=64,
+                         splits=(0.5, 0.1))
+
+
+@pytest.fixture(scope="module")
+def data(cache):
+    fs = load(cache)
+    return fs.X, fs.y, np.flatnonzero(fs.split == "train"), np.flatnonzero(fs.split == "test")
+
+
+def test_blocks_are_chunk_aligned_and_cover_every_row_once(cache, data):
+    X, _, train, _ = data
+    rows = streaming.Rows(cache)
+    assert rows.block_rows % 64 == 0 and rows.shape == (2400, 32)  # whole chunks by default
+    subset = np.random.default_rng(0).permutation(train)[:500]  # any order in
+    view = streaming.Rows(cache, block_rows=48)[subset]
+    seen, spans = [], set()
+    for pos, block in view.blocks(np.random.default_rng(1)):
+        assert block.dtype == np.float32 and np.array_equal(block, X[subset[pos]])
+        spans.add(tuple(np.unique(subset[pos] // 48)))
+        seen.append(pos)
+    assert all(len(s) == 1 for s in spans)  # no read crosses a 48-row block boundary
+    seen = np.concatenate(seen)
+    assert sorted(seen) == list(range(500)) and not np.array_equal(seen, np.sort(seen))  # shuffled block order
+    clone = pickle.loads(pickle.dumps(view))  # what a joblib worker receives: path and row numbers
+    assert np.array_equal(np.concatenate([b for _, b in clone.blocks()]), X[np.sort(subset)])
+
+
+def test_batches_shuffle_within_a_buffer_and_keep_every_row(cache):
+    view = streaming.Rows(cache, block_rows=16)
+    batches = list(view.batches(100, np.random.default_rng(0)))
+    pos = np.concatenate([p for p, _ in batches])
+    assert sorted(pos) == list(range(2400)) and {len(p) for p, _ in batches[:-1]} == {100}
+    first = batches[0][0]
+    assert len(np.unique(first // 16)) > 1  # one batch mixes rows of several blocks
+    assert first.max() - first.min() < streaming.BUFFER_BLOCKS * 16 * 30  # but only from one buffer's blocks
+
+
+def test_streaming_preprocessing_matches_in_memory(cache, data):
+    X, y, train, _ = data
+    pipe = streaming.fit(make_pipeline(StandardScaler(), Normalizer(), SGDClassifier(max_iter=2, random_state=0)),
+                         streaming.Rows(cache, block_rows=16)[train], y[train])
+    ref = StandardScaler().fit(X[train])
+    np.testing.assert_allclose(pipe[0].mean_, ref.mean_, rtol=1e-6)
+    np.testing.assert_allclose(pipe[0].scale_, ref.scale_, rtol=1e-6)
+    assert pipe[0].n_samples_seen_ == len(train)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: make_pipeline(StandardScaler(), SGDClassifier(loss="log_loss", alpha=1e-3, max_iter=10, random_state=0)),
+    lambda: make_pipeline(StandardScaler(), DenseHead(hidden_layer_sizes=32, epochs=6, lr=3e-3, random_state=0)),
+], ids=["sgd", "dense"])
+def test_out_of_core_accuracy_is_within_a_point_of_in_memory(cache, data, make):
+    X, y, train, test = data
+    in_memory = make().fit(X[train], y[train])
+    streamed = streaming.fit(make(), streaming.Rows(cache, block_rows=8)[train], y[train])  # tiny reads
+    acc_memory = np.mean(in_memory.predict(X[test]) == y[test])
+    acc_stream = np.mean(streaming.Blockwise(streamed).predict(streaming.Rows(cache)[test]) == y[test])
+    assert acc_memory > 0.8 and abs(acc_stream - acc_memory) <= 0.01, (acc_memory, acc_stream)
+    proba = streaming.Blockwise(streamed).predict_proba(streaming.Rows(cache)[test])
+    np.testing.assert_allclose(proba, streamed.predict_proba(X[test]), atol=1e-6)  # blockwise = whole
+
+
+def test_dense_head_fit_stream_keeps_its_estimator_attributes(cache, data):
+    _, y, train, _ = data
+    head = DenseHead(epochs=3, early_stopping=True, random_state=0).fit_stream(
+        streaming.Rows(cache, block_rows=32)[train], y[train])
+    assert head.n_features_in_ == 32 and list(head.classes_) == [0, 1, 2, 3]
+    assert len(head.loss_curve_) == head.n_epochs_ == 3 and len(head.validation_loss_curve_) == 3
+
+
+def test_what_cannot_stream_says_so(cache, data):
+    _, y, train, _ = data
+    rows = streaming.Rows(cache)[train]
+    with pytest.raises(ValueError, match="LogisticRegression cannot train by streaming"):
+        streaming.fit(LogisticRegression(), rows, y[train])
+    from sklearn.decomposition import PCA
+    with pytest.raises(ValueError, match=r"preprocessing step pca \(PCA\) cannot be fitted by streaming; use none"):
+        streaming.fit(make_pipeline(PCA(4), SGDClassifier()), rows, y[train])
+    with pytest.raises(ValueError, match="block_rows must be a positive integer"):
+        streaming.Rows(cache, block_rows=0)

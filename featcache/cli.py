@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .config import DEFAULT_MODEL, DTYPES, POOLS, PRECISIONS, ExtractConfig, FeatcacheError
+from .config import AUGMENTATIONS, DEFAULT_MODEL, DTYPES, POOLS, PRECISIONS, ExtractConfig, FeatcacheError
 from .pipeline import extract, list_layers, log
 
 
@@ -30,6 +30,10 @@ def make_callable(module_name: str, function) -> None:
             return function(*args, **kwargs)
 
     sys.modules[module_name].__class__ = CallableModule
+
+
+def _augmentations(text: str):
+    return tuple(a.strip() for a in text.split(",") if a.strip())
 
 
 def _batch_size(text: str):
@@ -60,9 +64,10 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> None:
                         "torch hub cache); none = random init; or a local checkpoint file (loaded with "
                         "weights_only=True) (default: DEFAULT)")
     p.add_argument("--layer", dest="layers", nargs="+", default=[], metavar="NODE",
-                   help="graph node name(s) to store, as torchvision.models.feature_extraction names them; "
-                        "several are extracted in one pass (default: the pooled penultimate features). "
-                        "See --list-layers")
+                   help="graph node name(s) to store, as torchvision.models.feature_extraction names them, or "
+                        "presets: lastK = the outputs of the last K stages (e.g. last2, last3), stages = all of "
+                        "them; several are extracted in one pass, and a sweep then tries each layer and their "
+                        "concatenation (default: the pooled penultimate features). See --list-layers")
     p.add_argument("--pool", default="avg", choices=POOLS,
                    help="how spatial maps (or ViT tokens) become vectors (default: avg)")
     p.add_argument("--image-size", type=int, help="crop size fed to the model (default: the model's own)")
@@ -80,6 +85,13 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-decode", action="store_true",
                    help="decode JPEGs in batches on the model's device with torchvision.io (nvJPEG on a GPU) "
                         "instead of Pillow in the workers; for GPU runs that are decode-bound (part of the key)")
+    p.add_argument("--views", type=int, default=0, metavar="K",
+                   help="also store K augmented views of every image under views/<layer>, so a classifier "
+                        "can train with data augmentation (and predict with test-time augmentation) without "
+                        "rerunning the model; costs K extra forward passes per image (default: 0)")
+    p.add_argument("--augment", type=_augmentations, default=("flip", "crop"), metavar="LIST",
+                   help=f"how --views are made, comma-separated: {', '.join(AUGMENTATIONS)} "
+                        f"(random resized crop, horizontal flip, colour jitter) (default: flip,crop)")
     p.add_argument("--cache-dir", type=Path,
                    help="where caches live (default: $FEATCACHE_DIR, else ~/.cache/featcache)")
 
@@ -94,6 +106,7 @@ def build_parser() -> Parser:
                "  python -m featcache.extract --data data/digits\n"
                "  python -m featcache.extract --data photos/ --model resnet50 --layer layer3 layer4\n"
                "  python -m featcache.extract --model resnet50 --list-layers\n"
+               "  python -m featcache.extract --data photos/ --views 4 --augment flip,crop\n"
                "  python -m featcache.sweep $(python -m featcache.extract --data photos/ | tail -n1)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_extract_arguments(p)
@@ -157,11 +170,14 @@ def _main(args: argparse.Namespace) -> int:
         rows = list_layers(cfg)
         itemsize = np.dtype(cfg.dtype).itemsize
         width = max(len(r["layer"]) for r in rows)
-        print(f"{'layer':<{width}}  {'output shape':<18} {'--pool ' + cfg.pool:>14}  bytes/image")
+        print(f"{'layer':<{width}}  {'output shape':<18} {'--pool ' + cfg.pool:>14}  {'bytes/image':>11}  stage output")
         for r in rows:
             dim = r["dim"]
             print(f"{r['layer']:<{width}}  {'x'.join(map(str, r['shape'])):<18} "
-                  f"{dim if dim is not None else '-':>14}  {dim * itemsize if dim else '-'}")
+                  f"{dim if dim is not None else '-':>14}  {dim * itemsize if dim else '-':>11}  {r.get('stage', '')}".rstrip())
+        if any(r.get("stage") for r in rows):
+            print("stage outputs: the last node at each resolution that every path passes through; "
+                  "--layer lastK takes the last K of them")
         return 0
     if not args.data:
         raise FeatcacheError("--data is required (an image folder or a CSV file); see --help")

@@ -11,6 +11,8 @@ DEFAULT_MODEL = "efficientnet_lite0"
 POOLS = ("avg", "max", "gem", "flatten", "cls", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = ("float32", "float16")
+AUGMENTATIONS = ("flip", "crop", "color")
+MAX_VIEWS = 64
 
 
 class FeatcacheError(Exception):
@@ -46,6 +48,8 @@ class ExtractConfig:
     dtype: str = "float32"  # storage dtype of the features
     hash_content: bool = False  # hash file bytes instead of trusting size + mtime
     gpu_decode: bool = False  # decode JPEGs with torchvision.io on the model's device (for GPU runs)
+    views: int = 0  # augmented views per image, stored under views/<layer> beside the clean features
+    augment: Sequence[str] = ("flip", "crop")  # how views are made: any of AUGMENTATIONS
 
     device: str = "auto"
     batch_size: Union[int, str] = 64  # or "auto": the largest that fits on a GPU, 64 on a CPU
@@ -77,6 +81,14 @@ class ExtractConfig:
             raise FeatcacheError(f"--decode-timeout must be >= 0 seconds (0 = no limit); got {self.decode_timeout}")
         if self.num_workers is not None and self.num_workers < 0:
             raise FeatcacheError(f"--num-workers must be >= 0; got {self.num_workers}")
+        if not (isinstance(self.views, int) and 0 <= self.views <= MAX_VIEWS):
+            raise FeatcacheError(f"--views must be an integer from 0 to {MAX_VIEWS}; got {self.views!r}")
+        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
+        if unknown or (self.views and not self.augment):
+            raise FeatcacheError(f"--augment takes a comma-separated list of {', '.join(AUGMENTATIONS)}; "
+                                 f"got {','.join(self.augment) or 'nothing'}")
+        if self.views and self.gpu_decode:
+            raise FeatcacheError("--views makes its augmented views with Pillow; drop --gpu-decode to use it")
         for name in ("image_size", "resize_size"):
             value = getattr(self, name)
             if value is not None and value < 1:

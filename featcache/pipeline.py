@@ -109,11 +109,14 @@ class DecodeDataset(torch.utils.data.Dataset):
     """The given rows of a source, decoded to uint8 CHW at the crop size; failures carry a reason.
 
     With ``raw_jpegs``, JPEG files are returned as their bytes (flag ``True``) for decoding on the device.
+    With ``views``, each item is (1 + views, 3, S, S): the clean crop, then its augmented views.
     """
 
     def __init__(self, source: sources.Source, pre: backbones.Preprocess, rows: np.ndarray, timeout_s: float,
-                 raw_jpegs: bool = False):
+                 raw_jpegs: bool = False, views: int = 0, augment=()):
         self.source, self.pre, self.rows, self.timeout_s, self.raw_jpegs = source, pre, rows, timeout_s, raw_jpegs
+        self.views = views
+        self.transform = sources.augmenter(augment, pre.crop_size, pre.resize_size) if views else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -125,15 +128,21 @@ class DecodeDataset(torch.utils.data.Dataset):
                 return torch.from_numpy(np.fromfile(self.source.file_path(i), dtype=np.uint8)), "", True
             except OSError as e:
                 return self._blank(), f"{type(e).__name__}: {e}", False
+        pre = self.pre
         try:
             with _time_limit(self.timeout_s):
-                arr = sources.decode_sample(self.source, i, self.pre.resize_size, self.pre.crop_size)
+                if self.views:
+                    arr = sources.decode_views(self.source, i, pre.resize_size, pre.crop_size, self.views,
+                                               self.transform)
+                else:
+                    arr = sources.decode_sample(self.source, i, pre.resize_size, pre.crop_size)
         except Exception as e:  # any undecodable input becomes a recorded failure, never a crash
             return self._blank(), f"{type(e).__name__}: {e}", False
-        return torch.from_numpy(arr).permute(2, 0, 1), "", False
+        return torch.from_numpy(arr).movedim(-1, -3), "", False
 
     def _blank(self) -> torch.Tensor:
-        return torch.zeros(3, self.pre.crop_size, self.pre.crop_size, dtype=torch.uint8)
+        shape = (1 + self.views,) * bool(self.views) + (3, self.pre.crop_size, self.pre.crop_size)
+        return torch.zeros(shape, dtype=torch.uint8)
 
 
 def _collate(batch):
@@ -244,8 +253,9 @@ def _run(cfg: ExtractConfig, plan: "Plan", fx, writer: store.CacheWriter) -> dic
     rows = writer.remaining
     num_workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(device)
     pre = plan.backbone.preprocess
-    loader = _loader(DecodeDataset(plan.source, pre, rows, cfg.decode_timeout, raw_jpegs=cfg.gpu_decode), cfg,
-                     device, num_workers)
+    dataset = DecodeDataset(plan.source, pre, rows, cfg.decode_timeout, raw_jpegs=cfg.gpu_decode, views=cfg.views,
+                            augment=cfg.augment)
+    loader = _loader(dataset, cfg, device, num_workers)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     thread = _WriterThread(writer)
@@ -268,8 +278,7 @@ def _run(cfg: ExtractConfig, plan: "Plan", fx, writer: store.CacheWriter) -> dic
             with torch.inference_mode():
                 batch = _to_device_batch(images, reasons, raw, device, pre)
             with torch.inference_mode(), autocast(device, precision):
-                out = fx(batch)
-                feats = {k: v.float().cpu().numpy() for k, v in out.items()}
+                feats = _features(fx, batch)
             t2 = time.perf_counter()
             ok = np.array([r == "" for r in reasons], dtype=np.uint8)
             thread.put(store.RowBlock(feats, ok, list(reasons)))
@@ -290,6 +299,19 @@ def _run(cfg: ExtractConfig, plan: "Plan", fx, writer: store.CacheWriter) -> dic
     timings["rows"] = len(rows)
     timings["num_workers"] = num_workers
     return timings
+
+
+def _features(fx: backbones.FeatureExtractor, batch: torch.Tensor) -> Dict[str, np.ndarray]:
+    """The rows of one batch keyed by dataset path; a (B, 1 + K, 3, S, S) batch of images with
+    augmented views also gives ``views/<layer>`` rows of shape (K, ...)."""
+    if batch.dim() == 4:
+        return {f"features/{k}": v.float().cpu().numpy() for k, v in fx(batch).items()}
+    b, v = batch.shape[:2]
+    out = {}
+    for k, x in fx(batch.flatten(0, 1)).items():
+        x = x.float().cpu().numpy().reshape((b, v) + tuple(x.shape[1:]))
+        out[f"features/{k}"], out[f"views/{k}"] = x[:, 0], x[:, 1:]
+    return out
 
 
 @dataclass
@@ -338,13 +360,13 @@ def plan_extraction(cfg: ExtractConfig) -> Plan:
     precision = resolve_precision(cfg.precision, device)
     backbone = backbones.load_backbone(cfg)
     nodes = backbones.graph_node_names(backbone.module)
-    layers = list(cfg.layers) or [backbones.default_layer(backbone.module, nodes)]
-    backbones.check_layers(layers, nodes)
-    if len(set(layers)) != len(layers):
-        raise FeatcacheError(f"--layer lists a layer twice: {' '.join(layers)}")
+    # Presets (--layer last2) become node names here, so the cache key names the layers themselves.
+    layers = (backbones.resolve_layers(list(cfg.layers), backbone, nodes) if cfg.layers
+              else [backbones.default_layer(backbone.module, nodes)])
     manifest = source.manifest(cfg.hash_content)
     parts = store.key_parts(source, manifest, backbone, layers, cfg.pool, precision, cfg.dtype,
-                            decoder="torchvision.io" if cfg.gpu_decode else "pillow")
+                            decoder="torchvision.io" if cfg.gpu_decode else "pillow", views=cfg.views,
+                            augment=cfg.augment)
     fingerprint = store.cache_key(parts)
     path = store.cache_path(cfg.resolved_cache_dir(), source.name, backbone.name, layers, fingerprint)
     return Plan(source, device, precision, backbone, layers, manifest, parts, fingerprint, path, shard)
@@ -415,10 +437,16 @@ def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:
         cfg = cfg.replace(batch_size=resolve_batch_size("auto", fx, plan.device, plan.precision,
                                                         backbone.preprocess.crop_size))
         log.info("--batch-size auto: %d", cfg.batch_size)
-    itemsize = np.dtype(cfg.dtype).itemsize
-    row_bytes = sum(int(np.prod(s)) for s in shapes.values()) * itemsize
+    if cfg.views:  # --batch-size counts forward passes: each image brings 1 + views of them
+        cfg = cfg.replace(batch_size=max(1, cfg.batch_size // (1 + cfg.views)))
     for layer, shape in shapes.items():
         log.info("layer %s -> %s features per image", layer, "x".join(map(str, shape)))
+    datasets = {f"features/{k}": s for k, s in shapes.items()}
+    if cfg.views:
+        datasets.update({f"views/{k}": (cfg.views,) + s for k, s in shapes.items()})
+        log.info("%d augmented views per image (%s): %d forward passes per image", cfg.views,
+                 ",".join(cfg.augment), 1 + cfg.views)
+    row_bytes = sum(int(np.prod(s)) for s in datasets.values()) * np.dtype(cfg.dtype).itemsize
     log.info("%d images, %s per image, about %s in all; precision %s on %s",
              len(source), _human(row_bytes), _human(row_bytes * len(source)), plan.precision, plan.device)
     attrs = {
@@ -434,7 +462,7 @@ def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:
     partial = store.partial_path(path, plan.shard)
     try:
         reuse = None if partial.exists() else store.find_reusable(path.parent, plan.parts, source, plan.manifest)
-        writer = store.CacheWriter(path, source, plan.manifest, shapes, cfg.dtype, plan.fingerprint, attrs, reuse,
+        writer = store.CacheWriter(path, source, plan.manifest, datasets, cfg.dtype, plan.fingerprint, attrs, reuse,
                                    shard=plan.shard)
         if reuse is not None:
             log.info("reusing %d rows of %s (unchanged files, same settings)", len(reuse.rows), reuse.path.name)
@@ -498,6 +526,8 @@ def _config_record(cfg: ExtractConfig, plan: Plan) -> dict:
         "dtype": cfg.dtype,
         "hash_content": cfg.hash_content,
         "gpu_decode": cfg.gpu_decode,
+        "views": cfg.views,
+        "augment": list(cfg.augment) if cfg.views else [],
         "batch_size": cfg.batch_size,
     }
 
@@ -523,4 +553,14 @@ def list_layers(cfg: ExtractConfig) -> List[dict]:
     """Every graph node of the model with its output shape and pooled size (one dummy batch)."""
     cfg.validate()
     backbone = backbones.load_backbone(cfg)
-    return backbones.layer_table(backbone, cfg.pool)
+    rows = backbones.layer_table(backbone, cfg.pool)
+    try:
+        stages = backbones.stage_outputs(backbone)
+    except FeatcacheError:
+        stages = []
+    # Stage outputs are marked with the shortest preset that includes them (lastK) and their --layer name.
+    marks = {s.node: f"last{len(stages) - i}" + (f" = {s.name}" if s.name != s.node else "")
+             for i, s in enumerate(stages)}
+    for r in rows:
+        r["stage"] = marks.get(r["layer"], "")
+    return rows

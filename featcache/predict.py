@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import views
 from .cli import Parser, make_callable, run_cli
 from .config import ExtractConfig, FeatcacheError
 from .sources import file_sha256
@@ -143,8 +144,9 @@ def _brief(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def extract_settings(record: dict) -> dict:
-    """ExtractConfig fields that reproduce a cache's features, from its stored ``config`` record."""
+def extract_settings(record: dict, views: bool = False) -> dict:
+    """ExtractConfig fields that reproduce a cache's features (and, with ``views``, its augmented
+    views), from its stored ``config`` record."""
     pre = record.get("preprocess") or {}
     weights = str(record.get("weights", "DEFAULT"))
     if weights.startswith("none"):
@@ -158,12 +160,16 @@ def extract_settings(record: dict) -> dict:
         "pool": record.get("pool", "avg"), "image_size": pre.get("crop_size"), "resize_size": pre.get("resize_size"),
         "mean": pre.get("mean"), "std": pre.get("std"), "precision": record.get("precision", "auto"),
         "dtype": record.get("dtype", "float32"), "hash_content": bool(record.get("hash_content", False)),
+        **({"views": int(record.get("views", 0)), "augment": tuple(record.get("augment") or ())} if views else {}),
     }
 
 
 def features_for(metadata: dict, data, *, cache_dir=None, device: str = "auto", batch_size: int = 64,
                  num_workers: Optional[int] = None, progress: bool = True):
-    """The (X, FeatureSet) for ``data``: an existing cache file, or images extracted with the model's settings."""
+    """The (X, FeatureSet) for ``data``: an existing cache file, or images extracted with the model's settings.
+
+    For a model that predicts with test-time augmentation, ``FeatureSet.views`` holds the views it needs.
+    """
     from . import store
     from .pipeline import extract
 
@@ -175,7 +181,7 @@ def features_for(metadata: dict, data, *, cache_dir=None, device: str = "auto", 
         if record.get("weights") == "given module":
             raise FeatcacheError("the model's features came from a torch module passed in Python; extract features "
                                  "for the new images with that module and pass the cache file as --data CACHE.h5")
-        cfg = ExtractConfig(**extract_settings(record)).replace(
+        cfg = ExtractConfig(**extract_settings(record, views=bool(metadata.get("tta")))).replace(
             data=data, cache_dir=cache_dir, device=device, batch_size=batch_size, num_workers=num_workers,
             progress=progress)
         cache = extract(config=cfg)
@@ -185,6 +191,11 @@ def features_for(metadata: dict, data, *, cache_dir=None, device: str = "auto", 
         check_compatible(metadata, fs.meta, dims, str(cache))
         X = np.concatenate([np.asarray(fs.features[layer][:], dtype=np.float32).reshape(len(fs), -1)
                             for layer in metadata["layers"]], axis=1)
+        if metadata.get("tta"):
+            if not all(layer in fs.views for layer in metadata["layers"]):
+                raise FeatcacheError(f"the model predicts with test-time augmentation, but {cache} has no augmented "
+                                     f"views; predict on images (--data FOLDER) so featcache extracts them")
+            fs.views = {layer: np.asarray(fs.views[layer][:], dtype=np.float32) for layer in metadata["layers"]}
     finally:
         fs.close()
     return X, fs
@@ -207,14 +218,19 @@ def predict(model, data, *, out=None, proba: bool = True, cache_dir=None, device
     X, fs = features_for(metadata, data, cache_dir=cache_dir, device=device, batch_size=batch_size,
                          num_workers=num_workers, progress=progress)
     saved = load_model(model_path)
-    predicted = saved.pipeline.predict(X)
+    V = None
+    if metadata.get("tta"):
+        V = np.concatenate([fs.views[layer].reshape(len(fs), fs.views[layer].shape[1], -1)
+                            for layer in metadata["layers"]], axis=2)
+    classes = list(saved.pipeline.classes_)
+    index, probs = views.predict(saved.pipeline, X, V, classes)
+    predicted = np.asarray(classes, dtype=object)[index]
     root = fs.meta.get("data_root") or ""
     df = pd.DataFrame({"path": [str(Path(root) / p) if root else p for p in fs.paths],
                        "prediction": [str(p) for p in predicted]})
-    if proba and hasattr(saved.pipeline, "predict_proba"):
-        p = saved.pipeline.predict_proba(X)
-        for j, name in enumerate(saved.pipeline.classes_):
-            df[f"proba_{name}"] = np.round(p[:, j], 6)
+    if proba and probs is not None:
+        for j, name in enumerate(classes):
+            df[f"proba_{name}"] = np.round(probs[:, j], 6)
     accuracy = _accuracy(fs, predicted, saved.classes)
     if accuracy is not None:
         df.attrs["accuracy"] = accuracy

@@ -280,18 +280,29 @@ def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def decode_file(path: Path, resize_size: int, crop_size: int) -> np.ndarray:
-    """Decode one image file to a ``crop_size``² RGB uint8 array (EXIF orientation applied).
+EXIF_ORIENTATION = 0x0112
 
-    JPEGs are decoded at reduced scale with ``draft`` when that still leaves ``resize_size``
+
+def decode_file(path: Path, resize_size: int, crop_size: int) -> np.ndarray:
+    """Decode one image file to a ``crop_size``² RGB uint8 array (EXIF orientation applied)."""
+    return resize_center_crop(open_rgb(path, resize_size), resize_size, crop_size)
+
+
+def open_rgb(path: Path, draft_size: int) -> Image.Image:
+    """One image file as 8-bit RGB with EXIF orientation applied, decoded no larger than needed.
+
+    JPEGs are decoded at reduced scale with ``draft`` when that still leaves ``draft_size``
     pixels on the shorter side, which is free accuracy-wise and several times faster.
     """
     with Image.open(path) as img:
         if img.format == "JPEG":
-            img.draft("RGB", (resize_size, resize_size))
-        img = ImageOps.exif_transpose(img)
+            img.draft("RGB", (draft_size, draft_size))
+        # exif_transpose copies the whole image even when there is nothing to rotate: ask first.
+        if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            img = ImageOps.exif_transpose(img)
         img = to_rgb(img)
-        return resize_center_crop(img, resize_size, crop_size)
+        img.load()
+        return img
 
 
 def resize_center_crop(img: Image.Image, resize_size: int, crop_size: int) -> np.ndarray:
@@ -348,10 +359,51 @@ def _resize_center_crop_tensor(img: torch.Tensor, resize_size: int, crop_size: i
 
 def decode_sample(source: Source, i: int, resize_size: int, crop_size: int) -> np.ndarray:
     """Decode row ``i`` of any source; raises on unreadable input (the caller records the reason)."""
+    return resize_center_crop(load_image(source, i, resize_size), resize_size, crop_size)
+
+
+def load_image(source: Source, i: int, draft_size: int) -> Image.Image:
+    """Row ``i`` of any source as an RGB Pillow image (files decoded at reduced scale when possible)."""
     if source.dataset is not None:
         image, _ = source.dataset[i]
-        arr = to_rgb_array(image)
-        return resize_center_crop(Image.fromarray(arr), resize_size, crop_size)
+        return Image.fromarray(to_rgb_array(image))
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return decode_file(source.file_path(i), resize_size, crop_size)
+        return open_rgb(source.file_path(i), draft_size)
+
+
+# --- augmented views ------------------------------------------------------------------------------
+
+def augmenter(augment, crop_size: int, resize_size: int):
+    """The torchvision transform that makes one augmented ``crop_size``² view of an RGB image.
+
+    ``crop``: random resized crop (15-100% of the area, aspect 3/4-4/3), else resize + centre crop;
+    ``flip``: horizontal flip with p=0.5; ``color``: brightness/contrast/saturation jitter of 0.3.
+    """
+    from torchvision.transforms import v2
+
+    steps = [v2.RandomResizedCrop(crop_size, scale=(0.15, 1.0), antialias=True) if "crop" in augment
+             else v2.Compose([v2.Resize(resize_size, antialias=True), v2.CenterCrop(crop_size)])]
+    if "flip" in augment:
+        steps.append(v2.RandomHorizontalFlip())
+    if "color" in augment:
+        steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3))
+    return v2.Compose(steps)
+
+
+def view_seed(source: Source, i: int, k: int) -> int:
+    """A seed fixed by the sample's identity and the view number, so a resumed, reused or sharded
+    extraction makes exactly the same views as an uninterrupted one."""
+    name = source.paths[i] if source.paths else str(i)
+    return int.from_bytes(hashlib.sha256(f"{name}\0{k}".encode()).digest()[:8], "little")
+
+
+def decode_views(source: Source, i: int, resize_size: int, crop_size: int, views: int, transform) -> np.ndarray:
+    """The clean centre crop of row ``i`` followed by ``views`` augmented views: (1 + views, S, S, 3) uint8."""
+    img = load_image(source, i, resize_size)
+    out = [resize_center_crop(img, resize_size, crop_size)]
+    for k in range(views):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(view_seed(source, i, k))
+            out.append(np.asarray(transform(img)))
+    return np.stack(out)

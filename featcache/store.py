@@ -41,12 +41,12 @@ def cache_key(parts: dict) -> str:
 
 
 def key_parts(source, manifest: dict, backbone, layers: Sequence[str], pooling: str, precision: str,
-              dtype: str, decoder: str = "pillow") -> dict:
+              dtype: str, decoder: str = "pillow", views: int = 0, augment: Sequence[str] = ()) -> dict:
     """What the features depend on, each part small enough to compare (files are hashed)."""
     import torch
     import torchvision
 
-    return {
+    parts = {
         "format_version": FORMAT_VERSION,
         "files": _sha256_json({"paths": source.paths, **manifest}),
         "labels": _sha256_json({"labels": source.labels.tolist(), "splits": source.splits,
@@ -62,6 +62,9 @@ def key_parts(source, manifest: dict, backbone, layers: Sequence[str], pooling: 
         "decoder": decoder,
         "versions": {"torch": torch.__version__.split("+")[0], "torchvision": torchvision.__version__.split("+")[0]},
     }
+    if views:  # only then, so caches without views keep their keys
+        parts["views"] = {"n": views, "augment": list(augment), "seeding": "sha256(path, k)"}
+    return parts
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -97,7 +100,7 @@ def lock_path(path: Path) -> Path:
 class RowBlock:
     """Features for the next rows to compute, with which images decoded (``ok``) and why others did not."""
 
-    features: Dict[str, np.ndarray]
+    features: Dict[str, np.ndarray]  # dataset path ("features/<layer>", "views/<layer>") -> rows
     ok: np.ndarray
     reasons: List[str]
 
@@ -173,14 +176,15 @@ class CacheWriter:
         f.attrs["fingerprint"] = self.fingerprint
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["shard"] = json.dumps(self.shard)
-        grp = f.create_group("features")
-        for layer, shape in self.shapes.items():
+        for name, shape in self.shapes.items():
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             # Allocate every chunk now: later writes then only touch raw data, never the index.
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
             dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
             dcpl.set_chunk((self.chunk_rows,) + tuple(shape))
             space = h5py.h5s.create_simple((self.n,) + tuple(shape))
+            group, layer = name.split("/", 1)
+            grp = f.require_group(group)
             h5py.h5d.create(grp.id, layer.encode(), h5py.h5t.py_create(self.dtype), space, dcpl=dcpl)
         _write_source(f, source, manifest)
         ok = np.zeros(self.n, np.uint8)
@@ -191,8 +195,8 @@ class CacheWriter:
             reuse = Reuse(reuse.path, reuse.rows[keep], reuse.old_rows[keep])
         if reuse is not None and len(reuse.rows):
             with h5py.File(reuse.path, "r") as old:
-                for layer in self.shapes:
-                    _copy_rows(old["features"][layer], grp[layer], reuse.old_rows, self.chunk_rows, dst_rows=reuse.rows)
+                for name in self.shapes:
+                    _copy_rows(old[name], f[name], reuse.old_rows, self.chunk_rows, dst_rows=reuse.rows)
             ok[reuse.rows] = 1
         prog = f.create_group("progress")
         prog.create_dataset("todo", data=np.flatnonzero((ok == 0) & mine).astype(np.int64))
@@ -225,7 +229,7 @@ class CacheWriter:
         # Contiguous runs (the usual case) are written as slices; scattered rows (after a reuse) by index.
         where = slice(int(rows[0]), int(rows[-1]) + 1) if rows[-1] - rows[0] + 1 == len(rows) else rows
         for k in self.shapes:
-            self.file["features"][k][where] = feats[k][:take].astype(self.dtype, copy=False)
+            self.file[k][where] = feats[k][:take].astype(self.dtype, copy=False)
         self.file["progress/ok"][where] = ok[:take]
         enc = np.array([r.encode("utf-8", "replace")[:REASON_BYTES] for r in reasons[:take]], dtype=f"S{REASON_BYTES}")
         self.file["progress/reasons"][where] = enc
@@ -289,15 +293,16 @@ def publish(path: Path, partials: List[Tuple[Path, Optional[Tuple[int, int]]]], 
                     if k != "shard":
                         out.attrs[k] = v
                 first.copy(first["source"], out, "source")
-                for layer, src0 in first["features"].items():
+                for name in _row_datasets(first):
+                    src0 = first[name]
                     step = src0.chunks[0]
-                    dst = out.create_dataset(f"features/{layer}", shape=(len(keep),) + src0.shape[1:],
+                    dst = out.create_dataset(name, shape=(len(keep),) + src0.shape[1:],
                                              dtype=src0.dtype, chunks=(min(len(keep), step),) + src0.shape[1:])
                     for f, shard in files:
                         rows = _shard_rows(n, shard)
                         mine = rows[ok[rows]]
                         if len(mine):
-                            _copy_rows(f["features"][layer], dst, mine, step, dst_rows=np.searchsorted(keep, mine))
+                            _copy_rows(f[name], dst, mine, step, dst_rows=np.searchsorted(keep, mine))
                 src = first["source"]
                 out.create_dataset("paths", data=all_paths[keep].astype(object), dtype=h5py.string_dtype())
                 out.create_dataset("labels", data=src["labels"][:][keep])
@@ -325,6 +330,11 @@ def publish(path: Path, partials: List[Tuple[Path, Optional[Tuple[int, int]]]], 
     for p in partials_of(path):  # including leftovers of runs with another number of ranks
         p.unlink(missing_ok=True)
     return len(keep), failed
+
+
+def _row_datasets(f: h5py.File) -> List[str]:
+    """Paths of the per-row arrays: ``features/<layer>`` and, with augmented views, ``views/<layer>``."""
+    return [f"{group}/{name}" for group in ("features", "views") if group in f for name in f[group]]
 
 
 def _close_all(files) -> None:
@@ -427,6 +437,7 @@ class FeatureSet:
     split: Optional[np.ndarray]
     meta: dict
     failed: List[Tuple[str, str]] = field(default_factory=list)
+    views: Dict[str, object] = field(default_factory=dict)  # layer -> (N, K, D) augmented views, if extracted
     _file: Optional[h5py.File] = None
 
     @property
@@ -502,6 +513,7 @@ def load(path, lazy: bool = False) -> FeatureSet:
             split=f["split"].asstr()[:] if "split" in f else None,
             meta={k: (json.loads(v) if k in ("config", "key", "versions") else v) for k, v in f.attrs.items()},
             failed=list(zip(f["failed/paths"].asstr()[:], f["failed/reasons"].asstr()[:])),
+            views={k: (v if lazy else v[:]) for k, v in f["views"].items()} if "views" in f else {},
             _file=f if lazy else None,
         )
     except BaseException:

@@ -19,7 +19,7 @@ def _source(n):
 def _block(lo, hi, d=3, bad=()):
     feats = np.arange(lo, hi, dtype=np.float32)[:, None] * np.ones((1, d), np.float32)
     ok = np.array([i not in bad for i in range(lo, hi)], np.uint8)
-    return RowBlock({"f": feats}, ok, ["" if o else "OSError: broken" for o in ok])
+    return RowBlock({"features/f": feats}, ok, ["" if o else "OSError: broken" for o in ok])
 
 
 ATTRS = {"layers": json.dumps(["f"]), "class_names": json.dumps(["a", "b"]), "config": "{}", "key": "{}",
@@ -50,13 +50,13 @@ def test_float16_storage(split_folder, fast):
 
 def test_partial_file_survives_a_stop_and_resumes(tmp_path):
     final = tmp_path / "c.h5"
-    w = CacheWriter(final, _source(10), {}, {"f": (3,)}, "float32", "fp1", ATTRS)
+    w = CacheWriter(final, _source(10), {}, {"features/f": (3,)}, "float32", "fp1", ATTRS)
     w.append(_block(0, 4))
     w.flush()
     w.close()  # as if the process died here: nothing else was written
     with pytest.raises(FeatcacheError, match="incomplete: 4 of 10 rows; rerun the same command to resume"):
         load(final)
-    w = CacheWriter(final, _source(10), {}, {"f": (3,)}, "float32", "fp1", ATTRS)
+    w = CacheWriter(final, _source(10), {}, {"features/f": (3,)}, "float32", "fp1", ATTRS)
     assert w.rows_done == 4
     w.append(_block(4, 10))
     n, failed = w.finish({})
@@ -68,19 +68,19 @@ def test_partial_file_survives_a_stop_and_resumes(tmp_path):
 
 def test_partial_of_another_config_or_corrupt_is_started_over(tmp_path):
     final = tmp_path / "c.h5"
-    w = CacheWriter(final, _source(10), {}, {"f": (3,)}, "float32", "fp1", ATTRS)
+    w = CacheWriter(final, _source(10), {}, {"features/f": (3,)}, "float32", "fp1", ATTRS)
     w.append(_block(0, 4))
     w.flush()
     w.close()
-    assert CacheWriter(final, _source(10), {}, {"f": (3,)}, "float32", "other", ATTRS).rows_done == 0
+    assert CacheWriter(final, _source(10), {}, {"features/f": (3,)}, "float32", "other", ATTRS).rows_done == 0
     partial_path(final).write_bytes(b"garbage")
-    w = CacheWriter(final, _source(10), {}, {"f": (3,)}, "float32", "fp1", ATTRS)
+    w = CacheWriter(final, _source(10), {}, {"features/f": (3,)}, "float32", "fp1", ATTRS)
     assert w.rows_done == 0
     w.close()
 
 
 def test_writes_are_chunk_aligned_and_counter_follows(tmp_path):
-    w = CacheWriter(tmp_path / "c.h5", _source(10), {}, {"f": (3,)}, "float32", "fp", ATTRS)
+    w = CacheWriter(tmp_path / "c.h5", _source(10), {}, {"features/f": (3,)}, "float32", "fp", ATTRS)
     w.chunk_rows = 4
     w.append(_block(0, 3))
     assert w.rows_done == 0  # less than a chunk: buffered
@@ -90,7 +90,7 @@ def test_writes_are_chunk_aligned_and_counter_follows(tmp_path):
 
 
 def test_failed_rows_get_no_feature_row_and_are_listed(tmp_path):
-    w = CacheWriter(tmp_path / "c.h5", _source(10), {}, {"f": (3,)}, "float32", "fp", ATTRS)
+    w = CacheWriter(tmp_path / "c.h5", _source(10), {}, {"features/f": (3,)}, "float32", "fp", ATTRS)
     w.append(_block(0, 10, bad={2, 7}))
     n, failed = w.finish({})
     assert n == 8 and [p for p, _ in failed] == ["img_2.png", "img_7.png"]
@@ -102,7 +102,7 @@ def test_failed_rows_get_no_feature_row_and_are_listed(tmp_path):
 
 
 def test_nothing_decodable_is_an_error_and_leaves_nothing(tmp_path):
-    w = CacheWriter(tmp_path / "c.h5", _source(3), {}, {"f": (3,)}, "float32", "fp", ATTRS)
+    w = CacheWriter(tmp_path / "c.h5", _source(3), {}, {"features/f": (3,)}, "float32", "fp", ATTRS)
     w.append(_block(0, 3, bad={0, 1, 2}))
     with pytest.raises(FeatcacheError, match="no image could be decoded"):
         w.finish({})

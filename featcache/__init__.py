@@ -10,10 +10,11 @@ from .pipeline import extract  # noqa: E402
 
 from .heads import DenseHead, logistic_path  # noqa: E402
 
-# ``featcache.sweep`` and ``featcache.predict`` are callable modules, like ``extract``. They are imported on
+# ``featcache.sweep``, ``predict`` and ``finetune`` are callable modules, like ``extract``. They are imported on
 # first use (PEP 562), so that ``python -m featcache.sweep`` does not find its module already imported.
 _LAZY = {"sweep": ("sweep", None), "predict": ("predict", None), "SweepConfig": ("sweep", "SweepConfig"),
-         "SweepResult": ("sweep", "SweepResult"), "load_model": ("predict", "load_model")}
+         "SweepResult": ("sweep", "SweepResult"), "load_model": ("predict", "load_model"),
+         "finetune": ("finetune", None), "TopClassifier": ("finetune", "TopClassifier")}
 
 
 def __getattr__(name):
@@ -26,4 +27,4 @@ def __getattr__(name):
     return module if attr is None else getattr(module, attr)
 
 __all__ = ["ExtractConfig", "FeatcacheError", "FeatureSet", "extract", "load", "sweep", "predict", "SweepConfig",
-           "SweepResult", "DenseHead", "logistic_path", "load_model", "__version__"]
+           "SweepResult", "DenseHead", "logistic_path", "load_model", "finetune", "TopClassifier", "__version__"]

@@ -431,7 +431,8 @@ def split_top(module: nn.Module, node: str, output: str) -> torch.fx.GraphModule
         valid = [n for n in order if n.op not in ("placeholder", "get_attr") and _depends_on(end, n)
                  and not _bypass(graph, image, n, batch_size)[end]]
         here = order.index(start)
-        near = [name[n] for n in valid if order.index(n) < here][-1:] + [name[n] for n in valid if order.index(n) > here][:1]
+        near = ([name[n] for n in valid if order.index(n) < here][-1:]
+                + [name[n] for n in valid if order.index(n) > here][:1])
         raise FeatcacheError(
             f"cannot split the model at --from-layer {node}: {name[user]} also uses {name[source]}, which comes "
             f"from earlier layers, not from {node} (a skip connection across the split); the nearest nodes "

@@ -1,0 +1,183 @@
+"""Fine-tuning the top blocks from cached activations: the split point, training, saving and predicting, errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import featcache
+from featcache import backbones, sources, store
+from featcache.config import ExtractConfig, FeatcacheError
+from featcache.finetune import Rows, TopClassifier, _batches, finetune, network, split_for, top_blocks
+from featcache.predict import load_model, predict
+
+COLOURS = ("red", "green", "blue")
+SETTINGS = dict(model="resnet18", weights="none", image_size=32, num_workers=0, batch_size=16, precision="fp32",
+                progress=False)
+
+
+def _images(root: Path, make_image, per_class: int, seed: int = 0) -> Path:
+    for k, cls in enumerate(COLOURS):
+        for i in range(per_class):
+            make_image(root / cls / f"{i}.png", k, i, seed=seed + 1000 * k + i)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, make_image):
+    """A resnet18 cache of train/val/test images holding layer3 maps, the penultimate features and the logits."""
+    root = tmp_path_factory.mktemp("finetune")
+    for split, n in {"train": 6, "val": 2, "test": 2}.items():
+        _images(root / "data" / split, make_image, n, seed=100 * len(split))
+    path = featcache.extract(root / "data", layers=["layer3", "flatten", "fc"], pool="none", cache_dir=root / "c",
+                             **SETTINGS)
+    return {"path": path, "root": root}
+
+
+@pytest.mark.parametrize("model,weights,node,penultimate,logits", [
+    ("resnet18", "none", "layer3", "flatten", "fc"),
+    ("efficientnet_lite0", "DEFAULT", "_blocks.10.add", "view", "_fc"),
+])
+def test_untrained_top_reproduces_the_model(model, weights, node, penultimate, logits, tmp_path, make_image):
+    """The top rebuilt after NODE maps the cached NODE activations to the cached penultimate features and,
+    through the model's own classifier, to its logits: the split point is right."""
+    path = featcache.extract(_images(tmp_path / "d", make_image, 2), layers=[node, penultimate, logits], pool="none",
+                             cache_dir=tmp_path / "c", **{**SETTINGS, "model": model, "weights": weights})
+    fs = featcache.load(path)
+    top, backbone = split_for(fs.meta, path, node)
+    acts = fs.features[node]
+    assert acts.ndim == 4
+    with torch.no_grad():
+        features = top(torch.from_numpy(acts))
+        out = getattr(backbone.module, logits)(features)
+    scale = np.abs(fs.features[penultimate]).max()
+    np.testing.assert_allclose(features.numpy(), fs.features[penultimate], atol=1e-5 * scale, rtol=1e-4)
+    np.testing.assert_allclose(out.numpy(), fs.features[logits], atol=1e-5 * np.abs(fs.features[logits]).max(),
+                               rtol=1e-4)
+    # Training only the head leaves the top as it was.
+    est = TopClassifier(top=top, train_blocks=0, epochs=1, random_state=0).fit(acts, np.array(COLOURS)[fs.y])
+    np.testing.assert_allclose(est.transform(acts), fs.features[penultimate], atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_training_moves_only_the_chosen_blocks_and_is_seeded(cache):
+    fs = featcache.load(cache["path"])
+    top, _ = split_for(fs.meta, cache["path"], "layer3")
+    assert list(top_blocks(top)) == ["layer4.0", "layer4.1"]
+    y = np.array(COLOURS)[fs.y]
+    X = fs.features["layer3"].reshape(len(fs), -1)  # flattened, as predict passes them
+    fits = [TopClassifier(top=top, input_shape=(256, 2, 2), train_blocks=1, epochs=2, early_stopping=False,
+                          random_state=3).fit(X, y) for _ in range(2)]
+    before, after = top.state_dict(), fits[0].top_.state_dict()
+    changed = {name.rsplit(".", 2)[0] for name in after if not torch.equal(before[name], after[name])}
+    assert changed == {"layer4.1"}
+    assert fits[0].n_epochs_ == 2 and fits[0].loss_curve_[1] < fits[0].loss_curve_[0]
+    np.testing.assert_array_equal(fits[0].predict_proba(X), fits[1].predict_proba(X))
+    assert all(not p.requires_grad for p in top.parameters())  # the given top is never modified
+    assert torch.equal(top.state_dict()["layer4.1.conv1.weight"], before["layer4.1.conv1.weight"])
+
+
+def test_saved_model_predicts_new_images_like_the_trained_one(cache, tmp_path, make_image):
+    out = tmp_path / "run"
+    res = finetune(cache["path"], "layer3", out=out, train_blocks=[0, 1], epochs=2, progress=False)
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert len(board) == 2 and board["rank"].tolist() == [1, 2]
+    assert board["params"].str.contains("train_blocks").all() and not np.isnan(board["test_accuracy"][0])
+    assert {"confusion_matrix.png", "finetune.png"} <= {p.name for p in (out / "plots").iterdir()}
+    assert res.test_scores is not None and res.scheme.startswith("the cache's val split")
+
+    new = _images(tmp_path / "new", make_image, 2, seed=7)
+    df = predict(out / "best.joblib", new, cache_dir=tmp_path / "c", num_workers=0, progress=False)
+    new_cache = featcache.load(next((tmp_path / "c").glob("*.h5")))
+    assert new_cache.meta["config"]["pool"] == "none"
+    np.testing.assert_array_equal(df["prediction"], res.best.predict(new_cache.features["layer3"]))
+    np.testing.assert_allclose(df.filter(like="proba_").to_numpy(),
+                               res.best.predict_proba(new_cache.features["layer3"]), atol=1e-6)
+    saved = load_model(out / "best.joblib")
+    assert saved.pipeline.top is None and saved.metadata["config"]["from_layer"] == "layer3"
+
+    # One torch module: decoded uint8 images -> the frozen bottom -> the trained top and head.
+    net = network(out / "best.joblib")
+    pre = new_cache.meta["config"]["preprocess"]
+    src = sources.open_source(new)
+    images = np.stack([sources.decode_sample(src, i, pre["resize_size"], pre["crop_size"]) for i in range(len(src))])
+    with torch.no_grad():
+        proba = torch.softmax(net(torch.from_numpy(images).permute(0, 3, 1, 2)).double(), 1).numpy()
+    np.testing.assert_allclose(proba, df.filter(like="proba_").to_numpy(), atol=1e-4)
+    assert net.classes == sorted(COLOURS)
+
+
+def test_minibatches_cover_every_row_once_reading_whole_chunks(tmp_path):
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        data = f.create_dataset("x", data=np.arange(40, dtype=np.float32).reshape(40, 1), chunks=(4, 1))
+        rows = Rows(data, np.arange(0, 40, 2))  # every other row: 2 of each chunk
+        seen = []
+        for pos, block in _batches(rows, np.arange(len(rows)), 3, np.random.RandomState(0)):
+            np.testing.assert_array_equal(block[:, 0], 2 * pos)  # each position got its own row
+            seen += pos.tolist()
+        assert sorted(seen) == list(range(20))
+        assert seen != sorted(seen)  # shuffled
+    assert store.rows_per_chunk(100_000, 10_000, maps=True) == 1  # big maps: one image per chunk
+    assert store.rows_per_chunk(1_000, 10_000, maps=True) == 65
+
+
+def test_a_split_across_a_skip_connection_is_refused_with_the_valid_nodes():
+    module = backbones.load_backbone(ExtractConfig(**SETTINGS)).module
+    with pytest.raises(FeatcacheError, match=r"layer3\.0\.add also uses layer3\.0\.downsample\.1.*skip connection.*"
+                                             r"nearest nodes where it can be split: layer2\.1\.relu_1, layer3\.0\.add"):
+        backbones.split_top(module, "layer3.0.conv1", "flatten")
+    with pytest.raises(FeatcacheError, match="does not come before flatten"):
+        backbones.split_top(module, "fc", "flatten")
+
+
+class DataDependent(nn.Module):
+    """Control flow on values: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if x.sum() > 0:
+            x = x * 2
+        return self.fc(x.mean((2, 3)))
+
+
+def test_an_untraceable_model_is_refused():
+    with pytest.raises(FeatcacheError, match="cannot split this model.*torch.fx cannot trace it"):
+        backbones.split_top(DataDependent(), "conv", "fc")
+
+
+def test_a_cache_without_activations_at_the_node_names_the_extract_command(cache, tmp_path):
+    pooled = featcache.extract(cache["root"] / "data", layers=["layer3"], cache_dir=tmp_path / "c", **SETTINGS)
+    for path, node in ((pooled, "layer3"), (cache["path"], "layer2")):
+        with pytest.raises(FeatcacheError, match=rf"holds no spatial activations at {node}.*extract them first: "
+                                                 rf"python -m featcache.extract --data .*--model resnet18 "
+                                                 rf"--weights none "
+                                                 rf"--image-size 32 --layer {node} --pool none --dtype float16"):
+            finetune(path, node, progress=False)
+    with pytest.raises(FeatcacheError, match=r"--train-blocks 3: the top after layer3 has 2 blocks .*layer4\.0"):
+        finetune(cache["path"], "layer3", train_blocks=[3], progress=False)
+
+
+def test_cli_help_run_and_error(cache, tmp_path):
+    cmd = [sys.executable, "-m", "featcache.finetune"]
+    helped = subprocess.run(cmd + ["--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "--from-layer" in helped.stdout and "--pool none" in helped.stdout
+    out = tmp_path / "cli"
+    done = subprocess.run(cmd + [str(cache["path"]), "--from-layer", "layer3", "--out", str(out), "--epochs", "1",
+                                 "--train-blocks", "0", "all", "--no-progress"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == str(out)
+    assert "train_blocks=all" in done.stdout and (out / "best.joblib.json").is_file()
+    assert sorted(pd.read_csv(out / "leaderboard.csv")["params"].str.split(",").str[0]) == ["train_blocks=0",
+                                                                                          "train_blocks=all"]
+    bad = subprocess.run(cmd + [str(cache["path"]), "--from-layer", "layer2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "featcache: error:" in bad.stderr

@@ -391,11 +391,12 @@ def augmenter(augment, crop_size: int, resize_size: int):
     return v2.Compose(steps)
 
 
-def view_seed(source: Source, i: int, k: int) -> int:
-    """A seed fixed by the sample's identity and the view number, so a resumed, reused or sharded
-    extraction makes exactly the same views as an uninterrupted one."""
-    name = source.paths[i] if source.paths else str(i)
-    return int.from_bytes(hashlib.sha256(f"{name}\0{k}".encode()).digest()[:8], "little")
+def view_seed(img: Image.Image, k: int) -> int:
+    """A seed fixed by the decoded pixels and the view number: the same image gets the same views
+    wherever it lies and however the run is resumed, sharded or batched."""
+    h = hashlib.blake2b(img.tobytes(), digest_size=8)
+    h.update(k.to_bytes(4, "little"))
+    return int.from_bytes(h.digest(), "little")
 
 
 def decode_views(source: Source, i: int, resize_size: int, crop_size: int, views: int, transform) -> np.ndarray:
@@ -404,6 +405,6 @@ def decode_views(source: Source, i: int, resize_size: int, crop_size: int, views
     out = [resize_center_crop(img, resize_size, crop_size)]
     for k in range(views):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(view_seed(source, i, k))
+            torch.manual_seed(view_seed(img, k))
             out.append(np.asarray(transform(img)))
     return np.stack(out)

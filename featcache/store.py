@@ -63,7 +63,7 @@ def key_parts(source, manifest: dict, backbone, layers: Sequence[str], pooling: 
         "versions": {"torch": torch.__version__.split("+")[0], "torchvision": torchvision.__version__.split("+")[0]},
     }
     if views:  # only then, so caches without views keep their keys
-        parts["views"] = {"n": views, "augment": list(augment), "seeding": "sha256(path, k)"}
+        parts["views"] = {"n": views, "augment": list(augment), "seeding": "blake2b(pixels, k)"}
     return parts
 
 

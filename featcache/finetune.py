@@ -130,6 +130,19 @@ def top_blocks(top: nn.Module) -> Dict[str, List[str]]:
     return groups
 
 
+def unfreeze_last(top: nn.Module, train_blocks) -> List[nn.Parameter]:
+    """Freeze ``top`` except its last ``train_blocks`` blocks (``"all"``: every block); returns the trainable ones."""
+    blocks = list(top_blocks(top).values())
+    k = len(blocks) if train_blocks == "all" else train_blocks
+    if k > len(blocks):
+        raise ValueError(f"train_blocks={k}, but the top has only {len(blocks)} blocks with weights")
+    params = dict(top.requires_grad_(False).named_parameters())
+    trainable = [params[n] for block in blocks[len(blocks) - k:] for n in block]
+    for p in trainable:
+        p.requires_grad_(True)
+    return trainable
+
+
 class TopClassifier(ClassifierMixin, BaseEstimator):
     """The top of a pretrained network plus a new linear head, trained on the activations where the top starts.
 
@@ -238,15 +251,9 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _train(self, X, yi, train, val_X, yv, val_pos, rng, device) -> None:
-        net = copy.deepcopy(self.top).to(device).eval().requires_grad_(False)
-        blocks = list(top_blocks(net).values())
-        k = len(blocks) if self.train_blocks == "all" else self.train_blocks
-        if k > len(blocks):
-            raise ValueError(f"train_blocks={k}, but the top has only {len(blocks)} blocks with weights")
+        net = copy.deepcopy(self.top).to(device).eval()
+        trainable = unfreeze_last(net, self.train_blocks)
         params = dict(net.named_parameters())
-        trainable = [params[n] for block in blocks[len(blocks) - k:] for n in block]
-        for p in trainable:
-            p.requires_grad_(True)
         with torch.no_grad():
             dim = net(self._tensor(X[np.array([train[0]])]).to(device)).shape[1]
         head = nn.Sequential(nn.Dropout(self.dropout), nn.Linear(dim, len(self.classes_))).to(device)
@@ -379,11 +386,10 @@ def _check_activations(fs, node: Optional[str]) -> str:
         return node
     from .predict import extract_settings
 
-    settings = extract_settings(record) if record.get("model") else {}
-    data = record.get("data") or "DATA"
-    command = (f"python -m featcache.extract --data {data} --model {settings.get('model', 'MODEL')} --weights "
-               f"{settings.get('weights', 'WEIGHTS')} --image-size {settings.get('image_size')} --layer "
-               f"{node or 'NODE'} --pool none --dtype float16")
+    settings = extract_settings(record)
+    command = (f"python -m featcache.extract --data {record.get('data') or 'DATA'} --model {settings['model']} "
+               f"--weights {settings['weights']} --image-size {settings['image_size']} --layer {node or 'NODE'} "
+               f"--pool none --dtype float16")
     has = ", ".join(f"{name} {'x'.join(map(str, fs.features[name].shape[1:]))}" for name in fs.layers)
     if node is None:
         raise FeatcacheError(f"--from-layer is required: the node whose activations the cache holds "

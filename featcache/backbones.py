@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import importlib
 import pickle
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -315,7 +316,163 @@ def check_layers(layers: Sequence[str], nodes: Sequence[str]) -> None:
             raise FeatcacheError(
                 f"--layer {layer!r} is not a node of this model"
                 + (f"; closest: {', '.join(close)}" if close else "")
-                + ". Run with --list-layers to see every node with its output shape")
+                + f". Run with --list-layers to see every node with its output shape (presets: {PRESET_HELP})")
+
+
+# --- stage outputs and layer presets --------------------------------------------------------------
+
+PRESET_HELP = "lastK = the last K stage outputs, e.g. last2, last3; stages = every stage output"
+_PRESET = re.compile(r"^(?:last(\d+)|stages)$")
+STAGE_TRACE_SIZE = 224  # stages are found at this input size (or the crop size, if larger)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The output of one stage: the last node, at one spatial resolution, that every path passes through."""
+
+    name: str  # what --layer stores: the module whose last node this is (``layer3``), else the node
+    node: str  # the graph node itself (``layer3.1.relu_1``)
+    shape: Tuple[int, ...]  # (C, H, W) at the trace size
+
+
+def stage_outputs(backbone: Backbone) -> List[Stage]:
+    """The outputs of the network's stages, shallow to deep, for any traceable CNN.
+
+    Trace the model (torch.fx, with the node names of ``get_graph_node_names``), run one dummy image
+    through it at 224 px (so the stages do not depend on ``--image-size``), and keep the *cut nodes*:
+    nodes every path from the image to the output passes through, i.e. block outputs, never a node
+    inside a residual block. Going down the network, the resolution of 4-D cut nodes only falls
+    (padding that briefly enlarges a map is skipped); the last cut node at each resolution, above 1x1
+    (global pooling) and below the input size, is that resolution's stage output. Models without
+    spatial maps (ViTs) have none.
+    """
+    cached = getattr(backbone, "_stages", None)
+    if cached is not None:
+        return cached
+    from torchvision.models import feature_extraction as fe
+
+    tracer = fe.NodePathTracer(**fe._set_default_tracer_kwargs(None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            graph = tracer.trace(backbone.module.eval())
+        except Exception as e:
+            raise FeatcacheError(f"layer presets need a traceable model; torch.fx cannot trace this one "
+                                 f"({type(e).__name__}: {e}); name the layers instead (--list-layers)") from e
+    qual = tracer.node_to_qualname
+    order = list(graph.nodes)
+    index = {n: i for i, n in enumerate(order)}
+    live = set(n for n in order if n.op == "placeholder")  # tensors computed from the image ...
+    for n in order:  # (x.size(0) and x.shape are numbers, not data paths: they may skip ahead)
+        if n not in live and not _is_size(n) and any(a in live for a in n.all_input_nodes):
+            live.add(n)
+    used = set(n for n in order if n.op == "output")  # ... that the output needs
+    for n in reversed(order):
+        if any(u in used for u in n.users):
+            used.add(n)
+    cuts, furthest = [], -1
+    for n in order:
+        if n not in live or n not in used:
+            continue
+        if furthest <= index[n] and n in qual:  # no edge jumps over n: every path passes through it
+            cuts.append(n)
+        furthest = max([furthest] + [index[u] for u in n.users if u in used])
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    wanted = set(cuts)
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            result = super().run_node(n)
+            if n in wanted and isinstance(result, torch.Tensor):
+                shapes[qual[n]] = tuple(result.shape)
+            return result
+
+    size = max(backbone.preprocess.crop_size, STAGE_TRACE_SIZE)
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Recorder(torch.fx.GraphModule(backbone.module, graph)).run(torch.zeros(1, 3, size, size))
+    except Exception as e:
+        raise FeatcacheError(f"layer presets: a {size}x{size} dummy image does not run through this model "
+                             f"({type(e).__name__}: {e}); name the layers instead (--list-layers)") from e
+    all_nodes = list(qual.values())
+    groups: Dict[Tuple[int, ...], List[Tuple[str, str]]] = {}  # resolution -> [(node, module alias)]
+    smallest = (size, size)
+    for node in (qual[n] for n in cuts):
+        shape = shapes.get(node)
+        if shape is None or len(shape) != 4 or shape[0] != 1:
+            continue
+        res = shape[2:]
+        if max(res) <= 1 or res[0] * res[1] > smallest[0] * smallest[1]:  # global pooling, or padding
+            continue
+        smallest = res
+        if res != (size, size):
+            groups.setdefault(res, []).append((node, _module_alias(node, all_nodes, backbone.module)))
+    deep = [qual[n] for n in cuts][[qual[n] for n in cuts].index(groups[list(groups)[-1]][-1][0]):] if groups else []
+    if any(len(shapes.get(node, ())) == 3 for node in deep):
+        groups = {}  # the maps become a token sequence (a vision transformer's patch embedding): no CNN stages
+    stages = []
+    for members in groups.values():  # in order of first appearance: shallow to deep
+        # Block boundaries, not a block's first layer that still runs at the old resolution: among the
+        # cut nodes at one resolution, those with the shallowest module name; the last of them.
+        depth = min(alias.count(".") for _, alias in members)
+        node, alias = [m for m in members if m[1].count(".") == depth][-1]
+        stages.append(Stage(alias, node, shapes[node][1:]))
+    backbone._stages = stages
+    return stages
+
+
+def _is_size(n) -> bool:
+    """``x.size(...)``, ``x.dim()`` or ``x.shape``: numbers about a tensor, not a path of its data."""
+    if n.op == "call_method" and n.target in ("size", "dim"):
+        return True
+    return n.op == "call_function" and n.target is getattr and n.args[1:2] == ("shape",)
+
+
+def _module_alias(node: str, nodes: Sequence[str], module: nn.Module) -> str:
+    """The shortest module name that stands for ``node`` (its last node), e.g. ``layer3.1.relu_1`` -> ``layer3``."""
+    modules = dict(module.named_modules())
+    parts = node.split(".")
+    for k in range(1, len(parts)):
+        prefix = ".".join(parts[:k])
+        if prefix in modules and [n for n in nodes if n.startswith(prefix + ".")][-1] == node:
+            return prefix
+    return node
+
+
+def is_preset(name: str) -> bool:
+    return bool(_PRESET.match(name))
+
+
+def resolve_layers(layers: Sequence[str], backbone: Backbone, nodes: Sequence[str]) -> List[str]:
+    """Expand presets (``last2``, ``stages``) into layer names and check every name; order kept, no repeats.
+
+    A name that is a node of the model is never taken for a preset.
+    """
+    if len(set(layers)) != len(layers):
+        raise FeatcacheError(f"--layer lists a layer twice: {' '.join(layers)}")
+    out: List[str] = []
+    for layer in layers:
+        is_node = layer in nodes or any(n.startswith(layer + ".") for n in nodes)
+        match = _PRESET.match(layer) if not is_node else None
+        if match is None and not is_node and layer.lower().startswith(("last", "stage", "top", "first")):
+            raise FeatcacheError(f"--layer {layer!r} is neither a node of this model nor a known preset; "
+                                 f"presets: {PRESET_HELP}")
+        if match is None:
+            check_layers([layer], nodes)
+            out.append(layer)
+            continue
+        stages = stage_outputs(backbone)
+        listing = ", ".join(s.name for s in stages) or "none"
+        if not stages:
+            raise FeatcacheError(f"--layer {layer}: this model has no stage outputs (no spatial feature maps, "
+                                 f"e.g. a vision transformer); name the layers instead (--list-layers)")
+        k = len(stages) if match.group(1) is None else int(match.group(1))
+        if not 1 <= k <= len(stages):
+            raise FeatcacheError(f"--layer {layer}: K must be between 1 and {len(stages)}, the number of stage "
+                                 f"outputs of this model ({listing})")
+        out += [s.name for s in stages[-k:]]
+    return list(dict.fromkeys(out))
 
 
 def pool(x: torch.Tensor, how: str) -> torch.Tensor:

@@ -152,19 +152,23 @@ class Config:
     classifier: str
     params_json: str  # sorted JSON of the grid's hyperparameters (hashable, stable)
     preprocess: str
+    layer: str = ""  # the cache layer(s) it fits on, "a+b" = concatenated; "" = the sweep's only choice
 
     @property
     def params(self) -> Dict[str, Any]:
         return json.loads(self.params_json)
 
     def identity(self) -> dict:
-        return {"classifier": self.classifier, "params": self.params, "preprocess": self.preprocess}
+        ident = {"classifier": self.classifier, "params": self.params, "preprocess": self.preprocess}
+        if self.layer:  # only when the sweep tries several layer choices, so other result keys stay as they were
+            ident["layer"] = self.layer
+        return ident
 
     def params_text(self) -> str:
         return ", ".join(f"{k}={_short(v)}" for k, v in self.params.items())
 
     def label(self) -> str:
-        return f"{self.classifier}({self.params_text()}) on {self.preprocess}"
+        return f"{self.classifier}({self.params_text()}) on {self.preprocess}" + (f" [{self.layer}]" if self.layer else "")
 
     def estimator(self, seed: int):
         """The unfitted classifier; ``random_state`` is the sweep's seed unless the grid sets it."""
@@ -180,13 +184,13 @@ class Config:
         steps = preprocess_steps(self.preprocess, seed, max_components)
         return Pipeline(steps + [("clf", self.estimator(seed))])
 
-    def path_group(self) -> Optional[Tuple[str, str, str]]:
+    def path_group(self) -> Optional[Tuple[str, str, str, str]]:
         """Configs that differ only in the path parameter share a group (one warm-started fit)."""
         path_param = CLASSIFIERS[self.classifier].path_param
         if path_param is None:
             return None
         rest = {k: v for k, v in self.params.items() if k != path_param}
-        return self.classifier, json.dumps(rest, sort_keys=True), self.preprocess
+        return self.classifier, json.dumps(rest, sort_keys=True), self.preprocess, self.layer
 
     def path_value(self) -> float:
         """This config's value of the path parameter (the estimator's default when the grid omits it)."""

@@ -109,6 +109,68 @@ def test_user_factory_model(tmp_path, monkeypatch):
         load_backbone(ExtractConfig(model="my_models:nothing"))
 
 
+RESNET_STAGES = ["relu", "layer1", "layer2", "layer3", "layer4"]
+
+
+def test_presets_resolve_to_stage_outputs_of_resnet():
+    """Stage outputs are block boundaries (never a node inside a residual block), whatever the input size."""
+    from featcache.backbones import resolve_layers, stage_outputs
+
+    for size in (32, 224):
+        bb = _bb(image_size=size)
+        stages = stage_outputs(bb)
+        assert [s.name for s in stages] == RESNET_STAGES
+        assert [s.node for s in stages][1:] == [f"layer{i}.1.relu_1" for i in range(1, 5)]
+        assert [s.shape for s in stages][-2:] == [(256, 14, 14), (512, 7, 7)]  # traced at 224 px
+        nodes = graph_node_names(bb.module)
+        assert resolve_layers(["last2"], bb, nodes) == ["layer3", "layer4"]
+        assert resolve_layers(["last3"], bb, nodes) == ["layer2", "layer3", "layer4"]
+        assert resolve_layers(["stages"], bb, nodes) == RESNET_STAGES
+        assert resolve_layers(["layer1", "last2", "layer4"], bb, nodes) == ["layer1", "layer3", "layer4"]
+    # Bottleneck blocks: the stride-2 conv sits inside the block, the stage output is still the block's end.
+    bb50 = load_backbone(ExtractConfig(model="resnet50", weights="none"))
+    assert [s.node for s in stage_outputs(bb50)][1:] == ["layer1.2.relu_2", "layer2.3.relu_2", "layer3.5.relu_2",
+                                                         "layer4.2.relu_2"]
+
+
+def test_presets_resolve_for_the_builtin_model():
+    from featcache.backbones import resolve_layers, stage_outputs
+
+    bb = load_backbone(ExtractConfig())  # efficientnet_lite0: static padding, x.size(0) used at the end
+    stages = stage_outputs(bb)
+    assert [(s.name, s.shape[0]) for s in stages] == [("_swish", 32), ("_blocks.2", 24), ("_blocks.4", 40),
+                                                      ("_blocks.10", 112), ("_swish_1", 1280)]
+    nodes = graph_node_names(bb.module)
+    assert resolve_layers(["last3"], bb, nodes) == ["_blocks.4", "_blocks.10", "_swish_1"]
+    out = FeatureExtractor(bb, resolve_layers(["last2"], bb, nodes), "avg")(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"_blocks.10": (2, 112), "_swish_1": (2, 1280)}
+
+
+@pytest.mark.parametrize("layers, match", [
+    (["last9"], r"--layer last9: K must be between 1 and 5.*\(relu, layer1, layer2, layer3, layer4\)"),
+    (["last0"], r"K must be between 1 and 5"),
+    (["lastx"], r"--layer 'lastx' is neither a node of this model nor a known preset; presets: lastK"),
+    (["first2"], r"nor a known preset"),
+    (["layer44"], r"not a node of this model; closest: layer4.*presets: lastK"),
+    (["last2", "last2"], r"lists a layer twice"),
+])
+def test_unknown_or_impossible_presets_are_clear_errors(layers, match):
+    from featcache.backbones import resolve_layers
+
+    bb = _bb()
+    with pytest.raises(FeatcacheError, match=match):
+        resolve_layers(layers, bb, graph_node_names(bb.module))
+
+
+def test_a_transformer_has_no_stage_outputs():
+    from featcache.backbones import resolve_layers, stage_outputs
+
+    bb = load_backbone(ExtractConfig(model="vit_b_16", weights="none"))
+    assert stage_outputs(bb) == []
+    with pytest.raises(FeatcacheError, match="no stage outputs"):
+        resolve_layers(["last2"], bb, graph_node_names(bb.module))
+
+
 def test_wrong_layer_lists_closest_names():
     nodes = graph_node_names(_bb().module)
     check_layers(["layer4", "layer3.1.relu_1"], nodes)

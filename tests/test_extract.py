@@ -180,6 +180,13 @@ def test_list_layers_cli():
     assert r.returncode == 0, r.stderr
     line = next(l for l in r.stdout.splitlines() if l.startswith("layer4.1.relu_1 "))
     assert "512x7x7" in line and " 512 " in line and "2048" in line  # shape, pooled dim, bytes/image
+    assert line.endswith("last1 = layer4")  # stage outputs are marked with their preset and --layer name
+
+
+def test_layer_preset_resolves_before_the_cache_key(split_folder, fast):
+    path = featcache.extract(split_folder, layers=["last2"], **fast)
+    assert featcache.load(path).layers == ["layer3", "layer4"]
+    assert featcache.extract(split_folder, layers=["layer3", "layer4"], **fast) == path  # the same cache
 
 
 def test_ls_and_explain(split_folder, fast, make_image):

@@ -365,7 +365,7 @@ def backbone_of(meta: dict, path) -> Any:
     backbone = backbones.load_backbone(ExtractConfig(**extract_settings(record)))
     if backbone.weights_sha256 != record.get("weights_sha256"):
         raise FeatcacheError(f"{path}: the weights loaded for {record.get('model')} ({backbone.weights}) are not the "
-                             f"ones that made this cache (the checksums differ); rebuild with the same weights file")
+                             f"ones its features came from (the checksums differ); use the same weights file")
     return backbone
 
 

@@ -120,13 +120,20 @@ def top_blocks(top: nn.Module) -> Dict[str, List[str]]:
     """The top's parameter names by block, in execution order.
 
     A block is a parameter path up to its first numeric part (``layer4.1``, ``_blocks.15``: one child of a
-    Sequential/ModuleList), else its first part (``_conv_head``, ``_bn1``).
+    Sequential/ModuleList); consecutive modules outside such containers make one block (``_conv_head+_bn1``).
     """
     groups: Dict[str, List[str]] = {}
     for name, _ in top.named_parameters():
         parts = name.split(".")
-        k = next((i for i, p in enumerate(parts[:-1]) if p.isdigit()), 0)
-        groups.setdefault(".".join(parts[:k + 1]), []).append(name)
+        k = next((i for i, p in enumerate(parts[:-1]) if p.isdigit()), None)
+        key = ".".join(parts[:k + 1]) if k is not None else parts[0]
+        last = next(reversed(groups), None)
+        if k is None and last is not None and not any(p.isdigit() for p in last.split(".")):
+            if key not in last.split("+"):  # a loose module joins the preceding block of loose modules
+                groups[f"{last}+{key}"] = groups.pop(last)
+                last = f"{last}+{key}"
+            key = last
+        groups.setdefault(key, []).append(name)
     return groups
 
 

@@ -41,17 +41,19 @@ def cache(tmp_path_factory, make_image):
     return {"path": path, "root": root}
 
 
-@pytest.mark.parametrize("model,weights,node,penultimate,logits", [
-    ("resnet18", "none", "layer3", "flatten", "fc"),
-    ("efficientnet_lite0", "DEFAULT", "_blocks.10.add", "view", "_fc"),
+@pytest.mark.parametrize("model,weights,node,penultimate,logits,blocks", [
+    ("resnet18", "none", "layer3", "flatten", "fc", ["layer4.0", "layer4.1"]),
+    ("efficientnet_lite0", "DEFAULT", "_blocks.10.add", "view", "_fc",
+     ["_blocks.11", "_blocks.12", "_blocks.13", "_blocks.14", "_blocks.15", "_conv_head+_bn1"]),
 ])
-def test_untrained_top_reproduces_the_model(model, weights, node, penultimate, logits, tmp_path, make_image):
+def test_untrained_top_reproduces_the_model(model, weights, node, penultimate, logits, blocks, tmp_path, make_image):
     """The top rebuilt after NODE maps the cached NODE activations to the cached penultimate features and,
     through the model's own classifier, to its logits: the split point is right."""
     path = featcache.extract(_images(tmp_path / "d", make_image, 2), layers=[node, penultimate, logits], pool="none",
                              cache_dir=tmp_path / "c", **{**SETTINGS, "model": model, "weights": weights})
     fs = featcache.load(path)
     top, backbone = split_for(fs.meta, path, node)
+    assert list(top_blocks(top)) == blocks
     acts = fs.features[node]
     assert acts.ndim == 4
     with torch.no_grad():
@@ -69,7 +71,6 @@ def test_untrained_top_reproduces_the_model(model, weights, node, penultimate, l
 def test_training_moves_only_the_chosen_blocks_and_is_seeded(cache):
     fs = featcache.load(cache["path"])
     top, _ = split_for(fs.meta, cache["path"], "layer3")
-    assert list(top_blocks(top)) == ["layer4.0", "layer4.1"]
     y = np.array(COLOURS)[fs.y]
     X = fs.features["layer3"].reshape(len(fs), -1)  # flattened, as predict passes them
     fits = [TopClassifier(top=top, input_shape=(256, 2, 2), train_blocks=1, epochs=2, early_stopping=False,

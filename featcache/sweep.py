@@ -50,7 +50,7 @@ class SweepConfig:
     out: Optional[Path] = None  # None: write nothing (the Python API still returns the result)
     grid: Any = None  # None = the default grid; a .toml/.yaml path; or a dict of the same shape
     classifiers: Sequence[str] = ()  # restrict the grid to these classifiers
-    layer: Optional[str] = None  # a layer name, or "a+b" to concatenate; None = the cache's first
+    layer: Optional[str] = None  # "a", "a+b" (concatenated), "a,b,a+b" (try these); None = every choice
     cv: Optional[int] = None  # k-fold CV (default 5 when the cache has no val split)
     val_fraction: Optional[float] = None  # a random stratified hold-out instead of CV
     metric: str = "accuracy"
@@ -110,6 +110,25 @@ class Features:
     layer_dims: Dict[str, int]
     meta: dict
     path: Path
+    # The layer dimension: "a", "b", "a+b" -> the columns of X they are; empty when the sweep has one choice.
+    layer_choices: Dict[str, Any] = field(default_factory=dict)
+
+    def columns(self, choice: str):
+        """Column selector of a layer choice ("" = every column): a slice, so memmaps stay views."""
+        return self.layer_choices[choice] if choice else slice(None)
+
+    def for_layer(self, choice: str) -> "Features":
+        """These features restricted to one layer choice (what a configuration with ``layer=choice`` sees)."""
+        if not choice:
+            return self
+        cols, names = self.columns(choice), choice.split("+")
+        changes = {"layers": names, "layer_dims": {n: self.layer_dims[n] for n in names}, "layer_choices": {}}
+        for name in ("X", "X_test", "V", "V_test"):  # views: (rows, K, D), columns last
+            value = getattr(self, name, None)
+            if value is not None:
+                changes[name] = value[..., cols]
+        return dataclasses.replace(self, **changes)
+
 
 
 def load_features(path, layer: Optional[str] = None) -> Features:
@@ -118,7 +137,7 @@ def load_features(path, layer: Optional[str] = None) -> Features:
 
     fs = store.load(path, lazy=True)
     try:
-        layers = _pick_layers(fs.layers, layer)
+        layers, choices = _pick_layers(fs.layers, layer)
         dims = {name: int(np.prod(fs.features[name].shape[1:])) for name in layers}
         blocks = [np.asarray(fs.features[name][:], dtype=np.float32).reshape(len(fs), -1) for name in layers]
     finally:
@@ -144,23 +163,69 @@ def load_features(path, layer: Optional[str] = None) -> Features:
     return Features(
         X=X[pool] if not pool.all() else X, y=fs.y[pool], pool_split=split[pool] if split is not None else None,
         X_test=X[test] if test.any() else None, y_test=fs.y[test] if test.any() else None,
-        classes=list(fs.classes), layers=layers, layer_dims=dims, meta=fs.meta, path=Path(fs.path))
+        classes=list(fs.classes), layers=layers, layer_dims=dims, meta=fs.meta, path=Path(fs.path),
+        layer_choices=_choice_columns(choices, layers, dims) if len(choices) > 1 else {})
 
 
-def _pick_layers(available: List[str], layer: Optional[str]) -> List[str]:
+def layer_choices(available: List[str]) -> List[List[str]]:
+    """The layer dimension of a sweep on a cache with several layers: each layer alone, every run of
+    adjacent layers (for 3+ layers), and all of them concatenated."""
+    n = len(available)
+    runs = [available[i:j] for size in range(1, n + 1) for i in range(n - size + 1) for j in [i + size]]
+    return runs if n <= 3 else [[a] for a in available] + [available]
+
+
+def _pick_layers(available: List[str], layer: Optional[str]) -> Tuple[List[str], List[List[str]]]:
+    """The layers to read (in the order they sit side by side in X) and the layer choices to sweep.
+
+    ``layer``: None = every layer alone and concatenated (just the layer, for a one-layer cache);
+    ``"a+b"`` = that concatenation only; ``"a,b,a+b"`` = these choices.
+    """
     if not layer:
-        if len(available) > 1:
-            log.info("the cache has layers %s; using %s (choose with --layer, or join with '+' to concatenate)",
-                     ", ".join(available), available[0])
-        return available[:1]
-    chosen = [name.strip() for name in layer.split("+")]
-    for name in chosen:
-        if name not in available:
-            raise FeatcacheError(f"--layer {name!r} is not in this cache; it has {', '.join(available)} "
-                                 f"(join several with '+', e.g. {'+'.join(available[:2])})")
-    if len(set(chosen)) != len(chosen):
-        raise FeatcacheError(f"--layer {layer!r} names a layer twice")
-    return chosen
+        if len(available) == 1:
+            return available, [available]
+        choices = layer_choices(available)
+        log.info("the cache has layers %s; trying %s (pin one with --layer, e.g. --layer %s)",
+                 ", ".join(available), ", ".join("+".join(c) for c in choices), "+".join(available))
+        return available, choices
+    choices = []
+    for text in layer.split(","):
+        chosen = [name.strip() for name in text.split("+") if name.strip()]
+        for name in chosen:
+            if name not in available:
+                raise FeatcacheError(f"--layer {name!r} is not in this cache; it has {', '.join(available)} "
+                                     f"(join several with '+', e.g. {'+'.join(available[:2])}; try several "
+                                     f"choices with ',', e.g. {available[0]},{'+'.join(available[:2])})")
+        if len(set(chosen)) != len(chosen):
+            raise FeatcacheError(f"--layer {text!r} names a layer twice")
+        if not chosen:
+            raise FeatcacheError(f"--layer {layer!r}: an empty layer choice")
+        if chosen not in choices:
+            choices.append(chosen)
+    if len(choices) == 1:
+        return choices[0], choices
+    # Every choice must be a slice of X (column views, no copies): lay the layers out so that each choice
+    # sits side by side, reading a layer twice only for a choice that cannot (e.g. "a,b,a+c" reads a+b, a+c).
+    layers: List[str] = []
+    for c in choices:
+        if _run_at(layers, c) is None:
+            layers += c
+    return layers, choices
+
+
+def _run_at(layers: List[str], choice: List[str]) -> Optional[int]:
+    """Where ``choice`` sits as a contiguous run in ``layers``, or None."""
+    n = len(choice)
+    return next((i for i in range(len(layers) - n + 1) if layers[i:i + n] == choice), None)
+
+
+def _choice_columns(choices: List[List[str]], layers: List[str], dims: Dict[str, int]) -> Dict[str, slice]:
+    starts = np.cumsum([0] + [dims[n] for n in layers]).tolist()
+    out = {}
+    for c in choices:
+        i = _run_at(layers, c)
+        out["+".join(c)] = slice(starts[i], starts[i + len(c)])
+    return out
 
 
 # --- the validation scheme ------------------------------------------------------------------------
@@ -235,6 +300,15 @@ def _versions() -> dict:
 
 def result_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def config_key(base: dict, config: Config, scheme: dict) -> str:
+    """A configuration's result key: its own layers (not the others the sweep tries), so a fit on layer4
+    is found again whether layer4 was pinned with --layer or one choice of a layer dimension."""
+    ident = {k: v for k, v in config.identity().items() if k != "layer"}
+    layers = config.layer.split("+") if config.layer else base["layers"]
+    return result_key({**base, "layers": layers, "config": ident, "scheme": scheme})
+
 
 
 class ResultStore:
@@ -338,6 +412,8 @@ def run(cfg: SweepConfig) -> SweepResult:
     cfg.validate()
     configs = grids.expand_grid(grids.read_grid(cfg.grid), list(cfg.classifiers) or None)
     feats = load_features(cfg.cache, cfg.layer)
+    if feats.layer_choices:  # the layer dimension: every grid point on every layer choice
+        configs = [dataclasses.replace(c, layer=choice) for choice in feats.layer_choices for c in configs]
     scheme = make_scheme(feats, cfg.cv, cfg.val_fraction, cfg.seed)
     results_root = None if not cfg.reuse else Path(cfg.results_dir or feats.path.parent / "sweep-results")
     store = ResultStore(results_root, str(feats.meta.get("fingerprint", "")))
@@ -346,7 +422,7 @@ def run(cfg: SweepConfig) -> SweepResult:
     log.info("%d configurations on %d x %d features (%s), %d classes; validation: %s",
              len(configs), len(feats.X), feats.X.shape[1], "+".join(feats.layers), len(feats.classes),
              scheme.description)
-    keys = {c: result_key({**base, "config": c.identity(), "scheme": scheme.identity}) for c in configs}
+    keys = {c: config_key(base, c, scheme.identity) for c in configs}
     records = {c: store.get(keys[c]) for c in configs}
     cached = {c for c, r in records.items() if r is not None}
     todo = [c for c in configs if c not in cached]
@@ -356,7 +432,7 @@ def run(cfg: SweepConfig) -> SweepResult:
     n_fits = _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records)
     log.info("fitted %d configuration(s) (%d fits) in %.1f s; %d from the result store%s", len(todo), n_fits,
              time.perf_counter() - t0, len(cached), f" ({store.dir})" if store.dir else "")
-    board = _leaderboard(configs, records, cached, keys, cfg.metric)
+    board = _leaderboard(configs, records, cached, keys, cfg.metric, "+".join(feats.layers))
     ok = board[board["status"] == "ok"]
     if ok.empty:
         raise FeatcacheError(f"every configuration failed; the first error: {board['status'].iloc[0]}")
@@ -374,7 +450,8 @@ def run(cfg: SweepConfig) -> SweepResult:
                          [c.label() for c in todo], refitted)
     if cfg.out is not None:
         result.out = Path(cfg.out).expanduser()
-        result.files = _write_outputs(cfg, result, feats, scheme, records, keys, test_pred)
+        result.files = _write_outputs(cfg, result, feats.for_layer(best_config.layer), scheme, records, keys,
+                                      test_pred)
     return result
 
 
@@ -412,8 +489,10 @@ def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records)
     bar = tqdm(total=len(todo), desc="sweep", unit="config", disable=not cfg.progress, file=sys.stderr,
                dynamic_ncols=True)
     with _shared(feats.X, n_jobs) as X:
-        calls = (delayed(_run_task)(unit, X, feats.y, *scheme.folds[f], len(feats.classes), cfg.seed,
-                                    max_components, threads) for unit, f in tasks)
+        width = {c.layer: len(range(feats.X.shape[1])[feats.columns(c.layer)]) for c in todo}
+        calls = (delayed(_run_task)(unit, X[:, feats.columns(unit[0].layer)], feats.y, *scheme.folds[f],
+                                    len(feats.classes), cfg.seed, min(max_components, width[unit[0].layer]), threads)
+                 for unit, f in tasks)
         runner = Parallel(n_jobs=n_jobs, return_as="generator")
         try:
             for (unit, f), results in zip(tasks, runner(calls)):
@@ -473,14 +552,15 @@ def _combine(folds: List[dict], scheme: Scheme, n_rows: int) -> dict:
             "note": "; ".join(notes), "pred": pred.tolist()}
 
 
-def _leaderboard(configs, records, cached, keys, metric: str):
+def _leaderboard(configs, records, cached, keys, metric: str, layers: str = ""):
     """One row per configuration, best first; ``fit_s`` sums all folds, failures sort last."""
     import pandas as pd
 
     rows = []
     for c in configs:
         r = records[c]
-        row = {"classifier": c.classifier, "params": c.params_text(), "preprocess": c.preprocess}
+        row = {"classifier": c.classifier, "params": c.params_text(), "preprocess": c.preprocess,
+               "layer": c.layer or layers}
         for name, value in (r.get("scores") or {}).items():
             row[f"val_{name}"] = value
         row.update({"fit_s": round(r["fit_s"], 3), "note": r.get("note", ""), "from_cache": c in cached,
@@ -497,7 +577,7 @@ def _leaderboard(configs, records, cached, keys, metric: str):
     board = order.sort_values(["_failed", "_key", "_tie", "fit_s"], ascending=[True, False, False, True],
                               kind="stable").drop(columns=["_failed", "_key", "_tie"])
     board.insert(0, "rank", range(1, len(board) + 1))
-    first = ["rank", "classifier", "params", "preprocess"] + [f"val_{m}" for m in metrics.METRICS]
+    first = ["rank", "classifier", "params", "preprocess", "layer"] + [f"val_{m}" for m in metrics.METRICS]
     return board[first + [c for c in board.columns if c not in first]].reset_index(drop=True)
 
 
@@ -511,8 +591,10 @@ def _refit_top(cfg: SweepConfig, top: List[Config], feats: Features, base: dict,
     y_names = names[feats.y]
     has_test = feats.X_test is not None
     out, refitted = {}, []
+    everything = feats
     for config in top:
-        key = result_key({**base, "config": config.identity(), "scheme": {"kind": "refit"}})
+        feats = everything.for_layer(config.layer)
+        key = config_key(base, config, {"kind": "refit"})
         record, path = store.get(key), store.model_path(key)
         if record is not None and path is not None and path.is_file():
             try:
@@ -625,8 +707,10 @@ def build_parser() -> Parser:
                         "(default: the built-in grid, see --print-grid)")
     p.add_argument("--classifiers", help=f"comma-separated subset of the grid's classifiers "
                                          f"({','.join(grids.CLASSIFIERS)}) (default: all in the grid)")
-    p.add_argument("--layer", help="cache layer to use, or several joined with '+' to concatenate them "
-                                   "(default: the cache's first layer)")
+    p.add_argument("--layer", help="cache layer to use, several joined with '+' to concatenate them, or "
+                                   "comma-separated choices to try (e.g. layer3,layer4,layer3+layer4) (default: "
+                                   "the cache's layer; with several, each alone, adjacent runs and all of them "
+                                   "concatenated are tried, as a 'layer' column of the leaderboard)")
     p.add_argument("--cv", type=int, help="k-fold cross-validation (default: 5 when the cache has no val split; "
                                           "given with a val split, CV runs on train+val)")
     p.add_argument("--val-fraction", type=float, help="score on a random stratified hold-out of this fraction "
@@ -675,14 +759,28 @@ def _main(args: argparse.Namespace) -> int:
         best = result.leaderboard.iloc[0]
         test = f"; test {cfg.metric} {result.test_scores[cfg.metric]:.4f}" if result.test_scores else ""
         print(f"best: {result.best_config.label()}: val {cfg.metric} {best[f'val_{cfg.metric}']:.4f}{test}")
+        if result.leaderboard["layer"].nunique() > 1:
+            print("best per layer: " + by_layer_text(result.leaderboard, cfg.metric))
     print(result.out)
     return 0
 
 
+def best_per_layer(board, metric: str = "accuracy") -> Dict[str, float]:
+    """The best validation score of each layer choice, best first (the leaderboard is sorted)."""
+    ok = board[board["status"] == "ok"]
+    return {layer: float(score) for layer, score in ok.groupby("layer", sort=False)[f"val_{metric}"].first().items()}
+
+
+def by_layer_text(board, metric: str = "accuracy") -> str:
+    return ", ".join(f"{layer} {score:.4f}" for layer, score in best_per_layer(board, metric).items())
+
+
 def format_leaderboard(board, limit: int = 25) -> str:
     """The leaderboard as a fixed-width table (the first ``limit`` rows)."""
-    cols = [c for c in ["rank", "classifier", "params", "preprocess", "val_accuracy", "val_balanced_accuracy",
-                        "val_f1_macro", "val_log_loss", "test_accuracy", "fit_s", "note"] if c in board]
+    several = "layer" in board and board["layer"].nunique() > 1  # the layer column only when it varies
+    cols = [c for c in ["rank", "classifier", "params", "preprocess", "layer" if several else "", "val_accuracy",
+                        "val_balanced_accuracy", "val_f1_macro", "val_log_loss", "test_accuracy", "fit_s", "note"]
+            if c in board]
     shown = board[cols].head(limit).copy()
     shown["params"] = shown["params"].str.slice(0, 40)
     text = shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")

@@ -139,16 +139,51 @@ def test_parallel_workers_give_the_same_leaderboard(caches, tmp_path):
     pd.testing.assert_frame_equal(one, two, atol=1e-4)
 
 
-def test_layers_are_picked_or_concatenated(caches, tmp_path, caplog):
+def test_layers_are_picked_or_concatenated(caches, tmp_path):
     grid = {"logreg": {"C": 1.0}}
-    with caplog.at_level(logging.INFO, logger="featcache"):
-        first = sweep(caches["two_layers"], grid=grid, results_dir=tmp_path, progress=False)
-    assert "the cache has layers layer3, layer4; using layer3" in caplog.text
-    assert first.best[-1].n_features_in_ == 256
+    first = sweep(caches["two_layers"], grid=grid, layer="layer3", results_dir=tmp_path, progress=False)
+    assert first.best[-1].n_features_in_ == 256 and set(first.leaderboard["layer"]) == {"layer3"}
     both = sweep(caches["two_layers"], grid=grid, layer="layer3+layer4", results_dir=tmp_path, progress=False)
     assert both.best[-1].n_features_in_ == 256 + 512 and both.fitted  # other features, other results
     with pytest.raises(FeatcacheError, match=r"--layer 'layer5' is not in this cache; it has layer3, layer4"):
         sweep(caches["two_layers"], grid=grid, layer="layer5", results_dir=tmp_path)
+
+
+def test_sweep_tries_each_layer_and_their_concatenation(caches, tmp_path, caplog):
+    """A cache with several layers and no --layer: a layer dimension in the grid, and a reported winner."""
+    from featcache.predict import load_model
+    from featcache.sweep import best_per_layer
+
+    grid = {"logreg": {"C": [0.01, 1.0]}, "knn": {"n_neighbors": 3}}
+    with caplog.at_level(logging.INFO, logger="featcache"):
+        res = sweep(caches["two_layers"], grid=grid, results_dir=tmp_path / "r", out=tmp_path / "out",
+                    plots=False, progress=False)
+    assert "trying layer3, layer4, layer3+layer4" in caplog.text
+    board = res.leaderboard
+    assert len(board) == 3 * 3 and list(board.columns[:5]) == ["rank", "classifier", "params", "preprocess", "layer"]
+    assert sorted(board.groupby("layer").size().items()) == [("layer3", 3), ("layer3+layer4", 3), ("layer4", 3)]
+    assert res.best_config.layer == board["layer"].iloc[0] and f"[{res.best_config.layer}]" in res.best_config.label()
+    assert list(best_per_layer(board))[0] == res.best_config.layer
+    # The refitted model sees exactly its layers' columns, and its metadata says which layers they are.
+    widths = {"layer3": 256, "layer4": 512, "layer3+layer4": 768}
+    assert res.best[-1].n_features_in_ == widths[res.best_config.layer]
+    meta = load_model(tmp_path / "out" / "best.joblib").metadata
+    assert "+".join(meta["layers"]) == res.best_config.layer and meta["n_features"] == widths[res.best_config.layer]
+    assert featcache.predict(tmp_path / "out" / "best.joblib", caches["two_layers"], progress=False).shape[0] == 48
+    # The layer choice is part of every result key: a rerun fits nothing, a pinned layer reuses its results.
+    again = sweep(caches["two_layers"], grid=grid, results_dir=tmp_path / "r", progress=False)
+    assert again.n_fits == 0 and again.leaderboard["val_accuracy"].tolist() == board["val_accuracy"].tolist()
+    chosen = sweep(caches["two_layers"], grid=grid, layer="layer4,layer3+layer4", results_dir=tmp_path / "r",
+                   progress=False)
+    assert not chosen.fitted and set(chosen.leaderboard["layer"]) == {"layer4", "layer3+layer4"}
+
+
+def test_layer_choices():
+    from featcache.sweep import layer_choices
+
+    assert layer_choices(["a"]) == [["a"]]
+    assert layer_choices(["a", "b", "c"]) == [["a"], ["b"], ["c"], ["a", "b"], ["b", "c"], ["a", "b", "c"]]
+    assert layer_choices(list("abcd")) == [["a"], ["b"], ["c"], ["d"], ["a", "b", "c", "d"]]
 
 
 def test_a_failing_configuration_is_reported_not_fatal(caches, tmp_path):

@@ -15,7 +15,7 @@ from torch import nn
 import featcache
 from featcache import backbones, sources, store
 from featcache.config import ExtractConfig, FeatcacheError
-from featcache.finetune import Rows, TopClassifier, _batches, finetune, network, split_for, top_blocks
+from featcache.finetune import Rows, TopClassifier, _batches, finetune, main, network, split_for, top_blocks
 from featcache.predict import load_model, predict
 
 COLOURS = ("red", "green", "blue")
@@ -168,17 +168,19 @@ def test_a_cache_without_activations_at_the_node_names_the_extract_command(cache
         finetune(cache["path"], "layer3", train_blocks=[3], progress=False)
 
 
-def test_cli_help_run_and_error(cache, tmp_path):
+def test_cli_help_run_and_error(cache, tmp_path, capsys):
     cmd = [sys.executable, "-m", "featcache.finetune"]
     helped = subprocess.run(cmd + ["--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "--from-layer" in helped.stdout and "--pool none" in helped.stdout
     out = tmp_path / "cli"
-    done = subprocess.run(cmd + [str(cache["path"]), "--from-layer", "layer3", "--out", str(out), "--epochs", "1",
-                                 "--train-blocks", "0", "1", "--no-progress", "--no-plots"], capture_output=True, text=True)
+    args = [str(cache["path"]), "--from-layer", "layer3", "--out", str(out), "--epochs", "1", "--train-blocks", "0",
+            "1", "--no-progress", "--no-plots"]
+    done = subprocess.run(cmd + args, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == str(out)
     assert "train_blocks=1" in done.stdout and (out / "best.joblib.json").is_file()
     assert sorted(pd.read_csv(out / "leaderboard.csv")["params"].str.split(",").str[0]) == ["train_blocks=0",
                                                                                           "train_blocks=1"]
-    bad = subprocess.run(cmd + [str(cache["path"]), "--from-layer", "layer2"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "featcache: error:" in bad.stderr
+    assert main([str(cache["path"]), "--from-layer", "layer2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("featcache: error: ") and "--layer layer2 --pool none" in err

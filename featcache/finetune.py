@@ -528,7 +528,7 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
         records, models = {}, {}
         bar = tqdm(total=len(configs), desc="finetune", unit="config", disable=not cfg.progress, file=sys.stderr)
         try:
-            for config, params in zip(configs, grid):
+            for config, params in zip(configs, grid, strict=True):
                 est = TopClassifier(top=top, input_shape=shape, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
                                     batch_size=cfg.batch_size, n_iter_no_change=cfg.patience, augment=cfg.augment,
                                     dropout=cfg.dropout, random_state=cfg.seed, device=cfg.device, **params)
@@ -546,7 +546,7 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
                 log.info("%s: %s", config.label(), records[config].get("note") or records[config].get("error"))
         finally:
             bar.close()
-        board = _leaderboard(configs, records, set(), keys, cfg.metric)
+        board = _leaderboard(configs, records, set(), keys, cfg.metric, node)
         ok = board[board["status"] == "ok"]
         if ok.empty:
             raise FeatcacheError(f"every configuration failed; the first error: {board['status'].iloc[0]}")

@@ -2,7 +2,9 @@
 
 The path of the data: the chosen layer(s) are read from the cache once → the grid is expanded
 into configurations and the validation scheme into folds → every (configuration, fold) the
-result store lacks is fitted in joblib workers that share one memory-mapped copy of the features
+result store lacks is fitted in joblib workers that share one copy of the features (a memmap
+locally; put in the object store or scattered once on a Ray or Dask cluster, see ``backends``;
+or left in the HDF5 file and streamed in blocks with ``out_of_core``, see ``streaming``)
 (logistic regression fits all its C values as one warm-started path) → the leaderboard ranks
 configurations on validation → the best is refitted on train(+val), scored once on test, saved
 with its metadata as ``best.joblib`` → plots.
@@ -19,9 +21,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections import defaultdict
@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import grids, metrics
+from . import backends, grids, metrics, streaming, views
 from .cli import Parser, make_callable, run_cli
 from .config import FeatcacheError
 from .grids import Config
@@ -51,11 +51,17 @@ class SweepConfig:
     grid: Any = None  # None = the default grid; a .toml/.yaml path; or a dict of the same shape
     classifiers: Sequence[str] = ()  # restrict the grid to these classifiers
     layer: Optional[str] = None  # "a", "a+b" (concatenated), "a,b,a+b" (try these); None = every choice
+    views: bool = True  # train on the cache's augmented views (extract --views) when it has them
+    tta: bool = False  # average predictions over each row's views (test-time augmentation)
     cv: Optional[int] = None  # k-fold CV (default 5 when the cache has no val split)
     val_fraction: Optional[float] = None  # a random stratified hold-out instead of CV
     metric: str = "accuracy"
     seed: int = 0
-    n_jobs: int = 1
+    n_jobs: Optional[int] = None  # parallel tasks; None = 1 with loky/threading, every cluster core with ray/dask
+    backend: str = "loky"  # where fits run: loky, threading (this machine), ray or dask (a cluster)
+    address: Optional[str] = None  # cluster to join (default: $RAY_ADDRESS / $DASK_SCHEDULER_ADDRESS, else a local one)
+    out_of_core: bool = False  # stream features from the cache in blocks instead of loading them (sgd and dense)
+    block_rows: Optional[int] = None  # rows per read when out of core (default: whole HDF5 chunks, ~4 MiB)
     test_top: int = 1  # how many of the best configurations are refitted and scored on test
     results_dir: Optional[Path] = None  # default: <cache folder>/sweep-results
     reuse: bool = True  # read and write the result store
@@ -71,8 +77,16 @@ class SweepConfig:
             raise FeatcacheError(f"--cv must be an integer >= 2; got {self.cv!r}")
         if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             raise FeatcacheError(f"--val-fraction must be between 0 and 1; got {self.val_fraction!r}")
-        if not isinstance(self.n_jobs, int) or self.n_jobs == 0 or self.n_jobs < -1:
+        if self.n_jobs is not None and (not isinstance(self.n_jobs, int) or self.n_jobs == 0 or self.n_jobs < -1):
             raise FeatcacheError(f"--n-jobs must be a positive integer or -1 (all cores); got {self.n_jobs!r}")
+        if self.backend not in backends.BACKENDS:
+            raise FeatcacheError(f"--backend must be one of {', '.join(backends.BACKENDS)}; got {self.backend!r}")
+        if self.address and self.backend not in backends.CLUSTER_BACKENDS:
+            raise FeatcacheError(f"--address is for --backend ray or dask, not {self.backend}")
+        if self.block_rows is not None and (not isinstance(self.block_rows, int) or self.block_rows < 1):
+            raise FeatcacheError(f"--block-rows must be a positive integer; got {self.block_rows!r}")
+        if self.block_rows is not None and not self.out_of_core:
+            raise FeatcacheError("--block-rows only applies with --out-of-core")
         if not isinstance(self.test_top, int) or self.test_top < 1:
             raise FeatcacheError(f"--test-top must be a positive integer; got {self.test_top!r}")
 
@@ -105,6 +119,8 @@ class Features:
     pool_split: Optional[np.ndarray]  # "train"/"val" per pool row when the cache has splits
     X_test: Optional[np.ndarray]
     y_test: Optional[np.ndarray]
+    V: Optional[np.ndarray]  # (pool rows, K, D) augmented views, when the cache has them and they are used
+    V_test: Optional[np.ndarray]
     classes: List[str]
     layers: List[str]
     layer_dims: Dict[str, int]
@@ -130,19 +146,35 @@ class Features:
         return dataclasses.replace(self, **changes)
 
 
+def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_core: bool = False,
+                  block_rows: Optional[int] = None) -> Features:
+    """Read only the layer(s) the sweep needs (and their augmented views), split off pool and test rows.
 
-def load_features(path, layer: Optional[str] = None) -> Features:
-    """Read only the layer(s) the sweep needs, and split off labelled pool and test rows."""
+    ``out_of_core``: read no features now; ``X`` and ``X_test`` are :class:`streaming.Rows` views of the file.
+    """
     from . import store
 
     fs = store.load(path, lazy=True)
     try:
         layers, choices = _pick_layers(fs.layers, layer)
         dims = {name: int(np.prod(fs.features[name].shape[1:])) for name in layers}
-        blocks = [np.asarray(fs.features[name][:], dtype=np.float32).reshape(len(fs), -1) for name in layers]
+        use_views = views and all(name in fs.views for name in layers)
+        if out_of_core and (len(choices) > 1 or use_views):
+            raise FeatcacheError("--out-of-core streams one layer choice without augmented views: pick it with "
+                                 "--layer (e.g. --layer " + "+".join(layers) + ")" + (" and add --no-views" if use_views else ""))
+        if not out_of_core:
+            _check_memory(len(fs) * sum(dims.values()) * 4 * (1 + (fs.views[layers[0]].shape[1] if use_views else 0)))
+            blocks = [np.asarray(fs.features[name][:], dtype=np.float32).reshape(len(fs), -1) for name in layers]
+        if use_views:
+            k = fs.views[layers[0]].shape[1]
+            vblocks = [np.asarray(fs.views[name][:], dtype=np.float32).reshape(len(fs), k, -1) for name in layers]
     finally:
         fs.close()
-    X = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+    if out_of_core:
+        X = streaming.Rows(fs.path, layers, block_rows=block_rows)
+    else:
+        X = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+    V = (vblocks[0] if len(vblocks) == 1 else np.concatenate(vblocks, axis=2)) if use_views else None
     labelled = fs.y >= 0
     if not fs.classes or not labelled.any():
         raise FeatcacheError(f"{fs.path} has no labels (every row is unlabelled); a sweep needs labelled images: "
@@ -160,11 +192,28 @@ def load_features(path, layer: Optional[str] = None) -> Features:
         name = fs.classes[present[0]] if len(present) else "none"
         raise FeatcacheError(f"{fs.path}: the training rows hold only one class ({name}); a classifier needs "
                              f"at least 2")
+    if V is not None:
+        log.info("training with %d cached augmented view(s) per training image", V.shape[1])
     return Features(
-        X=X[pool] if not pool.all() else X, y=fs.y[pool], pool_split=split[pool] if split is not None else None,
-        X_test=X[test] if test.any() else None, y_test=fs.y[test] if test.any() else None,
+        X=X[np.flatnonzero(pool)] if not pool.all() else X, y=fs.y[pool], pool_split=split[pool] if split is not None else None,
+        X_test=X[np.flatnonzero(test)] if test.any() else None, y_test=fs.y[test] if test.any() else None,
+        V=None if V is None else (V[pool] if not pool.all() else V),
+        V_test=V[test] if V is not None and test.any() else None,
         classes=list(fs.classes), layers=layers, layer_dims=dims, meta=fs.meta, path=Path(fs.path),
         layer_choices=_choice_columns(choices, layers, dims) if len(choices) > 1 else {})
+
+
+def _check_memory(nbytes: int) -> None:
+    """Refuse, before reading, features that cannot fit in memory: out of core is the way to train on them."""
+    available = streaming.available_memory()
+    if available is not None and nbytes > available:
+        raise FeatcacheError(f"the features need {_size(nbytes)} but {_size(max(available, 0))} of memory "
+                             f"is available; rerun with --out-of-core to stream them from the cache (classifiers "
+                             f"{', '.join(streaming.STREAMING_CLASSIFIERS)})")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
 
 
 def layer_choices(available: List[str]) -> List[List[str]]:
@@ -310,7 +359,6 @@ def config_key(base: dict, config: Config, scheme: dict) -> str:
     return result_key({**base, "layers": layers, "config": ident, "scheme": scheme})
 
 
-
 class ResultStore:
     """One small JSON file per fitted configuration (plus refitted models), under ``root/<fingerprint>``."""
 
@@ -352,7 +400,12 @@ def fit_configs(configs: List[Config], X, y, seed: int, max_components: int) -> 
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        if configs[0].path_group() is not None:
+        if isinstance(X, streaming.Rows):
+            out = []
+            for c in configs:
+                t = time.perf_counter()
+                out.append((streaming.fit(c.pipeline(seed, max_components), X, y), time.perf_counter() - t, ""))
+        elif configs[0].path_group() is not None:
             t = time.perf_counter()
             pre = configs[0].pipeline(seed, max_components)[:-1]
             Xt = pre.fit_transform(X, y) if len(pre) else X
@@ -370,28 +423,37 @@ def fit_configs(configs: List[Config], X, y, seed: int, max_components: int) -> 
     return out
 
 
-def _run_task(configs: List[Config], X, y, train, val, n_classes: int, seed: int, max_components: int,
-              threads: int) -> List[dict]:
-    """Fit ``configs`` on the ``train`` rows, score them on the ``val`` rows (one fold)."""
+def _run_task(configs: List[Config], X, V, y, train, val, columns, n_classes: int, seed: int, max_components: int,
+              threads: int, tta: bool) -> List[dict]:
+    """Fit ``configs`` on the ``train`` rows (and their views) of the ``columns`` of the layer choice, score them
+    on the ``val`` rows (one fold). Arrays may come as cluster handles (:func:`backends.fetch`)."""
     from threadpoolctl import threadpool_limits
 
     from .heads import torch_threads
+
+    X, V, y, train, val = (backends.fetch(a) for a in (X, V, y, train, val))
+    if columns != slice(None):
+        X, V = X[:, columns], (None if V is None else V[..., columns])
 
     if len(train) * X.shape[1] < SMALL_FIT:
         threads = 1  # thread start-up and spin-waiting cost more than they save on tiny fits
     with threadpool_limits(limits=threads), torch_threads(threads):
         try:
-            fitted = fit_configs(configs, X[train], y[train], seed, max_components)
-            X_val, y_val = X[val], y[val]
+            fitted = fit_configs(configs, *views.training_rows(X, V, y, train), seed, max_components)
+            X_val, V_val, y_val = X[val], (V[val] if V is not None and tta else None), y[val]
             results = []
             for pipe, seconds, note in fitted:
-                pred = pipe.predict(X_val)
-                proba = metrics.full_proba(pipe, X_val, range(n_classes))
+                pred, proba = views.predict(_scorer(pipe, X_val), X_val, V_val, range(n_classes))
                 results.append({"scores": metrics.scores(y_val, pred, proba, n_classes), "pred": pred.tolist(),
                                 "fit_s": seconds, "note": note})
             return results
         except Exception as e:  # one bad configuration must not end the sweep
             return [{"error": f"{type(e).__name__}: {e}".splitlines()[0], "fit_s": 0.0} for _ in configs]
+
+
+def _scorer(pipe, X):
+    """``pipe`` itself, or one that predicts a block at a time when ``X`` is streamed from the cache."""
+    return streaming.Blockwise(pipe) if isinstance(X, streaming.Rows) else pipe
 
 
 # --- the sweep --------------------------------------------------------------------------------------
@@ -410,15 +472,25 @@ def sweep(cache, **settings) -> SweepResult:
 def run(cfg: SweepConfig) -> SweepResult:
     """The sweep for one :class:`SweepConfig` (what :func:`sweep` and the CLI call)."""
     cfg.validate()
+    backends.require(cfg.backend)
     configs = grids.expand_grid(grids.read_grid(cfg.grid), list(cfg.classifiers) or None)
-    feats = load_features(cfg.cache, cfg.layer)
+    if cfg.out_of_core:
+        configs = _streamable(configs, cfg.grid is None and not cfg.classifiers)
+    feats = load_features(cfg.cache, cfg.layer, cfg.views, cfg.out_of_core, cfg.block_rows)
     if feats.layer_choices:  # the layer dimension: every grid point on every layer choice
         configs = [dataclasses.replace(c, layer=choice) for choice in feats.layer_choices for c in configs]
+    if cfg.tta and feats.V is None:
+        raise FeatcacheError(f"--tta needs augmented views in the cache; extract with --views K "
+                             f"(and do not pass --no-views)")
     scheme = make_scheme(feats, cfg.cv, cfg.val_fraction, cfg.seed)
     results_root = None if not cfg.reuse else Path(cfg.results_dir or feats.path.parent / "sweep-results")
     store = ResultStore(results_root, str(feats.meta.get("fingerprint", "")))
     base = {"fingerprint": feats.meta.get("fingerprint"), "layers": feats.layers, "seed": cfg.seed,
             "versions": _versions()}
+    if feats.V is not None:  # only then, so results without views keep their keys
+        base.update(views=int(feats.V.shape[1]), tta=cfg.tta)
+    if cfg.out_of_core:  # streamed fits shuffle by blocks (and SGD runs max_iter epochs): other results
+        base.update(out_of_core={"block_rows": feats.X.block_rows})
     log.info("%d configurations on %d x %d features (%s), %d classes; validation: %s",
              len(configs), len(feats.X), feats.X.shape[1], "+".join(feats.layers), len(feats.classes),
              scheme.description)
@@ -455,6 +527,22 @@ def run(cfg: SweepConfig) -> SweepResult:
     return result
 
 
+def _streamable(configs: List[Config], default_grid: bool) -> List[Config]:
+    """Out of core only classifiers and preprocessing that train from a stream; the default grid keeps just those."""
+    ok = [c for c in configs if c.classifier in streaming.STREAMING_CLASSIFIERS
+          and all(step in streaming.STREAMING_PREPROCESS for step in c.preprocess.split("+"))]
+    if default_grid and ok:
+        log.info("--out-of-core: the default grid's %s configurations (the ones that train from a stream)",
+                 " and ".join(streaming.STREAMING_CLASSIFIERS))
+        return ok
+    if len(ok) < len(configs):
+        bad = sorted({c.label() for c in configs} - {c.label() for c in ok})
+        raise FeatcacheError(f"--out-of-core trains only {', '.join(streaming.STREAMING_CLASSIFIERS)} with preprocess "
+                             f"{' / '.join(streaming.STREAMING_PREPROCESS)} (chained with '+'); not {bad[0]}"
+                             + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
+    return configs
+
+
 def _warn_pca(configs: List[Config], max_components: int) -> None:
     for spec in sorted({c.preprocess for c in configs}):
         too_big = [k for k in grids.pca_components(spec) if k > max_components]
@@ -482,18 +570,19 @@ def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records)
     from tqdm.auto import tqdm
 
     tasks = _tasks(todo, len(scheme.folds))
-    cores = os.cpu_count() or 1
-    n_jobs = min(len(tasks), cores if cfg.n_jobs == -1 else cfg.n_jobs)
-    threads = max(1, cores // n_jobs)
     per_config: Dict[Config, List[dict]] = defaultdict(list)
     bar = tqdm(total=len(todo), desc="sweep", unit="config", disable=not cfg.progress, file=sys.stderr,
                dynamic_ncols=True)
-    with _shared(feats.X, n_jobs) as X:
+    arrays = [feats.X, feats.V, feats.y] + [rows for fold in scheme.folds for rows in fold]
+    with backends.session(cfg.backend, cfg.address, cfg.n_jobs, len(tasks), arrays) as session:
+        X, V, y, folds = session.arrays[0], session.arrays[1], session.arrays[2], session.arrays[3:]
+        if session.workers > 1 or cfg.backend in backends.CLUSTER_BACKENDS:
+            log.info("%d task(s) on %s, %d at a time", len(tasks), cfg.backend, session.workers)
         width = {c.layer: len(range(feats.X.shape[1])[feats.columns(c.layer)]) for c in todo}
-        calls = (delayed(_run_task)(unit, X[:, feats.columns(unit[0].layer)], feats.y, *scheme.folds[f],
-                                    len(feats.classes), cfg.seed, min(max_components, width[unit[0].layer]), threads)
-                 for unit, f in tasks)
-        runner = Parallel(n_jobs=n_jobs, return_as="generator")
+        calls = (delayed(_run_task)(unit, X, V, y, folds[2 * f], folds[2 * f + 1], feats.columns(unit[0].layer),
+                                    len(feats.classes), cfg.seed, min(max_components, width[unit[0].layer]),
+                                    session.threads, cfg.tta) for unit, f in tasks)
+        runner = Parallel(return_as=session.return_as)  # n_jobs and the backend come from the session
         try:
             for (unit, f), results in zip(tasks, runner(calls)):
                 for config, result in zip(unit, results):
@@ -507,36 +596,6 @@ def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records)
         finally:
             bar.close()
     return len(todo) * len(scheme.folds)
-
-
-class _shared:
-    """The features as a read-only memmap for parallel workers: one copy on disk/page cache, none per task."""
-
-    def __init__(self, X: np.ndarray, n_jobs: int):
-        self.X, self.n_jobs, self.tmp = X, n_jobs, None
-
-    def __enter__(self):
-        if self.n_jobs == 1:
-            return self.X
-        self.tmp = tempfile.TemporaryDirectory(prefix="featcache-sweep-", dir=_scratch_dir(self.X.nbytes))
-        path = Path(self.tmp.name) / "X.npy"
-        np.save(path, self.X)
-        return np.load(path, mmap_mode="r")
-
-    def __exit__(self, *exc):
-        if self.tmp is not None:
-            self.tmp.cleanup()
-
-
-def _scratch_dir(nbytes: int) -> Optional[str]:
-    """RAM-backed /dev/shm when it has room to spare (containers often give it 64 MB), else the temp dir."""
-    shm = Path("/dev/shm")
-    try:
-        if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 2 * nbytes:
-            return str(shm)
-    except OSError:
-        pass
-    return None
 
 
 def _combine(folds: List[dict], scheme: Scheme, n_rows: int) -> dict:
@@ -603,13 +662,13 @@ def _refit_top(cfg: SweepConfig, top: List[Config], feats: Features, base: dict,
             except FeatcacheError as e:
                 log.warning("refitting %s: the stored model could not be used (%s)", config.label(), e)
         log.info("refitting %s on %d rows", config.label(), len(feats.y))
-        (pipe, _, _), = fit_configs([config], feats.X, y_names, cfg.seed, min(feats.X.shape))
+        X, y = views.training_rows(feats.X, feats.V, y_names, np.arange(len(y_names)))
+        (pipe, _, _), = fit_configs([config], X, y, cfg.seed, min(X.shape))
         refitted.append(config.label())
         test, test_pred = None, None
         if has_test:
-            index = {name: i for i, name in enumerate(feats.classes)}
-            pred = np.array([index[p] for p in pipe.predict(feats.X_test)])
-            proba = metrics.full_proba(pipe, feats.X_test, feats.classes)
+            pred, proba = views.predict(_scorer(pipe, feats.X_test), feats.X_test, feats.V_test if cfg.tta else None,
+                                        feats.classes)
             test, test_pred = metrics.scores(feats.y_test, pred, proba, len(feats.classes)), pred.tolist()
         out[config] = (pipe, test, test_pred)
         if path is not None:
@@ -618,7 +677,7 @@ def _refit_top(cfg: SweepConfig, top: List[Config], feats: Features, base: dict,
     return out, refitted
 
 
-def model_metadata(result: SweepResult, feats: Features, scheme: Scheme, metric: str) -> dict:
+def model_metadata(result: SweepResult, feats: Features, scheme: Scheme, metric: str, tta: bool = False) -> dict:
     """What ``best.joblib`` carries so :mod:`featcache.predict` can reproduce and check the features."""
     from .predict import feature_identity
 
@@ -634,6 +693,8 @@ def model_metadata(result: SweepResult, feats: Features, scheme: Scheme, metric:
         "cache": {"path": str(feats.path), "fingerprint": feats.meta.get("fingerprint"),
                   "dataset": feats.meta.get("dataset")},
         "config": result.best_config.identity(),
+        "views": int(feats.V.shape[1]) if feats.V is not None else 0,  # trained with this many views per image
+        "tta": tta,  # predict averages over views made exactly as at extraction
         "selection": {"scheme": scheme.description, "metric": metric,
                       "val": {m: _num(row[f"val_{m}"]) for m in metrics.METRICS}},
         "test": result.test_scores,
@@ -654,7 +715,8 @@ def _write_outputs(cfg, result: SweepResult, feats: Features, scheme: Scheme, re
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "leaderboard.csv"]
     result.leaderboard.to_csv(files[0], index=False)
-    files.append(save_model(out / "best.joblib", result.best, model_metadata(result, feats, scheme, cfg.metric)))
+    metadata = model_metadata(result, feats, scheme, cfg.metric, cfg.tta)
+    files.append(save_model(out / "best.joblib", result.best, metadata))
     if cfg.plots:
         by_clf: Dict[str, List[dict]] = defaultdict(list)
         for c, r in records.items():
@@ -698,7 +760,10 @@ def build_parser() -> Parser:
                "  python -m featcache.sweep CACHE.h5 --out runs/exp1\n"
                "  python -m featcache.sweep CACHE.h5 --grid grid.toml --n-jobs 2\n"
                "  python -m featcache.sweep CACHE.h5 --classifiers logreg,knn --layer layer3+layer4 --cv 10\n"
-               "  python -m featcache.sweep --print-grid > grid.toml     # the default grid, to edit",
+               "  python -m featcache.sweep --print-grid > grid.toml     # the default grid, to edit\n"
+               "  python -m featcache.sweep CACHE.h5 --backend dask --address tcp://HOST:8786\n"
+               "  RAY_ADDRESS=auto python -m featcache.sweep CACHE.h5 --backend ray\n"
+               "  python -m featcache.sweep BIG.h5 --out-of-core             # features larger than memory",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cache", nargs="?", type=Path, help="a feature cache (.h5) written by featcache.extract")
     p.add_argument("--out", type=Path, help="output folder (default: runs/<dataset>-<date-time>)")
@@ -711,6 +776,13 @@ def build_parser() -> Parser:
                                    "comma-separated choices to try (e.g. layer3,layer4,layer3+layer4) (default: "
                                    "the cache's layer; with several, each alone, adjacent runs and all of them "
                                    "concatenated are tried, as a 'layer' column of the leaderboard)")
+    p.add_argument("--no-views", dest="views", action="store_false",
+                   help="ignore the cache's augmented views (extract --views K); by default every training "
+                        "image's views join training as extra rows with its label (views of validation and "
+                        "test images never do)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: score validation and test rows (and predict new images) by "
+                        "averaging over each image's clean features and its cached views")
     p.add_argument("--cv", type=int, help="k-fold cross-validation (default: 5 when the cache has no val split; "
                                           "given with a val split, CV runs on train+val)")
     p.add_argument("--val-fraction", type=float, help="score on a random stratified hold-out of this fraction "
@@ -718,9 +790,22 @@ def build_parser() -> Parser:
     p.add_argument("--metric", default="accuracy", choices=metrics.METRICS,
                    help="selection metric (default: accuracy; ties go to the lower log-loss, then the faster fit)")
     p.add_argument("--seed", type=int, default=0, help="seed for folds, hold-outs and estimators (default: 0)")
-    p.add_argument("--n-jobs", type=int, default=1,
-                   help="parallel worker processes, -1 = one per core; BLAS/torch threads are split between "
-                        "them (default: 1, which uses every core inside each fit)")
+    p.add_argument("--n-jobs", type=int,
+                   help="parallel tasks, -1 = one per core; locally BLAS/torch threads are split between them "
+                        "(default: 1 with loky/threading, which uses every core inside each fit; every core of "
+                        "the cluster with ray/dask)")
+    p.add_argument("--backend", default="loky", choices=backends.BACKENDS,
+                   help="where the fits run: loky (worker processes) or threading on this machine, or a Ray or "
+                        "Dask cluster (pip install 'featcache[ray]' / 'featcache[dask]'), which gets the "
+                        "features once, not once per fit (default: loky)")
+    p.add_argument("--address", help="the ray/dask cluster to join: ray.init address (auto, ray://HEAD:10001) or "
+                                     "Dask scheduler (tcp://HOST:8786) (default: $RAY_ADDRESS or "
+                                     "$DASK_SCHEDULER_ADDRESS, else start a local cluster of --n-jobs workers)")
+    p.add_argument("--out-of-core", action="store_true",
+                   help="leave the features in the cache and stream them in blocks: for caches larger than "
+                        "memory; trains sgd and dense (none/standardize/l2), the default grid keeps those")
+    p.add_argument("--block-rows", type=int, metavar="N",
+                   help="with --out-of-core, rows read at once (default: whole HDF5 chunks, about 4 MiB)")
     p.add_argument("--test-top", type=int, default=1,
                    help="refit this many of the best configurations and score them on test; the first is "
                         "saved as best.joblib (default: 1)")
@@ -748,9 +833,10 @@ def _main(args: argparse.Namespace) -> int:
         raise FeatcacheError("give a cache file: python -m featcache.sweep CACHE.h5 (see --help)")
     out = args.out or Path("runs") / f"{args.cache.stem.split('__')[0]}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     cfg = SweepConfig(
-        cache=args.cache, out=out, grid=args.grid, layer=args.layer, cv=args.cv, val_fraction=args.val_fraction,
+        cache=args.cache, out=out, grid=args.grid, layer=args.layer, views=args.views, tta=args.tta, cv=args.cv, val_fraction=args.val_fraction,
         classifiers=[c.strip() for c in args.classifiers.split(",") if c.strip()] if args.classifiers else (),
-        metric=args.metric, seed=args.seed, n_jobs=args.n_jobs, test_top=args.test_top,
+        metric=args.metric, seed=args.seed, n_jobs=args.n_jobs, backend=args.backend, address=args.address,
+        out_of_core=args.out_of_core, block_rows=args.block_rows, test_top=args.test_top,
         results_dir=args.results_dir, reuse=not args.no_reuse, plots=not args.no_plots,
         progress=not (args.no_progress or args.quiet))
     result = run(cfg)

@@ -97,3 +97,73 @@ def test_what_cannot_stream_says_so(cache, data):
         streaming.fit(make_pipeline(PCA(4), SGDClassifier()), rows, y[train])
     with pytest.raises(ValueError, match="block_rows must be a positive integer"):
         streaming.Rows(cache, block_rows=0)
+
+
+# --- the sweep out of core ------------------------------------------------------------------------
+
+STREAM_GRID = {"preprocess": "standardize", "sgd": {"loss": "log_loss", "alpha": [1e-3, 1e-2], "max_iter": 10},
+               "dense": {"epochs": 6, "lr": 3e-3, "hidden_layer_sizes": 32}}
+
+
+def test_an_out_of_core_sweep_scores_like_in_memory(cache, tmp_path):
+    from featcache.sweep import sweep
+
+    kw = dict(grid=STREAM_GRID, results_dir=tmp_path / "r", progress=False)
+    memory = sweep(cache, **kw).leaderboard
+    streamed = sweep(cache, out_of_core=True, block_rows=16, out=tmp_path / "out", **kw)
+    assert streamed.n_cached == 0  # streamed results are stored under their own keys
+    a, b = (x.sort_values("params").reset_index(drop=True) for x in (memory, streamed.leaderboard))
+    assert list(a["params"]) == list(b["params"]) and (b["status"] == "ok").all()
+    assert np.abs(a["val_accuracy"] - b["val_accuracy"]).max() <= 0.01
+    assert abs(memory["test_accuracy"].max() - streamed.test_scores["accuracy"]) <= 0.015
+    fs = load(cache)
+    assert np.mean(streamed.best.predict(fs.X) == np.array(fs.classes)[fs.y]) > 0.9  # an ordinary pipeline
+
+
+def test_out_of_core_takes_the_streaming_part_of_the_default_grid_and_refuses_the_rest(cache, tmp_path, caplog):
+    import logging
+
+    from featcache.config import FeatcacheError
+    from featcache.sweep import sweep
+
+    with pytest.raises(FeatcacheError, match=r"--out-of-core trains only sgd, dense with preprocess none / "
+                                             r"standardize / l2 \(chained with '\+'\); not knn"):
+        sweep(cache, grid={"knn": {"n_neighbors": 3}, "sgd": {}}, out_of_core=True)
+    with pytest.raises(FeatcacheError, match="not sgd\\(\\) on pca:4"):
+        sweep(cache, grid={"sgd": {"preprocess": "pca:4"}}, out_of_core=True)
+    with pytest.raises(FeatcacheError, match="--block-rows only applies with --out-of-core"):
+        sweep(cache, grid=STREAM_GRID, block_rows=16)
+    from featcache.sweep import _streamable
+    from featcache.grids import expand_grid, read_grid
+    with caplog.at_level(logging.INFO, logger="featcache"):
+        kept = _streamable(expand_grid(read_grid(None)), default_grid=True)
+    assert {c.classifier for c in kept} == {"sgd", "dense"} and "the default grid's sgd and dense" in caplog.text
+
+
+def test_features_larger_than_memory_are_refused_with_the_way_out(cache, tmp_path, monkeypatch):
+    from featcache.config import FeatcacheError
+    from featcache.sweep import sweep
+
+    monkeypatch.setattr(streaming, "available_memory", lambda: 100_000)  # less than 2,400 x 32 x 4 bytes
+    with pytest.raises(FeatcacheError, match=r"the features need 0\.3 MB but 0\.1 MB of memory is available; "
+                                             r"rerun with --out-of-core"):
+        sweep(cache, grid=STREAM_GRID, reuse=False)
+    res = sweep(cache, grid={"sgd": {"max_iter": 3}}, out_of_core=True, reuse=False, progress=False)
+    assert res.leaderboard["status"].tolist() == ["ok"]
+
+
+def test_cli_out_of_core(cache, tmp_path):
+    import subprocess
+    import sys
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[sgd]\npreprocess = "l2"\nmax_iter = 5\n', encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "featcache.sweep", str(cache), "--grid", str(grid), "--out-of-core",
+                          "--block-rows", "64", "--out", str(tmp_path / "o"), "--no-progress", "--no-plots"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == str(tmp_path / "o") and (tmp_path / "o" / "best.joblib").is_file()
+    bad = subprocess.run([sys.executable, "-m", "featcache.sweep", str(cache), "--block-rows", "0", "--out-of-core"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "featcache: error: --block-rows must be a positive integer; got 0"

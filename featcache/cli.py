@@ -105,6 +105,8 @@ def build_parser() -> Parser:
         epilog="examples:\n"
                "  python -m featcache.extract --data data/digits\n"
                "  python -m featcache.extract --data photos/ --model resnet50 --layer layer3 layer4\n"
+               "  python -m featcache.extract --data photos/ --layer last3     # the last 3 stage outputs; the sweep\n"
+               "                                                               # then tries each and their concatenations\n"
                "  python -m featcache.extract --model resnet50 --list-layers\n"
                "  python -m featcache.extract --data photos/ --views 4 --augment flip,crop\n"
                "  python -m featcache.sweep $(python -m featcache.extract --data photos/ | tail -n1)",

@@ -5,6 +5,7 @@ each task then fetches them on its own node instead of receiving a copy with eve
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -64,9 +65,9 @@ def require(backend: str) -> None:
     """Fail early, in one line naming the extra to install, when a cluster backend's package is missing."""
     try:
         if backend == "ray":
-            import ray.util.joblib  # noqa: F401
+            importlib.import_module("ray.util.joblib")
         elif backend == "dask":
-            import distributed  # noqa: F401
+            importlib.import_module("distributed")
     except ImportError:
         what = "Ray" if backend == "ray" else "Dask's distributed scheduler"
         raise FeatcacheError(f"--backend {backend} needs {what}: pip install 'featcache[{backend}]'") from None

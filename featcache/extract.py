@@ -5,9 +5,12 @@ so ``featcache.extract(...)`` works however the package was imported.
 """
 import sys
 
-from .cli import (add_extract_arguments, build_parser, config_from_args, main, make_callable,  # noqa: F401
-                  run_cli, setup_logging)
-from .pipeline import extract, list_layers  # noqa: F401
+from .cli import (add_extract_arguments, build_parser, config_from_args, main, make_callable, run_cli,
+                  setup_logging)
+from .pipeline import extract, list_layers
+
+__all__ = ["add_extract_arguments", "build_parser", "config_from_args", "extract", "list_layers", "main",
+           "run_cli", "setup_logging"]
 
 make_callable(__name__, extract)
 

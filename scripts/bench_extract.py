@@ -40,6 +40,7 @@ The last line printed is always one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -589,9 +590,8 @@ def memory(args) -> dict:
 
 def memory_child(args) -> None:
     """One extraction in a fresh process; prints its peak RSS (self and largest reaped worker) as JSON."""
-    import torch  # noqa: F401
-
-    import featcache  # noqa: F401  (imports count toward the baseline)
+    for name in ("torch", "featcache"):  # imports count toward the baseline
+        importlib.import_module(name)
 
     def rss_now_mb() -> float:
         for line in Path("/proc/self/status").read_text().splitlines():

@@ -41,61 +41,11 @@ from torch.nn import functional as F
 from . import metrics
 from .cli import Parser, make_callable, run_cli
 from .config import ExtractConfig, FeatcacheError
+from .streaming import Rows, minibatches
 
 log = logging.getLogger("featcache")
 
-BUFFER_ROWS = 512  # rows read from the cache at a time (whole chunks, in storage order) and shuffled among themselves
-
-
 # --- reading activations ------------------------------------------------------------------------
-
-class Rows:
-    """Rows ``rows`` (increasing) of an array or h5py dataset, read only when indexed with increasing positions."""
-
-    def __init__(self, data, rows):
-        self.data, self.rows = data, np.asarray(rows, dtype=np.int64)
-
-    @property
-    def shape(self):
-        return (len(self.rows),) + tuple(self.data.shape[1:])
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, positions):
-        return _read(self.data, self.rows[positions])
-
-    def chunk_of(self, positions: np.ndarray) -> np.ndarray:
-        """The storage chunk of each row: rows of one chunk are cheapest to read together."""
-        chunks = getattr(self.data, "chunks", None)
-        return self.rows[positions] // (chunks[0] if chunks else 1)
-
-
-def _read(data, rows: np.ndarray) -> np.ndarray:
-    """``data[rows]`` for increasing ``rows``; one contiguous read when they are dense."""
-    if isinstance(data, np.ndarray) or len(rows) == 0:
-        return data[rows]
-    lo, hi = int(rows[0]), int(rows[-1]) + 1
-    return data[lo:hi][rows - lo] if hi - lo <= 2 * len(rows) else data[rows]
-
-
-def _batches(X, positions: np.ndarray, batch_size: int, rng: Optional[np.random.RandomState]):
-    """``(positions, rows of X)`` minibatches: in order, or (with ``rng``) storage chunks in random order,
-    read :data:`BUFFER_ROWS` at a time and shuffled within that buffer."""
-    if rng is not None:
-        chunk = X.chunk_of(positions) if hasattr(X, "chunk_of") else positions
-        _, inverse = np.unique(chunk, return_inverse=True)
-        rank = rng.permutation(inverse.max() + 1)[inverse]
-        positions = positions[np.lexsort((rng.random_sample(len(positions)), rank))]
-    step = max(batch_size, BUFFER_ROWS // batch_size * batch_size)
-    for lo in range(0, len(positions), step):
-        part = np.sort(positions[lo:lo + step])
-        block = X[part]
-        order = rng.permutation(len(part)) if rng is not None else np.arange(len(part))
-        for b in range(0, len(part), batch_size):
-            take = order[b:b + batch_size]
-            yield part[take], block[take]
-
 
 def augment_maps(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Per map: a horizontal flip with p=0.5 and a random shift of up to 1/8 of its size (edges replicated).
@@ -182,10 +132,10 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
     device : str, default="auto"
         ``auto`` trains on a CUDA GPU when one is visible; the fitted model is kept on the CPU.
 
-    ``X`` is an array or h5py dataset of activations, (n, C, H, W) or flattened, or :class:`Rows` of one;
-    it is read a few hundred rows at a time, so it need not fit in memory. Fitted attributes: ``classes_``,
-    ``input_shape_``, ``top_`` and ``head_`` (trained, CPU), ``n_epochs_``, ``best_epoch_``,
-    ``loss_curve_``, ``validation_loss_curve_``.
+    ``X`` is an array or h5py dataset of activations, (n, C, H, W) or flattened, or a cache's rows as
+    :class:`featcache.streaming.Rows` (``maps=True``), read in chunk-aligned blocks, so they need not fit in
+    memory. Fitted attributes: ``classes_``, ``input_shape_``, ``top_`` and ``head_`` (trained, CPU),
+    ``n_epochs_``, ``best_epoch_``, ``loss_curve_``, ``validation_loss_curve_``.
     """
 
     def __init__(self, top=None, input_shape=None, train_blocks="all", lr=1e-4, head_lr=1e-3, weight_decay=1e-2,
@@ -262,7 +212,7 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         trainable = unfreeze_last(net, self.train_blocks)
         params = dict(net.named_parameters())
         with torch.no_grad():
-            dim = net(self._tensor(X[np.array([train[0]])]).to(device)).shape[1]
+            dim = net(self._tensor(next(minibatches(X, train[:1], 1))[1]).to(device)).shape[1]
         head = nn.Sequential(nn.Dropout(self.dropout), nn.Linear(dim, len(self.classes_))).to(device)
         groups = [{"params": head.parameters(), "lr": self.head_lr}] + ([{"params": trainable, "lr": self.lr}]
                                                                          if trainable else [])
@@ -271,10 +221,10 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         # A frozen top gives the same outputs every epoch: compute them once, then only the head trains.
         train_top = val_top = net
         if not trainable and not self.augment:
-            X, yi, train_top = self._features(net, X, train, device), yi[train], nn.Identity()
+            X, yi, train_top = self._outputs(net, X, train, device), yi[train], nn.Identity()
             train = np.arange(len(train))
         if not trainable and len(val_pos):
-            val_X, yv, val_top = self._features(net, val_X, val_pos, device), yv[val_pos], nn.Identity()
+            val_X, yv, val_top = self._outputs(net, val_X, val_pos, device), yv[val_pos], nn.Identity()
             val_pos = np.arange(len(val_pos))
         y_train = torch.from_numpy(yi.astype(np.int64))
         y_val = torch.from_numpy(np.asarray(yv, dtype=np.int64)) if len(val_pos) else None
@@ -283,7 +233,7 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         for epoch in range(1, self.epochs + 1):
             head.train()
             total = 0.0
-            for pos, block in _batches(X, train, self.batch_size, rng):
+            for pos, block in minibatches(X, train, self.batch_size, rng):
                 xb = block if isinstance(block, torch.Tensor) else self._tensor(block)
                 if self.augment:
                     xb = augment_maps(xb, gen)
@@ -315,27 +265,25 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         self.top_ = net.cpu().eval().requires_grad_(False)
         self.head_ = head.cpu().eval().requires_grad_(False)
 
-    def _features(self, top, X, positions, device) -> torch.Tensor:
-        """The top's outputs for ``positions`` of ``X``, in that order (CPU)."""
-        out = []
+    def _outputs(self, net, X, positions, device) -> torch.Tensor:
+        """``net`` applied to the rows at increasing ``positions`` of ``X``, in that order (CPU)."""
+        out, seen = [], []
         with torch.inference_mode():
-            for _, block in _batches(X, positions, max(self.batch_size, 64), None):
-                out.append(top(self._tensor(block).to(device)).float().cpu())
-        return torch.cat(out)  # made outside inference mode: a normal tensor, usable under autograd
+            for pos, block in minibatches(X, positions, max(self.batch_size, 64)):
+                xb = block if isinstance(block, torch.Tensor) else self._tensor(block)
+                out.append(net(xb.to(device)).float().cpu())
+                seen.append(pos)
+        # A Rows view yields its rows in file order; cat is made outside inference mode, so usable under autograd.
+        return torch.cat(out)[np.argsort(np.concatenate(seen), kind="stable")]
 
     def _logits(self, top, head, X, positions, device) -> torch.Tensor:
         head.eval()
-        out = []
-        with torch.inference_mode():
-            for _, block in _batches(X, positions, max(self.batch_size, 64), None):
-                xb = block.to(device) if isinstance(block, torch.Tensor) else self._tensor(block).to(device)
-                out.append(head(top(xb)).float().cpu())
-        return torch.cat(out)
+        return self._outputs(lambda x: head(top(x)), X, positions, device)
 
     def transform(self, X) -> np.ndarray:
         """The trained top's outputs (the penultimate features) for activations ``X``."""
         check_is_fitted(self)
-        return self._features(self.top_, X, np.arange(len(X)), torch.device("cpu")).numpy()
+        return self._outputs(self.top_, X, np.arange(len(X)), torch.device("cpu")).numpy()
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, columns in the order of ``classes_``."""
@@ -488,7 +436,7 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
     from tqdm.auto import tqdm
 
     from . import grids, store
-    from .sweep import _leaderboard, make_scheme, result_key
+    from .sweep import leaderboard, make_scheme, result_key
 
     cfg.validate()
     fs = store.load(cfg.cache, lazy=True)
@@ -515,8 +463,8 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
         (train, val), = scheme.folds
         val = val[np.isin(feats.y[val], feats.y[train])]  # a class never trained on cannot be early-stopped on
         names = np.asarray(fs.classes, dtype=object)
-        data = fs.features[node]
-        shape = tuple(data.shape[1:])
+        acts = Rows(fs.path, [node], maps=True)
+        shape = acts.shape[1:]
         log.info("fine-tuning the top after %s (%d blocks, %s parameters) on %d x %s activations; validation: %s",
                  node, n_blocks, f"{sum(p.numel() for p in top.parameters()):,}", len(train), "x".join(map(str, shape)),
                  scheme.description)
@@ -534,9 +482,9 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
                                     dropout=cfg.dropout, random_state=cfg.seed, device=cfg.device, **params)
                 t = time.perf_counter()
                 try:
-                    est.fit(Rows(data, rows[train]), names[feats.y[train]], X_val=Rows(data, rows[val]),
+                    est.fit(acts[rows[train]], names[feats.y[train]], X_val=acts[rows[val]],
                             y_val=names[feats.y[val]])
-                    scores, pred = _scores(est, Rows(data, rows[val]), feats.y[val], fs.classes)
+                    scores, pred = _scores(est, acts[rows[val]], feats.y[val], fs.classes)
                     records[config] = {"scores": scores, "pred": pred, "fit_s": time.perf_counter() - t,
                                        "note": f"{est.n_epochs_} epochs, best {est.best_epoch_}"}
                     models[config] = est
@@ -546,7 +494,7 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
                 log.info("%s: %s", config.label(), records[config].get("note") or records[config].get("error"))
         finally:
             bar.close()
-        board = _leaderboard(configs, records, set(), keys, cfg.metric, node)
+        board = leaderboard(configs, records, set(), keys, cfg.metric, node)
         ok = board[board["status"] == "ok"]
         if ok.empty:
             raise FeatcacheError(f"every configuration failed; the first error: {board['status'].iloc[0]}")
@@ -554,7 +502,7 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
         best = models[best_config]
         test_scores, test_pred = None, None
         if len(test_rows):
-            test_scores, test_pred = _scores(best, Rows(data, test_rows), fs.y[test_rows], fs.classes)
+            test_scores, test_pred = _scores(best, acts[test_rows], fs.y[test_rows], fs.classes)
             for name, value in test_scores.items():
                 board.loc[0, f"test_{name}"] = value
         result = FinetuneResult(board, best, best_config.params, test_scores, scheme.description)
@@ -580,7 +528,7 @@ def _scores(est: TopClassifier, X, y_idx: np.ndarray, classes: Sequence[str]):
 def model_metadata(result: FinetuneResult, fs, node: str, metric: str) -> dict:
     """What ``best.joblib`` carries, in the keys of ``sweep.model_metadata``, so ``predict`` can re-extract ``node``."""
     from .predict import feature_identity
-    from .sweep import _versions
+    from .sweep import library_versions
 
     row = result.leaderboard.iloc[0]
     return {
@@ -598,7 +546,7 @@ def model_metadata(result: FinetuneResult, fs, node: str, metric: str) -> dict:
                       "val": {m: None if np.isnan(row[f"val_{m}"]) else float(row[f"val_{m}"])
                               for m in metrics.METRICS}},
         "test": result.test_scores,
-        "versions": _versions(),
+        "versions": library_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -26,6 +26,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 from torch.nn import functional as F
 
+from .streaming import minibatches
+
 PREDICT_BATCH = 8192
 
 
@@ -277,10 +279,7 @@ class _InMemory:
         self.X = X
 
     def batches(self, rows: np.ndarray, batch_size: int, shuffle: bool = False):
-        order = rows[torch.randperm(len(rows)).numpy()] if shuffle else rows
-        for start in range(0, len(order), batch_size):
-            batch = np.sort(order[start:start + batch_size])  # sorted rows read faster from memmaps
-            yield batch, self.X[batch]
+        return minibatches(self.X, rows[torch.randperm(len(rows)).numpy()] if shuffle else rows, batch_size)
 
 
 class _Streamed:
@@ -292,8 +291,7 @@ class _Streamed:
     def batches(self, rows: np.ndarray, batch_size: int, shuffle: bool = False):
         if shuffle and self.rng is None:  # seeded from torch's RNG, which DenseHead seeds before training
             self.rng = np.random.default_rng(int(torch.randint(2 ** 31, ())))
-        for pos, X in self.rows[rows].batches(batch_size, self.rng if shuffle else None):
-            yield rows[pos], X
+        return minibatches(self.rows, rows, batch_size, self.rng if shuffle else None)
 
 
 # --- the logistic regression path ---------------------------------------------------------------

@@ -27,10 +27,12 @@ class Rows:
 
     It looks like a 2-D array to the sweep (``len``, ``shape``; ``rows[idx]`` is another lazy view)
     and pickles as its path and row numbers, so joblib workers open the file themselves. Reads are
-    ``block_rows`` rows, aligned to the file's chunks (default: whole chunks, about 4 MiB).
+    ``block_rows`` rows, aligned to the file's chunks (default: whole chunks, about 4 MiB). With
+    ``maps=True`` (one layer) rows keep their stored shape, e.g. (C, H, W) activations for fine-tuning.
     """
 
-    def __init__(self, path, layers: Optional[Sequence[str]] = None, index=None, block_rows: Optional[int] = None):
+    def __init__(self, path, layers: Optional[Sequence[str]] = None, index=None, block_rows: Optional[int] = None,
+                 maps: bool = False):
         self.path = Path(path)
         with h5py.File(self.path, "r") as f:
             self.layers = list(layers or json.loads(f.attrs["layers"])[:1])
@@ -38,6 +40,9 @@ class Rows:
             n_file = datasets[0].shape[0]
             self.n_features = sum(int(np.prod(d.shape[1:])) for d in datasets)
             chunk = datasets[0].chunks[0] if datasets[0].chunks else 1
+            self.row_shape = tuple(datasets[0].shape[1:]) if maps else (self.n_features,)
+        if maps and len(self.layers) != 1:
+            raise ValueError(f"maps=True reads one layer; got {self.layers}")
         if block_rows is not None and (not isinstance(block_rows, int) or block_rows < 1):
             raise ValueError(f"block_rows must be a positive integer; got {block_rows!r}")
         self.block_rows = block_rows or chunk * max(1, BLOCK_BYTES // (chunk * 4 * self.n_features))
@@ -49,8 +54,8 @@ class Rows:
         return len(self.index)
 
     @property
-    def shape(self) -> Tuple[int, int]:
-        return len(self.index), self.n_features
+    def shape(self) -> Tuple[int, ...]:
+        return (len(self.index),) + self.row_shape
 
     def __getitem__(self, rows) -> "Rows":
         view = copy.copy(self)
@@ -74,7 +79,8 @@ class Rows:
     def blocks(self, rng: Optional[np.random.Generator] = None) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         """``(positions, X)`` per block of ``block_rows`` file rows; in file order, or shuffled with ``rng``.
 
-        ``positions`` index this view (``0 .. len - 1``); ``X`` is float32, transformed when a transform is set.
+        ``positions`` index this view (``0 .. len - 1``); ``X`` is float32 (rows of ``row_shape``), transformed
+        when a transform is set.
         """
         order = np.argsort(self.index, kind="stable")
         rows = self.index[order]
@@ -88,7 +94,7 @@ class Rows:
             lo, hi = int(rows[a]), int(rows[b - 1]) + 1
             parts = [d[lo:hi].reshape(hi - lo, -1) for d in datasets]
             X = (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))[rows[a:b] - lo]
-            X = X.astype(np.float32, copy=False)
+            X = X.astype(np.float32, copy=False).reshape((b - a,) + self.row_shape)
             yield order[a:b], (self.transform(X) if self.transform is not None else X)
 
     def batches(self, batch_size: int, rng: Optional[np.random.Generator] = None
@@ -116,6 +122,22 @@ class Rows:
                 pos, X = pos[perm], X[perm]
             for start in range(0, len(pos), batch_size):
                 yield pos[start:start + batch_size], X[start:start + batch_size]
+
+
+def minibatches(X, rows: np.ndarray, batch_size: int, rng=None) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """``(rows, X[rows])`` minibatches of ``rows``, shuffled with ``rng`` (a numpy Generator or RandomState).
+
+    A :class:`Rows` is read in chunk-aligned blocks (:meth:`Rows.batches`); anything else indexable by
+    increasing rows (an array, a tensor, an h5py dataset) a batch at a time, each batch's rows sorted.
+    """
+    if isinstance(X, Rows):
+        for pos, block in X[rows].batches(batch_size, rng):
+            yield rows[pos], block
+        return
+    order = rows[rng.permutation(len(rows))] if rng is not None else rows
+    for start in range(0, len(order), batch_size):
+        batch = np.sort(order[start:start + batch_size])  # sorted rows read faster from memmaps and HDF5
+        yield batch, X[batch]
 
 
 def fit(estimator, X: Rows, y):

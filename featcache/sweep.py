@@ -338,7 +338,8 @@ def make_scheme(feats: Features, cv: Optional[int], val_fraction: Optional[float
 
 # --- the result store -------------------------------------------------------------------------------
 
-def _versions() -> dict:
+def library_versions() -> dict:
+    """The versions a fitted result depends on (in result keys and model metadata)."""
     import sklearn
     import torch
 
@@ -480,13 +481,13 @@ def run(cfg: SweepConfig) -> SweepResult:
     if feats.layer_choices:  # the layer dimension: every grid point on every layer choice
         configs = [dataclasses.replace(c, layer=choice) for choice in feats.layer_choices for c in configs]
     if cfg.tta and feats.V is None:
-        raise FeatcacheError(f"--tta needs augmented views in the cache; extract with --views K "
-                             f"(and do not pass --no-views)")
+        raise FeatcacheError("--tta needs augmented views in the cache; extract with --views K "
+                             "(and do not pass --no-views)")
     scheme = make_scheme(feats, cfg.cv, cfg.val_fraction, cfg.seed)
     results_root = None if not cfg.reuse else Path(cfg.results_dir or feats.path.parent / "sweep-results")
     store = ResultStore(results_root, str(feats.meta.get("fingerprint", "")))
     base = {"fingerprint": feats.meta.get("fingerprint"), "layers": feats.layers, "seed": cfg.seed,
-            "versions": _versions()}
+            "versions": library_versions()}
     if feats.V is not None:  # only then, so results without views keep their keys
         base.update(views=int(feats.V.shape[1]), tta=cfg.tta)
     if cfg.out_of_core:  # streamed fits shuffle by blocks (and SGD runs max_iter epochs): other results
@@ -504,7 +505,7 @@ def run(cfg: SweepConfig) -> SweepResult:
     n_fits = _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records)
     log.info("fitted %d configuration(s) (%d fits) in %.1f s; %d from the result store%s", len(todo), n_fits,
              time.perf_counter() - t0, len(cached), f" ({store.dir})" if store.dir else "")
-    board = _leaderboard(configs, records, cached, keys, cfg.metric, "+".join(feats.layers))
+    board = leaderboard(configs, records, cached, keys, cfg.metric, "+".join(feats.layers))
     ok = board[board["status"] == "ok"]
     if ok.empty:
         raise FeatcacheError(f"every configuration failed; the first error: {board['status'].iloc[0]}")
@@ -611,7 +612,7 @@ def _combine(folds: List[dict], scheme: Scheme, n_rows: int) -> dict:
             "note": "; ".join(notes), "pred": pred.tolist()}
 
 
-def _leaderboard(configs, records, cached, keys, metric: str, layers: str = ""):
+def leaderboard(configs, records, cached, keys, metric: str, layers: str = ""):
     """One row per configuration, best first; ``fit_s`` sums all folds, failures sort last."""
     import pandas as pd
 
@@ -698,7 +699,7 @@ def model_metadata(result: SweepResult, feats: Features, scheme: Scheme, metric:
         "selection": {"scheme": scheme.description, "metric": metric,
                       "val": {m: _num(row[f"val_{m}"]) for m in metrics.METRICS}},
         "test": result.test_scores,
-        "versions": _versions(),
+        "versions": library_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -36,7 +36,8 @@ def bench(images: Path, node: str = "_blocks.10.add", model: str = "efficientnet
 
     import featcache
     from featcache import backbones, sources
-    from featcache.finetune import Rows, TopClassifier, split_for, top_blocks, unfreeze_last
+    from featcache.finetune import TopClassifier, split_for, top_blocks, unfreeze_last
+    from featcache.streaming import Rows
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -55,9 +56,9 @@ def bench(images: Path, node: str = "_blocks.10.add", model: str = "efficientnet
         est = TopClassifier(top=top, train_blocks=train_blocks, epochs=epochs, batch_size=batch_size,
                             early_stopping=False, random_state=seed)
         t, c = time.perf_counter(), time.process_time()
-        est.fit(Rows(fs.features[node], train), names[fs.y[train]])
+        est.fit(Rows(cache, [node], train, maps=True), names[fs.y[train]])
         t_cached, c_cached = time.perf_counter() - t, time.process_time() - c
-        acc_cached = float(np.mean(est.predict(Rows(fs.features[node], test)) == names[fs.y[test]]))
+        acc_cached = float(np.mean(est.predict(Rows(cache, [node], test, maps=True)) == names[fs.y[test]]))
         fs.close()
     print(f"[finetune] cached: {epochs} epochs {t_cached:.1f} s wall, {c_cached:.1f} s CPU "
           f"({t_cached / epochs:.2f} s/epoch), test accuracy {acc_cached:.4f}", flush=True)

@@ -102,6 +102,17 @@ def write_class_image(path: str | Path, class_index: int, i: int, **kwargs) -> P
     return write_image(path, **kwargs)
 
 
+COLOURS = ("red", "green", "blue")  # class names of PALETTE[:3]
+
+
+def write_colour_images(root: Path, per_class: int, classes=COLOURS, seed: int = 0) -> Path:
+    """``per_class`` images in ``root/<class>/`` for each of ``classes`` (of ``COLOURS``, drawn in that colour)."""
+    for k, cls in enumerate(classes):
+        for i in range(per_class):
+            write_class_image(root / cls / f"{i}.png", COLOURS.index(cls), i, seed=seed + 1000 * k + i)
+    return root
+
+
 # --------------------------------------------------------------------------------------------
 # Fixtures
 # --------------------------------------------------------------------------------------------
@@ -284,6 +295,12 @@ def broken_images(tmp_path: Path) -> BrokenImages:
 def make_image():
     """The ``write_class_image(path, class_index, i, **write_image_kwargs) -> Path`` helper."""
     return write_class_image
+
+
+@pytest.fixture(scope="session")
+def colour_images():
+    """The ``write_colour_images(root, per_class, classes=COLOURS, seed=0) -> root`` helper."""
+    return write_colour_images
 
 
 @pytest.fixture(scope="session")

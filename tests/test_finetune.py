@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -15,7 +14,8 @@ from torch import nn
 import featcache
 from featcache import backbones, sources, store
 from featcache.config import ExtractConfig, FeatcacheError
-from featcache.finetune import Rows, TopClassifier, _batches, finetune, main, network, split_for, top_blocks
+from featcache.finetune import TopClassifier, finetune, main, network, split_for, top_blocks
+from featcache.streaming import Rows, minibatches
 from featcache.predict import load_model, predict
 
 COLOURS = ("red", "green", "blue")
@@ -23,19 +23,12 @@ SETTINGS = dict(model="resnet18", weights="none", image_size=32, num_workers=0, 
                 progress=False)
 
 
-def _images(root: Path, make_image, per_class: int, seed: int = 0) -> Path:
-    for k, cls in enumerate(COLOURS):
-        for i in range(per_class):
-            make_image(root / cls / f"{i}.png", k, i, seed=seed + 1000 * k + i)
-    return root
-
-
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory, make_image):
+def cache(tmp_path_factory, colour_images):
     """A resnet18 cache of train/val/test images holding layer3 maps, the penultimate features and the logits."""
     root = tmp_path_factory.mktemp("finetune")
     for split, n in {"train": 6, "val": 2, "test": 2}.items():
-        _images(root / "data" / split, make_image, n, seed=100 * len(split))
+        colour_images(root / "data" / split, n, seed=100 * len(split))
     path = featcache.extract(root / "data", layers=["layer3", "flatten", "fc"], pool="none", cache_dir=root / "c",
                              **SETTINGS)
     return {"path": path, "root": root}
@@ -46,10 +39,11 @@ def cache(tmp_path_factory, make_image):
     ("efficientnet_lite0", "DEFAULT", "_blocks.10.add", "view", "_fc",
      ["_blocks.11", "_blocks.12", "_blocks.13", "_blocks.14", "_blocks.15", "_conv_head+_bn1"]),
 ])
-def test_untrained_top_reproduces_the_model(model, weights, node, penultimate, logits, blocks, tmp_path, make_image):
+def test_untrained_top_reproduces_the_model(model, weights, node, penultimate, logits, blocks, tmp_path,
+                                            colour_images):
     """The top rebuilt after NODE maps the cached NODE activations to the cached penultimate features and,
     through the model's own classifier, to its logits: the split point is right."""
-    path = featcache.extract(_images(tmp_path / "d", make_image, 2), layers=[node, penultimate, logits], pool="none",
+    path = featcache.extract(colour_images(tmp_path / "d", 2), layers=[node, penultimate, logits], pool="none",
                              cache_dir=tmp_path / "c", **{**SETTINGS, "model": model, "weights": weights})
     fs = featcache.load(path)
     top, backbone = split_for(fs.meta, path, node)
@@ -84,7 +78,7 @@ def test_training_moves_only_the_chosen_blocks_and_is_seeded(cache):
     assert torch.equal(top.state_dict()["layer4.1.conv1.weight"], before["layer4.1.conv1.weight"])
 
 
-def test_saved_model_predicts_new_images_like_the_trained_one(cache, tmp_path, make_image):
+def test_saved_model_predicts_new_images_like_the_trained_one(cache, tmp_path, colour_images):
     out = tmp_path / "run"
     res = finetune(cache["path"], "layer3", out=out, train_blocks=[0, 1], epochs=2, progress=False)
     board = pd.read_csv(out / "leaderboard.csv")
@@ -93,7 +87,7 @@ def test_saved_model_predicts_new_images_like_the_trained_one(cache, tmp_path, m
     assert {"confusion_matrix.png", "finetune.png"} <= {p.name for p in (out / "plots").iterdir()}
     assert res.test_scores is not None and res.scheme.startswith("the cache's val split")
 
-    new = _images(tmp_path / "new", make_image, 2, seed=7)
+    new = colour_images(tmp_path / "new", 2, seed=7)
     df = predict(out / "best.joblib", new, cache_dir=tmp_path / "c", num_workers=0, progress=False)
     new_cache = featcache.load(next((tmp_path / "c").glob("*.h5")))
     assert new_cache.meta["config"]["pool"] == "none"
@@ -116,14 +110,14 @@ def test_saved_model_predicts_new_images_like_the_trained_one(cache, tmp_path, m
 
 def test_minibatches_cover_every_row_once_reading_whole_chunks(tmp_path):
     with h5py.File(tmp_path / "x.h5", "w") as f:
-        data = f.create_dataset("x", data=np.arange(40, dtype=np.float32).reshape(40, 1), chunks=(4, 1))
-        rows = Rows(data, np.arange(0, 40, 2))  # every other row: 2 of each chunk
-        seen = []
-        for pos, block in _batches(rows, np.arange(len(rows)), 3, np.random.RandomState(0)):
-            np.testing.assert_array_equal(block[:, 0], 2 * pos)  # each position got its own row
-            seen += pos.tolist()
-        assert sorted(seen) == list(range(20))
-        assert seen != sorted(seen)  # shuffled
+        f.create_dataset("features/x", data=np.arange(40, dtype=np.float32).reshape(40, 1), chunks=(4, 1))
+    rows = Rows(tmp_path / "x.h5", ["x"], np.arange(0, 40, 2), block_rows=4)  # every other row: 2 of each chunk
+    seen = []
+    for pos, block in minibatches(rows, np.arange(len(rows)), 3, np.random.RandomState(0)):
+        np.testing.assert_array_equal(block[:, 0], 2 * pos)  # each position got its own row
+        seen += pos.tolist()
+    assert sorted(seen) == list(range(20))
+    assert seen != sorted(seen)  # shuffled
     assert store.rows_per_chunk(100_000, 10_000, maps=True) == 1  # big maps: one image per chunk
     assert store.rows_per_chunk(1_000, 10_000, maps=True) == 65
 

@@ -21,27 +21,20 @@ COLOURS = ("red", "green", "blue")
 SETTINGS = dict(model="resnet18", weights="none", image_size=32, progress=False)
 
 
-def _images(root: Path, make_image, per_class: int, classes=COLOURS, seed: int = 0) -> Path:
-    for k, cls in enumerate(classes):
-        for i in range(per_class):
-            make_image(root / cls / f"{i}.png", COLOURS.index(cls), i, seed=seed + 1000 * k + i)
-    return root
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, make_image):
+def trained(tmp_path_factory, colour_images):
     """A sweep's best model on a real cache (train/val/test of 3 colours), and that cache."""
     root = tmp_path_factory.mktemp("predict")
     for split, n in {"train": 6, "val": 3, "test": 3}.items():
-        _images(root / "data" / split, make_image, n, seed=100 * len(split))
+        colour_images(root / "data" / split, n, seed=100 * len(split))
     cache = featcache.extract(root / "data", cache_dir=root / "c", **SETTINGS)
     res = sweep(cache, grid={"logreg": {"preprocess": "standardize", "C": [0.1, 1.0]}}, out=root / "out",
                 results_dir=root / "r", progress=False)
     return {"model": root / "out" / "best.joblib", "cache": cache, "root": root, "result": res}
 
 
-def test_round_trip_on_new_labelled_images(trained, tmp_path, make_image):
-    new = _images(tmp_path / "new", make_image, 2, classes=("blue", "red"), seed=7)
+def test_round_trip_on_new_labelled_images(trained, tmp_path, colour_images):
+    new = colour_images(tmp_path / "new", 2, classes=("blue", "red"), seed=7)
     df = predict(trained["model"], new, out=tmp_path / "preds.csv", cache_dir=tmp_path / "c", progress=False)
     assert list(df.columns) == ["path", "prediction", "proba_blue", "proba_green", "proba_red"]
     assert len(df) == 4 and set(df["prediction"]) <= set(COLOURS)

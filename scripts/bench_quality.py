@@ -183,7 +183,11 @@ def run_dataset(name: str, rows, work: Path, image_size: int, views: int, epochs
         }
         for row in rows:
             if row == "finetune":
-                got = finetune_rows(root, node, epochs, image_size)
+                try:
+                    got = finetune_rows(root, node, epochs, image_size)
+                except Exception as e:  # someone else's module mid-change must not lose the other rows
+                    got = None
+                    print(f"[{name}] fine-tune rows failed: {type(e).__name__}: {e}", flush=True)
                 if got is None:
                     out["finetune"] = out["finetune_e2e"] = {"missing": "featcache.finetune / scripts/bench_finetune.py"}
                 else:

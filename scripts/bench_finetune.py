@@ -9,8 +9,8 @@ optimiser (AdamW, lr 1e-4 for the top and 1e-3 for the head, weight decay 0.01),
 - end to end (the usual partial fine-tune): every epoch decodes the training images and runs the frozen bottom up
   to NODE (under ``inference_mode``, at the cache's precision), then the same top + head step.
 
-    python scripts/bench_finetune.py                         # data/digits, efficientnet_lite0, _blocks.10.add
-    python scripts/bench_finetune.py --node _blocks.14.add --epochs 3 --train-blocks 1
+    python scripts/bench_finetune.py                         # data/digits, efficientnet_lite0, _blocks.14.add
+    python scripts/bench_finetune.py --node _blocks.10.add --epochs 3 --train-blocks 1
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bench(images: Path, node: str = "_blocks.10.add", model: str = "efficientnet_lite0", epochs: int = 5,
-          train_blocks="all", batch_size: int = 32, seed: int = 0) -> dict:
+def bench(images: Path, node: str = "_blocks.14.add", model: str = "efficientnet_lite0", epochs: int = 5,
+          train_blocks="all", batch_size: int = 32, seed: int = 0, image_size=None) -> dict:
     """Time ``epochs`` epochs of training the top after ``node`` from the cache and end to end; returns the figures."""
     import torch
     from torch import nn
@@ -42,7 +42,7 @@ def bench(images: Path, node: str = "_blocks.10.add", model: str = "efficientnet
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         cache = featcache.extract(images, model=model, layers=[node], pool="none", dtype="float16", cache_dir=tmp,
-                                  progress=False)
+                                  image_size=image_size, progress=False)
         t_extract = time.perf_counter() - t
         fs = featcache.load(cache, lazy=True)
         train, test = np.flatnonzero(fs.split == "train"), np.flatnonzero(fs.split == "test")
@@ -126,15 +126,17 @@ def main() -> int:
     p.add_argument("--images", type=Path, default=REPO / "data" / "digits",
                    help="labelled images with train/ and test/ splits (default: data/digits)")
     p.add_argument("--model", default="efficientnet_lite0")
-    p.add_argument("--node", default="_blocks.10.add", help="where the top starts (default: _blocks.10.add)")
+    p.add_argument("--node", default="_blocks.14.add", help="where the top starts (default: _blocks.14.add)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--train-blocks", default="all", help="how many of the top's last blocks train (default: all)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, help="input size of the network (default: the model's own)")
     args = p.parse_args()
     if not args.images.is_dir():
         sys.exit(f"{args.images} is missing: python scripts/make_demo_data.py --out {args.images}")
     blocks = args.train_blocks if args.train_blocks == "all" else int(args.train_blocks)
-    print(json.dumps(bench(args.images, args.node, args.model, args.epochs, blocks, args.batch_size)))
+    print(json.dumps(bench(args.images, args.node, args.model, args.epochs, blocks, args.batch_size,
+                           image_size=args.image_size)))
     return 0
 
 

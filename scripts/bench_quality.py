@@ -145,10 +145,7 @@ def finetune_rows(root: Path, node: str, epochs: int, image_size: int):
     spec = importlib.util.spec_from_file_location("bench_finetune", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    import inspect
-
-    kw = {"image_size": image_size} if "image_size" in inspect.signature(mod.bench).parameters else {}
-    r = mod.bench(root, node=node, epochs=epochs, **kw)
+    r = mod.bench(root, node=node, epochs=epochs, image_size=image_size)
     cached = {"test_accuracy": r["test_acc_cached"], "seconds": r["extract_s"] + r["cached_s"],
               "detail": f"after {node}, {epochs} epochs; training {r['cached_s']:.1f} s + extraction {r['extract_s']:.1f} s"}
     e2e = {"test_accuracy": r["test_acc_e2e"], "seconds": r["e2e_s"],
@@ -244,7 +241,7 @@ def main() -> int:
     p.add_argument("--image-size", type=int, default=96, help="input size for the network (default: 96)")
     p.add_argument("--views", type=int, default=4, help="augmented views per image for the views row (default: 4)")
     p.add_argument("--epochs", type=int, default=3, help="epochs of the two fine-tune rows (default: 3)")
-    p.add_argument("--node", default="_blocks.10.add", help="where the fine-tuned top starts (default: _blocks.10.add)")
+    p.add_argument("--node", default="_blocks.14.add", help="where the fine-tuned top starts (default: _blocks.14.add)")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "featcache-bench-quality",
                    help="where the PNG datasets are written (kept between runs)")
     args = p.parse_args()

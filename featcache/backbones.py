@@ -1,8 +1,8 @@
 """Frozen models: building them by name, loading weights safely, naming layers, pooling outputs.
 
 Layers are named as graph nodes, exactly as torchvision's ``feature_extraction`` names them
-(``get_graph_node_names``); the default is the input of the final classifier, i.e. the pooled
-penultimate features a linear probe uses.
+(``get_graph_node_names``); the default is the outputs of the last three stages (:func:`default_layers`),
+whose deepest is the pooled penultimate features a linear probe uses.
 """
 from __future__ import annotations
 
@@ -303,6 +303,25 @@ def default_layer(module: nn.Module, nodes: Sequence[str]) -> str:
             i -= 1
         return nodes[i]
     return nodes[-1]
+
+
+DEFAULT_STAGES = 3
+
+
+def default_layers(backbone: "Backbone", nodes: Sequence[str]) -> List[str]:
+    """What extraction stores without ``--layer``: the last three stage outputs, else the penultimate features.
+
+    Mid-level stages beat the last layer by 2.5-3.6 points on data far from ImageNet (README, "Which layers"),
+    cost no extra forward pass, and the sweep's layer screen keeps the last layer where it is better. Models
+    without stages (ViTs) or that cannot be traced get the input of their final classifier.
+    """
+    try:
+        stages = stage_outputs(backbone)
+    except FeatcacheError:
+        stages = []
+    if len(stages) < 2:
+        return [default_layer(backbone.module, nodes)]
+    return [s.name for s in stages[-DEFAULT_STAGES:]]
 
 
 def check_layers(layers: Sequence[str], nodes: Sequence[str]) -> None:

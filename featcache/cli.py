@@ -67,7 +67,9 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> None:
                    help="graph node name(s) to store, as torchvision.models.feature_extraction names them, or "
                         "presets: lastK = the outputs of the last K stages (e.g. last2, last3), stages = all of "
                         "them; several are extracted in one pass, and a sweep then tries each layer and their "
-                        "concatenation (default: the pooled penultimate features). See --list-layers")
+                        "concatenation (default: last3, the last three stage outputs, the deepest being the pooled "
+                        "penultimate features; for models without stages, such as ViTs, the penultimate features "
+                        "alone). See --list-layers")
     p.add_argument("--pool", default="avg", choices=POOLS,
                    help="how spatial maps (or ViT tokens) become vectors (default: avg)")
     p.add_argument("--image-size", type=int, help="crop size fed to the model (default: the model's own)")

@@ -38,7 +38,7 @@ class ExtractConfig:
     data: Any = None  # folder, CSV file, or a torch Dataset (Python API only)
     model: Any = DEFAULT_MODEL  # name, "timm:NAME", "pkg.mod:callable", or an nn.Module (API)
     weights: str = "DEFAULT"  # DEFAULT | none | path to a local checkpoint
-    layers: Sequence[str] = ()  # graph node names; empty = pooled penultimate features
+    layers: Sequence[str] = ()  # graph node names or presets; empty = the last 3 stage outputs (default_layers)
     pool: str = "avg"
     image_size: Optional[int] = None  # crop size; None = the model's own
     resize_size: Optional[int] = None  # shorter side before the centre crop; None = the model's ratio

@@ -362,7 +362,7 @@ def plan_extraction(cfg: ExtractConfig) -> Plan:
     nodes = backbones.graph_node_names(backbone.module)
     # Presets (--layer last2) become node names here, so the cache key names the layers themselves.
     layers = (backbones.resolve_layers(list(cfg.layers), backbone, nodes) if cfg.layers
-              else [backbones.default_layer(backbone.module, nodes)])
+              else backbones.default_layers(backbone, nodes))
     manifest = source.manifest(cfg.hash_content)
     parts = store.key_parts(source, manifest, backbone, layers, cfg.pool, precision, cfg.dtype,
                             decoder="torchvision.io" if cfg.gpu_decode else "pillow", views=cfg.views,

@@ -423,7 +423,7 @@ def _file_keys(paths, manifest: dict) -> List[tuple]:
 
 @dataclass
 class FeatureSet:
-    """A cache opened for use: ``X`` (first layer), ``y``, ``paths``, ``classes``, ``split``, ``meta``.
+    """A cache opened for use: ``X`` (the last layer), ``y``, ``paths``, ``classes``, ``split``, ``meta``.
 
     With ``lazy=True`` the feature arrays are h5py datasets read on demand (close it afterwards,
     or use it as a context manager); otherwise they are numpy arrays in memory.
@@ -446,7 +446,8 @@ class FeatureSet:
 
     @property
     def X(self):
-        return self.features[self.layers[0]]
+        """The last layer's features (the deepest, for the default layers); ``features[name]`` has every layer."""
+        return self.features[self.layers[-1]]
 
     def __len__(self) -> int:
         return len(self.y)

@@ -51,6 +51,7 @@ class SweepConfig:
     grid: Any = None  # None = the default grid; a .toml/.yaml path; or a dict of the same shape
     classifiers: Sequence[str] = ()  # restrict the grid to these classifiers
     layer: Optional[str] = None  # "a", "a+b" (concatenated), "a,b,a+b" (try these); None = every choice
+    screen_layers: int = 2  # with layer=None: the whole grid on the N best choices of a cheap screen; 0 = on all
     views: bool = True  # train on the cache's augmented views (extract --views) when it has them
     tta: bool = False  # average predictions over each row's views (test-time augmentation)
     cv: Optional[int] = None  # k-fold CV (default 5 when the cache has no val split)
@@ -87,6 +88,8 @@ class SweepConfig:
             raise FeatcacheError(f"--block-rows must be a positive integer; got {self.block_rows!r}")
         if self.block_rows is not None and not self.out_of_core:
             raise FeatcacheError("--block-rows only applies with --out-of-core")
+        if isinstance(self.screen_layers, bool) or not isinstance(self.screen_layers, int) or self.screen_layers < 0:
+            raise FeatcacheError(f"--screen-layers must be an integer >= 0; got {self.screen_layers!r}")
         if not isinstance(self.test_top, int) or self.test_top < 1:
             raise FeatcacheError(f"--test-top must be a positive integer; got {self.test_top!r}")
 
@@ -104,6 +107,7 @@ class SweepResult:
     n_cached: int  # configurations whose results came from the result store
     fitted: List[str] = field(default_factory=list)  # configurations fitted for selection in this run
     refitted: List[str] = field(default_factory=list)  # configurations refitted on train(+val) in this run
+    layer_screen: Dict[str, float] = field(default_factory=dict)  # each layer choice's best screen score, if screened
     out: Optional[Path] = None
     files: List[Path] = field(default_factory=list)
 
@@ -478,8 +482,6 @@ def run(cfg: SweepConfig) -> SweepResult:
     if cfg.out_of_core:
         configs = _streamable(configs, cfg.grid is None and not cfg.classifiers)
     feats = load_features(cfg.cache, cfg.layer, cfg.views, cfg.out_of_core, cfg.block_rows)
-    if feats.layer_choices:  # the layer dimension: every grid point on every layer choice
-        configs = [dataclasses.replace(c, layer=choice) for choice in feats.layer_choices for c in configs]
     if cfg.tta and feats.V is None:
         raise FeatcacheError("--tta needs augmented views in the cache; extract with --views K "
                              "(and do not pass --no-views)")
@@ -492,19 +494,27 @@ def run(cfg: SweepConfig) -> SweepResult:
         base.update(views=int(feats.V.shape[1]), tta=cfg.tta)
     if cfg.out_of_core:  # streamed fits shuffle by blocks (and SGD runs max_iter epochs): other results
         base.update(out_of_core={"block_rows": feats.X.block_rows})
+    max_components = min(feats.X.shape[1], min(len(tr) for tr, _ in scheme.folds))
+    fits = _Fits(cfg, feats, scheme, max_components, store, base)
+    screen: Dict[str, float] = {}
+    if feats.layer_choices:  # the layer dimension: every grid point on every (screened) layer choice
+        choices = list(feats.layer_choices)
+        if cfg.layer is None and 0 < cfg.screen_layers < len(choices):
+            screen = _screen_layers(fits, choices)
+            choices = list(screen)[:cfg.screen_layers]
+            log.info("layer screen (%s, val %s): %s -> the grid on %s (--screen-layers 0: on every choice)",
+                     SCREEN_TEXT, cfg.metric, ", ".join(f"{k} {v:.4f}" for k, v in screen.items()),
+                     ", ".join(choices))
+        grid_points = set(configs)
+        configs = ([dataclasses.replace(c, layer=choice) for choice in choices for c in configs]
+                   + [p for p in fits.records if p.layer not in choices and dataclasses.replace(p, layer="") in grid_points])
     log.info("%d configurations on %d x %d features (%s), %d classes; validation: %s",
              len(configs), len(feats.X), feats.X.shape[1], "+".join(feats.layers), len(feats.classes),
              scheme.description)
-    keys = {c: config_key(base, c, scheme.identity) for c in configs}
-    records = {c: store.get(keys[c]) for c in configs}
-    cached = {c for c, r in records.items() if r is not None}
-    todo = [c for c in configs if c not in cached]
-    max_components = min(feats.X.shape[1], min(len(tr) for tr, _ in scheme.folds))
-    _warn_pca(todo, max_components)
-    t0 = time.perf_counter()
-    n_fits = _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records)
-    log.info("fitted %d configuration(s) (%d fits) in %.1f s; %d from the result store%s", len(todo), n_fits,
-             time.perf_counter() - t0, len(cached), f" ({store.dir})" if store.dir else "")
+    fits.fit(configs)
+    records, keys = {c: fits.records[c] for c in configs}, fits.keys
+    cached = {c for c in configs if c in fits.cached}
+    n_fits = fits.n_fits
     board = leaderboard(configs, records, cached, keys, cfg.metric, "+".join(feats.layers))
     ok = board[board["status"] == "ok"]
     if ok.empty:
@@ -520,7 +530,7 @@ def run(cfg: SweepConfig) -> SweepResult:
     best_config = by_id[ok["config_id"].iloc[0]]
     best, test_scores, test_pred = refits[best_config]
     result = SweepResult(board, best, best_config, scheme.description, test_scores, n_fits, len(cached),
-                         [c.label() for c in todo], refitted)
+                         [c.label() for c in fits.fitted], refitted, screen)
     if cfg.out is not None:
         result.out = Path(cfg.out).expanduser()
         result.files = _write_outputs(cfg, result, feats.for_layer(best_config.layer), scheme, records, keys,
@@ -563,7 +573,58 @@ def _tasks(todo: List[Config], n_folds: int) -> List[Tuple[List[Config], int]]:
     return [(unit, f) for unit in units for f in range(n_folds)]
 
 
-def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records) -> int:
+class _Fits:
+    """The records of a sweep's configurations: read from the result store, or fitted (and stored) when missing."""
+
+    def __init__(self, cfg: SweepConfig, feats: Features, scheme: Scheme, max_components: int, store: ResultStore,
+                 base: dict):
+        self.cfg, self.feats, self.scheme, self.max_components, self.store, self.base = (
+            cfg, feats, scheme, max_components, store, base)
+        self.keys: Dict[Config, str] = {}
+        self.records: Dict[Config, dict] = {}
+        self.cached: set = set()  # configurations whose record came from the store
+        self.fitted: List[Config] = []  # configurations fitted in this run
+        self.n_fits = 0
+
+    def fit(self, configs: List[Config], desc: str = "sweep") -> None:
+        """Give every configuration a record, fitting those neither seen in this run nor stored."""
+        for c in configs:
+            if c not in self.keys:
+                self.keys[c] = config_key(self.base, c, self.scheme.identity)
+                record = self.store.get(self.keys[c])
+                if record is not None:
+                    self.records[c] = record
+                    self.cached.add(c)
+        todo = [c for c in dict.fromkeys(configs) if c not in self.records]
+        _warn_pca(todo, self.max_components)
+        t0 = time.perf_counter()
+        n_fits = _fit_missing(self.cfg, todo, self.feats, self.scheme, self.max_components, self.store,
+                              self.keys, self.records, desc)
+        self.n_fits += n_fits
+        self.fitted += todo
+        log.info("%s: fitted %d configuration(s) (%d fits) in %.1f s; %d from the result store%s", desc, len(todo),
+                 n_fits, time.perf_counter() - t0, sum(c in self.cached for c in configs),
+                 f" ({self.store.dir})" if self.store.dir else "")
+
+
+# The layer screen: cheap fits that rank layer choices well (measured on MNIST-5k and sklearn digits, where the
+# best of these two picked the choices holding the best configuration of the whole grid; see the README).
+SCREEN_GRID = {"ridge": {"preprocess": "standardize", "alpha": [10.0, 1000.0, 100000.0]},
+               "logreg": {"preprocess": "l2", "C": [0.1, 1.0, 10.0, 100.0, 1000.0]}}
+SCREEN_TEXT = "ridge on standardized features, logistic regression on l2-normalised ones"
+
+
+def _screen_layers(fits: _Fits, choices: List[str]) -> Dict[str, float]:
+    """Each layer choice's best validation score over the screen's configurations, best first (stable)."""
+    probes = [dataclasses.replace(c, layer=choice) for choice in choices for c in grids.expand_grid(SCREEN_GRID)]
+    fits.fit(probes, desc="layer screen")
+    metric = fits.cfg.metric
+    best = {choice: max((fits.records[p].get("scores", {}).get(metric, np.nan) for p in probes if p.layer == choice),
+                        key=lambda v: metrics.sort_key(metric, v)) for choice in choices}
+    return dict(sorted(best.items(), key=lambda kv: -metrics.sort_key(metric, kv[1])))
+
+
+def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records, desc: str = "sweep") -> int:
     """Fit every (configuration, fold) not in the store, in parallel; store each config when complete."""
     if not todo:
         return 0
@@ -572,7 +633,7 @@ def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records)
 
     tasks = _tasks(todo, len(scheme.folds))
     per_config: Dict[Config, List[dict]] = defaultdict(list)
-    bar = tqdm(total=len(todo), desc="sweep", unit="config", disable=not cfg.progress, file=sys.stderr,
+    bar = tqdm(total=len(todo), desc=desc, unit="config", disable=not cfg.progress, file=sys.stderr,
                dynamic_ncols=True)
     arrays = [feats.X, feats.V, feats.y] + [rows for fold in scheme.folds for rows in fold]
     with backends.session(cfg.backend, cfg.address, cfg.n_jobs, len(tasks), arrays) as session:
@@ -736,7 +797,7 @@ def _write_outputs(cfg, result: SweepResult, feats: Features, scheme: Scheme, re
         files.append(path)
     summary = {"cache": str(feats.path), "fingerprint": feats.meta.get("fingerprint"), "layers": feats.layers,
                "scheme": scheme.description, "metric": cfg.metric, "seed": cfg.seed,
-               "best": result.best_config.identity(), "test": result.test_scores,
+               "best": result.best_config.identity(), "test": result.test_scores, "layer_screen": result.layer_screen,
                "n_configurations": len(records), "n_cached": result.n_cached, "n_fits": result.n_fits,
                "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}}
     files.append(out / "sweep.json")
@@ -777,6 +838,10 @@ def build_parser() -> Parser:
                                    "comma-separated choices to try (e.g. layer3,layer4,layer3+layer4) (default: "
                                    "the cache's layer; with several, each alone, adjacent runs and all of them "
                                    "concatenated are tried, as a 'layer' column of the leaderboard)")
+    p.add_argument("--screen-layers", type=int, default=2, metavar="N",
+                   help="when the sweep tries several layer choices on its own (no --layer), first rank them "
+                        "with a cheap screen (ridge and an l2 logistic path on each) and fit the whole grid on "
+                        "the N best only; 0 = the whole grid on every choice (default: 2)")
     p.add_argument("--no-views", dest="views", action="store_false",
                    help="ignore the cache's augmented views (extract --views K); by default every training "
                         "image's views join training as extra rows with its label (views of validation and "
@@ -834,7 +899,8 @@ def _main(args: argparse.Namespace) -> int:
         raise FeatcacheError("give a cache file: python -m featcache.sweep CACHE.h5 (see --help)")
     out = args.out or Path("runs") / f"{args.cache.stem.split('__')[0]}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     cfg = SweepConfig(
-        cache=args.cache, out=out, grid=args.grid, layer=args.layer, views=args.views, tta=args.tta, cv=args.cv, val_fraction=args.val_fraction,
+        cache=args.cache, out=out, grid=args.grid, layer=args.layer, screen_layers=args.screen_layers,
+        views=args.views, tta=args.tta, cv=args.cv, val_fraction=args.val_fraction,
         classifiers=[c.strip() for c in args.classifiers.split(",") if c.strip()] if args.classifiers else (),
         metric=args.metric, seed=args.seed, n_jobs=args.n_jobs, backend=args.backend, address=args.address,
         out_of_core=args.out_of_core, block_rows=args.block_rows, test_top=args.test_top,
@@ -846,6 +912,9 @@ def _main(args: argparse.Namespace) -> int:
         best = result.leaderboard.iloc[0]
         test = f"; test {cfg.metric} {result.test_scores[cfg.metric]:.4f}" if result.test_scores else ""
         print(f"best: {result.best_config.label()}: val {cfg.metric} {best[f'val_{cfg.metric}']:.4f}{test}")
+        if result.layer_screen:
+            print("layer screen: " + ", ".join(f"{k} {v:.4f}" for k, v in result.layer_screen.items())
+                  + f" (the whole grid ran on the best {cfg.screen_layers})")
         if result.leaderboard["layer"].nunique() > 1:
             print("best per layer: " + by_layer_text(result.leaderboard, cfg.metric))
     print(result.out)

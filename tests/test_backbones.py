@@ -217,6 +217,16 @@ def test_timm_model_by_prefix(split_folder, fast):
     bb = load_backbone(ExtractConfig(model="timm:resnet18", weights="none", image_size=32))
     assert bb.name == "timm:resnet18" and bb.preprocess.crop_size == 32
     fs = featcache.load(featcache.extract(split_folder, **{**fast, "model": "timm:resnet18"}))
-    assert fs.X.shape == (20, 512) and fs.layers == ["global_pool.flatten"]
+    assert fs.X.shape == (20, 512) and fs.layers == ["layer2", "layer3", "layer4"]  # the default: last 3 stages
     with pytest.raises(FeatcacheError, match="is not a timm model"):
         load_backbone(ExtractConfig(model="timm:resnet1800", weights="none"))
+
+
+def test_default_layers_are_the_last_three_stages_or_the_penultimate_features():
+    from featcache.backbones import default_layers
+
+    cnn = load_backbone(ExtractConfig(model="resnet18", weights="none"))
+    assert default_layers(cnn, graph_node_names(cnn.module)) == ["layer2", "layer3", "layer4"]
+    vit = load_backbone(ExtractConfig(model="vit_b_16", weights="none"))  # no stages: the classifier's input
+    nodes = graph_node_names(vit.module)
+    assert default_layers(vit, nodes) == [default_layer(vit.module, nodes)]

@@ -36,7 +36,8 @@ def test_class_folder_end_to_end(class_folder, fast):
     assert fs.classes == ["bird", "cat", "dog"] and fs.split is None
     assert list(fs.paths) == sorted(fs.paths) and "cat/same.png" in fs.paths and "dog/same.png" in fs.paths
     assert np.isfinite(fs.X).all() and fs.X.std() > 0
-    assert path.name.startswith("class_folder__resnet18__flatten__")
+    assert path.name.startswith("class_folder__resnet18__layer2-layer3-layer4__")  # default: the last 3 stages
+    assert fs.layers == ["layer2", "layer3", "layer4"] and fs.features["layer2"].shape == (12, 128)
 
 
 def test_csv_and_unlabelled_inputs(csv_dataset, unlabelled_folder, fast):
@@ -79,7 +80,10 @@ def test_cache_hit_runs_no_forward_pass(split_folder, fast):
     assert model.seen >= 20
     model.seen = 0
     again = featcache.extract(split_folder, **{**fast, "model": model, "batch_size": 3, "num_workers": 1})
-    assert again == first and model.seen == 0
+    assert again == first and model.seen == 1  # no batch: only the one dummy image that finds the stage outputs
+    model.seen = 0
+    pinned = featcache.extract(split_folder, **{**fast, "model": model, "layers": ["layer2", "layer3", "layer4"]})
+    assert pinned == first and model.seen == 0  # named layers: the cache is found without running the model
 
 
 def test_every_change_that_alters_features_is_a_miss(split_folder, fast, make_image):
@@ -196,7 +200,7 @@ def test_ls_and_explain(split_folder, fast, make_image):
 
     path = featcache.extract(split_folder, **fast)
     records = list_caches(fast["cache_dir"])
-    assert records[0]["rows"] == 20 and records[0]["dims"] == "512" and records[0]["status"] == "complete"
+    assert records[0]["rows"] == 20 and records[0]["dims"] == "128+256+512" and records[0]["status"] == "complete"
     cfg = ExtractConfig(data=split_folder, **fast)
     assert explain(cfg) == [f"cache hit: {path}"]
     make_image(split_folder / "val" / "b" / "extra.png", 1, 5)

@@ -89,6 +89,7 @@ def _counting_resnet():
 def test_added_and_deleted_files_reuse_the_rest(tmp_path, make_image, fast):
     data = _folder(tmp_path / "data", make_image, n_per_class=5)
     model = _counting_resnet()
+    fast = {**fast, "layers": ["layer4"]}  # named, so no dummy image finds the default stage outputs
     first = featcache.extract(data, **{**fast, "model": model})
     make_image(data / "c0" / "new_a.png", 0, 100, size=(48, 40))
     make_image(data / "c2" / "new_b.png", 2, 101, size=(48, 40))
@@ -107,7 +108,7 @@ def test_added_and_deleted_files_reuse_the_rest(tmp_path, make_image, fast):
 def test_strict_refuses_bad_files_before_extracting(broken_images, fast):
     model = _counting_resnet()
     with pytest.raises(FeatcacheError, match=r"--strict: 3 file\(s\) cannot be decoded: .*empty.jpg"):
-        featcache.extract(broken_images.root, **{**fast, "model": model, "strict": True})
+        featcache.extract(broken_images.root, **{**fast, "model": model, "strict": True, "layers": ["layer4"]})
     assert model.seen == 0 and not list(fast["cache_dir"].glob("*.h5"))
 
 

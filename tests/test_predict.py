@@ -28,8 +28,8 @@ def trained(tmp_path_factory, colour_images):
     for split, n in {"train": 6, "val": 3, "test": 3}.items():
         colour_images(root / "data" / split, n, seed=100 * len(split))
     cache = featcache.extract(root / "data", cache_dir=root / "c", **SETTINGS)
-    res = sweep(cache, grid={"logreg": {"preprocess": "standardize", "C": [0.1, 1.0]}}, out=root / "out",
-                results_dir=root / "r", progress=False)
+    res = sweep(cache, grid={"logreg": {"preprocess": "standardize", "C": [0.1, 1.0]}}, layer="layer4",
+                out=root / "out", results_dir=root / "r", progress=False)
     return {"model": root / "out" / "best.joblib", "cache": cache, "root": root, "result": res}
 
 
@@ -71,7 +71,7 @@ def test_features_of_another_kind_are_refused(trained, tmp_path):
                                              r"crop_size\": 48.* here, .*crop_size\": 32"):
         predict(trained["model"], bigger, progress=False)
     other_layer = featcache.extract(data, cache_dir=tmp_path, layers=["layer3"], **SETTINGS)
-    with pytest.raises(FeatcacheError, match=r"layer\(s\) flatten missing here \(has layer3\)"):
+    with pytest.raises(FeatcacheError, match=r"layer\(s\) layer4 missing here \(has layer3\)"):
         predict(trained["model"], other_layer, progress=False)
 
 
@@ -81,7 +81,7 @@ def test_only_verified_featcache_files_are_unpickled(trained, tmp_path):
     shutil.copy(trained["model"].with_name("best.joblib.json"), tmp_path / "best.joblib.json")
     assert load_model(model).classes == sorted(COLOURS)
     meta = read_metadata(model)
-    assert meta["layers"] == ["flatten"] and meta["feature_identity"]["model"] == "resnet18"
+    assert meta["layers"] == ["layer4"] and meta["feature_identity"]["model"] == "resnet18"
     assert meta["extract_config"]["preprocess"]["crop_size"] == 32 and meta["test"]["accuracy"] >= 0
 
     with open(model, "r+b") as f:  # flip one byte

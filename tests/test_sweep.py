@@ -50,14 +50,17 @@ def _extract(folder: Path, cache_dir: Path, **kw) -> Path:
 
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory, make_image):
-    """Real caches: with train/val/test, without splits, with train/test only, and with two layers."""
+    """Real caches of one layer: with train/val/test, without splits, with train/test only; with two layers;
+    and with the default layers (the last three stages)."""
     root = tmp_path_factory.mktemp("sweep")
     split = _images(root / "split", make_image, {"train": 8, "val": 4, "test": 4})
+    one = {"layers": ["layer4"]}
     return {
-        "split": _extract(split, root / "c"),
-        "flat": _extract(_images(root / "flat", make_image, {None: [6, 6, 3]}), root / "c"),
-        "train_test": _extract(_images(root / "tt", make_image, {"train": 6, "test": 2}), root / "c"),
+        "split": _extract(split, root / "c", **one),
+        "flat": _extract(_images(root / "flat", make_image, {None: [6, 6, 3]}), root / "c", **one),
+        "train_test": _extract(_images(root / "tt", make_image, {"train": 6, "test": 2}), root / "c", **one),
         "two_layers": _extract(split, root / "c", layers=["layer3", "layer4"]),
+        "default": _extract(split, root / "c"),
     }
 
 
@@ -157,8 +160,8 @@ def test_sweep_tries_each_layer_and_their_concatenation(caches, tmp_path, caplog
     grid = {"logreg": {"C": [0.01, 1.0]}, "knn": {"n_neighbors": 3}}
     with caplog.at_level(logging.INFO, logger="featcache"):
         res = sweep(caches["two_layers"], grid=grid, results_dir=tmp_path / "r", out=tmp_path / "out",
-                    plots=False, progress=False)
-    assert "trying layer3, layer4, layer3+layer4" in caplog.text
+                    plots=False, progress=False, screen_layers=0)
+    assert "trying layer3, layer4, layer3+layer4" in caplog.text and not res.layer_screen
     board = res.leaderboard
     assert len(board) == 3 * 3 and list(board.columns[:5]) == ["rank", "classifier", "params", "preprocess", "layer"]
     assert sorted(board.groupby("layer").size().items()) == [("layer3", 3), ("layer3+layer4", 3), ("layer4", 3)]
@@ -171,11 +174,43 @@ def test_sweep_tries_each_layer_and_their_concatenation(caches, tmp_path, caplog
     assert "+".join(meta["layers"]) == res.best_config.layer and meta["n_features"] == widths[res.best_config.layer]
     assert featcache.predict(tmp_path / "out" / "best.joblib", caches["two_layers"], progress=False).shape[0] == 48
     # The layer choice is part of every result key: a rerun fits nothing, a pinned layer reuses its results.
-    again = sweep(caches["two_layers"], grid=grid, results_dir=tmp_path / "r", progress=False)
+    again = sweep(caches["two_layers"], grid=grid, results_dir=tmp_path / "r", progress=False, screen_layers=0)
     assert again.n_fits == 0 and again.leaderboard["val_accuracy"].tolist() == board["val_accuracy"].tolist()
     chosen = sweep(caches["two_layers"], grid=grid, layer="layer4,layer3+layer4", results_dir=tmp_path / "r",
                    progress=False)
     assert not chosen.fitted and set(chosen.leaderboard["layer"]) == {"layer4", "layer3+layer4"}
+
+
+def test_the_layer_screen_runs_the_grid_on_the_best_choices_only(caches, tmp_path, caplog):
+    """Default layers, no --layer: a cheap screen ranks the 6 layer choices, the grid runs on the best 2."""
+    from featcache.sweep import SCREEN_GRID, best_per_layer
+
+    fs = featcache.load(caches["default"])
+    assert fs.layers == ["layer2", "layer3", "layer4"] and fs.X.shape[1] == 512  # X: the last layer
+    grid = {"knn": {"n_neighbors": 3}, "ridge": {"preprocess": "standardize", "alpha": 10.0}}
+    with caplog.at_level(logging.INFO, logger="featcache"):
+        res = sweep(caches["default"], grid=grid, results_dir=tmp_path / "r", progress=False)
+    assert "layer screen" in caplog.text
+    screen = res.layer_screen
+    choices = ["layer2", "layer3", "layer4", "layer2+layer3", "layer3+layer4", "layer2+layer3+layer4"]
+    assert sorted(screen) == sorted(choices) and list(screen.values()) == sorted(screen.values(), reverse=True)
+    kept = list(screen)[:2]
+    board = res.leaderboard
+    assert set(board[board["classifier"] == "knn"]["layer"]) == set(kept)  # the grid: only on the kept choices
+    # The screen's ridge(alpha=10) is also a grid point: its fits on every choice are kept, the logistic ones
+    # (not in the grid) are not shown.
+    assert set(board[board["classifier"] == "ridge"]["layer"]) == set(choices) and "logreg" not in set(board["classifier"])
+    # The screen's scores are the screen configurations' own validation scores, found again by a full sweep.
+    full = sweep(caches["default"], grid=SCREEN_GRID, results_dir=tmp_path / "r", progress=False, screen_layers=0)
+    assert not full.fitted  # every screen fit came from the result store
+    assert best_per_layer(full.leaderboard) == pytest.approx(screen)
+    # --screen-layers 0 fits the grid on every choice; a pinned --layer never screens.
+    every = sweep(caches["default"], grid=grid, results_dir=tmp_path / "r", progress=False, screen_layers=0)
+    assert set(every.leaderboard["layer"]) == set(choices) and not every.layer_screen
+    pinned = sweep(caches["default"], grid=grid, layer="layer2,layer4", results_dir=tmp_path / "r", progress=False)
+    assert set(pinned.leaderboard["layer"]) == {"layer2", "layer4"} and not pinned.layer_screen
+    with pytest.raises(FeatcacheError, match="--screen-layers must be an integer >= 0"):
+        sweep(caches["default"], grid=grid, screen_layers=-1, progress=False)
 
 
 def test_layer_choices():

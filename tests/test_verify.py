@@ -33,7 +33,7 @@ def test_changed_input_file_is_reported(split_folder, fast):
 def test_nan_rows_edited_key_and_row_mismatch_are_reported(split_folder, fast):
     path = featcache.extract(split_folder, **fast)
     with h5py.File(path, "r+") as f:
-        f["features/flatten"][3, 0] = np.nan
+        f["features/layer4"][3, 0] = np.nan
         key = json.loads(f.attrs["key"])
         key["pool"] = "max"
         f.attrs["key"] = json.dumps(key)

@@ -25,7 +25,8 @@ def view_cache(split_folder, fast):
 
 def test_views_are_stored_beside_unchanged_clean_features(split_folder, fast, view_cache):
     fs = load(view_cache)
-    layer = fs.layers[0]
+    layer = fs.layers[-1]  # X is the last layer
+    assert set(fs.views) == set(fs.layers)  # every layer gets its views
     assert fs.views[layer].shape == (len(fs), 3) + fs.X.shape[1:]
     assert fs.meta["key"]["views"]["n"] == 3 and fs.meta["config"]["augment"] == ["flip", "crop", "color"]
     plain = load(featcache.extract(split_folder, **fast))

@@ -13,9 +13,10 @@ may beat the last layer, and both are easy enough for raw pixels to be a meaning
 Rows, each timed end to end on the same images (extraction included where there is one):
 
 1. raw pixels: standardised pixels, logistic regression, C chosen on val;
-2. linear probe, last layer: ``extract`` (pooled penultimate features) + ``sweep`` with the logistic grid;
+2. linear probe, last layer: ``extract --layer last1`` (pooled penultimate features) + ``sweep`` with the logistic grid;
 3. multi-layer probe: ``extract --layer last3`` (one pass) + the same grid over each layer and concatenation;
-4. featcache defaults: ``extract`` + ``sweep`` with no flags (what a new user gets);
+4. featcache defaults: ``extract`` + ``sweep`` with no flags (what a new user gets: the last three stages, the
+   layer screen, the default grid on the best two layer choices);
 5. dense head on cached augmented views: ``extract --views K --augment crop`` + ``sweep`` of the dense head;
 6. top blocks trained from cached activations (``featcache.finetune``, via scripts/bench_finetune.py), and
 7. the same partial fine-tune run the usual way, the frozen bottom run every epoch (same epochs): for the time.
@@ -167,12 +168,14 @@ def run_dataset(name: str, rows, work: Path, image_size: int, views: int, epochs
         cache_dir = Path(tmp)
         todo = {
             "raw": lambda: raw_pixels(images, labels, split),
-            "last": lambda: extract_and_sweep(root, cache_dir / "last", size, {"grid": LOGREG_GRID}),
+            "last": lambda: extract_and_sweep(root, cache_dir / "last", {**size, "layers": ["last1"]},
+                                              {"grid": LOGREG_GRID}),
             "multi": lambda: extract_and_sweep(root, cache_dir / "multi", {**size, "layers": ["last3"]},
                                                {"grid": LOGREG_GRID}),
             "defaults": lambda: extract_and_sweep(root, cache_dir / "defaults", size, {}),
             "views": lambda: extract_and_sweep(root, cache_dir / "views",
-                                               {**size, "views": views, "augment": ("crop",)},
+                                               {**size, "layers": ["last1"], "views": views,
+                                                "augment": ("crop",)},
                                                {"grid": {"dense": {"preprocess": "standardize",
                                                                    "hidden_layer_sizes": [0, 512],
                                                                    "dropout": 0.2, "weight_decay": 0.01,

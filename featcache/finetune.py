@@ -64,6 +64,65 @@ def augment_maps(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(len(x))])
 
 
+# --- a faster top ---------------------------------------------------------------------------------------
+
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A 1x1 convolution (stride 1, no padding, one group) as a matrix product over channels-last pixels.
+
+    The same numbers as ``conv2d``; on small maps its backward pass runs about 2x faster on the CPU (oneDNN's
+    convolution backward is tuned for large maps), and the 1x1 convolutions are most of an EfficientNet's
+    or ResNet's top.
+    """
+    return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
+
+
+def with_pointwise_as_linear(top: nn.Module) -> nn.Module:
+    """``top`` (a traced GraphModule) with its 1x1 convolutions computed by :func:`pointwise_conv`.
+
+    Both forms in a traced graph are rewritten: ``torch.conv2d`` calls (modules whose forward calls
+    ``F.conv2d``, e.g. EfficientNet's same-padding convs) and ``nn.Conv2d`` leaf modules (torchvision).
+    Parameters are untouched (same names, same tensors), so the state dict and the outputs do not change.
+    Anything else is returned as it is.
+    """
+    if not isinstance(top, torch.fx.GraphModule):
+        return top
+    graph = top.graph
+    for n in list(graph.nodes):
+        if n.op == "call_function" and n.target in (torch.conv2d, F.conv2d):
+            args = list(n.args) + [None] * (7 - len(n.args))
+            x, w, b, stride, padding, dilation, groups = args
+            stride, padding, groups = (n.kwargs.get("stride", stride), n.kwargs.get("padding", padding),
+                                       n.kwargs.get("groups", groups))
+            if w is None or w.op != "get_attr" or top.get_parameter(w.target).shape[-2:] != (1, 1):
+                continue
+            if _ones(stride) and _zeros(padding) and (groups in (None, 1)):
+                with graph.inserting_after(n):
+                    new = graph.call_function(pointwise_conv, (x, w, n.kwargs.get("bias", b)))
+                n.replace_all_uses_with(new)
+                graph.erase_node(n)
+        elif n.op == "call_module":
+            m = top.get_submodule(n.target)
+            if (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1) and _zeros(m.padding)
+                    and m.groups == 1 and len(n.args) == 1 and not n.kwargs):
+                with graph.inserting_before(n):
+                    w = graph.get_attr(f"{n.target}.weight")
+                    b = graph.get_attr(f"{n.target}.bias") if m.bias is not None else None
+                    new = graph.call_function(pointwise_conv, (n.args[0], w, b))
+                n.replace_all_uses_with(new)
+                graph.erase_node(n)
+    graph.lint()
+    top.recompile()
+    return top
+
+
+def _ones(v) -> bool:
+    return v in (None, 1) or (isinstance(v, (tuple, list)) and all(i == 1 for i in v))
+
+
+def _zeros(v) -> bool:
+    return v in (None, 0, "valid") or (isinstance(v, (tuple, list)) and all(i == 0 for i in v))
+
+
 # --- the estimator ------------------------------------------------------------------------------------
 
 def top_blocks(top: nn.Module) -> Dict[str, List[str]]:
@@ -131,6 +190,9 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
     random_state : int, RandomState or None, default=None
     device : str, default="auto"
         ``auto`` trains on a CUDA GPU when one is visible; the fitted model is kept on the CPU.
+    precision : {"auto", "bf16", "fp32"}, default="auto"
+        Compute precision of the forward and backward passes (bf16 autocast; the weights and the optimiser
+        stay float32). ``auto``: bf16 where the device runs it fast (CPUs with AVX-512 BF16/AMX, recent GPUs).
 
     ``X`` is an array or h5py dataset of activations, (n, C, H, W) or flattened, or a cache's rows as
     :class:`featcache.streaming.Rows` (``maps=True``), read in chunk-aligned blocks, so they need not fit in
@@ -140,7 +202,7 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, top=None, input_shape=None, train_blocks="all", lr=1e-4, head_lr=1e-3, weight_decay=1e-2,
                  epochs=10, batch_size=32, early_stopping=True, validation_fraction=0.1, n_iter_no_change=3,
-                 augment=False, dropout=0.0, random_state=None, device="auto"):
+                 augment=False, dropout=0.0, random_state=None, device="auto", precision="auto"):
         self.top = top
         self.input_shape = input_shape
         self.train_blocks = train_blocks
@@ -156,10 +218,13 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         self.dropout = dropout
         self.random_state = random_state
         self.device = device
+        self.precision = precision
 
     def _validate_params(self) -> None:
         if not isinstance(self.top, nn.Module):
             raise ValueError(f"TopClassifier needs top=<torch module>; got {type(self.top).__name__}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32'; got {self.precision!r}")
         if self.train_blocks != "all" and not (isinstance(self.train_blocks, Integral) and self.train_blocks >= 0):
             raise ValueError(f"train_blocks must be 'all' or an int >= 0; got {self.train_blocks!r}")
         for name, kind, ok, allowed in [("lr", Real, lambda v: v > 0, "> 0"), ("head_lr", Real, lambda v: v > 0, "> 0"),
@@ -175,6 +240,11 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
 
     def _tensor(self, block) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).reshape((-1,) + self.input_shape_)
+
+    def _input(self, xb, device) -> torch.Tensor:
+        """A minibatch on ``device``; maps in channels-last order, the layout oneDNN's convolutions run fastest in."""
+        xb = (xb if isinstance(xb, torch.Tensor) else self._tensor(xb)).to(device)
+        return xb.contiguous(memory_format=torch.channels_last) if xb.ndim == 4 else xb
 
     def fit(self, X, y, X_val=None, y_val=None):
         """Train the top's last ``train_blocks`` blocks and the head on ``(X, y)``; returns ``self``."""
@@ -208,23 +278,27 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _train(self, X, yi, train, val_X, yv, val_pos, rng, device) -> None:
+        from .pipeline import autocast, resolve_precision
+
+        self.precision_ = "bf16" if resolve_precision(self.precision, device) == "bf16" else "fp32"
         net = copy.deepcopy(self.top).to(device).eval()
+        if len(self.input_shape_) == 3:
+            net = with_pointwise_as_linear(net).to(memory_format=torch.channels_last)
         trainable = unfreeze_last(net, self.train_blocks)
         params = dict(net.named_parameters())
         with torch.no_grad():
-            dim = net(self._tensor(next(minibatches(X, train[:1], 1))[1]).to(device)).shape[1]
+            dim = net(self._input(next(minibatches(X, train[:1], 1))[1], device)).shape[1]
         head = nn.Sequential(nn.Dropout(self.dropout), nn.Linear(dim, len(self.classes_))).to(device)
-        groups = [{"params": head.parameters(), "lr": self.head_lr}] + ([{"params": trainable, "lr": self.lr}]
-                                                                         if trainable else [])
-        opt = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+        opt = adamw([{"params": list(head.parameters()), "lr": self.head_lr}]
+                    + ([{"params": trainable, "lr": self.lr}] if trainable else []), self.weight_decay)
         gen = torch.Generator().manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
         # A frozen top gives the same outputs every epoch: compute them once, then only the head trains.
         train_top = val_top = net
         if not trainable and not self.augment:
-            X, yi, train_top = self._outputs(net, X, train, device), yi[train], nn.Identity()
+            X, yi, train_top = self._outputs(net, X, train, device, self.precision_), yi[train], nn.Identity()
             train = np.arange(len(train))
         if not trainable and len(val_pos):
-            val_X, yv, val_top = self._outputs(net, val_X, val_pos, device), yv[val_pos], nn.Identity()
+            val_X, yv, val_top = self._outputs(net, val_X, val_pos, device, self.precision_), yv[val_pos], nn.Identity()
             val_pos = np.arange(len(val_pos))
         y_train = torch.from_numpy(yi.astype(np.int64))
         y_val = torch.from_numpy(np.asarray(yv, dtype=np.int64)) if len(val_pos) else None
@@ -237,7 +311,9 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
                 xb = block if isinstance(block, torch.Tensor) else self._tensor(block)
                 if self.augment:
                     xb = augment_maps(xb, gen)
-                loss = F.cross_entropy(head(train_top(xb.to(device))), y_train[pos].to(device))
+                with autocast(device, self.precision_):
+                    logits = head(train_top(self._input(xb, device)))
+                loss = F.cross_entropy(logits.float(), y_train[pos].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -246,7 +322,8 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
             self.n_epochs_ = self.best_epoch_ = epoch
             if y_val is None:
                 continue
-            val_loss = float(F.cross_entropy(self._logits(val_top, head, val_X, val_pos, device), y_val[val_pos]))
+            val_loss = float(F.cross_entropy(self._logits(val_top, head, val_X, val_pos, device, self.precision_),
+                                             y_val[val_pos]))
             self.validation_loss_curve_.append(val_loss)
             if val_loss < best_loss - 1e-4:
                 best_loss, stale = val_loss, 0
@@ -265,20 +342,24 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         self.top_ = net.cpu().eval().requires_grad_(False)
         self.head_ = head.cpu().eval().requires_grad_(False)
 
-    def _outputs(self, net, X, positions, device) -> torch.Tensor:
-        """``net`` applied to the rows at increasing ``positions`` of ``X``, in that order (CPU)."""
+    def _outputs(self, net, X, positions, device, precision: str = "fp32") -> torch.Tensor:
+        """``net`` applied to the rows at increasing ``positions`` of ``X``, in that order (CPU).
+
+        Training passes its precision; predictions are fp32, so they match the deployed network's exactly.
+        """
+        from .pipeline import autocast
+
         out, seen = [], []
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, precision):
             for pos, block in minibatches(X, positions, max(self.batch_size, 64)):
-                xb = block if isinstance(block, torch.Tensor) else self._tensor(block)
-                out.append(net(xb.to(device)).float().cpu())
+                out.append(net(self._input(block, device)).float().cpu())
                 seen.append(pos)
         # A Rows view yields its rows in file order; cat is made outside inference mode, so usable under autograd.
         return torch.cat(out)[np.argsort(np.concatenate(seen), kind="stable")]
 
-    def _logits(self, top, head, X, positions, device) -> torch.Tensor:
+    def _logits(self, top, head, X, positions, device, precision: str = "fp32") -> torch.Tensor:
         head.eval()
-        return self._outputs(lambda x: head(top(x)), X, positions, device)
+        return self._outputs(lambda x: head(top(x)), X, positions, device, precision)
 
     def transform(self, X) -> np.ndarray:
         """The trained top's outputs (the penultimate features) for activations ``X``."""
@@ -293,6 +374,14 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+def adamw(groups: List[dict], weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel per step where this torch has it (CPU: 2.4+; ~8 ms less per step here)."""
+    try:
+        return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
 def _holdout(y: np.ndarray, fraction: float, rng) -> tuple:

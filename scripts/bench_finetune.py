@@ -2,7 +2,8 @@
 every epoch. Prints both wall times, the ratio and the test accuracies, and, last, one JSON line.
 
 Both sides train the same top (the pretrained layers after ``--node``) and the same new linear head, with the same
-optimiser (AdamW, lr 1e-4 for the top and 1e-3 for the head, weight decay 0.01), batch size, epochs and seed:
+optimiser (fused AdamW, lr 1e-4 for the top and 1e-3 for the head, weight decay 0.01), batch size, epochs, seed,
+training precision (bf16 autocast where the CPU runs it fast) and channels-last layout:
 
 - cached: ``featcache.extract --layer NODE --pool none --dtype float16`` once (timed), then ``TopClassifier.fit``
   for ``--epochs`` epochs reading minibatches from the HDF5 cache;
@@ -36,7 +37,8 @@ def bench(images: Path, node: str = "_blocks.14.add", model: str = "efficientnet
 
     import featcache
     from featcache import backbones, sources
-    from featcache.finetune import TopClassifier, split_for, top_blocks, unfreeze_last
+    from featcache.finetune import TopClassifier, adamw, split_for, top_blocks, unfreeze_last
+    from featcache.pipeline import autocast
     from featcache.streaming import Rows
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,20 +63,23 @@ def bench(images: Path, node: str = "_blocks.14.add", model: str = "efficientnet
         acc_cached = float(np.mean(est.predict(Rows(cache, [node], test, maps=True)) == names[fs.y[test]]))
         fs.close()
     print(f"[finetune] cached: {epochs} epochs {t_cached:.1f} s wall, {c_cached:.1f} s CPU "
-          f"({t_cached / epochs:.2f} s/epoch), test accuracy {acc_cached:.4f}", flush=True)
+          f"({t_cached / epochs:.2f} s/epoch), test accuracy {acc_cached:.4f}; training precision {est.precision_}",
+          flush=True)
 
     # End to end: the same top and head, the bottom run on freshly decoded images every epoch.
     record = fs.meta["config"]
     pre = record["preprocess"]
     torch.manual_seed(seed)
     bottom = backbones.FeatureExtractor(backbone, [node], "none").eval()
-    net = copy.deepcopy(top).eval()
+    # The top trains exactly as TopClassifier trains it: channels-last, its precision, fused AdamW.
+    net = copy.deepcopy(top).eval().to(memory_format=torch.channels_last)
     trainable = unfreeze_last(net, train_blocks)
     with torch.no_grad():
         dim = net(torch.zeros((1,) + tuple(shape))).shape[1]
     head = nn.Sequential(nn.Dropout(0.0), nn.Linear(dim, len(fs.classes)))
-    opt = torch.optim.AdamW([{"params": head.parameters(), "lr": 1e-3}] + ([{"params": trainable, "lr": 1e-4}]
-                                                                           if trainable else []), weight_decay=1e-2)
+    opt = adamw([{"params": list(head.parameters()), "lr": 1e-3}] + ([{"params": trainable, "lr": 1e-4}]
+                                                                     if trainable else []), 1e-2)
+    cpu = torch.device("cpu")
     source = sources.open_source(images)
     dtype = torch.bfloat16 if record["precision"] == "bf16" else None
 
@@ -96,7 +101,10 @@ def bench(images: Path, node: str = "_blocks.14.add", model: str = "efficientnet
     for _ in range(epochs):
         head.train()
         for images_, labels in loader(src_train, True):
-            loss = F.cross_entropy(head(net(activations(images_))), labels)
+            x = activations(images_).contiguous(memory_format=torch.channels_last)
+            with autocast(cpu, est.precision_):
+                logits = head(net(x))
+            loss = F.cross_entropy(logits.float(), labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

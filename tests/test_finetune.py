@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import featcache
@@ -76,6 +77,30 @@ def test_training_moves_only_the_chosen_blocks_and_is_seeded(cache):
     np.testing.assert_array_equal(fits[0].predict_proba(X), fits[1].predict_proba(X))
     assert all(not p.requires_grad for p in top.parameters())  # the given top is never modified
     assert torch.equal(top.state_dict()["layer4.1.conv1.weight"], before["layer4.1.conv1.weight"])
+    # fp32 training is a choice (auto = bf16 on CPUs that run it fast); the trained top is the same kind of module.
+    fp32 = TopClassifier(top=top, input_shape=(256, 2, 2), train_blocks=1, epochs=1, early_stopping=False,
+                         precision="fp32", random_state=3).fit(X, y)
+    assert fp32.precision_ == "fp32" and fits[0].precision_ in ("bf16", "fp32")
+    with pytest.raises(ValueError, match="precision must be"):
+        TopClassifier(top=top, input_shape=(256, 2, 2), precision="fp16").fit(X, y)
+
+
+def test_pointwise_convolutions_become_matrix_products_with_the_same_outputs():
+    """resnet50's bottleneck 1x1 convs (nn.Conv2d leaves) are rewritten; the 3x3 and strided ones are not."""
+    from featcache.finetune import pointwise_conv, with_pointwise_as_linear
+
+    torch.manual_seed(0)
+    top = backbones.split_top(torchvision.models.resnet50().eval(), "layer4.1", "flatten")
+    x = torch.randn(2, 2048, 4, 4)
+    with torch.no_grad():
+        expected = top(x)
+        names = set(top.state_dict())
+        fast = with_pointwise_as_linear(top)
+        assert sum(n.target is pointwise_conv for n in fast.graph.nodes) == 2  # layer4.2.conv1 and conv3
+        assert set(fast.state_dict()) == names  # the same parameters under the same names
+        torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-4,
+                                   atol=1e-4)
 
 
 def test_saved_model_predicts_new_images_like_the_trained_one(cache, tmp_path, colour_images):

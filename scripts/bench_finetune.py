@@ -3,7 +3,8 @@ every epoch. Prints both wall times, the ratio and the test accuracies, and, las
 
 Both sides train the same top (the pretrained layers after ``--node``) and the same new linear head, with the same
 optimiser (fused AdamW, lr 1e-4 for the top and 1e-3 for the head, weight decay 0.01), batch size, epochs, seed,
-training precision (bf16 autocast where the CPU runs it fast) and channels-last layout:
+training precision (bf16 autocast where the CPU runs it fast), channels-last layout and 1x1 convolutions computed as
+matrix products:
 
 - cached: ``featcache.extract --layer NODE --pool none --dtype float16`` once (timed), then ``TopClassifier.fit``
   for ``--epochs`` epochs reading minibatches from the HDF5 cache;
@@ -37,7 +38,7 @@ def bench(images: Path, node: str = "_blocks.14.add", model: str = "efficientnet
 
     import featcache
     from featcache import backbones, sources
-    from featcache.finetune import TopClassifier, adamw, split_for, top_blocks, unfreeze_last
+    from featcache.finetune import TopClassifier, adamw, split_for, top_blocks, unfreeze_last, with_pointwise_as_linear
     from featcache.pipeline import autocast
     from featcache.streaming import Rows
 
@@ -71,8 +72,9 @@ def bench(images: Path, node: str = "_blocks.14.add", model: str = "efficientnet
     pre = record["preprocess"]
     torch.manual_seed(seed)
     bottom = backbones.FeatureExtractor(backbone, [node], "none").eval()
-    # The top trains exactly as TopClassifier trains it: channels-last, its precision, fused AdamW.
-    net = copy.deepcopy(top).eval().to(memory_format=torch.channels_last)
+    # The top trains exactly as TopClassifier trains it: 1x1 convs as matrix products, channels-last, its
+    # precision, fused AdamW. Only where its input comes from differs.
+    net = with_pointwise_as_linear(copy.deepcopy(top)).eval().to(memory_format=torch.channels_last)
     trainable = unfreeze_last(net, train_blocks)
     with torch.no_grad():
         dim = net(torch.zeros((1,) + tuple(shape))).shape[1]

@@ -54,6 +54,7 @@ class ExtractConfig:
     device: str = "auto"
     batch_size: Union[int, str] = 64  # or "auto": the largest that fits on a GPU, 64 on a CPU
     num_workers: Optional[int] = None  # None = chosen from the CPU count
+    streams: Optional[int] = None  # batches in flight on the model at once; None = 2 on a CPU, 1 on a GPU
     cache_dir: Optional[Path] = None
     strict: bool = False  # decode every file first; refuse the dataset if any is bad
     decode_timeout: float = 60.0  # seconds one image may take to decode before it counts as failed
@@ -79,6 +80,9 @@ class ExtractConfig:
             raise FeatcacheError(f"--batch-size must be a positive integer or auto; got {self.batch_size!r}")
         if self.decode_timeout < 0:
             raise FeatcacheError(f"--decode-timeout must be >= 0 seconds (0 = no limit); got {self.decode_timeout}")
+        if self.streams is not None and (isinstance(self.streams, bool) or not isinstance(self.streams, int)
+                                         or self.streams < 1):
+            raise FeatcacheError(f"--streams must be a positive integer; got {self.streams!r}")
         if self.num_workers is not None and self.num_workers < 0:
             raise FeatcacheError(f"--num-workers must be >= 0; got {self.num_workers}")
         if not (isinstance(self.views, int) and 0 <= self.views <= MAX_VIEWS):

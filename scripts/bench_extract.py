@@ -364,6 +364,8 @@ def fmt_timings(t: dict) -> str:
     for k in ("data_wait_s", "compute_s", "queue_wait_s", "write_s"):
         if k in t:
             parts.append(f"{k[:-2]} {t[k]:.2f} s ({100 * t[k] / total:.0f}%)")
+    if "streams" in t:
+        parts.append(f"{t['streams']} stream(s), times per stream")
     return ", ".join(parts)
 
 
@@ -453,7 +455,10 @@ def main_bench(args) -> dict:
     ceil2 = statistics.median(clean(ceil2_runs, "ceiling_2streams")) if ceil2_runs else None
     if ceil2:
         say(f"ceiling   ({precision}, 2 streams x 1 intra-op thread, in-memory uint8): {ceil2:7.1f} img/s  "
-            f"({ceil2 / ceil['img_s']:.2f}x the single-stream ceiling; info only)")
+            f"({ceil2 / ceil['img_s']:.2f}x the single-stream ceiling)")
+    # The target compares featcache with the best the model alone reaches, however its batches are run:
+    # featcache runs two streams on a CPU, so the two-stream figure counts when it is higher.
+    best_ceil = max(ceil["img_s"], ceil2 or 0.0)
     say(f"featcache ({precision}, files -> HDF5, {t.get('num_workers')} workers): {fc['img_s']:7.1f} img/s  "
         f"(median of {len(fc_ok)} clean of {[round(f['img_s'], 1) for f in fc_runs]}: loop "
         f"{t.get('total_s', float('nan')):.2f} s for {t.get('rows')} rows; call wall {fc['wall_s']:.2f} s "
@@ -484,19 +489,19 @@ def main_bench(args) -> dict:
     if contaminated:
         say(f"WARNING: no clean measurement (other processes > {100 * BUSY_LIMIT:.0f}% CPU) for "
             f"{', '.join(contaminated)}: those figures are not comparable; rerun on a quiet machine")
-    vs_ceiling = fc["img_s"] / ceil["img_s"]
+    vs_ceiling = fc["img_s"] / best_ceil
     vs_naive = fc["img_s"] / naive["img_s"] if naive else None
-    say(f"{'PASS' if vs_ceiling >= TARGET_VS_CEILING else 'MISS'}: featcache / ceiling ({precision}) = "
-        f"{vs_ceiling:.2f} (target >= {TARGET_VS_CEILING})")
-    if ceil2:
-        say(f"info: featcache / 2-stream ceiling ({precision}) = {fc['img_s'] / ceil2:.2f}")
+    say(f"{'PASS' if vs_ceiling >= TARGET_VS_CEILING else 'MISS'}: featcache / best ceiling ({precision}, "
+        f"{best_ceil:.1f} img/s) = {vs_ceiling:.2f} (target >= {TARGET_VS_CEILING}); vs the single-stream ceiling "
+        f"{fc['img_s'] / ceil['img_s']:.2f}")
     if naive:
         say(f"{'PASS' if vs_naive >= TARGET_VS_NAIVE else 'MISS'}: featcache / naive fp32 loop = "
             f"{vs_naive:.2f} (target >= {TARGET_VS_NAIVE})")
     return {
         "featcache_img_s": round(fc["img_s"], 1),
         "naive_img_s": round(naive["img_s"], 1) if naive else None,
-        "ceiling_img_s": round(ceil["img_s"], 1),
+        "ceiling_img_s": round(best_ceil, 1),
+        "ceiling_1stream_img_s": round(ceil["img_s"], 1),
         "ceiling_fp32_img_s": round(ceil32["img_s"], 1),
         "ceiling_2streams_img_s": round(ceil2, 1) if ceil2 else None,
         "vs_ceiling_2streams": round(fc["img_s"] / ceil2, 3) if ceil2 else None,

@@ -1,6 +1,7 @@
 """Never lose work, never trust bad input: kill -9 and resume, reuse, strict mode, timeouts,
 concurrent runs, a full disk, and the errors a user sees."""
 import errno
+import json
 import signal
 import subprocess
 import sys
@@ -237,6 +238,14 @@ def test_same_features_across_worker_counts_and_batch_sizes(split_folder, fast, 
     assert a.path.name == b.path.name  # workers and batch size are not part of the key
     assert list(a.paths) == list(b.paths)
     np.testing.assert_allclose(a.X, b.X, rtol=1e-4, atol=1e-5)
+    # Several batches in flight at once (streams finish out of order), or one: rows still land in order.
+    for i, streams in enumerate((3, 1)):
+        c = load(featcache.extract(split_folder, **{**fast, "streams": streams, "batch_size": 2, "num_workers": 0,
+                                                     "cache_dir": tmp_path / f"streams{i}"}))
+        assert c.path.name == a.path.name and list(c.paths) == list(a.paths)
+        assert json.loads(c.meta["timings"])["streams"] == streams
+        for layer in a.layers:
+            np.testing.assert_allclose(c.features[layer], a.features[layer], rtol=1e-4, atol=1e-5)
 
 
 def test_bf16_features_are_close_to_fp32(split_folder, fast):

@@ -309,19 +309,35 @@ DEFAULT_STAGES = 3
 
 
 def default_layers(backbone: "Backbone", nodes: Sequence[str]) -> List[str]:
-    """What extraction stores without ``--layer``: the last three stage outputs, else the penultimate features.
+    """What extraction stores without ``--layer``: the last three stage outputs, the deepest always being the
+    penultimate features; models without stage outputs (ViTs) get the penultimate features alone.
 
     Mid-level stages beat the last layer by 2.5-3.6 points on data far from ImageNet (README, "Which layers"),
-    cost no extra forward pass, and the sweep's layer screen keeps the last layer where it is better. Models
-    without stages (ViTs) or that cannot be traced get the input of their final classifier.
+    cost no extra forward pass, and the sweep's layer screen keeps the last layer where it is better. Where
+    layers with weights sit between the last stage and the final classifier (MobileNetV3's and VGG's fully
+    connected layers, ConvNeXt's LayerNorm), the penultimate features replace the last stage.
     """
+    penultimate = default_layer(backbone.module, nodes)
     try:
-        stages = stage_outputs(backbone)
+        names = [s.name for s in stage_outputs(backbone)]
     except FeatcacheError:
-        stages = []
-    if len(stages) < 2:
-        return [default_layer(backbone.module, nodes)]
-    return [s.name for s in stages[-DEFAULT_STAGES:]]
+        names = []
+    if len(names) < 2:
+        return [penultimate]
+    ends = [i for i, n in enumerate(nodes) if n == names[-1] or n.startswith(names[-1] + ".")]
+    modules = dict(backbone.module.named_modules())
+    between = nodes[ends[-1] + 1:nodes.index(penultimate) + 1] if ends and penultimate in nodes else []
+    owners = [_owner(n, modules) for n in between]  # a traced-through module's nodes are "<module>.<op>"
+    if any(m is not None and next(m.parameters(recurse=False), None) is not None for m in owners):
+        names = names[:-1] + [penultimate]
+    return names[-DEFAULT_STAGES:]
+
+
+def _owner(node: str, modules: Dict[str, nn.Module]) -> Optional[nn.Module]:
+    """The module a graph node belongs to: the longest module name that is the node's name or a prefix of it."""
+    parts = node.split(".")
+    return next((modules[".".join(parts[:k])] for k in range(len(parts), 0, -1) if ".".join(parts[:k]) in modules),
+                None)
 
 
 def check_layers(layers: Sequence[str], nodes: Sequence[str]) -> None:

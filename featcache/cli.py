@@ -123,7 +123,8 @@ def build_parser() -> Parser:
     p.add_argument("--streams", type=int,
                    help="batches run through the model at once, each by its own thread with an equal share of "
                         "torch's intra-op threads; on a CPU two single-threaded streams lose less to the decode "
-                        "workers than one two-threaded stream (default: 2 on a CPU with 2+ threads, 1 on a GPU)")
+                        "workers than one two-threaded stream (default: 2 on a CPU with 2+ threads, 1 on a GPU; "
+                        "always 1 with --num-workers 0)")
     p.add_argument("--strict", action="store_true",
                    help="decode every file before extracting and refuse the dataset if any cannot be read "
                         "(default: skip bad files, record them under failed/ in the cache)")

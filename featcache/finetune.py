@@ -93,7 +93,8 @@ def with_pointwise_as_linear(top: nn.Module) -> nn.Module:
             x, w, b, stride, padding, dilation, groups = args
             stride, padding, groups = (n.kwargs.get("stride", stride), n.kwargs.get("padding", padding),
                                        n.kwargs.get("groups", groups))
-            if w is None or w.op != "get_attr" or top.get_parameter(w.target).shape[-2:] != (1, 1):
+            weight = _attr(top, w.target) if w is not None and w.op == "get_attr" else None
+            if not isinstance(weight, torch.Tensor) or weight.ndim != 4 or weight.shape[-2:] != (1, 1):
                 continue
             if _ones(stride) and _zeros(padding) and (groups in (None, 1)):
                 with graph.inserting_after(n):
@@ -102,8 +103,9 @@ def with_pointwise_as_linear(top: nn.Module) -> nn.Module:
                 graph.erase_node(n)
         elif n.op == "call_module":
             m = top.get_submodule(n.target)
+            hooked = m._forward_hooks or m._forward_pre_hooks  # e.g. weight_norm computes weight in a pre-hook
             if (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1) and _zeros(m.padding)
-                    and m.groups == 1 and len(n.args) == 1 and not n.kwargs):
+                    and m.groups == 1 and len(n.args) == 1 and not n.kwargs and not hooked):
                 with graph.inserting_before(n):
                     w = graph.get_attr(f"{n.target}.weight")
                     b = graph.get_attr(f"{n.target}.bias") if m.bias is not None else None
@@ -113,6 +115,13 @@ def with_pointwise_as_linear(top: nn.Module) -> nn.Module:
     graph.lint()
     top.recompile()
     return top
+
+
+def _attr(module: nn.Module, target: str):
+    """The tensor a ``get_attr`` node names (a parameter, buffer or plain attribute), or None."""
+    for name in target.split("."):
+        module = getattr(module, name, None)
+    return module
 
 
 def _ones(v) -> bool:
@@ -292,13 +301,14 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         opt = adamw([{"params": list(head.parameters()), "lr": self.head_lr}]
                     + ([{"params": trainable, "lr": self.lr}] if trainable else []), self.weight_decay)
         gen = torch.Generator().manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
-        # A frozen top gives the same outputs every epoch: compute them once, then only the head trains.
+        # A frozen top gives the same outputs every epoch: compute them once (fp32, as predict will), then only the
+        # head trains.
         train_top = val_top = net
         if not trainable and not self.augment:
-            X, yi, train_top = self._outputs(net, X, train, device, self.precision_), yi[train], nn.Identity()
+            X, yi, train_top = self._outputs(net, X, train, device), yi[train], nn.Identity()
             train = np.arange(len(train))
         if not trainable and len(val_pos):
-            val_X, yv, val_top = self._outputs(net, val_X, val_pos, device, self.precision_), yv[val_pos], nn.Identity()
+            val_X, yv, val_top = self._outputs(net, val_X, val_pos, device), yv[val_pos], nn.Identity()
             val_pos = np.arange(len(val_pos))
         y_train = torch.from_numpy(yi.astype(np.int64))
         y_val = torch.from_numpy(np.asarray(yv, dtype=np.int64)) if len(val_pos) else None

@@ -271,7 +271,8 @@ def _run(cfg: ExtractConfig, plan: "Plan", fx, writer: store.CacheWriter) -> dic
     device, precision = plan.device, plan.precision
     rows = writer.remaining
     num_workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(device)
-    streams = cfg.streams or default_streams(device)
+    # Without workers the consuming thread decodes, and only the main thread can time a decode out (SIGALRM).
+    streams = 1 if num_workers == 0 else (cfg.streams or default_streams(device))
     pre = plan.backbone.preprocess
     dataset = DecodeDataset(plan.source, pre, rows, cfg.decode_timeout, raw_jpegs=cfg.gpu_decode, views=cfg.views,
                             augment=cfg.augment)
@@ -294,6 +295,8 @@ def _run(cfg: ExtractConfig, plan: "Plan", fx, writer: store.CacheWriter) -> dic
         while not state["stop"]:
             t0 = time.perf_counter()
             with take:
+                if state["stop"]:
+                    return
                 try:
                     images, reasons, raw = next(it)
                 except StopIteration:
@@ -328,14 +331,18 @@ def _run(cfg: ExtractConfig, plan: "Plan", fx, writer: store.CacheWriter) -> dic
     with _intra_op_threads(threads_each) if streams > 1 else contextlib.nullcontext():
         helpers = [threading.Thread(target=helper, daemon=True, name=f"featcache-stream-{i}")
                    for i in range(1, streams)]
+        failed = True
         try:
             for h in helpers:
                 h.start()
             stream()  # the main thread is a stream too, so Ctrl-C reaches the loop
+            failed = False
         finally:
             state["stop"] = True
             for h in helpers:
-                h.join()
+                # After an error or Ctrl-C a helper may wait on decode workers that are gone: give up on it
+                # (a daemon thread) rather than hang; its rows are not written, and a rerun resumes.
+                h.join(timeout=10 if failed else None)
             thread.q.put(None)
             thread.join()
             bar.close()

@@ -35,7 +35,7 @@ class Rows:
                  maps: bool = False):
         self.path = Path(path)
         with h5py.File(self.path, "r") as f:
-            self.layers = list(layers or json.loads(f.attrs["layers"])[:1])
+            self.layers = list(layers or json.loads(f.attrs["layers"])[-1:])  # default: the last, as FeatureSet.X
             datasets = [f["features"][name] for name in self.layers]
             n_file = datasets[0].shape[0]
             self.n_features = sum(int(np.prod(d.shape[1:])) for d in datasets)

@@ -160,6 +160,9 @@ def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_
 
     fs = store.load(path, lazy=True)
     try:
+        if out_of_core and not layer and len(fs.layers) > 1:
+            layer = fs.layers[-1]  # one layer choice streams; the last, as FeatureSet.X
+            log.info("--out-of-core: using the cache's last layer %s (pick another with --layer)", layer)
         layers, choices = _pick_layers(fs.layers, layer)
         dims = {name: int(np.prod(fs.features[name].shape[1:])) for name in layers}
         use_views = views and all(name in fs.views for name in layers)
@@ -501,6 +504,10 @@ def run(cfg: SweepConfig) -> SweepResult:
         choices = list(feats.layer_choices)
         if cfg.layer is None and 0 < cfg.screen_layers < len(choices):
             screen = _screen_layers(fits, choices)
+        if screen and all(np.isnan(v) for v in screen.values()):
+            log.warning("the layer screen has no score (every screen fit failed); fitting the grid on every choice")
+            screen = {}
+        elif screen:
             choices = list(screen)[:cfg.screen_layers]
             log.info("layer screen (%s, val %s): %s -> the grid on %s (--screen-layers 0: on every choice)",
                      SCREEN_TEXT, cfg.metric, ", ".join(f"{k} {v:.4f}" for k, v in screen.items()),
@@ -619,8 +626,12 @@ def _screen_layers(fits: _Fits, choices: List[str]) -> Dict[str, float]:
     probes = [dataclasses.replace(c, layer=choice) for choice in choices for c in grids.expand_grid(SCREEN_GRID)]
     fits.fit(probes, desc="layer screen")
     metric = fits.cfg.metric
-    best = {choice: max((fits.records[p].get("scores", {}).get(metric, np.nan) for p in probes if p.layer == choice),
-                        key=lambda v: metrics.sort_key(metric, v)) for choice in choices}
+    def score(p: Config) -> float:  # a failed fit, or a metric the classifier cannot give (log-loss of ridge): NaN
+        value = (fits.records[p].get("scores") or {}).get(metric)
+        return np.nan if value is None else float(value)
+
+    best = {choice: max((score(p) for p in probes if p.layer == choice), key=lambda v: metrics.sort_key(metric, v))
+            for choice in choices}
     return dict(sorted(best.items(), key=lambda kv: -metrics.sort_key(metric, kv[1])))
 
 

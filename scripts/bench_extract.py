@@ -167,14 +167,14 @@ def image_folder(workdir: Path, n: int, size: tuple, seed: int) -> Path:
 # --- featcache pieces -----------------------------------------------------------------------------
 
 def featcache_model(args, device):
-    """featcache's own module: the backbone it loads and the FeatureExtractor it runs."""
+    """featcache's own module: the backbone it loads and the FeatureExtractor it runs (its default layers)."""
     from featcache import backbones
     from featcache.config import ExtractConfig
 
     cfg = ExtractConfig(model=args.model, image_size=args.image_size, batch_size=args.batch_size,
                         precision=args.precision)
     backbone = backbones.load_backbone(cfg)
-    layers = [backbones.default_layer(backbone.module, backbones.graph_node_names(backbone.module))]
+    layers = backbones.default_layers(backbone, backbones.graph_node_names(backbone.module))
     fx = backbones.FeatureExtractor(backbone, layers, "avg").to(device)
     return backbone, layers, fx
 
@@ -293,7 +293,8 @@ def run_featcache(folder: Path, args, num_workers=None, threads=None) -> dict:
     cache_dir = Path(tempfile.mkdtemp(prefix="cache-", dir=args.workdir))
     try:
         t = time.perf_counter()
-        path = featcache.extract(str(folder), model=args.model, image_size=args.image_size,
+        # The same layers as the ceiling's module (featcache's defaults, resolved the same way).
+        path = featcache.extract(str(folder), model=args.model, image_size=args.image_size, layers=getattr(args, "layers", None) or (),
                                  batch_size=args.batch_size, precision=args.precision, device=args.device,
                                  cache_dir=str(cache_dir), progress=False, num_workers=num_workers)
         wall = time.perf_counter() - t
@@ -390,7 +391,7 @@ def main_bench(args) -> dict:
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
         f"featcache default workers {nw_default}")
 
-    backbone, _layers, fx = featcache_model(args, device)
+    backbone, args.layers, fx = featcache_model(args, device)
     t = time.perf_counter()
     images = decode_all(folder, backbone.preprocess)
     say(f"decoded {len(images)} images in memory for the ceiling ({time.perf_counter() - t:.1f} s, "

@@ -171,7 +171,7 @@ def run_dataset(name: str, rows, work: Path, image_size: int, views: int, epochs
             "last": lambda: extract_and_sweep(root, cache_dir / "last", {**size, "layers": ["last1"]},
                                               {"grid": LOGREG_GRID}),
             "multi": lambda: extract_and_sweep(root, cache_dir / "multi", {**size, "layers": ["last3"]},
-                                               {"grid": LOGREG_GRID}),
+                                               {"grid": LOGREG_GRID, "screen_layers": 0}),
             "defaults": lambda: extract_and_sweep(root, cache_dir / "defaults", size, {}),
             "views": lambda: extract_and_sweep(root, cache_dir / "views",
                                                {**size, "layers": ["last1"], "views": views,

@@ -127,7 +127,8 @@ def bench_dense(images: Path, e2e_epochs: int, epochs: int = 10) -> dict:
     head_params = dict(hidden_layer_sizes=512, epochs=epochs, batch_size=64, early_stopping=False, random_state=0)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        cache = featcache.extract(images, model="efficientnet_lite0", cache_dir=tmp, progress=False)
+        # One layer, the penultimate features, on both sides (the comparison is about epochs, not layers).
+        cache = featcache.extract(images, model="efficientnet_lite0", layers=["last1"], cache_dir=tmp, progress=False)
         t_extract = time.perf_counter() - t
         fs = featcache.load(cache)
     n = len(fs)
@@ -164,7 +165,7 @@ def bench_dense(images: Path, e2e_epochs: int, epochs: int = 10) -> dict:
         t = time.perf_counter()
         for images_, labels in loader:
             with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                feats = fx(images_)[record["layers"][0]].float()
+                feats = fx(images_)[record["layers"][-1]].float()
             loss = F.cross_entropy(head(feats.clone()), labels)
             opt.zero_grad()
             loss.backward()

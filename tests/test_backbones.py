@@ -230,3 +230,7 @@ def test_default_layers_are_the_last_three_stages_or_the_penultimate_features():
     vit = load_backbone(ExtractConfig(model="vit_b_16", weights="none"))  # no stages: the classifier's input
     nodes = graph_node_names(vit.module)
     assert default_layers(vit, nodes) == [default_layer(vit.module, nodes)]
+    # A Linear between the last stage and the classifier (MobileNetV3): the penultimate features replace that stage.
+    mnv3 = load_backbone(ExtractConfig(model="mobilenet_v3_small", weights="none"))
+    nodes = graph_node_names(mnv3.module)
+    assert default_layers(mnv3, nodes) == ["features.3", "features.8", default_layer(mnv3.module, nodes)]

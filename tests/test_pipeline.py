@@ -240,7 +240,7 @@ def test_same_features_across_worker_counts_and_batch_sizes(split_folder, fast, 
     np.testing.assert_allclose(a.X, b.X, rtol=1e-4, atol=1e-5)
     # Several batches in flight at once (streams finish out of order), or one: rows still land in order.
     for i, streams in enumerate((3, 1)):
-        c = load(featcache.extract(split_folder, **{**fast, "streams": streams, "batch_size": 2, "num_workers": 0,
+        c = load(featcache.extract(split_folder, **{**fast, "streams": streams, "batch_size": 2, "num_workers": 1,
                                                      "cache_dir": tmp_path / f"streams{i}"}))
         assert c.path.name == a.path.name and list(c.paths) == list(a.paths)
         assert json.loads(c.meta["timings"])["streams"] == streams

@@ -211,6 +211,9 @@ def test_the_layer_screen_runs_the_grid_on_the_best_choices_only(caches, tmp_pat
     assert set(pinned.leaderboard["layer"]) == {"layer2", "layer4"} and not pinned.layer_screen
     with pytest.raises(FeatcacheError, match="--screen-layers must be an integer >= 0"):
         sweep(caches["default"], grid=grid, screen_layers=-1, progress=False)
+    # Out of core one layer choice streams: without --layer, the last layer (what FeatureSet.X is).
+    streamed = sweep(caches["default"], grid={"sgd": {"max_iter": 2}}, out_of_core=True, reuse=False, progress=False)
+    assert set(streamed.leaderboard["layer"]) == {"layer4"} and not streamed.layer_screen
 
 
 def test_layer_choices():

@@ -41,7 +41,7 @@ from torch.nn import functional as F
 from . import metrics
 from .cli import Parser, make_callable, run_cli
 from .config import ExtractConfig, FeatcacheError
-from .streaming import Rows, minibatches
+from .streaming import Rows, available_memory, minibatches
 
 log = logging.getLogger("featcache")
 
@@ -134,6 +134,29 @@ def _zeros(v) -> bool:
 
 # --- the estimator ------------------------------------------------------------------------------------
 
+IN_MEMORY_BYTES = 2 << 30  # cached rows up to this size (and a quarter of free memory) are read once, not streamed
+
+
+def in_memory_if_small(X):
+    """A :class:`Rows` view read into a float32 array when it fits comfortably in memory; anything else as is.
+
+    In memory every epoch is a full shuffle. A stream only shuffles within a buffer of chunk-aligned blocks,
+    which on a class-sorted cache gives minibatches of few classes: measured on MNIST-5k at 224 px (192x7x7 maps,
+    a 888-row buffer of 3,000 rows), test accuracy 0.862 streamed vs 0.954 for the same training on
+    shuffled images.
+    """
+    if not isinstance(X, Rows):
+        return X
+    nbytes = len(X) * int(np.prod(X.row_shape)) * 4
+    free = available_memory()
+    if nbytes > IN_MEMORY_BYTES or (free is not None and nbytes > free // 4):
+        return X
+    out = np.empty(X.shape, dtype=np.float32)
+    for pos, block in X.blocks():
+        out[pos] = block
+    return out
+
+
 def top_blocks(top: nn.Module) -> Dict[str, List[str]]:
     """The top's parameter names by block, in execution order.
 
@@ -204,8 +227,8 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         stay float32). ``auto``: bf16 where the device runs it fast (CPUs with AVX-512 BF16/AMX, recent GPUs).
 
     ``X`` is an array or h5py dataset of activations, (n, C, H, W) or flattened, or a cache's rows as
-    :class:`featcache.streaming.Rows` (``maps=True``), read in chunk-aligned blocks, so they need not fit in
-    memory. Fitted attributes: ``classes_``, ``input_shape_``, ``top_`` and ``head_`` (trained, CPU),
+    :class:`featcache.streaming.Rows` (``maps=True``): read into memory once when they fit (:func:`in_memory_if_small`,
+    for a full shuffle every epoch), else streamed in chunk-aligned blocks. Fitted attributes: ``classes_``, ``input_shape_``, ``top_`` and ``head_`` (trained, CPU),
     ``n_epochs_``, ``best_epoch_``, ``loss_curve_``, ``validation_loss_curve_``.
     """
 
@@ -260,6 +283,7 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         from .heads import resolve_device
 
         self._validate_params()
+        X, X_val = in_memory_if_small(X), in_memory_if_small(X_val)
         shape = tuple(X.shape[1:]) if len(X.shape) > 2 else self.input_shape
         if shape is None or int(np.prod(shape)) != int(np.prod(X.shape[1:])):
             raise ValueError(f"X has {X.shape[1:]} values per row; pass input_shape=(C, H, W) for flattened "

@@ -85,6 +85,18 @@ def test_training_moves_only_the_chosen_blocks_and_is_seeded(cache):
         TopClassifier(top=top, input_shape=(256, 2, 2), precision="fp16").fit(X, y)
 
 
+def test_cached_rows_that_fit_are_read_once_for_a_full_shuffle(cache, monkeypatch):
+    from featcache import finetune as ft
+
+    fs = featcache.load(cache["path"])
+    rows = Rows(cache["path"], ["layer3"], np.arange(len(fs))[::-1], maps=True)  # any order of rows
+    got = ft.in_memory_if_small(rows)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    np.testing.assert_allclose(got, np.asarray(fs.features["layer3"], dtype=np.float32)[::-1])
+    monkeypatch.setattr(ft, "IN_MEMORY_BYTES", 0)  # too big for memory: streamed as before
+    assert ft.in_memory_if_small(rows) is rows
+
+
 def test_pointwise_convolutions_become_matrix_products_with_the_same_outputs():
     """resnet50's bottleneck 1x1 convs (nn.Conv2d leaves) are rewritten; the 3x3 and strided ones are not."""
     from featcache.finetune import pointwise_conv, with_pointwise_as_linear

@@ -17,7 +17,8 @@ import h5py
 import numpy as np
 
 BLOCK_BYTES = 4 << 20  # rows read at once: whole HDF5 chunks adding up to about 4 MiB of float32
-BUFFER_BLOCKS = 8  # rows are shuffled within this many blocks (the blocks themselves come in a shuffled order)
+BUFFER_BLOCKS = 8  # rows are shuffled within at least this many blocks (the blocks come in a shuffled order) ...
+BUFFER_BYTES = 8 * BLOCK_BYTES  # ... and at least this much float32: smaller blocks mix more places of the file
 STREAMING_CLASSIFIERS = ("sgd", "dense")  # the sweep's classifiers that can train from a stream
 STREAMING_PREPROCESS = ("none", "standardize", "l2")
 
@@ -100,7 +101,9 @@ class Rows:
     def batches(self, batch_size: int, rng: Optional[np.random.Generator] = None
                 ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         """``(positions, X)`` minibatches; with ``rng``, from shuffled blocks, rows shuffled within a buffer of blocks."""
-        limit = max(batch_size, BUFFER_BLOCKS * self.block_rows) if rng is not None else batch_size
+        row_bytes = 4 * int(np.prod(self.row_shape))
+        limit = (max(batch_size, BUFFER_BLOCKS * self.block_rows, BUFFER_BYTES // row_bytes) if rng is not None
+                 else batch_size)
         held_pos, held_X, held = [], [], 0
         for pos, X in self.blocks(rng):
             held_pos.append(pos)

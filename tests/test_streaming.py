@@ -44,8 +44,12 @@ def test_blocks_are_chunk_aligned_and_cover_every_row_once(cache, data):
     assert np.array_equal(np.concatenate([b for _, b in clone.blocks()]), X[np.sort(subset)])
 
 
-def test_batches_shuffle_within_a_buffer_and_keep_every_row(cache):
+def test_batches_shuffle_within_a_buffer_and_keep_every_row(cache, monkeypatch):
     view = streaming.Rows(cache, block_rows=16)
+    # The default buffer (32 MiB) holds this whole file: one batch mixes rows from all over it.
+    first = next(view.batches(100, np.random.default_rng(0)))[0]
+    assert first.max() - first.min() > 1200
+    monkeypatch.setattr(streaming, "BUFFER_BYTES", 0)  # a buffer of BUFFER_BLOCKS blocks only
     batches = list(view.batches(100, np.random.default_rng(0)))
     pos = np.concatenate([p for p, _ in batches])
     assert sorted(pos) == list(range(2400)) and {len(p) for p, _ in batches[:-1]} == {100}

@@ -24,6 +24,7 @@ import logging
 import sys
 import time
 import types
+import warnings
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
@@ -115,6 +116,59 @@ def with_pointwise_as_linear(top: nn.Module) -> nn.Module:
     graph.lint()
     top.recompile()
     return top
+
+
+def split_frozen_prefix(top: nn.Module, trainable: set, max_tries: int = 32):
+    """``(prefix, rest)`` with ``rest(prefix(x)) == top(x)`` where ``prefix`` uses none of the ``trainable``
+    parameter names: cut as late as the graph allows (at a node no skip connection crosses). None when the top
+    cannot be traced, starts with a trained layer, or has no such cut near the first trained layer.
+    ``rest`` holds the same parameter names as ``top`` for the layers it keeps.
+    """
+    from torchvision.models import feature_extraction as fe
+
+    from .backbones import split_top
+
+    tracer = fe.NodePathTracer(**fe._set_default_tracer_kwargs(None))
+    try:
+        graph = tracer.trace(top)
+    except Exception:
+        return None
+    qual = tracer.node_to_qualname
+
+    def trained(n) -> bool:
+        if n.op == "get_attr":
+            return n.target in trainable
+        if n.op == "call_module":
+            return any(f"{n.target}.{p}" in trainable for p, _ in top.get_submodule(n.target).named_parameters())
+        return any(trained(a) for a in n.all_input_nodes if a.op == "get_attr")
+
+    nodes = list(graph.nodes)
+    first = next((i for i, n in enumerate(nodes) if trained(n)), None)
+    output = next(n for n in nodes if n.op == "output").args[0]
+    if first is None or not isinstance(output, torch.fx.Node) or output not in qual:
+        return None
+    candidates = [n for n in reversed(nodes[:first]) if n in qual and n.op not in ("placeholder", "get_attr")]
+    for cut in candidates[:max_tries]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rest = split_top(top, qual[cut], qual[output])
+                prefix = fe.create_feature_extractor(top, {qual[cut]: "cut"})
+        except Exception:  # FeatcacheError for a cut a skip connection crosses, or anything fx refuses
+            continue
+        return _Only(prefix, "cut"), rest
+    return None
+
+
+class _Only(nn.Module):
+    """One output of a feature extractor that returns a dict."""
+
+    def __init__(self, extractor: nn.Module, key: str):
+        super().__init__()
+        self.extractor, self.key = extractor, key
+
+    def forward(self, x):
+        return self.extractor(x)[self.key]
 
 
 def _attr(module: nn.Module, target: str):
@@ -314,25 +368,35 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         from .pipeline import autocast, resolve_precision
 
         self.precision_ = "bf16" if resolve_precision(self.precision, device) == "bf16" else "fp32"
+        self.frozen_prefix_ = False  # whether frozen layers before the trained blocks ran once, not every epoch
         net = copy.deepcopy(self.top).to(device).eval()
         if len(self.input_shape_) == 3:
             net = with_pointwise_as_linear(net).to(memory_format=torch.channels_last)
         trainable = unfreeze_last(net, self.train_blocks)
-        params = dict(net.named_parameters())
         with torch.no_grad():
             dim = net(self._input(next(minibatches(X, train[:1], 1))[1], device)).shape[1]
+        # Frozen layers give the same outputs every epoch: compute them once (fp32, as predict will) and train
+        # what follows. A frozen top leaves only the head; a partly trained one, the layers from the first
+        # trained block on (when the rows are in memory and not augmented, and a cut before that block exists).
+        prefix, rest = (net, nn.Identity()) if not trainable else (None, net)
+        if trainable and self.train_blocks != "all" and not self.augment and not isinstance(X, Rows):
+            names = {n for n, p in net.named_parameters() if p.requires_grad}
+            split = split_frozen_prefix(net, names)
+            if split is not None:
+                prefix, rest = split
+                trainable = [p.requires_grad_(n in names) for n, p in rest.named_parameters() if n in names]
+                self.frozen_prefix_ = True
+        params = dict(rest.named_parameters())
         head = nn.Sequential(nn.Dropout(self.dropout), nn.Linear(dim, len(self.classes_))).to(device)
         opt = adamw([{"params": list(head.parameters()), "lr": self.head_lr}]
                     + ([{"params": trainable, "lr": self.lr}] if trainable else []), self.weight_decay)
         gen = torch.Generator().manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
-        # A frozen top gives the same outputs every epoch: compute them once (fp32, as predict will), then only the
-        # head trains.
         train_top = val_top = net
-        if not trainable and not self.augment:
-            X, yi, train_top = self._outputs(net, X, train, device), yi[train], nn.Identity()
+        if prefix is not None and (trainable or not self.augment):
+            X, yi, train_top = self._outputs(prefix, X, train, device), yi[train], rest
             train = np.arange(len(train))
-        if not trainable and len(val_pos):
-            val_X, yv, val_top = self._outputs(net, val_X, val_pos, device), yv[val_pos], nn.Identity()
+        if prefix is not None and len(val_pos):
+            val_X, yv, val_top = self._outputs(prefix, val_X, val_pos, device), yv[val_pos], rest
             val_pos = np.arange(len(val_pos))
         y_train = torch.from_numpy(yi.astype(np.int64))
         y_val = torch.from_numpy(np.asarray(yv, dtype=np.int64)) if len(val_pos) else None
@@ -373,6 +437,12 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
             with torch.no_grad():
                 for n, value in best_state["top"].items():
                     params[n].copy_(value)
+        if rest is not net and not isinstance(rest, nn.Identity):  # the trained layers back into the whole top
+            with torch.no_grad():
+                whole = dict(net.named_parameters())
+                for n, p in params.items():
+                    if p.requires_grad:
+                        whole[n].copy_(p)
         self.top_ = net.cpu().eval().requires_grad_(False)
         self.head_ = head.cpu().eval().requires_grad_(False)
 

@@ -85,6 +85,24 @@ def test_training_moves_only_the_chosen_blocks_and_is_seeded(cache):
         TopClassifier(top=top, input_shape=(256, 2, 2), precision="fp16").fit(X, y)
 
 
+def test_frozen_layers_before_the_trained_block_run_once_with_the_same_result(cache, monkeypatch):
+    from featcache import finetune as ft
+
+    fs = featcache.load(cache["path"])
+    top, _ = split_for(fs.meta, cache["path"], "layer3")
+    X, y = np.asarray(fs.features["layer3"], dtype=np.float32), np.array(COLOURS)[fs.y]
+    settings = dict(top=top, train_blocks=1, epochs=2, precision="fp32", random_state=0)
+    once = TopClassifier(**settings).fit(X, y)
+    assert once.frozen_prefix_  # layer4.0 ran once; only layer4.1 and the head trained every epoch
+    monkeypatch.setattr(ft, "split_frozen_prefix", lambda *a, **k: None)
+    every_epoch = TopClassifier(**settings).fit(X, y)
+    assert not every_epoch.frozen_prefix_
+    np.testing.assert_allclose(once.predict_proba(X), every_epoch.predict_proba(X), rtol=1e-4, atol=1e-5)
+    before, after = top.state_dict(), once.top_.state_dict()
+    assert {n.rsplit(".", 2)[0] for n in after if not torch.equal(before[n], after[n])} == {"layer4.1"}
+    assert once.best_epoch_ == every_epoch.best_epoch_
+
+
 def test_cached_rows_that_fit_are_read_once_for_a_full_shuffle(cache, monkeypatch):
     from featcache import finetune as ft
 

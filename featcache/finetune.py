@@ -572,10 +572,13 @@ class FinetuneConfig:
     metric: str = "accuracy"
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # training compute precision: auto (bf16 where fast), bf16 or fp32
     plots: bool = True
     progress: bool = True
 
     def validate(self) -> None:
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise FeatcacheError(f"--precision must be auto, bf16 or fp32; got {self.precision!r}")
         if self.metric not in metrics.METRICS:
             raise FeatcacheError(f"--metric must be one of {', '.join(metrics.METRICS)}; got {self.metric!r}")
         if self.val_fraction is not None and not 0 < self.val_fraction < 1:
@@ -672,7 +675,8 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
             for config, params in zip(configs, grid, strict=True):
                 est = TopClassifier(top=top, input_shape=shape, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
                                     batch_size=cfg.batch_size, n_iter_no_change=cfg.patience, augment=cfg.augment,
-                                    dropout=cfg.dropout, random_state=cfg.seed, device=cfg.device, **params)
+                                    dropout=cfg.dropout, random_state=cfg.seed, device=cfg.device,
+                                    precision=cfg.precision, **params)
                 t = time.perf_counter()
                 try:
                     est.fit(acts[rows[train]], names[feats.y[train]], X_val=acts[rows[val]],
@@ -861,6 +865,9 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0,
                    help="seed for the hold-out, the head's init and shuffling (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="compute precision of training (weights and optimiser stay float32; predictions are fp32); "
+                        "auto = bf16 where the device runs it fast (default: auto)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors, and the output folder")
@@ -876,7 +883,7 @@ def _main(args: argparse.Namespace) -> int:
         cache=args.cache, from_layer=args.from_layer, out=out, train_blocks=args.train_blocks, lr=args.lr,
         head_lr=args.head_lr, weight_decay=args.weight_decay, epochs=args.epochs, patience=args.patience,
         batch_size=args.batch_size, augment=args.augment, dropout=args.dropout, val_fraction=args.val_fraction,
-        metric=args.metric, seed=args.seed, device=args.device, plots=not args.no_plots,
+        metric=args.metric, seed=args.seed, device=args.device, precision=args.precision, plots=not args.no_plots,
         progress=not (args.no_progress or args.quiet))
     result = run(cfg)
     if not args.quiet:
@@ -895,4 +902,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 make_callable(__name__, finetune)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable copy of this module: the saved TopClassifier must pickle as featcache.finetune's, not as
+    # __main__'s, or no other process (predict) could load best.joblib.
+    from featcache.finetune import main as _importable_main
+
+    sys.exit(_importable_main())

@@ -57,7 +57,9 @@ PREPROCESS_STEPS = ("none", "standardize", "l2", "pca:K")
 _ALIASES = {"standardise": "standardize", "std": "standardize", "scale": "standardize", "l2norm": "l2"}
 
 DEFAULT_GRID = """\
-# featcache's default sweep grid: about 1-2 minutes on 2 CPU cores for 10k x 1280 features.
+# featcache's default sweep grid: about 1-2 minutes on 2 CPU cores for 10k x 1280 features, per layer choice.
+# On a default cache (3 layers) the sweep screens the 6 layer choices, then runs this grid on the best 2
+# (--screen-layers): 88 s in all for 4,000 rows of MNIST-5k.
 # Copy it (python -m featcache.sweep --print-grid > grid.toml), edit, and pass --grid grid.toml.
 # A list is swept, a scalar is fixed; any constructor argument of the classifier may appear.
 # preprocess: none | standardize | l2 | pca:K, chained with "+" (e.g. "pca:256+l2").

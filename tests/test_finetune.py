@@ -223,11 +223,12 @@ def test_cli_help_run_and_error(cache, tmp_path, capsys):
     assert helped.returncode == 0 and "--from-layer" in helped.stdout and "--pool none" in helped.stdout
     out = tmp_path / "cli"
     args = [str(cache["path"]), "--from-layer", "layer3", "--out", str(out), "--epochs", "1", "--train-blocks", "0",
-            "1", "--no-progress", "--no-plots"]
+            "1", "--no-progress", "--no-plots", "--precision", "fp32"]
     done = subprocess.run(cmd + args, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == str(out)
     assert "train_blocks=1" in done.stdout and (out / "best.joblib.json").is_file()
+    assert load_model(out / "best.joblib").pipeline.precision_ == "fp32"
     assert sorted(pd.read_csv(out / "leaderboard.csv")["params"].str.split(",").str[0]) == ["train_blocks=0",
                                                                                           "train_blocks=1"]
     assert main([str(cache["path"]), "--from-layer", "layer2"]) == 2

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from . import backbones, sources, store
 from .config import ExtractConfig, FeatcacheError
+from .heads import torch_threads
 
 log = logging.getLogger("featcache")
 
@@ -255,17 +256,6 @@ def default_streams(device: torch.device) -> int:
     return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 else 1
 
 
-@contextlib.contextmanager
-def _intra_op_threads(n: int):
-    """torch's intra-op thread count (process-wide) set to ``n`` for the block, then restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _run(cfg: ExtractConfig, plan: "Plan", fx, writer: store.CacheWriter) -> dict:
     """Decode in workers, run the model in ``streams`` threads, write in order from one writer thread."""
     device, precision = plan.device, plan.precision
@@ -328,7 +318,7 @@ def _run(cfg: ExtractConfig, plan: "Plan", fx, writer: store.CacheWriter) -> dic
 
     t_all = time.perf_counter()
     threads_each = max(1, torch.get_num_threads() // streams)
-    with _intra_op_threads(threads_each) if streams > 1 else contextlib.nullcontext():
+    with torch_threads(threads_each) if streams > 1 else contextlib.nullcontext():
         helpers = [threading.Thread(target=helper, daemon=True, name=f"featcache-stream-{i}")
                    for i in range(1, streams)]
         failed = True

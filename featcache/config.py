@@ -1,22 +1,40 @@
-"""The one dataclass that carries an extraction's settings from the CLI/API down to every stage."""
+"""The settings of each command as one dataclass, validated from a table (stage: none; no torch, no sklearn).
+
+:class:`ExtractConfig`, :class:`SweepConfig` and :class:`FinetuneConfig` carry a run's settings from the
+command line or the Python API down to every stage. Each declares ``_parameter_constraints`` (checked by
+:func:`featcache._validation.validate_params`) and checks rules across parameters in ``_check_combinations``.
+Messages name the parameter (``n_jobs``); the CLI shows the flag (``--n-jobs``) instead.
+"""
 from __future__ import annotations
 
 import dataclasses
 import os
 from dataclasses import dataclass
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
+
+from ._validation import Interval, Matches, Options, validate_params
+from ._validation import Sequence as ListOf
+from .errors import FeatcacheError, ParameterError
+
+__all__ = ["ExtractConfig", "SweepConfig", "FinetuneConfig", "FeatcacheError", "default_cache_dir", "DEFAULT_MODEL", "DEVICE",
+           "POOLS", "PRECISIONS", "DTYPES", "AUGMENTATIONS", "MAX_VIEWS", "METRICS", "BACKENDS", "CLUSTER_BACKENDS"]
 
 DEFAULT_MODEL = "efficientnet_lite0"
 POOLS = ("avg", "max", "gem", "flatten", "cls", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TRAIN_PRECISIONS = ("auto", "bf16", "fp32")
 DTYPES = ("float32", "float16")
 AUGMENTATIONS = ("flip", "crop", "color")
 MAX_VIEWS = 64
+METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "log_loss")
+BACKENDS = ("loky", "threading", "ray", "dask")
+CLUSTER_BACKENDS = ("ray", "dask")
 
-
-class FeatcacheError(Exception):
-    """An error the user can fix; the CLI prints it as one line, without a traceback."""
+DEVICE = Matches(r"auto|cpu|cuda(:\d+)?", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+_POSITIVE_INT = Interval(Integral, 1, None)
+_FRACTION = Interval(Real, 0, 1, "neither")
 
 
 def default_cache_dir() -> Path:
@@ -27,8 +45,28 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "featcache"
 
 
+class _Config:
+    """What the three configs share: ``replace`` and ``validate`` (the table, then the cross-parameter rules)."""
+
+    _parameter_constraints: dict = {}
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        """Reject bad values before any work, saying what was passed and what is allowed."""
+        validate_params(self, self._parameter_constraints)
+        self._check_combinations()
+
+    def _check_combinations(self) -> None:
+        pass
+
+    def _refuse(self, param: str, allowed: str) -> None:
+        raise ParameterError(type(self).__name__, param, allowed, getattr(self, param))
+
+
 @dataclass
-class ExtractConfig:
+class ExtractConfig(_Config):
     """Everything that decides what features an extraction produces and how it runs.
 
     Fields above ``device`` change the features and so enter the cache key; the rest only
@@ -60,46 +98,148 @@ class ExtractConfig:
     decode_timeout: float = 60.0  # seconds one image may take to decode before it counts as failed
     progress: bool = True
 
-    def replace(self, **changes: Any) -> "ExtractConfig":
-        return dataclasses.replace(self, **changes)
+    _parameter_constraints = {
+        "pool": [Options(POOLS)],
+        "image_size": [None, _POSITIVE_INT],
+        "resize_size": [None, _POSITIVE_INT],
+        "mean": [None, ListOf((Real,), 3, 3)],
+        "std": [None, ListOf((Interval(Real, 0, None, "neither"),), 3, 3)],
+        "precision": [Options(PRECISIONS)],
+        "dtype": [Options(DTYPES)],
+        "hash_content": [bool],
+        "gpu_decode": [bool],
+        "views": [Interval(Integral, 0, MAX_VIEWS)],
+        "augment": [ListOf((Options(AUGMENTATIONS),))],
+        "device": [DEVICE],
+        "batch_size": [_POSITIVE_INT, Options(("auto",))],
+        "num_workers": [None, Interval(Integral, 0, None)],
+        "streams": [None, _POSITIVE_INT],
+        "cache_dir": [None, str, os.PathLike],
+        "strict": [bool],
+        "decode_timeout": [Interval(Real, 0, None)],
+        "progress": [bool],
+    }
 
     def resolved_cache_dir(self) -> Path:
         return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
 
-    def validate(self) -> None:
-        """Reject bad values early, naming the flag and what is allowed."""
-        if self.pool not in POOLS:
-            raise FeatcacheError(f"--pool must be one of {', '.join(POOLS)}; got {self.pool!r}")
-        if self.precision not in PRECISIONS:
-            raise FeatcacheError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
-        if self.dtype not in DTYPES:
-            raise FeatcacheError(f"--dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
-        if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
-            raise FeatcacheError(f"--device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
-        if self.batch_size != "auto" and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise FeatcacheError(f"--batch-size must be a positive integer or auto; got {self.batch_size!r}")
-        if self.decode_timeout < 0:
-            raise FeatcacheError(f"--decode-timeout must be >= 0 seconds (0 = no limit); got {self.decode_timeout}")
-        if self.streams is not None and (isinstance(self.streams, bool) or not isinstance(self.streams, int)
-                                         or self.streams < 1):
-            raise FeatcacheError(f"--streams must be a positive integer; got {self.streams!r}")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise FeatcacheError(f"--num-workers must be >= 0; got {self.num_workers}")
-        if not (isinstance(self.views, int) and 0 <= self.views <= MAX_VIEWS):
-            raise FeatcacheError(f"--views must be an integer from 0 to {MAX_VIEWS}; got {self.views!r}")
-        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
-        if unknown or (self.views and not self.augment):
-            raise FeatcacheError(f"--augment takes a comma-separated list of {', '.join(AUGMENTATIONS)}; "
-                                 f"got {','.join(self.augment) or 'nothing'}")
+    def _check_combinations(self) -> None:
+        if self.views and not self.augment:
+            self._refuse("augment", f"a non-empty list of {', '.join(AUGMENTATIONS)} when views > 0")
         if self.views and self.gpu_decode:
-            raise FeatcacheError("--views makes its augmented views with Pillow; drop --gpu-decode to use it")
-        for name in ("image_size", "resize_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise FeatcacheError(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if value is not None and len(value) != 3:
-                raise FeatcacheError(f"--{name} takes 3 numbers (R G B); got {list(value)}")
-        if self.std is not None and any(s <= 0 for s in self.std):
-            raise FeatcacheError(f"--std values must be > 0; got {list(self.std)}")
+            raise FeatcacheError("views are made with Pillow: drop gpu_decode (--gpu-decode) to extract views")
+
+
+@dataclass
+class SweepConfig(_Config):
+    """Everything that decides what a sweep fits, how it validates, and where results go."""
+
+    cache: Path
+    out: Optional[Path] = None  # None: write nothing (the Python API still returns the result)
+    grid: Any = None  # None = the default grid; a .toml/.yaml path; or a dict of the same shape
+    classifiers: Sequence[str] = ()  # restrict the grid to these classifiers
+    layer: Optional[str] = None  # "a", "a+b" (concatenated), "a,b,a+b" (try these); None = every choice
+    screen_layers: int = 2  # with layer=None: the whole grid on the N best choices of a cheap screen; 0 = on all
+    views: bool = True  # train on the cache's augmented views (extract --views) when it has them
+    tta: bool = False  # average predictions over each row's views (test-time augmentation)
+    cv: Optional[int] = None  # k-fold CV (default 5 when the cache has no val split)
+    val_fraction: Optional[float] = None  # a random stratified hold-out instead of CV
+    metric: str = "accuracy"
+    seed: int = 0
+    n_jobs: Optional[int] = None  # parallel tasks; None = 1 with loky/threading, every cluster core with ray/dask
+    backend: str = "loky"  # where fits run: loky, threading (this machine), ray or dask (a cluster)
+    address: Optional[str] = None  # cluster to join (default: $RAY_ADDRESS / $DASK_SCHEDULER_ADDRESS, else a local one)
+    out_of_core: bool = False  # stream features from the cache in blocks instead of loading them (sgd and dense)
+    block_rows: Optional[int] = None  # rows per read when out of core (default: whole HDF5 chunks, ~4 MiB)
+    test_top: int = 1  # how many of the best configurations are refitted and scored on test
+    results_dir: Optional[Path] = None  # default: <cache folder>/sweep-results
+    reuse: bool = True  # read and write the result store
+    plots: bool = True
+    progress: bool = True
+
+    _parameter_constraints = {
+        "classifiers": [ListOf((str,))],
+        "layer": [None, str],
+        "screen_layers": [Interval(Integral, 0, None)],
+        "views": [bool],
+        "tta": [bool],
+        "cv": [None, Interval(Integral, 2, None)],
+        "val_fraction": [None, _FRACTION],
+        "metric": [Options(METRICS)],
+        "seed": [Integral],
+        "n_jobs": [None, _POSITIVE_INT, Options((-1,))],
+        "backend": [Options(BACKENDS)],
+        "address": [None, str],
+        "out_of_core": [bool],
+        "block_rows": [None, _POSITIVE_INT],
+        "test_top": [_POSITIVE_INT],
+        "reuse": [bool],
+        "plots": [bool],
+        "progress": [bool],
+    }
+
+    def _check_combinations(self) -> None:
+        if self.cv is not None and self.val_fraction is not None:
+            raise FeatcacheError("use either cv (--cv) or val_fraction (--val-fraction), not both")
+        if self.address and self.backend not in CLUSTER_BACKENDS:
+            raise FeatcacheError(f"address (--address) is for the ray or dask backend, not {self.backend}")
+        if self.block_rows is not None and not self.out_of_core:
+            raise FeatcacheError("block_rows (--block-rows) only applies with out_of_core (--out-of-core)")
+
+
+@dataclass
+class FinetuneConfig(_Config):
+    """Everything that decides what a fine-tuning run trains, how it validates, and where results go.
+
+    ``train_blocks``, ``lr`` and ``head_lr`` are lists: every combination is one configuration
+    (with ``train_blocks`` 0 only the head trains, so ``lr`` does not vary there).
+    """
+
+    cache: Path
+    from_layer: Optional[str] = None
+    out: Optional[Path] = None  # None: write nothing (the Python API still returns the result)
+    train_blocks: Sequence[Any] = (0, 1, "all")
+    lr: Sequence[float] = (1e-4,)
+    head_lr: Sequence[float] = (1e-3,)
+    weight_decay: float = 1e-2
+    epochs: int = 10
+    patience: int = 3
+    batch_size: int = 32
+    augment: bool = False
+    dropout: float = 0.0
+    val_fraction: Optional[float] = None  # a stratified hold-out of train when the cache has no val split (0.2)
+    metric: str = "accuracy"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # training compute precision: auto (bf16 where fast), bf16 or fp32
+    plots: bool = True
+    progress: bool = True
+
+    _parameter_constraints = {
+        "from_layer": [None, str],
+        "train_blocks": [ListOf((Interval(Integral, 0, None), Options(("all",))), 1)],
+        "lr": [ListOf((Interval(Real, 0, None, "neither"),), 1)],
+        "head_lr": [ListOf((Interval(Real, 0, None, "neither"),), 1)],
+        "weight_decay": [Interval(Real, 0, None)],
+        "epochs": [_POSITIVE_INT],
+        "patience": [_POSITIVE_INT],
+        "batch_size": [_POSITIVE_INT],
+        "augment": [bool],
+        "dropout": [Interval(Real, 0, 1, "left")],
+        "val_fraction": [None, _FRACTION],
+        "metric": [Options(METRICS)],
+        "seed": [Integral],
+        "device": [DEVICE],
+        "precision": [Options(TRAIN_PRECISIONS)],
+        "plots": [bool],
+        "progress": [bool],
+    }
+
+    def grid(self) -> list:
+        """One dict of TopClassifier parameters per configuration, in a stable order."""
+        out = []
+        for blocks in dict.fromkeys(self.train_blocks):
+            for lr in (self.lr[:1] if blocks == 0 else dict.fromkeys(self.lr)):
+                for head_lr in dict.fromkeys(self.head_lr):
+                    out.append({"train_blocks": blocks, "lr": float(lr), "head_lr": float(head_lr)})
+        return out

@@ -1,18 +1,23 @@
-"""``python -m featcache.extract``: the extraction CLI (see ``--help``); the work is in ``pipeline``.
+"""``python -m featcache.extract``, and ``featcache.extract(...)``: the entry point of extraction.
 
-``featcache.extract`` is also the API function; this module forwards calls to it (``cli.make_callable``),
-so ``featcache.extract(...)`` works however the package was imported.
+The flags are ``featcache.cli.extract``; the work is ``featcache.extraction.extract``. Calling this module
+calls that function (see ``featcache._util.make_callable``), so ``featcache.extract(...)`` works however
+the package was imported.
 """
 import sys
 
-from .cli import (add_extract_arguments, build_parser, config_from_args, main, make_callable, run_cli,
-                  setup_logging)
-from .pipeline import extract, list_layers
+from ._util import make_callable
 
-__all__ = ["add_extract_arguments", "build_parser", "config_from_args", "extract", "list_layers", "main",
-           "run_cli", "setup_logging"]
+__all__ = ["main"]
 
-make_callable(__name__, extract)
+
+def main(argv=None) -> int:
+    from .cli.extract import main as cli_main
+
+    return cli_main(argv)
+
+
+make_callable(__name__, "featcache.extraction:extract")
 
 if __name__ == "__main__":
     sys.exit(main())

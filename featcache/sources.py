@@ -1,24 +1,27 @@
 """Where images and labels come from: image folders, CSV files, unlabelled folders, torch Datasets.
 
-A :class:`Source` is the ordered list of samples an extraction will turn into rows, with labels,
-splits and class names, plus a manifest (size, mtime, optional content hash) for the cache key.
-Decoding lives here too, so every input kind goes through the same RGB conversion.
+Stage: sources (the top of the data's path). A :class:`Source` is the ordered list of samples an
+extraction will turn into rows, with labels, splits and class names, plus a manifest (size, mtime,
+optional content hash) for the cache key. Imports ``decode`` (a Dataset's key hashes its decoded
+samples), ``_util`` and ``errors``; never torch.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
 import numpy as np
-import torch
-from PIL import Image, ImageOps
 
-from .config import FeatcacheError
+from ._util import file_sha256
+from .decode import to_rgb_array
+from .errors import FeatcacheError
+
+__all__ = ["Source", "open_source", "from_folder", "from_csv", "from_dataset", "is_image_file", "IMAGE_EXTENSIONS",
+           "SPLIT_NAMES", "UNLABELLED"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 SPLIT_NAMES = ("train", "val", "test")
@@ -59,14 +62,6 @@ class Source:
             if hash_content:
                 digests.append(file_sha256(path))
         return {"size": sizes, "mtime_ns": mtimes, "sha256": digests or None}
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _dataset_digest(dataset) -> str:
@@ -243,168 +238,3 @@ def open_source(data: Any) -> Source:
     if path.suffix.lower() == ".csv":
         return from_csv(path)
     raise FeatcacheError(f"--data {path}: expected an image folder or a .csv file with columns path,label[,split]")
-
-
-# --- decoding -------------------------------------------------------------------------------------
-
-def to_rgb_array(image) -> np.ndarray:
-    """HxWx3 uint8 from a PIL image or a uint8 tensor/array (CHW or HWC, 1 or 3 channels)."""
-    if isinstance(image, Image.Image):
-        return np.asarray(to_rgb(image))
-    arr = np.asarray(image.numpy() if hasattr(image, "numpy") else image)
-    if arr.dtype != np.uint8:
-        raise FeatcacheError(f"Dataset images must be PIL images or uint8 tensors; got dtype {arr.dtype}")
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3):
-        arr = arr.transpose(1, 2, 0)
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    return np.ascontiguousarray(arr)
-
-
-def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB: 16/32-bit scaled (not clipped), alpha composited on white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        if img.mode == "F" and arr.max(initial=0) <= 1.0:
-            top = 1.0
-        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, background + (255,))
-        img = Image.alpha_composite(canvas, rgba)
-    return img if img.mode == "RGB" else img.convert("RGB")
-
-
-EXIF_ORIENTATION = 0x0112
-
-
-def decode_file(path: Path, resize_size: int, crop_size: int) -> np.ndarray:
-    """Decode one image file to a ``crop_size``² RGB uint8 array (EXIF orientation applied)."""
-    return resize_center_crop(open_rgb(path, resize_size), resize_size, crop_size)
-
-
-def open_rgb(path: Path, draft_size: int) -> Image.Image:
-    """One image file as 8-bit RGB with EXIF orientation applied, decoded no larger than needed.
-
-    JPEGs are decoded at reduced scale with ``draft`` when that still leaves ``draft_size``
-    pixels on the shorter side, which is free accuracy-wise and several times faster.
-    """
-    with Image.open(path) as img:
-        if img.format == "JPEG":
-            img.draft("RGB", (draft_size, draft_size))
-        # exif_transpose copies the whole image even when there is nothing to rotate: ask first.
-        if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
-            img = ImageOps.exif_transpose(img)
-        img = to_rgb(img)
-        img.load()
-        return img
-
-
-def resize_center_crop(img: Image.Image, resize_size: int, crop_size: int) -> np.ndarray:
-    """Resize the shorter side to ``resize_size`` (bilinear, antialiased), then centre-crop a square."""
-    w, h = img.size
-    scale = resize_size / min(w, h)
-    new_w, new_h = max(crop_size, round(w * scale)), max(crop_size, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.BILINEAR, reducing_gap=3.0)
-    left, top = (new_w - crop_size) // 2, (new_h - crop_size) // 2
-    return np.array(img.crop((left, top, left + crop_size, top + crop_size)))
-
-
-def is_jpeg(path: Path) -> bool:
-    return path.suffix.lower() in (".jpg", ".jpeg")
-
-
-def decode_jpegs_on_device(datas: List[torch.Tensor], device, resize_size: int, crop_size: int):
-    """Batched JPEG decode with ``torchvision.io.decode_jpeg`` on ``device`` (nvJPEG on CUDA), then
-    resize and centre-crop there too. Returns ``(images, reasons)``; a file that fails gets ``None``.
-
-    For GPU runs that are decode-bound: the CPU only reads bytes. Resizing uses torch's antialiased
-    bilinear interpolation, so pixels differ slightly from the Pillow path (the cache key says which).
-    """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    try:
-        images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
-        reasons = [""] * len(datas)
-    except RuntimeError:  # one bad file fails the whole batch: find it
-        images, reasons = [], []
-        for data in datas:
-            try:
-                images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
-                reasons.append("")
-            except RuntimeError as e:
-                images.append(None)
-                reasons.append(f"RuntimeError: {e}")
-    return [None if img is None else _resize_center_crop_tensor(img, resize_size, crop_size) for img in images], reasons
-
-
-def _resize_center_crop_tensor(img: torch.Tensor, resize_size: int, crop_size: int) -> torch.Tensor:
-    """The tensor twin of :func:`resize_center_crop`: (3, H, W) uint8 → (3, crop, crop) uint8, same device."""
-    h, w = img.shape[-2:]
-    scale = resize_size / min(w, h)
-    new_w, new_h = max(crop_size, round(w * scale)), max(crop_size, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        img = torch.nn.functional.interpolate(img[None].float(), size=(new_h, new_w), mode="bilinear",
-                                              antialias=True, align_corners=False)[0]
-        img = img.round_().clamp_(0, 255).to(torch.uint8)
-    top, left = (new_h - crop_size) // 2, (new_w - crop_size) // 2
-    return img[:, top:top + crop_size, left:left + crop_size]
-
-
-def decode_sample(source: Source, i: int, resize_size: int, crop_size: int) -> np.ndarray:
-    """Decode row ``i`` of any source; raises on unreadable input (the caller records the reason)."""
-    return resize_center_crop(load_image(source, i, resize_size), resize_size, crop_size)
-
-
-def load_image(source: Source, i: int, draft_size: int) -> Image.Image:
-    """Row ``i`` of any source as an RGB Pillow image (files decoded at reduced scale when possible)."""
-    if source.dataset is not None:
-        image, _ = source.dataset[i]
-        return Image.fromarray(to_rgb_array(image))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return open_rgb(source.file_path(i), draft_size)
-
-
-# --- augmented views ------------------------------------------------------------------------------
-
-def augmenter(augment, crop_size: int, resize_size: int):
-    """The torchvision transform that makes one augmented ``crop_size``² view of an RGB image.
-
-    ``crop``: random resized crop (15-100% of the area, aspect 3/4-4/3), else resize + centre crop;
-    ``flip``: horizontal flip with p=0.5; ``color``: brightness/contrast/saturation jitter of 0.3.
-    """
-    from torchvision.transforms import v2
-
-    steps = [v2.RandomResizedCrop(crop_size, scale=(0.15, 1.0), antialias=True) if "crop" in augment
-             else v2.Compose([v2.Resize(resize_size, antialias=True), v2.CenterCrop(crop_size)])]
-    if "flip" in augment:
-        steps.append(v2.RandomHorizontalFlip())
-    if "color" in augment:
-        steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3))
-    return v2.Compose(steps)
-
-
-def view_seed(img: Image.Image, k: int) -> int:
-    """A seed fixed by the decoded pixels and the view number: the same image gets the same views
-    wherever it lies and however the run is resumed, sharded or batched."""
-    h = hashlib.blake2b(img.tobytes(), digest_size=8)
-    h.update(k.to_bytes(4, "little"))
-    return int.from_bytes(h.digest(), "little")
-
-
-def decode_views(source: Source, i: int, resize_size: int, crop_size: int, views: int, transform) -> np.ndarray:
-    """The clean centre crop of row ``i`` followed by ``views`` augmented views: (1 + views, S, S, 3) uint8."""
-    img = load_image(source, i, resize_size)
-    out = [resize_center_crop(img, resize_size, crop_size)]
-    for k in range(views):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(view_seed(img, k))
-            out.append(np.asarray(transform(img)))
-    return np.stack(out)

@@ -12,6 +12,8 @@ import numpy as np
 
 from . import metrics
 
+__all__ = ["training_rows", "predict"]
+
 
 def training_rows(X: np.ndarray, V: Optional[np.ndarray], y: np.ndarray, rows: np.ndarray
                   ) -> Tuple[np.ndarray, np.ndarray]:

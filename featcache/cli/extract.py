@@ -1,35 +1,19 @@
-"""Command-line plumbing shared by every ``python -m featcache.*`` tool, and the ``extract`` CLI.
+"""``python -m featcache.extract``: the extraction command's flags (shared with ``explain``) and its main.
 
-User errors (:class:`FeatcacheError`) print one line on stderr and exit 2; ``--debug`` shows the
-traceback. Logs and progress go to stderr, so stdout carries only results (a cache path, a table).
+Stage: commands. Imports argparse and ``config`` at load; the extraction library (torch) inside ``_main``.
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import sys
-import types
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
+from ..config import AUGMENTATIONS, DEFAULT_MODEL, DTYPES, POOLS, PRECISIONS, ExtractConfig
+from ..errors import FeatcacheError
+from . import Parser, config_from_args, run_cli
 
-from .config import AUGMENTATIONS, DEFAULT_MODEL, DTYPES, POOLS, PRECISIONS, ExtractConfig, FeatcacheError
-from .pipeline import extract, list_layers, log
-
-
-def make_callable(module_name: str, function) -> None:
-    """Make ``featcache.<module>(...)`` call ``function``.
-
-    ``featcache.extract``/``sweep``/``predict`` are both API functions and ``python -m`` modules; importing
-    a submodule rebinds the package attribute to the module, so the module itself forwards calls.
-    """
-    class CallableModule(types.ModuleType):
-        def __call__(self, *args, **kwargs):
-            return function(*args, **kwargs)
-
-    sys.modules[module_name].__class__ = CallableModule
+__all__ = ["add_extract_arguments", "build_parser", "main", "extract_config"]
 
 
 def _augmentations(text: str):
@@ -43,13 +27,6 @@ def _batch_size(text: str):
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with featcache's error style: one line on stderr, exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"featcache: error: {message} (see {self.prog} --help)\n")
 
 
 def add_extract_arguments(p: argparse.ArgumentParser) -> None:
@@ -138,43 +115,17 @@ def build_parser() -> Parser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> ExtractConfig:
-    fields = ExtractConfig.__dataclass_fields__
-    return ExtractConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-
-
-def setup_logging(quiet: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("featcache: %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    log.propagate = False
-
-
-def run_cli(main_fn, argv=None, parser=None) -> int:
-    """Shared CLI wrapper: user errors are one line on stderr and exit 2; ``--debug`` shows tracebacks."""
-    args = parser.parse_args(argv)
-    setup_logging(getattr(args, "quiet", False))
-    try:
-        return main_fn(args) or 0
-    except FeatcacheError as e:
-        if getattr(args, "debug", False):
-            raise
-        print(f"featcache: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("featcache: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if getattr(args, "debug", False):
-            raise
-        print(f"featcache: unexpected error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return 1
+def extract_config(args: argparse.Namespace, **changes) -> ExtractConfig:
+    """The :class:`ExtractConfig` the flags describe."""
+    return config_from_args(ExtractConfig, args, **changes)
 
 
 def _main(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args).replace(progress=not (args.no_progress or args.quiet))
+    import numpy as np
+
+    from ..extraction import extract, list_layers
+
+    cfg = extract_config(args, progress=not (args.no_progress or args.quiet))
     if args.list_layers:
         rows = list_layers(cfg)
         itemsize = np.dtype(cfg.dtype).itemsize

@@ -1,4 +1,7 @@
-"""Scores for a fitted classifier: accuracy, balanced accuracy, macro-F1, log-loss where defined."""
+"""Scores for a fitted classifier: accuracy, balanced accuracy, macro-F1, log-loss where defined.
+
+Stage: learning. Imports numpy, and scikit-learn's metrics on use.
+"""
 from __future__ import annotations
 
 import warnings
@@ -6,7 +9,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "log_loss")
+from ..config import METRICS
+
+__all__ = ["METRICS", "LOWER_IS_BETTER", "full_proba", "scores", "average", "sort_key"]
 LOWER_IS_BETTER = {"log_loss"}
 
 

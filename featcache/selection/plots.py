@@ -1,6 +1,7 @@
 """PNG plots of a sweep: validation score against each swept hyperparameter, and a confusion matrix.
 
 Uses matplotlib's object API (``Figure``, Agg canvas), so it never needs a display or touches pyplot state.
+Stage: selection (outputs).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Dict, List, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
+
+__all__ = ["hyperparameter_plot", "confusion_plot", "plot_all"]
 
 
 def _values(rows: List[dict], key: str) -> list:

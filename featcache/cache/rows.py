@@ -1,26 +1,24 @@
-"""Training on caches larger than memory: features are read from the HDF5 file in blocks, never all at once.
+"""A cache's rows read lazily in blocks, for data larger than memory: :class:`Rows` and :func:`minibatches`.
 
-:class:`Rows` is a lazy view of some rows of a cache's feature layer(s), read in blocks of whole
-HDF5 chunks. :func:`fit` trains a scikit-learn pipeline on it: each stateful preprocessing step
-in one streaming pass (``partial_fit``), then the classifier from shuffled blocks (SGD by
-``partial_fit`` epochs, :class:`~featcache.heads.DenseHead` by ``fit_stream``).
-:class:`Blockwise` predicts a block at a time.
+Stage: cache (reading). Imports h5py and numpy only. :class:`Rows` is a view of some rows of a cache's
+feature layer(s), read in blocks of whole HDF5 chunks; training from it lives in ``featcache.learn``.
 """
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
 
+from .layout import FEATURES, CacheMeta
+
+__all__ = ["Rows", "minibatches", "available_memory", "BLOCK_BYTES", "BUFFER_BLOCKS"]
+
 BLOCK_BYTES = 4 << 20  # rows read at once: whole HDF5 chunks adding up to about 4 MiB of float32
 BUFFER_BLOCKS = 8  # rows are shuffled within at least this many blocks (the blocks come in a shuffled order) ...
 BUFFER_BYTES = 8 * BLOCK_BYTES  # ... and at least this much float32: smaller blocks mix more places of the file
-STREAMING_CLASSIFIERS = ("sgd", "dense")  # the sweep's classifiers that can train from a stream
-STREAMING_PREPROCESS = ("none", "standardize", "l2")
 
 
 class Rows:
@@ -36,8 +34,8 @@ class Rows:
                  maps: bool = False):
         self.path = Path(path)
         with h5py.File(self.path, "r") as f:
-            self.layers = list(layers or json.loads(f.attrs["layers"])[-1:])  # default: the last, as FeatureSet.X
-            datasets = [f["features"][name] for name in self.layers]
+            self.layers = list(layers or CacheMeta.from_attrs(f.attrs).layers[-1:])  # default: the last, as FeatureSet.X
+            datasets = [f[FEATURES][name] for name in self.layers]
             n_file = datasets[0].shape[0]
             self.n_features = sum(int(np.prod(d.shape[1:])) for d in datasets)
             chunk = datasets[0].chunks[0] if datasets[0].chunks else 1
@@ -75,7 +73,7 @@ class Rows:
     def _datasets(self):
         if self._file is None or not self._file.id.valid:
             self._file = h5py.File(self.path, "r")
-        return [self._file["features"][name] for name in self.layers]
+        return [self._file[FEATURES][name] for name in self.layers]
 
     def blocks(self, rng: Optional[np.random.Generator] = None) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         """``(positions, X)`` per block of ``block_rows`` file rows; in file order, or shuffled with ``rng``.
@@ -141,85 +139,6 @@ def minibatches(X, rows: np.ndarray, batch_size: int, rng=None) -> Iterator[Tupl
     for start in range(0, len(order), batch_size):
         batch = np.sort(order[start:start + batch_size])  # sorted rows read faster from memmaps and HDF5
         yield batch, X[batch]
-
-
-def fit(estimator, X: Rows, y):
-    """Fit a clone of ``estimator`` (a classifier, or a Pipeline ending in one) on rows streamed from a cache.
-
-    Stateful preprocessing steps (``StandardScaler``) take one streaming pass each with ``partial_fit``;
-    stateless ones (``Normalizer``) need none. The classifier then trains from blocks in a shuffled order:
-    ``DenseHead`` through ``fit_stream``, anything with ``partial_fit`` (``SGDClassifier``) for ``max_iter``
-    epochs (no ``tol`` stop: a stop needs the training loss, which would cost another pass per epoch).
-    """
-    from sklearn.base import clone
-    from sklearn.pipeline import Pipeline
-    from sklearn.utils import check_random_state, get_tags
-
-    y = np.asarray(y)
-    if len(y) != len(X):
-        raise ValueError(f"X has {len(X)} rows but y has {len(y)} labels")
-    estimator = clone(estimator)
-    steps = estimator.steps if isinstance(estimator, Pipeline) else [("clf", estimator)]
-    view = X
-    for name, step in steps[:-1]:
-        if hasattr(step, "partial_fit"):
-            for pos, block in view.blocks():
-                step.partial_fit(block, y[pos])
-        elif not get_tags(step).requires_fit:  # stateless, e.g. Normalizer
-            step.fit(np.zeros((1, view.shape[1]), np.float32))
-        else:
-            raise ValueError(f"preprocessing step {name} ({type(step).__name__}) cannot be fitted by streaming; "
-                             f"use {', '.join(STREAMING_PREPROCESS)}")
-        view = view.with_transform(_chain(view.transform, step.transform))
-    clf = steps[-1][1]
-    if hasattr(clf, "fit_stream"):
-        clf.fit_stream(view, y)
-    elif hasattr(clf, "partial_fit"):
-        classes = np.unique(y)
-        rng = np.random.default_rng(check_random_state(getattr(clf, "random_state", None)).randint(2 ** 31))
-        for _ in range(getattr(clf, "max_iter", 1)):
-            for pos, block in view.batches(BUFFER_BLOCKS * view.block_rows, rng):
-                clf.partial_fit(block, y[pos], classes=classes)
-    else:
-        raise ValueError(f"{type(clf).__name__} cannot train by streaming (it has neither fit_stream nor partial_fit)")
-    return estimator
-
-
-def _chain(first, second):
-    return second if first is None else _Chained(first, second)
-
-
-class _Chained:
-    """``second(first(X))``, picklable (for joblib workers)."""
-
-    def __init__(self, first, second):
-        self.first, self.second = first, second
-
-    def __call__(self, X):
-        return self.second(self.first(X))
-
-
-class Blockwise:
-    """A fitted classifier that predicts on :class:`Rows` a block at a time (its other attributes pass through)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __getattr__(self, name):
-        if name in ("predict", "predict_proba", "decision_function"):
-            method = getattr(self.model, name)  # AttributeError when the model has no such method
-            return lambda X: _apply(method, X)
-        return getattr(self.model, name)
-
-
-def _apply(method, X: Rows) -> np.ndarray:
-    out = None
-    for pos, block in X.blocks():
-        result = method(block)
-        if out is None:
-            out = np.empty((len(X),) + result.shape[1:], dtype=result.dtype)
-        out[pos] = result
-    return out
 
 
 def available_memory() -> Optional[int]:

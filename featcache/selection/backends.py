@@ -2,6 +2,7 @@
 
 On a cluster the arrays travel once: put in Ray's object store, or scattered to every Dask worker;
 each task then fetches them on its own node instead of receiving a copy with every fit.
+Stage: selection. Imports joblib; Ray or Dask only when asked for.
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
-from .config import FeatcacheError
+from ..config import BACKENDS, CLUSTER_BACKENDS
+from ..errors import FeatcacheError
 
-BACKENDS = ("loky", "threading", "ray", "dask")
-CLUSTER_BACKENDS = ("ray", "dask")
+__all__ = ["BACKENDS", "CLUSTER_BACKENDS", "Session", "session", "require", "fetch"]
 
 
 @dataclass

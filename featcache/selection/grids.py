@@ -3,6 +3,7 @@
 A grid maps classifier names to tables of hyperparameters; a list is swept, a scalar is fixed,
 and ``preprocess`` (per table or at the top level) lists the feature preprocessing to try.
 Every grid point becomes a :class:`Config`, validated before anything is fitted.
+Stage: selection. Estimators are imported on use, so ``sweep --help`` and grid errors need no scikit-learn.
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .config import FeatcacheError
+from ..errors import FeatcacheError
+
+__all__ = ["Classifier", "CLASSIFIERS", "Config", "DEFAULT_GRID", "PREPROCESS_STEPS", "canonical_preprocess",
+           "describe_classifiers", "expand_grid", "make_config", "pca_components", "preprocess_steps", "read_grid"]
 
 try:
     import tomllib
@@ -50,7 +54,7 @@ CLASSIFIERS: Dict[str, Classifier] = {
                                                             "probabilities"),
     "knn": Classifier("sklearn.neighbors:KNeighborsClassifier", "k nearest neighbours, cosine distance",
                       defaults=(("metric", "cosine"), ("algorithm", "brute"))),
-    "dense": Classifier("featcache.heads:DenseHead", "torch MLP or linear head, AdamW, early stopping"),
+    "dense": Classifier("featcache.learn.dense:DenseHead", "torch MLP or linear head, AdamW, early stopping"),
 }
 
 PREPROCESS_STEPS = ("none", "standardize", "l2", "pca:K")
@@ -93,7 +97,7 @@ preprocess = ["none", "pca:128"]
 n_neighbors = [5, 20]
 weights = "distance"
 
-[dense]             # featcache.heads.DenseHead
+[dense]             # featcache.DenseHead
 preprocess = "standardize"
 hidden_layer_sizes = [0, 512]   # 0 = linear; [[512, 256]] would be two hidden layers
 dropout = 0.2

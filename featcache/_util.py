@@ -1,0 +1,107 @@
+"""Small helpers every stage shares, one definition each (stage: none; imports only the standard library).
+
+Sizes for humans, hashes of JSON and files, atomic file writes (data fsynced before the rename),
+library versions, and the callable-module trick behind ``featcache.extract(...)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import importlib
+import json
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["human_size", "sha256_json", "file_sha256", "atomic_path", "atomic_write_text", "now_iso",
+           "library_versions", "make_callable"]
+
+
+def human_size(n: float) -> str:
+    """``1536`` -> ``1.5 KB`` (binary units, as ``ls -h``)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def sha256_json(obj) -> str:
+    """The SHA-256 of ``obj`` as canonical JSON (sorted keys, no spaces): a stable key for dicts."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds, its file replaces ``path`` in one rename.
+
+    Readers see the old file or the new one, never half of one; a failed block leaves no temporary file.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # the data reaches the disk before the name points at it
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def library_versions(*names: str) -> dict:
+    """``{name: version}`` of featcache, python, or any importable package (local tags such as ``+cpu`` dropped)."""
+    out = {}
+    for name in names:
+        if name == "python":
+            out[name] = sys.version.split()[0]
+        elif name == "featcache":
+            from . import __version__
+
+            out[name] = __version__
+        else:
+            out[name] = str(importlib.import_module(name).__version__).split("+")[0]
+    return out
+
+
+def make_callable(module_name: str, function) -> None:
+    """Make the module ``module_name`` call ``function`` (a callable, or ``"package.module:name"`` imported on
+    the first call, so the module itself stays light) when called.
+
+    ``featcache.extract``, ``sweep``, ``predict`` and ``finetune`` are both API functions and ``python -m``
+    modules. Importing a submodule binds the package attribute to the module, so whichever is imported
+    first, ``featcache.<name>`` is the module; this makes the module itself forward calls. This is the one
+    place that reconciles the two names (each of those modules calls it once).
+    """
+    def target():
+        if isinstance(function, str):
+            module, _, name = function.partition(":")
+            return getattr(importlib.import_module(module), name)
+        return function
+
+    class CallableModule(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            return target()(*args, **kwargs)
+
+    sys.modules[module_name].__class__ = CallableModule

@@ -1,0 +1,72 @@
+"""The cache key: what the stored features depend on, hashed into a fingerprint, and the file names it gives.
+
+Stage: cache. Imports ``layout`` and ``_util``; torch and torchvision only for their versions, inside
+:func:`key_parts`. Changing what enters the key changes every fingerprint: bump ``FORMAT_VERSION`` or
+say why not.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from .._util import library_versions, sha256_json
+from .layout import FORMAT_VERSION, PARTIAL_SUFFIX
+
+__all__ = ["cache_key", "key_parts", "cache_path", "partial_path", "partials_of", "lock_path"]
+
+
+def cache_key(parts: dict) -> str:
+    """The fingerprint: one hash over every part that can change the stored features."""
+    return sha256_json(parts)
+
+
+def key_parts(source, manifest: dict, backbone, layers: Sequence[str], pooling: str, precision: str,
+              dtype: str, decoder: str = "pillow", views: int = 0, augment: Sequence[str] = ()) -> dict:
+    """What the features depend on, each part small enough to compare (files are hashed)."""
+    parts = {
+        "format_version": FORMAT_VERSION,
+        "files": sha256_json({"paths": source.paths, **manifest}),
+        "labels": sha256_json({"labels": source.labels.tolist(), "splits": source.splits,
+                                "classes": source.class_names}),
+        "n_files": len(source),
+        "model": backbone.name,
+        "weights_sha256": backbone.weights_sha256,
+        "layers": list(layers),
+        "pool": pooling,
+        "preprocess": backbone.preprocess.to_dict(),
+        "precision": precision,
+        "dtype": dtype,
+        "decoder": decoder,
+        "versions": library_versions("torch", "torchvision"),
+    }
+    if views:  # only then, so caches without views keep their keys
+        parts["views"] = {"n": views, "augment": list(augment), "seeding": "blake2b(pixels, k)"}
+    return parts
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:limit] or "x"
+
+
+def cache_path(cache_dir: Path, source_name: str, model: str, layers: Sequence[str], fingerprint: str) -> Path:
+    """A readable name: ``<dataset>__<model>__<layers>__<hash12>.h5``."""
+    name = "__".join([_slug(source_name), _slug(model), _slug("+".join(layers)), fingerprint[:12]])
+    return Path(cache_dir) / f"{name}.h5"
+
+
+def partial_path(path: Path, shard: Optional[Tuple[int, int]] = None) -> Path:
+    """``<cache>.partial.h5``, or ``<cache>.rank<r>of<w>.partial.h5`` for one rank of a torchrun job."""
+    middle = f".rank{shard[0]}of{shard[1]}" if shard else ""
+    return path.with_name(path.name[: -len(".h5")] + middle + PARTIAL_SUFFIX)
+
+
+def partials_of(path: Path) -> List[Path]:
+    """Every partial file of the cache at ``path`` (single-process and per-rank)."""
+    stem = path.name[: -len(".h5")]
+    return sorted(p for p in path.parent.glob(stem + ".*" + PARTIAL_SUFFIX)) + \
+        ([partial_path(path)] if partial_path(path).exists() else [])
+
+
+def lock_path(path: Path) -> Path:
+    return path.parent / ".locks" / (path.name + ".lock")

@@ -1,0 +1,104 @@
+"""Checking a cache end to end: :func:`verify` lists what is wrong (an empty list: the cache is sound).
+
+Stage: cache. Imports h5py and numpy only (the ``verify`` command must not load torch). Checks structure and
+format version, row counts that agree, finite features, a fingerprint consistent with the recorded key, and
+the input files on disk still matching what was extracted.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import h5py
+import numpy as np
+
+from .._util import file_sha256, sha256_json
+from .key import cache_key, partials_of
+from .layout import (FAILED_PATHS, FAILED_REASONS, FEATURES, FORMAT_VERSION, LABELS, PARTIAL_SUFFIX, PATHS,
+                     SOURCE, SPLIT, CacheMeta)
+from .read import incomplete_message
+
+__all__ = ["verify"]
+
+
+def verify(path: Path, check_files: bool = True) -> List[str]:
+    """Problems found in the cache at ``path`` (an empty list means it is sound)."""
+    path = Path(path)
+    if path.name.endswith(PARTIAL_SUFFIX) or (not path.exists() and partials_of(path)):
+        partial = path if path.name.endswith(PARTIAL_SUFFIX) else partials_of(path)[0]
+        return [f"{partial} is {incomplete_message(partial)}"]
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        return [f"cannot open {path} as HDF5: {e}"]
+    problems: List[str] = []
+    with f:
+        meta = CacheMeta.from_attrs(f.attrs)
+        version = meta.format_version
+        if version != FORMAT_VERSION:
+            return [f"format_version is {version}; this featcache reads {FORMAT_VERSION}"]
+        if not meta.complete:
+            problems.append("not marked complete")
+        missing = [k for k in (FEATURES, LABELS, PATHS, FAILED_PATHS, FAILED_REASONS, f"{SOURCE}/{PATHS}")
+                   if k not in f]
+        missing += [a for a in ("layers", "class_names", "config", "key", "fingerprint") if a not in f.attrs]
+        if missing:
+            return problems + [f"missing: {', '.join(missing)}"]
+        n = len(f[LABELS])
+        layers = meta.layers
+        for name in (PATHS, SPLIT):
+            if name in f and len(f[name]) != n:
+                problems.append(f"{name} has {len(f[name])} rows, labels has {n}")
+        if meta.n_rows is not None and int(meta.n_rows) != n:
+            problems.append(f"n_rows attribute says {meta.n_rows}, labels has {n}")
+        n_failed, n_inputs = len(f[FAILED_PATHS]), len(f[f"{SOURCE}/{PATHS}"])
+        if n_failed != len(f[FAILED_REASONS]):
+            problems.append(f"{FAILED_PATHS} and {FAILED_REASONS} differ in length")
+        if n + n_failed != n_inputs:
+            problems.append(f"{n} rows + {n_failed} failed != {n_inputs} input files")
+        classes = meta.class_names
+        y = f[LABELS][:]
+        if ((y < -1) | (y >= len(classes))).any():
+            problems.append(f"labels outside -1..{len(classes) - 1}")
+        for layer in layers:
+            if layer not in f[FEATURES]:
+                problems.append(f"{FEATURES}/{layer} is missing")
+                continue
+            d = f[FEATURES][layer]
+            if d.shape[0] != n:
+                problems.append(f"features/{layer} has {d.shape[0]} rows, labels has {n}")
+            step = max(1, (d.chunks or (1024,))[0])
+            bad = sum(int((~np.isfinite(d[i:i + step].reshape(len(d[i:i + step]), -1))).any(axis=1).sum())
+                      for i in range(0, d.shape[0], step))
+            if bad:
+                problems.append(f"features/{layer}: {bad} row(s) hold NaN or Inf")
+        if cache_key(meta.key) != meta.fingerprint:
+            problems.append("fingerprint does not match the recorded key (the file was edited)")
+        if check_files and meta.data_root:
+            problems += _check_files(f, meta)
+    return problems
+
+
+def _check_files(f: h5py.File, meta: CacheMeta) -> List[str]:
+    """Do the input files on disk still have the size/mtime (or hash) the cache was built from?"""
+    root = Path(meta.data_root)
+    src = f[SOURCE]
+    paths = src[PATHS].asstr()[:]
+    gone = [p for p in paths if not (root / p).is_file()]
+    if gone:
+        return [f"{len(gone)} input file(s) no longer exist under {root}, e.g. {gone[0]}"]
+    manifest = {"size": [], "mtime_ns": [], "sha256": []}
+    for p in paths:
+        st = (root / p).stat()
+        manifest["size"].append(st.st_size)
+        manifest["mtime_ns"].append(st.st_mtime_ns)
+        if meta.config.get("hash_content"):
+            manifest["sha256"].append(file_sha256(root / p))
+    manifest["sha256"] = manifest["sha256"] or None
+    if sha256_json({"paths": list(paths), **manifest}) == meta.key.get("files"):
+        return []
+    changed = [p for p, s, m, s0, m0 in zip(paths, manifest["size"], manifest["mtime_ns"], src["size"][:],
+                                            src["mtime_ns"][:]) if (s, m) != (s0, m0)]
+    example = f", e.g. {changed[0]}" if changed else ""
+    return [f"the input files changed since extraction ({len(changed) or 'some'} file(s){example}); "
+            f"rerun the extraction to refresh the cache"]

@@ -1,0 +1,339 @@
+"""Writing a cache: rows streamed into a partial file, resumable after a crash, published by one atomic rename.
+
+Stage: cache. Imports ``layout``, ``key`` and the shared helpers; never torch. While an extraction runs, rows
+go into ``<cache>.partial.h5`` whose datasets are allocated up front, so later writes only fill raw data and
+the file stays readable if the process is killed; a committed-rows counter (``progress/rows_done``) says how
+far it got, and the finished file appears only through an atomic rename (:func:`publish`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import h5py
+import numpy as np
+
+from .._util import atomic_path
+from ..errors import FeatcacheError
+from .key import partial_path, partials_of
+from .layout import (FAILED_PATHS, FAILED_REASONS, FEATURES, FORMAT_VERSION, LABELS, OK, PARTIAL_SUFFIX, PATHS,
+                     REASON_BYTES, REASONS, ROWS_DONE, SOURCE, SPLIT, TODO, VIEWS, CacheMeta)
+
+__all__ = ["RowBlock", "Reuse", "CacheWriter", "publish", "find_reusable", "rows_per_chunk", "shard_rows"]
+
+CHUNK_BYTES = 1 << 20  # aim for ~1 MiB chunks: large enough for fast I/O, small enough to read a few rows
+MAP_CHUNK_BYTES = 64 << 10  # spatial maps: a chunk of one or a few images, for random minibatches (finetune)
+
+
+@dataclass
+class RowBlock:
+    """Features for the next rows to compute, with which images decoded (``ok``) and why others did not."""
+
+    features: Dict[str, np.ndarray]  # dataset path ("features/<layer>", "views/<layer>") -> rows
+    ok: np.ndarray
+    reasons: List[str]
+
+
+@dataclass
+class Reuse:
+    """Rows an earlier cache of the same extractor config already holds: ``rows[i]`` ← its ``old_rows[i]``."""
+
+    path: Path
+    rows: np.ndarray
+    old_rows: np.ndarray
+
+
+def rows_per_chunk(row_bytes: int, n_rows: int, maps: bool = False) -> int:
+    """~1 MiB chunks of whole rows (~64 KiB for spatial ``maps``), but at least 16 per file, so progress
+    is committed often."""
+    target = MAP_CHUNK_BYTES if maps else CHUNK_BYTES
+    return int(max(1, min(4096, target // max(1, row_bytes), -(-n_rows // 16))))
+
+
+class CacheWriter:
+    """Streams row blocks into the partial file; :meth:`finish` publishes the cache atomically.
+
+    ``progress/todo`` lists the rows to compute (all rows, or those an earlier cache can't supply)
+    and ``progress/rows_done`` how many of them are safely on disk: it only moves after the rows
+    it vouches for are flushed. Rows are buffered up to whole chunks before each write.
+    """
+
+    def __init__(self, path: Path, source, manifest: dict, shapes: Dict[str, Tuple[int, ...]], dtype: str,
+                 fingerprint: str, meta: CacheMeta, reuse: Optional[Reuse] = None,
+                 shard: Optional[Tuple[int, int]] = None):
+        self.path, self.partial, self.shard = path, partial_path(path, shard), shard
+        self.n = len(source)
+        self.shapes, self.dtype = shapes, np.dtype(dtype)
+        row_bytes = sum(int(np.prod(s)) for s in shapes.values()) * self.dtype.itemsize
+        self.chunk_rows = rows_per_chunk(row_bytes, self.n, maps=any(len(s) > 1 for s in shapes.values()))
+        self.fingerprint = fingerprint
+        self.file = self._open_or_create(source, manifest, meta, reuse)
+        self.todo = self.file[TODO][:]
+        self.rows_done = int(self.file[ROWS_DONE][()])
+        self.reused = len(shard_rows(self.n, self.shard)) - len(self.todo)
+        self._pending: List[RowBlock] = []
+        self._pending_rows = 0
+
+    @property
+    def remaining(self) -> np.ndarray:
+        """Row indices still to compute, in order."""
+        return self.todo[self.rows_done:]
+
+    def _open_or_create(self, source, manifest, meta: CacheMeta, reuse) -> h5py.File:
+        if self.partial.exists():
+            try:
+                f = h5py.File(self.partial, "r+")
+                if f.attrs.get("fingerprint") == self.fingerprint and ROWS_DONE in f:
+                    return f
+                f.close()
+            except (OSError, KeyError):
+                pass  # unreadable leftovers of another run: start over
+            self.partial.unlink()
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        f = h5py.File(self.partial, "w")
+        try:
+            self._create_layout(f, source, manifest, meta, reuse)
+        except BaseException:
+            f.close()
+            self.partial.unlink(missing_ok=True)
+            raise
+        return f
+
+    def _create_layout(self, f: h5py.File, source, manifest, meta: CacheMeta, reuse: Optional[Reuse]) -> None:
+        meta = dataclasses.replace(meta, fingerprint=self.fingerprint, format_version=FORMAT_VERSION,
+                                   shard=list(self.shard) if self.shard else None)
+        for k, v in meta.to_attrs().items():
+            f.attrs[k] = v
+        for name, shape in self.shapes.items():
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            # Allocate every chunk now: later writes then only touch raw data, never the index.
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+            dcpl.set_chunk((self.chunk_rows,) + tuple(shape))
+            space = h5py.h5s.create_simple((self.n,) + tuple(shape))
+            group, layer = name.split("/", 1)
+            grp = f.require_group(group)
+            h5py.h5d.create(grp.id, layer.encode(), h5py.h5t.py_create(self.dtype), space, dcpl=dcpl)
+        _write_source(f, source, manifest)
+        ok = np.zeros(self.n, np.uint8)
+        mine = np.zeros(self.n, bool)
+        mine[shard_rows(self.n, self.shard)] = True
+        if reuse is not None:  # only the rows this shard owns
+            keep = mine[reuse.rows]
+            reuse = Reuse(reuse.path, reuse.rows[keep], reuse.old_rows[keep])
+        if reuse is not None and len(reuse.rows):
+            with h5py.File(reuse.path, "r") as old:
+                for name in self.shapes:
+                    _copy_rows(old[name], f[name], reuse.old_rows, self.chunk_rows, dst_rows=reuse.rows)
+            ok[reuse.rows] = 1
+        f.create_dataset(TODO, data=np.flatnonzero((ok == 0) & mine).astype(np.int64))
+        f.create_dataset(ROWS_DONE, data=np.int64(0))
+        f.create_dataset(OK, data=ok)
+        f.create_dataset(REASONS, data=np.zeros(self.n, dtype=f"S{REASON_BYTES}"))
+        f.flush()
+
+    def append(self, block: RowBlock) -> None:
+        self._pending.append(block)
+        self._pending_rows += len(block.ok)
+        if self._pending_rows >= self.chunk_rows:
+            self._write(whole_chunks_only=True)
+
+    def flush(self) -> None:
+        if self._pending_rows:
+            self._write(whole_chunks_only=False)
+
+    def _write(self, whole_chunks_only: bool) -> None:
+        feats = {k: np.concatenate([b.features[k] for b in self._pending]) for k in self.shapes}
+        ok = np.concatenate([b.ok for b in self._pending])
+        reasons = [r for b in self._pending for r in b.reasons]
+        n = len(ok)
+        take = (n // self.chunk_rows) * self.chunk_rows if whole_chunks_only else n
+        if take <= 0:
+            return
+        if self.rows_done + take > len(self.todo):
+            raise RuntimeError("more rows than the cache was sized for")
+        rows = self.todo[self.rows_done:self.rows_done + take]
+        # Contiguous runs (the usual case) are written as slices; scattered rows (after a reuse) by index.
+        where = slice(int(rows[0]), int(rows[-1]) + 1) if rows[-1] - rows[0] + 1 == len(rows) else rows
+        for k in self.shapes:
+            self.file[k][where] = feats[k][:take].astype(self.dtype, copy=False)
+        self.file[OK][where] = ok[:take]
+        enc = np.array([r.encode("utf-8", "replace")[:REASON_BYTES] for r in reasons[:take]], dtype=f"S{REASON_BYTES}")
+        self.file[REASONS][where] = enc
+        self.file.flush()  # rows first, then the counter that vouches for them
+        self.rows_done += take
+        self.file[ROWS_DONE][()] = self.rows_done
+        self.file.flush()
+        rest = n - take
+        self._pending = [RowBlock({k: v[take:] for k, v in feats.items()}, ok[take:], reasons[take:])] if rest else []
+        self._pending_rows = rest
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
+
+    def complete(self) -> None:
+        """Flush the last rows and close; the partial file then holds every row this writer owns."""
+        self.flush()
+        if self.rows_done != len(self.todo):
+            raise RuntimeError(f"complete() with {self.rows_done} of {len(self.todo)} rows written")
+        self.close()
+
+    def finish(self, created_attrs: dict) -> Tuple[int, List[Tuple[str, str]]]:
+        """:meth:`complete`, then :func:`publish` this single-process cache."""
+        self.complete()
+        return publish(self.path, [(self.partial, None)], created_attrs)
+
+
+def shard_rows(n: int, shard: Optional[Tuple[int, int]]) -> np.ndarray:
+    """Rows of one rank: every ``world``-th row from ``rank``, so each rank sees every kind of file."""
+    return np.arange(n) if shard is None else np.arange(shard[0], n, shard[1])
+
+
+def publish(path: Path, partials: List[Tuple[Path, Optional[Tuple[int, int]]]], created_attrs: dict,
+            ) -> Tuple[int, List[Tuple[str, str]]]:
+    """Merge finished partial files (one, or one per rank) into the final cache, renamed into place atomically.
+
+    Failed rows are dropped (listed under ``failed/``). Returns the row count and the failures.
+    """
+    files = [(h5py.File(p, "r"), shard) for p, shard in partials]
+    try:
+        first = files[0][0]
+        n = len(first[f"{SOURCE}/paths"])
+        ok = np.zeros(n, bool)
+        reasons = np.zeros(n, dtype=f"S{REASON_BYTES}")
+        for f, shard in files:
+            rows = shard_rows(n, shard)
+            ok[rows] = f[OK][:][rows].astype(bool)
+            reasons[rows] = f[REASONS][:][rows]
+        all_paths = first[f"{SOURCE}/paths"].asstr()[:]
+        failed = [(all_paths[i], reasons[i].decode("utf-8", "replace")) for i in np.flatnonzero(~ok)]
+        keep = np.flatnonzero(ok)
+        if len(keep) == 0:
+            _close_all(files)
+            for p, _ in partials:  # nothing decodable: there is nothing to resume either
+                p.unlink(missing_ok=True)
+            raise FeatcacheError(
+                f"no image could be decoded ({len(failed)} files failed, e.g. {failed[0][0]}: "
+                f"{failed[0][1]}); nothing was written")
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as out:
+            for k, v in {**first.attrs, **created_attrs}.items():
+                if k != "shard":
+                    out.attrs[k] = v
+            first.copy(first[SOURCE], out, SOURCE)
+            for name in _row_datasets(first):
+                src0 = first[name]
+                step = src0.chunks[0]
+                dst = out.create_dataset(name, shape=(len(keep),) + src0.shape[1:],
+                                         dtype=src0.dtype, chunks=(min(len(keep), step),) + src0.shape[1:])
+                for f, shard in files:
+                    rows = shard_rows(n, shard)
+                    mine = rows[ok[rows]]
+                    if len(mine):
+                        _copy_rows(f[name], dst, mine, step, dst_rows=np.searchsorted(keep, mine))
+            src = first[SOURCE]
+            out.create_dataset(PATHS, data=all_paths[keep].astype(object), dtype=h5py.string_dtype())
+            out.create_dataset(LABELS, data=src[LABELS][:][keep])
+            if SPLIT in src:
+                out.create_dataset(SPLIT, data=src[SPLIT].asstr()[:][keep].astype(object),
+                                   dtype=h5py.string_dtype())
+            out.create_dataset(FAILED_PATHS, data=np.array([p for p, _ in failed], dtype=object),
+                               dtype=h5py.string_dtype())
+            out.create_dataset(FAILED_REASONS, data=np.array([r for _, r in failed], dtype=object),
+                               dtype=h5py.string_dtype())
+            out.attrs["n_rows"] = len(keep)
+            out.attrs["complete"] = True
+    finally:
+        _close_all(files)
+    for p in partials_of(path):  # including leftovers of runs with another number of ranks
+        p.unlink(missing_ok=True)
+    return len(keep), failed
+
+
+def _row_datasets(f: h5py.File) -> List[str]:
+    """Paths of the per-row arrays: ``features/<layer>`` and, with augmented views, ``views/<layer>``."""
+    return [f"{group}/{name}" for group in (FEATURES, VIEWS) if group in f for name in f[group]]
+
+
+def _close_all(files) -> None:
+    for f, _ in files:
+        if f.id.valid:
+            f.close()
+
+
+def _copy_rows(src: h5py.Dataset, dst: h5py.Dataset, src_rows: np.ndarray, step: int,
+               dst_rows: Optional[np.ndarray] = None) -> None:
+    """``dst[dst_rows] = src[src_rows]`` a block at a time, never all in memory.
+
+    ``dst_rows`` (default ``0..n``) must be increasing, as h5py requires; ``src_rows`` may be in any order.
+    """
+    step = max(step, 1)
+    for start in range(0, len(src_rows), step):
+        idx = src_rows[start:start + step]
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        if hi - lo <= 4 * len(idx):  # one contiguous read
+            block = src[lo:hi][idx - lo]
+        else:
+            uniq = np.unique(idx)
+            block = src[uniq][np.searchsorted(uniq, idx)]
+        where = slice(start, start + len(idx)) if dst_rows is None else dst_rows[start:start + step]
+        dst[where] = block
+
+
+def _write_source(f: h5py.File, source, manifest: dict) -> None:
+    """``source/*``: every input as listed (paths, labels, split) with its size/mtime/hash, for explain/reuse."""
+    grp = f.create_group(SOURCE)
+    grp.create_dataset("paths", data=np.array(source.paths, dtype=object), dtype=h5py.string_dtype())
+    grp.create_dataset("labels", data=source.labels)
+    if source.splits is not None:
+        grp.create_dataset("split", data=np.array(source.splits, dtype=object), dtype=h5py.string_dtype())
+    for k in ("size", "mtime_ns"):
+        if manifest.get(k) is not None:
+            grp.create_dataset(k, data=np.asarray(manifest[k], dtype=np.int64))
+    if manifest.get("sha256"):
+        grp.create_dataset("sha256", data=np.array(manifest["sha256"], dtype=object), dtype=h5py.string_dtype())
+
+
+def find_reusable(cache_dir: Path, parts: dict, source, manifest: dict) -> Optional[Reuse]:
+    """The finished cache of the same extractor config sharing the most unchanged files, if any.
+
+    A file counts as unchanged when its path, size and mtime (and hash, with ``--hash-content``)
+    match; its stored features are then copied instead of recomputed.
+    """
+    if source.root is None or not Path(cache_dir).is_dir():
+        return None
+    same_config = {k: v for k, v in parts.items() if k not in ("files", "labels", "n_files")}
+    current = {key: i for i, key in enumerate(_file_keys(source.paths, manifest))}
+    best: Optional[Reuse] = None
+    for path in Path(cache_dir).glob("*.h5"):
+        if path.name.endswith(PARTIAL_SUFFIX):
+            continue
+        try:
+            with h5py.File(path, "r") as f:
+                meta = CacheMeta.from_attrs(f.attrs)
+                if not meta.complete or meta.format_version != FORMAT_VERSION:
+                    continue
+                if {k: v for k, v in meta.key.items() if k not in ("files", "labels", "n_files")} != same_config:
+                    continue
+                if meta.data_root != str(source.root) or "size" not in f[SOURCE]:
+                    continue
+                src = f[SOURCE]
+                old_manifest = {"size": src["size"][:], "mtime_ns": src["mtime_ns"][:],
+                                "sha256": src["sha256"].asstr()[:] if "sha256" in src else None}
+                old_keys = _file_keys(src["paths"].asstr()[:], old_manifest)
+                row_of = {p: i for i, p in enumerate(f[PATHS].asstr()[:])}
+        except (OSError, KeyError, ValueError):
+            continue
+        pairs = [(current[k], row_of[k[0]]) for k in old_keys if k in current and k[0] in row_of]
+        if pairs and (best is None or len(pairs) > len(best.rows)):
+            rows, old_rows = (np.array(x, dtype=np.int64) for x in zip(*sorted(pairs)))
+            best = Reuse(path, rows, old_rows)
+    return best
+
+
+def _file_keys(paths, manifest: dict) -> List[tuple]:
+    sha = manifest.get("sha256")
+    return [(p, int(s), int(m), sha[i] if sha is not None and len(sha) else None)
+            for i, (p, s, m) in enumerate(zip(paths, manifest["size"], manifest["mtime_ns"]))]

@@ -1,0 +1,73 @@
+"""The command line: argument parsing for every command, on top of the plain library (stage: commands).
+
+User errors (:class:`~featcache.errors.FeatcacheError`) print one line on stderr and exit 2; a
+:class:`~featcache.errors.ParameterError` names the flag the user typed, not the Python parameter. ``--debug``
+shows the traceback. Logs and progress go to stderr, so stdout carries only results (a cache path, a table).
+Modules here import the library on use, inside each command's ``_main``, so ``--help`` is instant and
+``ls``/``verify``/``explain --help`` never load torch.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional
+
+from ..errors import FeatcacheError, ParameterError
+
+__all__ = ["Parser", "run_cli", "setup_logging", "config_from_args", "flag_of"]
+
+log = logging.getLogger("featcache")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with featcache's error style: one line on stderr, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"featcache: error: {message} (see {self.prog} --help)\n")
+
+
+def config_from_args(config_class, args: argparse.Namespace, **changes):
+    """A config dataclass from the parsed flags whose destinations are its fields (``None`` = the default)."""
+    fields = config_class.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return config_class(**{**values, **changes})
+
+
+def setup_logging(quiet: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("featcache: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def flag_of(parser: argparse.ArgumentParser, param: str) -> Optional[str]:
+    """The flag whose value lands in ``param`` (``layers`` -> ``--layer``), or None when no flag sets it."""
+    for action in parser._actions:
+        if action.dest == param and action.option_strings:
+            return max(action.option_strings, key=len)
+    return None
+
+
+def run_cli(main_fn, argv=None, parser: Optional[argparse.ArgumentParser] = None) -> int:
+    """Shared CLI wrapper: user errors are one line on stderr and exit 2; ``--debug`` shows tracebacks."""
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "quiet", False))
+    try:
+        return main_fn(args) or 0
+    except FeatcacheError as e:
+        if getattr(args, "debug", False):
+            raise
+        flag = flag_of(parser, e.param) if isinstance(e, ParameterError) else None
+        print(f"featcache: error: {e.for_flag(flag) if flag else e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("featcache: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"featcache: unexpected error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1

@@ -1,0 +1,73 @@
+"""``python -m featcache.predict MODEL --data DIR``: the prediction command's flags and its main.
+
+Stage: commands. ``--info`` reads the model's sidecar only (nothing unpickled, no torch); prediction
+imports the library inside ``_main``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..errors import FeatcacheError
+from . import Parser, run_cli
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> Parser:
+    p = Parser(
+        prog="python -m featcache.predict",
+        description="Predict classes for new images with a model saved by featcache.sweep. Features are "
+                    "extracted with exactly the settings the model was trained on (a cache hit when done "
+                    "before); features of another kind are refused. Writes path,prediction[,proba_<class>...] "
+                    "as CSV (to --out, else stdout); with labelled images it also prints the accuracy. "
+                    "Model files are pickles: load only files from a source you trust (featcache checks "
+                    "the SHA-256 in MODEL.json before unpickling).",
+        epilog="examples:\n"
+               "  python -m featcache.predict runs/exp1/best.joblib --data new_photos/ --out preds.csv\n"
+               "  python -m featcache.predict runs/exp1/best.joblib --data labelled.csv --no-proba\n"
+               "  python -m featcache.predict runs/exp1/best.joblib --data CACHE.h5   # features already extracted\n"
+               "  python -m featcache.predict runs/exp1/best.joblib --info",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path, help="a model file written by featcache.sweep (OUT/best.joblib)")
+    p.add_argument("--data", help="image folder, CSV (path,label[,split]) or a featcache cache .h5 file")
+    p.add_argument("--out", type=Path, help="CSV file to write (default: print the CSV to stdout)")
+    p.add_argument("--no-proba", action="store_true", help="leave out the per-class probability columns")
+    p.add_argument("--info", action="store_true",
+                   help="print the model's metadata (from its sidecar, nothing unpickled) and exit")
+    p.add_argument("--cache-dir", type=Path,
+                   help="where feature caches live (default: $FEATCACHE_DIR, else ~/.cache/featcache)")
+    p.add_argument("--device", default="auto", help="for extraction: auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--num-workers", type=int, help="decode processes (default: chosen from the CPU count)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors (and the CSV when printed)")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return p
+
+
+def _main(args: argparse.Namespace) -> int:
+    from ..selection.modelfile import read_metadata
+
+    if args.info:
+        print(json.dumps(read_metadata(args.model), indent=2, sort_keys=True, default=str))
+        return 0
+    if not args.data:
+        raise FeatcacheError("--data is required (an image folder, a CSV file or a cache .h5); see --help")
+    from ..predict import predict
+
+    df = predict(args.model, args.data, out=args.out, proba=not args.no_proba, cache_dir=args.cache_dir,
+                 device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
+                 progress=not (args.no_progress or args.quiet))
+    if args.out is None:
+        df.to_csv(sys.stdout, index=False)
+    if "accuracy" in df.attrs and not args.quiet:
+        print(f"accuracy: {df.attrs['accuracy']:.4f}", file=sys.stderr if args.out is None else sys.stdout)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli(_main, argv, build_parser())

@@ -1,0 +1,166 @@
+"""``extract``: find a cache for these settings, or make it, crash-safe and resumable.
+
+Stage: extraction (its entry point). Imports ``plan``, ``run``, ``loader``, ``models`` and ``cache``. The same
+config and unchanged files give a cache hit with no forward pass; two processes extracting the same cache
+at once take turns through a file lock.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
+
+from .. import models
+from .._util import human_size, library_versions, now_iso
+from ..cache import CacheMeta, CacheWriter, find_reusable, is_hit, lock_path, partial_path, publish
+from ..cache.layout import feature_path, views_path
+from ..config import ExtractConfig
+from ..errors import FeatcacheError
+from .loader import DecodeDataset, default_num_workers, make_loader
+from .plan import CPU_BATCH_SIZE, Plan, config_record, plan_extraction, probe_shapes, resolve_batch_size
+from .run import run as run_batches
+
+__all__ = ["extract"]
+
+log = logging.getLogger("featcache")
+
+
+def extract(data=None, *, config: Optional[ExtractConfig] = None, **settings) -> Path:
+    """Extract features (or find them cached) and return the cache file's path.
+
+    ``data`` is an image folder, a CSV file (``path,label[,split]``) or a torch Dataset; any
+    :class:`~featcache.config.ExtractConfig` field can be passed as a keyword, e.g.
+    ``extract("photos/", model="resnet50", layers=["layer3", "layer4"], pool="avg")``.
+    Two processes extracting the same cache at once: one waits, then finds the other's result.
+    """
+    cfg = (config or ExtractConfig()).replace(**settings)
+    if data is not None:
+        cfg = cfg.replace(data=data)
+    if isinstance(cfg.layers, str):
+        cfg = cfg.replace(layers=[cfg.layers])
+    plan = plan_extraction(cfg)
+    if plan.shard and plan.shard[0] != 0:  # one log and one progress bar: rank 0's
+        log.setLevel(logging.WARNING)
+        cfg = cfg.replace(progress=False)
+    lock_file = lock_path(plan.path)
+    if plan.shard and plan.shard[0]:
+        lock_file = lock_file.with_name(lock_file.name + f".rank{plan.shard[0]}")
+    lock = FileLock(str(lock_file))
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire(timeout=0.5)
+    except Timeout:
+        log.info("another featcache process is extracting this cache; waiting for it (%s)", lock.lock_file)
+        lock.acquire()
+    except OSError as e:
+        raise FeatcacheError(f"cannot write to the cache directory {plan.path.parent}: {e.strerror}; "
+                             f"pass --cache-dir or set FEATCACHE_DIR to a writable folder") from e
+    try:
+        if is_hit(plan.path, plan.fingerprint):
+            log.info("cache hit: %s (no forward pass)", plan.path)
+            return plan.path
+        if cfg.strict:
+            _refuse_bad_files(cfg.replace(batch_size=CPU_BATCH_SIZE) if cfg.batch_size == "auto" else cfg, plan)
+        _extract_into(cfg, plan)
+    finally:
+        lock.release()
+    return plan.path
+
+
+def _refuse_bad_files(cfg: ExtractConfig, plan: Plan) -> None:
+    """``--strict``: decode every file first and refuse the dataset, naming the bad ones."""
+    rows = np.arange(len(plan.source))
+    num_workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(plan.device)
+    loader = make_loader(DecodeDataset(plan.source, plan.backbone.preprocess, rows, cfg.decode_timeout), cfg,
+                         torch.device("cpu"), num_workers)
+    bad, i = [], 0
+    for _, reasons, _ in tqdm(loader, desc="check", unit="batch", disable=not cfg.progress, file=sys.stderr):
+        bad += [(plan.source.paths[i + k], r) for k, r in enumerate(reasons) if r]
+        i += len(reasons)
+    if bad:
+        listing = "; ".join(f"{p} ({r})" for p, r in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise FeatcacheError(f"--strict: {len(bad)} file(s) cannot be decoded: {listing}")
+
+
+def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:
+    source, backbone, path = plan.source, plan.backbone, plan.path
+    fx = models.FeatureExtractor(backbone, plan.layers, cfg.pool).to(plan.device)
+    shapes = probe_shapes(fx, plan.device, plan.precision, backbone.preprocess.crop_size)
+    if cfg.batch_size == "auto":
+        cfg = cfg.replace(batch_size=resolve_batch_size("auto", fx, plan.device, plan.precision,
+                                                        backbone.preprocess.crop_size))
+        log.info("--batch-size auto: %d", cfg.batch_size)
+    if cfg.views:  # --batch-size counts forward passes: each image brings 1 + views of them
+        cfg = cfg.replace(batch_size=max(1, cfg.batch_size // (1 + cfg.views)))
+    for layer, shape in shapes.items():
+        log.info("layer %s -> %s features per image", layer, "x".join(map(str, shape)))
+    datasets = {feature_path(k): s for k, s in shapes.items()}
+    if cfg.views:
+        datasets.update({views_path(k): (cfg.views,) + s for k, s in shapes.items()})
+        log.info("%d augmented views per image (%s): %d forward passes per image", cfg.views,
+                 ",".join(cfg.augment), 1 + cfg.views)
+    row_bytes = sum(int(np.prod(s)) for s in datasets.values()) * np.dtype(cfg.dtype).itemsize
+    log.info("%d images, %s per image, about %s in all; precision %s on %s",
+             len(source), human_size(row_bytes), human_size(row_bytes * len(source)), plan.precision, plan.device)
+    meta = CacheMeta(config=config_record(cfg, plan), key=plan.parts, layers=list(plan.layers),
+                     class_names=list(source.class_names), dataset=source.name,
+                     data_root=str(source.root) if source.root else "", model=backbone.name,
+                     versions=library_versions("featcache", "torch", "torchvision", "h5py", "numpy", "python"))
+    partial = partial_path(path, plan.shard)
+    try:
+        reuse = None if partial.exists() else find_reusable(path.parent, plan.parts, source, plan.manifest)
+        writer = CacheWriter(path, source, plan.manifest, datasets, cfg.dtype, plan.fingerprint, meta, reuse,
+                             shard=plan.shard)
+        if reuse is not None:
+            log.info("reusing %d rows of %s (unchanged files, same settings)", len(reuse.rows), reuse.path.name)
+        if writer.rows_done:
+            log.info("resuming: %d rows already done", writer.rows_done + writer.reused)
+        try:
+            timings = run_batches(cfg, plan, fx, writer)
+            created = CacheMeta(created=now_iso(), timings=timings).to_attrs()
+            if plan.shard is None:
+                n_rows, failed = writer.finish(created)
+            else:
+                writer.complete()
+                published = _publish_shards(path, plan.shard, created)
+                if published is None:
+                    return  # not rank 0: rank 0 merged the shards
+                n_rows, failed = published
+        finally:
+            writer.close()
+    except OSError as e:
+        if e.errno == errno.ENOSPC or "No space left" in str(e):
+            raise FeatcacheError(
+                f"disk full while writing {partial} (the cache needs about "
+                f"{human_size(row_bytes * len(source))}); free some space and rerun the same command: "
+                f"the rows already written are kept") from e
+        raise
+    rate = timings["rows"] / max(timings["total_s"], 1e-9)
+    log.info("done: %d images (%d skipped, %d reused), D=%s, %.1f s, %.1f img/s, %s -> %s", n_rows,
+             len(failed), writer.reused, "+".join(str(int(np.prod(s))) for s in shapes.values()),
+             timings["total_s"], rate, human_size(path.stat().st_size), path)
+    log.info("time went to: waiting for decoded images %.1f s, model %.1f s, writing %.1f s (in a thread)",
+             timings["data_wait_s"], timings["compute_s"], timings["write_s"])
+    if failed:
+        log.warning("%d file(s) could not be decoded and were skipped, e.g. %s (%s); see failed/paths and "
+                    "failed/reasons in the cache", len(failed), failed[0][0], failed[0][1])
+
+
+def _publish_shards(path: Path, shard: Tuple[int, int], created: dict):
+    """Every rank waits for all shards; rank 0 merges them into the one cache, the others wait for that."""
+    import torch.distributed as dist
+
+    rank, world = shard
+    dist.barrier()
+    result = None
+    if rank == 0:
+        result = publish(path, [(partial_path(path, (r, world)), (r, world)) for r in range(world)], created)
+    dist.barrier()
+    return result

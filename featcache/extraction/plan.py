@@ -1,0 +1,153 @@
+"""Planning an extraction: inputs, model, layers, precision and the cache key, known before any image is decoded.
+
+Stage: extraction. Imports ``sources``, ``models``, ``cache`` (the key) and ``runtime``. ``explain`` builds
+the same :class:`Plan` as ``extract``, so both agree on the key.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .. import models
+from ..cache import cache_key, cache_path, key_parts
+from ..config import ExtractConfig
+from ..errors import FeatcacheError
+from ..runtime import autocast, resolve_device, resolve_precision
+from ..sources import Source, open_source
+
+__all__ = ["Plan", "plan_extraction", "distributed_shard", "resolve_batch_size", "probe_shapes", "list_layers",
+           "config_record", "CPU_BATCH_SIZE"]
+
+
+@dataclass
+class Plan:
+    """What an extraction will do, known before any image is decoded: inputs, model, layers, key."""
+
+    source: Source
+    device: torch.device
+    precision: str
+    backbone: models.Backbone
+    layers: List[str]
+    manifest: dict
+    parts: dict
+    fingerprint: str
+    path: Path
+    shard: Optional[Tuple[int, int]] = None  # (rank, world size) under torchrun
+
+
+def distributed_shard() -> Optional[Tuple[int, int]]:
+    """``(rank, world)`` when started by torchrun with more than one process, else ``None``.
+
+    Joins the process group (NCCL with GPUs, gloo otherwise) so the ranks can wait for each other.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        import datetime
+
+        # Long: ranks wait at a barrier for the slowest rank and for rank 0's merge.
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=datetime.timedelta(hours=12))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def plan_extraction(cfg: ExtractConfig) -> Plan:
+    """Resolve inputs, model, layers and precision, and compute the cache key and path."""
+    cfg.validate()
+    source = open_source(cfg.data)
+    device = resolve_device(cfg.device)
+    shard = distributed_shard()
+    if shard and device.type == "cuda" and device.index is None:  # one GPU per rank, never all on cuda:0
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    precision = resolve_precision(cfg.precision, device)
+    backbone = models.load_backbone(cfg)
+    nodes = models.graph_node_names(backbone.module)
+    # Presets (--layer last2) become node names here, so the cache key names the layers themselves.
+    layers = (models.resolve_layers(list(cfg.layers), backbone, nodes) if cfg.layers
+              else models.default_layers(backbone, nodes))
+    manifest = source.manifest(cfg.hash_content)
+    parts = key_parts(source, manifest, backbone, layers, cfg.pool, precision, cfg.dtype,
+                            decoder="torchvision.io" if cfg.gpu_decode else "pillow", views=cfg.views,
+                            augment=cfg.augment)
+    fingerprint = cache_key(parts)
+    path = cache_path(cfg.resolved_cache_dir(), source.name, backbone.name, layers, fingerprint)
+    return Plan(source, device, precision, backbone, layers, manifest, parts, fingerprint, path, shard)
+
+
+CPU_BATCH_SIZE = 64  # CPU throughput is flat beyond a few dozen images per batch
+
+
+def resolve_batch_size(batch_size, fx, device: torch.device, precision: str, crop: int) -> int:
+    """``auto``: on a GPU, the largest power of two (up to 1024) whose forward pass stays under ~70%
+    of free memory, found with dummy batches; on a CPU, 64."""
+    if batch_size != "auto":
+        return int(batch_size)
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    best, size = 16, 32
+    while size <= 1024:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        free, _ = torch.cuda.mem_get_info(device)
+        base = torch.cuda.memory_allocated(device)
+        try:
+            with torch.inference_mode(), autocast(device, precision):
+                fx(torch.zeros(size, 3, crop, crop, dtype=torch.uint8, device=device))
+            torch.cuda.synchronize(device)
+        except torch.cuda.OutOfMemoryError:
+            break
+        if torch.cuda.max_memory_allocated(device) - base > 0.7 * free:
+            break
+        best, size = size, size * 2
+    torch.cuda.empty_cache()
+    return best
+
+
+def probe_shapes(fx: models.FeatureExtractor, device, precision, crop: int) -> Dict[str, tuple]:
+    """Per-layer feature shapes from one dummy batch, before any image is decoded."""
+    with torch.inference_mode(), autocast(device, precision):
+        out = fx(torch.zeros(2, 3, crop, crop, dtype=torch.uint8, device=device))
+    return {k: tuple(v.shape[1:]) for k, v in out.items()}
+
+
+def config_record(cfg: ExtractConfig, plan: Plan) -> dict:
+    return {
+        "data": str(cfg.data) if isinstance(cfg.data, (str, os.PathLike)) else type(cfg.data).__name__,
+        "model": plan.backbone.name,
+        "weights": plan.backbone.weights,
+        "weights_sha256": plan.backbone.weights_sha256,
+        "layers": list(plan.layers),
+        "pool": cfg.pool,
+        "preprocess": plan.backbone.preprocess.to_dict(),
+        "precision": plan.precision,
+        "dtype": cfg.dtype,
+        "hash_content": cfg.hash_content,
+        "gpu_decode": cfg.gpu_decode,
+        "views": cfg.views,
+        "augment": list(cfg.augment) if cfg.views else [],
+        "batch_size": cfg.batch_size,
+    }
+
+
+def list_layers(cfg: ExtractConfig) -> List[dict]:
+    """Every graph node of the model with its output shape and pooled size (one dummy batch)."""
+    cfg.validate()
+    backbone = models.load_backbone(cfg)
+    rows = models.layer_table(backbone, cfg.pool)
+    try:
+        stages = models.stage_outputs(backbone)
+    except FeatcacheError:
+        stages = []
+    # Stage outputs are marked with the shortest preset that includes them (lastK) and their --layer name.
+    marks = {s.node: f"last{len(stages) - i}" + (f" = {s.name}" if s.name != s.node else "")
+             for i, s in enumerate(stages)}
+    for r in rows:
+        r["stage"] = marks.get(r["layer"], "")
+    return rows

@@ -1,0 +1,224 @@
+"""Fitting a sweep's configurations: every (configuration, fold) the result store lacks, in joblib workers.
+
+Stage: selection. Workers share one copy of the features (a memmap locally; sent once to a Ray or Dask
+cluster, see ``backends``; or streamed from the cache, see ``learn.streaming``); a logistic regression's C
+values are one warm-started path. :class:`Fits` holds a sweep's records, read from the store or fitted; the
+layer screen (:func:`screen_layers`) ranks layer choices with a few cheap fits before the grid.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+import warnings
+from collections import defaultdict
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+from ..cache import Rows
+from ..config import SweepConfig
+from ..learn import metrics, streaming, views
+from . import backends, grids
+from .features import Features
+from .grids import Config
+from .schemes import Scheme
+from .store import ResultStore, config_key
+
+__all__ = ["fit_configs", "Fits", "screen_layers", "SCREEN_GRID", "SCREEN_TEXT", "scorer"]
+
+log = logging.getLogger("featcache")
+
+SMALL_FIT = 1 << 20  # training values (rows x features) below which a fit runs single-threaded
+
+
+def fit_configs(configs: List[Config], X, y, seed: int, max_components: int) -> List[Tuple[Any, float, str]]:
+    """Fit each config's pipeline on ``(X, y)``; a logistic path shares one preprocessing fit.
+
+    Returns ``(pipeline, fit seconds, note)`` per config, in order.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.pipeline import Pipeline
+
+    from ..learn.logistic import logistic_path
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        if isinstance(X, Rows):
+            out = []
+            for c in configs:
+                t = time.perf_counter()
+                out.append((streaming.fit(c.pipeline(seed, max_components), X, y), time.perf_counter() - t, ""))
+        elif configs[0].path_group() is not None:
+            t = time.perf_counter()
+            pre = configs[0].pipeline(seed, max_components)[:-1]
+            Xt = pre.fit_transform(X, y) if len(pre) else X
+            pre_s = (time.perf_counter() - t) / len(configs)
+            fixed = {k: v for k, v in configs[0].estimator(seed).get_params().items() if k != "C"}
+            path = logistic_path(Xt, y, [c.path_value() for c in configs], seed=seed, **fixed)
+            out = [(Pipeline(list(pre.steps) + [("clf", est)]), s + pre_s,
+                    "not converged" if est.n_iter_.max() >= est.max_iter else "") for est, s in path]
+        else:
+            t = time.perf_counter()
+            pipe = configs[0].pipeline(seed, max_components).fit(X, y)
+            out = [(pipe, time.perf_counter() - t, "")]
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        out = [(p, s, note or "not converged") for p, s, note in out]
+    return out
+
+
+def _run_task(configs: List[Config], X, V, y, train, val, columns, n_classes: int, seed: int, max_components: int,
+              threads: int, tta: bool) -> List[dict]:
+    """Fit ``configs`` on the ``train`` rows (and their views) of the ``columns`` of the layer choice, score them
+    on the ``val`` rows (one fold). Arrays may come as cluster handles (:func:`backends.fetch`)."""
+    from threadpoolctl import threadpool_limits
+
+    from ..runtime import torch_threads
+
+    X, V, y, train, val = (backends.fetch(a) for a in (X, V, y, train, val))
+    if columns != slice(None):
+        X, V = X[:, columns], (None if V is None else V[..., columns])
+
+    if len(train) * X.shape[1] < SMALL_FIT:
+        threads = 1  # thread start-up and spin-waiting cost more than they save on tiny fits
+    with threadpool_limits(limits=threads), torch_threads(threads):
+        try:
+            fitted = fit_configs(configs, *views.training_rows(X, V, y, train), seed, max_components)
+            X_val, V_val, y_val = X[val], (V[val] if V is not None and tta else None), y[val]
+            results = []
+            for pipe, seconds, note in fitted:
+                pred, proba = views.predict(scorer(pipe, X_val), X_val, V_val, range(n_classes))
+                results.append({"scores": metrics.scores(y_val, pred, proba, n_classes), "pred": pred.tolist(),
+                                "fit_s": seconds, "note": note})
+            return results
+        except Exception as e:  # one bad configuration must not end the sweep
+            return [{"error": f"{type(e).__name__}: {e}".splitlines()[0], "fit_s": 0.0} for _ in configs]
+
+
+def scorer(pipe, X):
+    """``pipe`` itself, or one that predicts a block at a time when ``X`` is streamed from the cache."""
+    return streaming.Blockwise(pipe) if isinstance(X, Rows) else pipe
+
+
+def _warn_pca(configs: List[Config], max_components: int) -> None:
+    for spec in sorted({c.preprocess for c in configs}):
+        too_big = [k for k in grids.pca_components(spec) if k > max_components]
+        if too_big:
+            log.warning("preprocess %s: only %d components exist (training rows and features); using %d",
+                        spec, max_components, max_components)
+
+
+def _tasks(todo: List[Config], n_folds: int) -> List[Tuple[List[Config], int]]:
+    """One task per (configuration, fold), except that a logistic path is one task per fold."""
+    groups: Dict[Any, List[Config]] = defaultdict(list)
+    for c in todo:
+        groups[c.path_group() or c].append(c)
+    units = [sorted(g, key=lambda c: c.path_value()) if g[0].path_group() else g for g in groups.values()]
+    # Slow units first, so a parallel sweep does not end waiting on one long fit.
+    units.sort(key=lambda g: (g[0].classifier != "dense", -len(g)))
+    return [(unit, f) for unit in units for f in range(n_folds)]
+
+
+class Fits:
+    """The records of a sweep's configurations: read from the result store, or fitted (and stored) when missing."""
+
+    def __init__(self, cfg: SweepConfig, feats: Features, scheme: Scheme, max_components: int, store: ResultStore,
+                 base: dict):
+        self.cfg, self.feats, self.scheme, self.max_components, self.store, self.base = (
+            cfg, feats, scheme, max_components, store, base)
+        self.keys: Dict[Config, str] = {}
+        self.records: Dict[Config, dict] = {}
+        self.cached: set = set()  # configurations whose record came from the store
+        self.fitted: List[Config] = []  # configurations fitted in this run
+        self.n_fits = 0
+
+    def fit(self, configs: List[Config], desc: str = "sweep") -> None:
+        """Give every configuration a record, fitting those neither seen in this run nor stored."""
+        for c in configs:
+            if c not in self.keys:
+                self.keys[c] = config_key(self.base, c, self.scheme.identity)
+                record = self.store.get(self.keys[c])
+                if record is not None:
+                    self.records[c] = record
+                    self.cached.add(c)
+        todo = [c for c in dict.fromkeys(configs) if c not in self.records]
+        _warn_pca(todo, self.max_components)
+        t0 = time.perf_counter()
+        n_fits = _fit_missing(self.cfg, todo, self.feats, self.scheme, self.max_components, self.store,
+                              self.keys, self.records, desc)
+        self.n_fits += n_fits
+        self.fitted += todo
+        log.info("%s: fitted %d configuration(s) (%d fits) in %.1f s; %d from the result store%s", desc, len(todo),
+                 n_fits, time.perf_counter() - t0, sum(c in self.cached for c in configs),
+                 f" ({self.store.dir})" if self.store.dir else "")
+
+
+# The layer screen: cheap fits that rank layer choices well (measured on MNIST-5k and sklearn digits, where the
+# best of these two picked the choices holding the best configuration of the whole grid; see the README).
+SCREEN_GRID = {"ridge": {"preprocess": "standardize", "alpha": [10.0, 1000.0, 100000.0]},
+               "logreg": {"preprocess": "l2", "C": [0.1, 1.0, 10.0, 100.0, 1000.0]}}
+SCREEN_TEXT = "ridge on standardized features, logistic regression on l2-normalised ones"
+
+
+def screen_layers(fits: Fits, choices: List[str]) -> Dict[str, float]:
+    """Each layer choice's best validation score over the screen's configurations, best first (stable)."""
+    probes = [dataclasses.replace(c, layer=choice) for choice in choices for c in grids.expand_grid(SCREEN_GRID)]
+    fits.fit(probes, desc="layer screen")
+    metric = fits.cfg.metric
+    def score(p: Config) -> float:  # a failed fit, or a metric the classifier cannot give (log-loss of ridge): NaN
+        value = (fits.records[p].get("scores") or {}).get(metric)
+        return np.nan if value is None else float(value)
+
+    best = {choice: max((score(p) for p in probes if p.layer == choice), key=lambda v: metrics.sort_key(metric, v))
+            for choice in choices}
+    return dict(sorted(best.items(), key=lambda kv: -metrics.sort_key(metric, kv[1])))
+
+
+def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records, desc: str = "sweep") -> int:
+    """Fit every (configuration, fold) not in the store, in parallel; store each config when complete."""
+    if not todo:
+        return 0
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    tasks = _tasks(todo, len(scheme.folds))
+    per_config: Dict[Config, List[dict]] = defaultdict(list)
+    bar = tqdm(total=len(todo), desc=desc, unit="config", disable=not cfg.progress, file=sys.stderr,
+               dynamic_ncols=True)
+    arrays = [feats.X, feats.V, feats.y] + [rows for fold in scheme.folds for rows in fold]
+    with backends.session(cfg.backend, cfg.address, cfg.n_jobs, len(tasks), arrays) as session:
+        X, V, y, folds = session.arrays[0], session.arrays[1], session.arrays[2], session.arrays[3:]
+        if session.workers > 1 or cfg.backend in backends.CLUSTER_BACKENDS:
+            log.info("%d task(s) on %s, %d at a time", len(tasks), cfg.backend, session.workers)
+        width = {c.layer: len(range(feats.X.shape[1])[feats.columns(c.layer)]) for c in todo}
+        calls = (delayed(_run_task)(unit, X, V, y, folds[2 * f], folds[2 * f + 1], feats.columns(unit[0].layer),
+                                    len(feats.classes), cfg.seed, min(max_components, width[unit[0].layer]),
+                                    session.threads, cfg.tta) for unit, f in tasks)
+        runner = Parallel(return_as=session.return_as)  # n_jobs and the backend come from the session
+        try:
+            for (unit, f), results in zip(tasks, runner(calls)):
+                for config, result in zip(unit, results):
+                    per_config[config].append({**result, "fold": f})
+                    if len(per_config[config]) == len(scheme.folds):
+                        records[config] = _combine(per_config[config], scheme, len(feats.y))
+                        if "error" not in records[config]:  # failures are retried next time
+                            store.put(keys[config], records[config])
+                        bar.update(1)
+                bar.set_postfix_str(f"{unit[0].classifier} fold {f + 1}/{len(scheme.folds)}")
+        finally:
+            bar.close()
+    return len(todo) * len(scheme.folds)
+
+
+def _combine(folds: List[dict], scheme: Scheme, n_rows: int) -> dict:
+    """One record per configuration: mean (and std) of the fold scores, the out-of-fold predictions."""
+    errors = [f["error"] for f in folds if "error" in f]
+    if errors:
+        return {"error": errors[0], "fit_s": 0.0}
+    pred = np.full(n_rows, -1, dtype=np.int64)
+    for f in folds:
+        pred[scheme.folds[f["fold"]][1]] = f["pred"]
+    notes = sorted({f["note"] for f in folds if f["note"]})
+    return {"scores": metrics.average([f["scores"] for f in folds]), "fit_s": sum(f["fit_s"] for f in folds),
+            "note": "; ".join(notes), "pred": pred.tolist()}

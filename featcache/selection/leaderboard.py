@@ -1,0 +1,66 @@
+"""The leaderboard: one row per configuration, best first, and its text forms for the terminal.
+
+Stage: selection. Imports pandas (on use) and ``learn.metrics``.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+from ..learn import metrics
+
+__all__ = ["leaderboard", "format_leaderboard", "best_per_layer", "by_layer_text"]
+
+
+def leaderboard(configs, records, cached, keys, metric: str, layers: str = ""):
+    """One row per configuration, best first; ``fit_s`` sums all folds, failures sort last."""
+    import pandas as pd
+
+    rows = []
+    for c in configs:
+        r = records[c]
+        row = {"classifier": c.classifier, "params": c.params_text(), "preprocess": c.preprocess,
+               "layer": c.layer or layers}
+        for name, value in (r.get("scores") or {}).items():
+            row[f"val_{name}"] = value
+        row.update({"fit_s": round(r["fit_s"], 3), "note": r.get("note", ""), "from_cache": c in cached,
+                    "status": "ok" if "error" not in r else f"failed: {r['error']}", "config_id": keys[c][:12]})
+        rows.append(row)
+    board = pd.DataFrame(rows)
+    for name in metrics.METRICS:
+        if f"val_{name}" not in board:
+            board[f"val_{name}"] = np.nan
+    # Best first; ties go to the lower validation log-loss, then to the faster fit.
+    order = board.assign(_failed=board["status"] != "ok",
+                         _key=board[f"val_{metric}"].map(lambda v: metrics.sort_key(metric, v)),
+                         _tie=board["val_log_loss"].map(lambda v: metrics.sort_key("log_loss", v)))
+    board = order.sort_values(["_failed", "_key", "_tie", "fit_s"], ascending=[True, False, False, True],
+                              kind="stable").drop(columns=["_failed", "_key", "_tie"])
+    board.insert(0, "rank", range(1, len(board) + 1))
+    first = ["rank", "classifier", "params", "preprocess", "layer"] + [f"val_{m}" for m in metrics.METRICS]
+    return board[first + [c for c in board.columns if c not in first]].reset_index(drop=True)
+
+
+def best_per_layer(board, metric: str = "accuracy") -> Dict[str, float]:
+    """The best validation score of each layer choice, best first (the leaderboard is sorted)."""
+    ok = board[board["status"] == "ok"]
+    return {layer: float(score) for layer, score in ok.groupby("layer", sort=False)[f"val_{metric}"].first().items()}
+
+
+def by_layer_text(board, metric: str = "accuracy") -> str:
+    return ", ".join(f"{layer} {score:.4f}" for layer, score in best_per_layer(board, metric).items())
+
+
+def format_leaderboard(board, limit: int = 25) -> str:
+    """The leaderboard as a fixed-width table (the first ``limit`` rows)."""
+    several = "layer" in board and board["layer"].nunique() > 1  # the layer column only when it varies
+    cols = [c for c in ["rank", "classifier", "params", "preprocess", "layer" if several else "", "val_accuracy",
+                        "val_balanced_accuracy", "val_f1_macro", "val_log_loss", "test_accuracy", "fit_s", "note"]
+            if c in board]
+    shown = board[cols].head(limit).copy()
+    shown["params"] = shown["params"].str.slice(0, 40)
+    text = shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
+    if len(board) > limit:
+        text += f"\n... {len(board) - limit} more rows in leaderboard.csv"
+    return text

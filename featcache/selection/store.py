@@ -1,0 +1,61 @@
+"""The result store: one small JSON record per fitted configuration, so a rerun fits nothing.
+
+Stage: selection. Records are keyed by (cache fingerprint, layers, configuration, validation scheme, seed,
+library versions); bump :data:`RESULT_FORMAT` when code that changes fitted results changes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+from .._util import atomic_write_text, library_versions
+from .grids import Config
+
+__all__ = ["RESULT_FORMAT", "ResultStore", "result_key", "config_key", "result_versions"]
+
+RESULT_FORMAT = 1
+
+
+def result_versions() -> dict:
+    """The versions a fitted result depends on (in result keys and model metadata)."""
+    return library_versions("featcache", "sklearn", "torch")
+
+
+def result_key(parts: dict) -> str:
+    """The hash of ``parts`` as JSON with sorted keys (Python's default separators: keys of stored results)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def config_key(base: dict, config: Config, scheme: dict) -> str:
+    """A configuration's result key: its own layers (not the others the sweep tries), so a fit on layer4
+    is found again whether layer4 was pinned with --layer or one choice of a layer dimension."""
+    ident = {k: v for k, v in config.identity().items() if k != "layer"}
+    layers = config.layer.split("+") if config.layer else base["layers"]
+    return result_key({**base, "layers": layers, "config": ident, "scheme": scheme})
+
+
+class ResultStore:
+    """One small JSON file per fitted configuration (plus refitted models), under ``root/<fingerprint>``."""
+
+    def __init__(self, root: Optional[Path], fingerprint: str):
+        self.dir = Path(root) / fingerprint[:16] if root is not None else None
+
+    def get(self, key: str) -> Optional[dict]:
+        if self.dir is None:
+            return None
+        try:
+            record = json.loads((self.dir / f"{key[:32]}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if record.get("key") == key and record.get("format") == RESULT_FORMAT else None
+
+    def put(self, key: str, record: dict) -> None:
+        if self.dir is None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.dir / f"{key[:32]}.json", json.dumps({**record, "key": key, "format": RESULT_FORMAT}))
+
+    def model_path(self, key: str) -> Optional[Path]:
+        return self.dir / f"{key[:32]}.joblib" if self.dir is not None else None

@@ -8,11 +8,12 @@ from finding its module imported before it runs. The layers of the package: READ
 """
 import importlib
 
+from ._util import featcache_version
 from .cache import FeatureSet, load
 from .config import ExtractConfig, FinetuneConfig, SweepConfig
 from .errors import FeatcacheError
 
-__version__ = "0.1.0"
+__version__ = featcache_version()
 
 _LAZY = {  # name -> (module, attribute; None = the module itself)
     "extract": ("extract", None), "sweep": ("sweep", None), "predict": ("predict", None),

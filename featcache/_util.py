@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["human_size", "sha256_json", "file_sha256", "atomic_path", "atomic_write_text", "now_iso",
-           "library_versions", "make_callable"]
+           "library_versions", "featcache_version", "make_callable"]
 
 
 def human_size(n: float) -> str:
@@ -77,12 +77,20 @@ def library_versions(*names: str) -> dict:
         if name == "python":
             out[name] = sys.version.split()[0]
         elif name == "featcache":
-            from . import __version__
-
-            out[name] = __version__
+            out[name] = featcache_version()
         else:
             out[name] = str(importlib.import_module(name).__version__).split("+")[0]
     return out
+
+
+def featcache_version() -> str:
+    """featcache's version, from the installed package's metadata (pyproject.toml's ``version``)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("featcache")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
 
 
 def make_callable(module_name: str, function) -> None:

@@ -128,6 +128,4 @@ def validate_params(owner: Any, constraints: Dict[str, List[Any]], values: Optio
     for param, allowed in constraints.items():
         value = values[param] if values is not None else getattr(owner, param)
         if not any(_accepts(c, value) for c in allowed):
-            options = [describe(c) for c in allowed]
-            text = options[0] if len(options) == 1 else ", ".join(options[:-1]) + " or " + options[-1]
-            raise ParameterError(name, param, text, value)
+            raise ParameterError(name, param, [describe(c) for c in allowed], value)

@@ -16,10 +16,11 @@ from typing import Any, Optional, Sequence, Union
 
 from ._validation import Interval, Matches, Options, validate_params
 from ._validation import Sequence as ListOf
-from .errors import FeatcacheError, ParameterError
+from .errors import ConflictError, FeatcacheError, ParameterError
 
-__all__ = ["ExtractConfig", "SweepConfig", "FinetuneConfig", "FeatcacheError", "default_cache_dir", "DEFAULT_MODEL", "DEVICE",
-           "POOLS", "PRECISIONS", "DTYPES", "AUGMENTATIONS", "MAX_VIEWS", "METRICS", "BACKENDS", "CLUSTER_BACKENDS"]
+__all__ = ["ExtractConfig", "SweepConfig", "FinetuneConfig", "FeatcacheError", "default_cache_dir", "DEFAULT_MODEL",
+           "DEVICE", "POOLS", "PRECISIONS", "DTYPES", "AUGMENTATIONS", "MAX_VIEWS", "METRICS", "BACKENDS",
+           "CLUSTER_BACKENDS"]
 
 DEFAULT_MODEL = "efficientnet_lite0"
 POOLS = ("avg", "max", "gem", "flatten", "cls", "none")
@@ -127,7 +128,7 @@ class ExtractConfig(_Config):
         if self.views and not self.augment:
             self._refuse("augment", f"a non-empty list of {', '.join(AUGMENTATIONS)} when views > 0")
         if self.views and self.gpu_decode:
-            raise FeatcacheError("views are made with Pillow: drop gpu_decode (--gpu-decode) to extract views")
+            raise ConflictError("{views} are made with Pillow: drop {gpu_decode} to extract views")
 
 
 @dataclass
@@ -180,11 +181,11 @@ class SweepConfig(_Config):
 
     def _check_combinations(self) -> None:
         if self.cv is not None and self.val_fraction is not None:
-            raise FeatcacheError("use either cv (--cv) or val_fraction (--val-fraction), not both")
+            raise ConflictError("use either {cv} or {val_fraction}, not both")
         if self.address and self.backend not in CLUSTER_BACKENDS:
-            raise FeatcacheError(f"address (--address) is for the ray or dask backend, not {self.backend}")
+            raise ConflictError(f"{{address}} is for {{backend}} ray or dask, not {self.backend}")
         if self.block_rows is not None and not self.out_of_core:
-            raise FeatcacheError("block_rows (--block-rows) only applies with out_of_core (--out-of-core)")
+            raise ConflictError("{block_rows} only applies with {out_of_core}")
 
 
 @dataclass

@@ -40,7 +40,8 @@ def check_compatible(model_meta: dict, cache_meta: CacheMeta, dims: Dict[str, in
     else:
         for layer in model_meta["layers"]:
             if dims[layer] != model_meta["layer_dims"][layer]:
-                diffs.append(f"layer {layer}: {dims[layer]} features here, {model_meta['layer_dims'][layer]} for the model")
+                diffs.append(f"layer {layer}: {dims[layer]} features here, {model_meta['layer_dims'][layer]} "
+                             f"for the model")
     if diffs:
         raise FeatcacheError(f"the features of {where} do not match the model's training features: "
                              f"{'; '.join(diffs)}. Predict on images (--data FOLDER) to extract matching features")

@@ -213,7 +213,8 @@ def from_dataset(dataset, name: Optional[str] = None) -> Source:
         raise FeatcacheError("the Dataset passed as data is empty")
     labels = np.array([int(dataset[i][1]) for i in range(n)], dtype=np.int64)
     classes = getattr(dataset, "classes", None)
-    class_names = [str(c) for c in classes] if classes else [str(c) for c in sorted(set(labels.tolist()) - {UNLABELLED})]
+    class_names = ([str(c) for c in classes] if classes
+                   else [str(c) for c in sorted(set(labels.tolist()) - {UNLABELLED})])
     return Source(
         name=name or type(dataset).__name__.lower(),
         root=None,

@@ -107,7 +107,8 @@ def run(cfg: SweepConfig) -> SweepResult:
                      ", ".join(choices))
         grid_points = set(configs)
         configs = ([dataclasses.replace(c, layer=choice) for choice in choices for c in configs]
-                   + [p for p in fits.records if p.layer not in choices and dataclasses.replace(p, layer="") in grid_points])
+                   + [p for p in fits.records
+                      if p.layer not in choices and dataclasses.replace(p, layer="") in grid_points])
     log.info("%d configurations on %d x %d features (%s), %d classes; validation: %s",
              len(configs), len(feats.X), feats.X.shape[1], "+".join(feats.layers), len(feats.classes),
              scheme.description)

@@ -168,14 +168,14 @@ def image_folder(workdir: Path, n: int, size: tuple, seed: int) -> Path:
 
 def featcache_model(args, device):
     """featcache's own module: the backbone it loads and the FeatureExtractor it runs (its default layers)."""
-    from featcache import backbones
+    from featcache import models
     from featcache.config import ExtractConfig
 
     cfg = ExtractConfig(model=args.model, image_size=args.image_size, batch_size=args.batch_size,
                         precision=args.precision)
-    backbone = backbones.load_backbone(cfg)
-    layers = backbones.default_layers(backbone, backbones.graph_node_names(backbone.module))
-    fx = backbones.FeatureExtractor(backbone, layers, "avg").to(device)
+    backbone = models.load_backbone(cfg)
+    layers = models.default_layers(backbone, models.graph_node_names(backbone.module))
+    fx = models.FeatureExtractor(backbone, layers, "avg").to(device)
     return backbone, layers, fx
 
 
@@ -183,10 +183,10 @@ def decode_all(folder: Path, pre):
     """Every image of ``folder``, decoded by featcache's own decoder, as one uint8 NCHW tensor."""
     import torch
 
-    from featcache import sources
+    from featcache import decode, sources
 
     src = sources.open_source(str(folder))
-    arrs = [sources.decode_file(src.file_path(i), pre.resize_size, pre.crop_size) for i in range(len(src))]
+    arrs = [decode.decode_sample(src, i, pre.resize_size, pre.crop_size) for i in range(len(src))]
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -201,7 +201,7 @@ def measure_ceiling(fx, images, batch_size: int, device, precision: str, repeats
     """Model only: uint8 batches already in memory (on the device), featcache's autocast, no writes."""
     import torch
 
-    from featcache.pipeline import autocast
+    from featcache.runtime import autocast
 
     batches = [images[i:i + batch_size].to(device) for i in range(0, len(images), batch_size)]
     n = len(images)
@@ -241,7 +241,7 @@ def measure_ceiling_streams(fx, images, batch_size: int, device, precision: str,
 
     import torch
 
-    from featcache.pipeline import autocast
+    from featcache.runtime import autocast
 
     batches = [images[i:i + batch_size].to(device) for i in range(0, len(images), batch_size)]
     before = torch.get_num_threads()
@@ -294,9 +294,10 @@ def run_featcache(folder: Path, args, num_workers=None, threads=None) -> dict:
     try:
         t = time.perf_counter()
         # The same layers as the ceiling's module (featcache's defaults, resolved the same way).
-        path = featcache.extract(str(folder), model=args.model, image_size=args.image_size, layers=getattr(args, "layers", None) or (),
-                                 batch_size=args.batch_size, precision=args.precision, device=args.device,
-                                 cache_dir=str(cache_dir), progress=False, num_workers=num_workers)
+        path = featcache.extract(str(folder), model=args.model, image_size=args.image_size,
+                                 layers=getattr(args, "layers", None) or (), batch_size=args.batch_size,
+                                 precision=args.precision, device=args.device, cache_dir=str(cache_dir),
+                                 progress=False, num_workers=num_workers)
         wall = time.perf_counter() - t
         threads_after = torch.get_num_threads()
         timings = read_timings(path)
@@ -321,12 +322,12 @@ def run_naive(folder: Path, args, device, out_dir: Path) -> dict:
     from torch import nn
     from torchvision import datasets, transforms
 
-    from featcache import backbones
+    from featcache import models
     from featcache.config import ExtractConfig
 
-    backbone = backbones.load_backbone(ExtractConfig(model=args.model, image_size=args.image_size))
+    backbone = models.load_backbone(ExtractConfig(model=args.model, image_size=args.image_size))
     model = backbone.module
-    head = backbones._classifier_name(model)  # the final nn.Linear (``_fc`` in EfficientNet-Lite0)
+    head = models.load.classifier_name(model)  # the final nn.Linear (``_fc`` in EfficientNet-Lite0)
     parent = model.get_submodule(head.rpartition(".")[0]) if "." in head else model
     setattr(parent, head.rpartition(".")[2], nn.Identity())
     model = model.eval().to(device)
@@ -375,11 +376,8 @@ def fmt_timings(t: dict) -> str:
 def main_bench(args) -> dict:
     import torch
 
-    from featcache.pipeline import (
-        default_num_workers,
-        resolve_device,
-        resolve_precision,
-    )
+    from featcache.extraction.loader import default_num_workers
+    from featcache.runtime import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
@@ -537,7 +535,7 @@ def main_bench(args) -> dict:
 
 def sweep(args) -> dict:
 
-    from featcache.pipeline import resolve_device, resolve_precision
+    from featcache.runtime import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
@@ -625,7 +623,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=None, help="featcache DataLoader workers (default: featcache's rule)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="featcache DataLoader workers (default: featcache's rule)")
     p.add_argument("--n-images", type=int, default=1000)
     p.add_argument("--width", type=int, default=320, help="generated JPEG width (landscape)")
     p.add_argument("--height", type=int, default=240)

@@ -37,10 +37,13 @@ def bench(images: Path, node: str = "_blocks.14.add", model: str = "efficientnet
     from torch.nn import functional as F
 
     import featcache
-    from featcache import backbones, sources
-    from featcache.finetune import TopClassifier, adamw, split_for, top_blocks, unfreeze_last, with_pointwise_as_linear
-    from featcache.pipeline import autocast
-    from featcache.streaming import Rows
+    from featcache import decode, models, sources
+    from featcache.cache import Rows
+    from featcache.finetune import split_for
+    from featcache.learn.top import TopClassifier, top_blocks, unfreeze_last
+    from featcache.learn.training import adamw
+    from featcache.models.cuts import with_pointwise_as_linear
+    from featcache.runtime import autocast
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -71,7 +74,7 @@ def bench(images: Path, node: str = "_blocks.14.add", model: str = "efficientnet
     record = fs.meta["config"]
     pre = record["preprocess"]
     torch.manual_seed(seed)
-    bottom = backbones.FeatureExtractor(backbone, [node], "none").eval()
+    bottom = models.FeatureExtractor(backbone, [node], "none").eval()
     # The top trains exactly as TopClassifier trains it: 1x1 convs as matrix products, channels-last, its
     # precision, fused AdamW. Only where its input comes from differs.
     net = with_pointwise_as_linear(copy.deepcopy(top)).eval().to(memory_format=torch.channels_last)
@@ -87,7 +90,7 @@ def bench(images: Path, node: str = "_blocks.14.add", model: str = "efficientnet
 
     def loader(rows, shuffle):
         def collate(batch):
-            arrays = [sources.decode_sample(source, i, pre["resize_size"], pre["crop_size"]) for i in batch]
+            arrays = [decode.decode_sample(source, i, pre["resize_size"], pre["crop_size"]) for i in batch]
             return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), torch.from_numpy(source.labels[batch])
         # Decoding in this process, so its CPU time is counted (on 2 cores a worker overlaps little anyway).
         return torch.utils.data.DataLoader(list(rows), batch_size=batch_size, shuffle=shuffle, collate_fn=collate)

@@ -62,7 +62,7 @@ def child(cap: int, argv) -> int:
     """Cap this process's data segment first, then run the sweep CLI; print peak RSS as JSON on stderr."""
     if cap:
         resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
-    from featcache.sweep import main
+    from featcache.cli.sweep import main
 
     code = main(argv)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

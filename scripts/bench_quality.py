@@ -105,14 +105,15 @@ def prepare(name: str, work: Path):
 def raw_pixels(images, labels, split) -> dict:
     from sklearn.preprocessing import StandardScaler
 
-    from featcache.heads import logistic_path
+    from featcache.learn.logistic import logistic_path
 
     t = time.perf_counter()
     X = images.reshape(len(images), -1).astype(np.float32) / 255
     Cs = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
     scaler = StandardScaler().fit(X[split["train"]])
     path = logistic_path(scaler.transform(X[split["train"]]), labels[split["train"]], Cs, seed=0, max_iter=1000)
-    val_acc = [float(np.mean(est.predict(scaler.transform(X[split["val"]])) == labels[split["val"]])) for est, _ in path]
+    X_val = scaler.transform(X[split["val"]])
+    val_acc = [float(np.mean(est.predict(X_val) == labels[split["val"]])) for est, _ in path]
     best = Cs[int(np.argmax(val_acc))]
     pool = np.concatenate([split["train"], split["val"]])
     scaler = StandardScaler().fit(X[pool])
@@ -123,7 +124,7 @@ def raw_pixels(images, labels, split) -> dict:
 
 def extract_and_sweep(root: Path, cache_dir: Path, extract_kw: dict, sweep_kw: dict) -> dict:
     import featcache
-    from featcache.sweep import best_per_layer
+    from featcache.selection.leaderboard import best_per_layer
 
     t = time.perf_counter()
     cache = featcache.extract(root, cache_dir=cache_dir, progress=False, **extract_kw)
@@ -148,7 +149,8 @@ def finetune_rows(root: Path, node: str, epochs: int, image_size: int):
     spec.loader.exec_module(mod)
     r = mod.bench(root, node=node, epochs=epochs, image_size=image_size)
     cached = {"test_accuracy": r["test_acc_cached"], "seconds": r["extract_s"] + r["cached_s"],
-              "detail": f"after {node}, {epochs} epochs; training {r['cached_s']:.1f} s + extraction {r['extract_s']:.1f} s"}
+              "detail": f"after {node}, {epochs} epochs; training {r['cached_s']:.1f} s + extraction "
+                        f"{r['extract_s']:.1f} s"}
     e2e = {"test_accuracy": r["test_acc_e2e"], "seconds": r["e2e_s"],
            "detail": f"same top and epochs; {r['ratio']:.1f}x the cached training time "
                      f"({r['ratio_with_extract']:.1f}x counting the extraction)"}
@@ -189,7 +191,8 @@ def run_dataset(name: str, rows, work: Path, image_size: int, views: int, epochs
                     got = None
                     print(f"[{name}] fine-tune rows failed: {type(e).__name__}: {e}", flush=True)
                 if got is None:
-                    out["finetune"] = out["finetune_e2e"] = {"missing": "featcache.finetune / scripts/bench_finetune.py"}
+                    missing = {"missing": "featcache.finetune / scripts/bench_finetune.py"}
+                    out["finetune"] = out["finetune_e2e"] = missing
                 else:
                     out["finetune"], out["finetune_e2e"] = got
                 for r in ("finetune", "finetune_e2e"):

@@ -1,7 +1,7 @@
 """Benchmark of featcache's sweep (not a test): prints figures and, last, one JSON line.
 
 1. C path: a 10-point logistic-regression C path on synthetic CNN-like features (N x D, 10 classes)
-   with featcache's warm-started path (``featcache.heads.logistic_path``, the engine of the sweep)
+   with featcache's warm-started path (``featcache.logistic_path``, the engine of the sweep)
    vs a plain loop of ``LogisticRegression(C=c).fit``; accuracy of both on the same held-out rows.
 2. Dense head: 10 epochs on cached features (extract once + train) vs end to end (decode and run
    the frozen EfficientNet-Lite0 every epoch, then the same head step), on real images (by default
@@ -68,7 +68,7 @@ def bench_c_path(n: int, dim: int, n_cs: int) -> dict:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    from featcache.heads import logistic_path
+    from featcache.learn.logistic import logistic_path
 
     X, y = synthetic(n, dim, 10)
     n_train = int(0.8 * n)
@@ -120,9 +120,9 @@ def bench_dense(images: Path, e2e_epochs: int, epochs: int = 10) -> dict:
     from torch.nn import functional as F
 
     import featcache
-    from featcache import backbones, sources
+    from featcache import decode, models, sources
     from featcache.config import ExtractConfig
-    from featcache.heads import DenseHead
+    from featcache.learn.dense import DenseHead
 
     head_params = dict(hidden_layer_sizes=512, epochs=epochs, batch_size=64, early_stopping=False, random_state=0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,14 +143,14 @@ def bench_dense(images: Path, e2e_epochs: int, epochs: int = 10) -> dict:
     record = fs.meta["config"]
     pre = record["preprocess"]
     t = time.perf_counter()
-    backbone = backbones.load_backbone(ExtractConfig(model="efficientnet_lite0"))
-    fx = backbones.FeatureExtractor(backbone, record["layers"], record["pool"]).eval()
+    backbone = models.load_backbone(ExtractConfig(model="efficientnet_lite0"))
+    fx = models.FeatureExtractor(backbone, record["layers"], record["pool"]).eval()
     t_load = time.perf_counter() - t
     source = sources.open_source(images)
     dataset = [(i, source) for i in range(len(source))]
 
     def collate(batch):
-        arrays = [sources.decode_sample(src, i, pre["resize_size"], pre["crop_size"]) for i, src in batch]
+        arrays = [decode.decode_sample(src, i, pre["resize_size"], pre["crop_size"]) for i, src in batch]
         images_ = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
         return images_, torch.from_numpy(source.labels[[i for i, _ in batch]])
 
@@ -194,11 +194,12 @@ def bench_dense(images: Path, e2e_epochs: int, epochs: int = 10) -> dict:
     print(f"[dense] speed-up extrapolated from the per-image costs to {big} images: {big_ratio:.1f}x "
           f"({big_e2e / 60:.0f} min vs {big_cached / 60:.1f} min)", flush=True)
     return {"images": n, "cached_s": round(cached_total, 2), "e2e_s_extrapolated": round(e2e_total, 2),
-            "e2e_epochs_measured": e2e_epochs, "speedup": round(ratio, 2), "speedup_60k_extrapolated": round(big_ratio, 2)}
+            "e2e_epochs_measured": e2e_epochs, "speedup": round(ratio, 2),
+            "speedup_60k_extrapolated": round(big_ratio, 2)}
 
 
 def bench_default_grid(n: int, dim: int, n_jobs: int) -> dict:
-    from featcache.grids import expand_grid, read_grid
+    from featcache.selection.grids import expand_grid, read_grid
     from featcache.sweep import sweep
 
     X, y = synthetic(n, dim, 10, seed=1)

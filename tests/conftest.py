@@ -185,7 +185,7 @@ def csv_dataset(tmp_path: Path) -> Path:
     n = 0
     for split, count in CSV_SPLIT_COUNTS.items():
         for k, label in enumerate(CSV_CLASSES):
-            for i in range(count):
+            for _ in range(count):
                 sub = Path("images") / f"part{n % 2}"
                 if n % 3 == 0:
                     sub = sub / "nested"

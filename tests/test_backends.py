@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from featcache import backends
+from featcache.selection import backends
 from featcache.sweep import sweep
 
 GRID = {"logreg": {"preprocess": "standardize", "C": [0.01, 1.0]}, "ridge": {"alpha": [1.0, 100.0]},
@@ -98,20 +98,21 @@ def test_ray_tasks_read_the_features_from_the_object_store(cache, ray_session):
 @pytest.mark.parametrize("backend, extra", [("ray", "ray"), ("dask", "distributed")])
 def test_a_missing_extra_is_a_one_line_error(cache, tmp_path, backend, extra):
     code = (f"import sys; sys.modules[{extra!r}] = None\n"
-            "from featcache.sweep import main\n"
+            "from featcache.cli.sweep import main\n"
             f"sys.exit(main([{str(cache)!r}, '--backend', {backend!r}, '--classifiers', 'knn', '--no-progress', "
             f"'--out', {str(tmp_path / 'o')!r}]))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2  # before any feature is read
     assert run.stderr.strip().splitlines() == [
-        f"featcache: error: --backend {backend} needs " + ("Ray" if backend == "ray" else "Dask's distributed scheduler")
-        + f": pip install 'featcache[{backend}]'"]
+        f"featcache: error: --backend {backend} needs "
+        + ("Ray" if backend == "ray" else "Dask's distributed scheduler") + f": pip install 'featcache[{backend}]'"]
 
 
 def test_bad_backend_settings(cache):
     from featcache.config import FeatcacheError
 
-    with pytest.raises(FeatcacheError, match="--backend must be one of loky, threading, ray, dask; got 'spark'"):
+    with pytest.raises(FeatcacheError, match="The 'backend' parameter of SweepConfig must be one of 'loky', "
+                                             "'threading', 'ray', 'dask'. Got 'spark'"):
         sweep(cache, grid=GRID, backend="spark")
-    with pytest.raises(FeatcacheError, match="--address is for --backend ray or dask, not loky"):
+    with pytest.raises(FeatcacheError, match="address is for backend ray or dask, not loky"):
         sweep(cache, grid=GRID, address="tcp://localhost:8786")

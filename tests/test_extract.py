@@ -61,13 +61,15 @@ def test_torch_dataset_input(fast):
 
 def test_features_match_the_model_run_by_hand(split_folder, fast):
     """The stored row is exactly what the model gives for that image (no row shuffled or shifted)."""
-    from featcache.sources import decode_file
+    from featcache.decode import open_rgb, resize_center_crop
 
     model = _counting_resnet()
     fs = load(featcache.extract(split_folder, **{**fast, "model": model}))
-    img = decode_file(split_folder / fs.paths[5], 37, 32)  # resnet18: resize 256 → crop 224 ratio at 32 px
-    x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) \
-        / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    # resnet18: resize 256 -> crop 224, the same ratio at 32 px
+    img = resize_center_crop(open_rgb(split_folder / fs.paths[5], 37), 37, 32)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255 - mean) / std
     model.fc = torch.nn.Identity()
     with torch.inference_mode():
         expected = model.eval()(x)[0].numpy()
@@ -169,7 +171,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     for args, message in [
         (["--data", str(tmp_path / "nope")], "no such file or folder"),
         (["--data", "data/digits", "--model", "resnet18", "--weights", "none", "--layer", "layer9"], "closest"),
-        (["--data", "data/digits", "--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--data", "data/digits", "--batch-size", "0"], "--batch-size must be an int >= 1 or 'auto'; got 0"),
         (["--data", "data/digits", "--weights", str(tmp_path / "w.pt")], "no such file"),
         ([], "--data is required"),
     ]:
@@ -182,7 +184,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
 def test_list_layers_cli():
     r = _cli("featcache.extract", "--model", "resnet18", "--weights", "none", "--list-layers")
     assert r.returncode == 0, r.stderr
-    line = next(l for l in r.stdout.splitlines() if l.startswith("layer4.1.relu_1 "))
+    line = next(text for text in r.stdout.splitlines() if text.startswith("layer4.1.relu_1 "))
     assert "512x7x7" in line and " 512 " in line and "2048" in line  # shape, pooled dim, bytes/image
     assert line.endswith("last1 = layer4")  # stage outputs are marked with their preset and --layer name
 
@@ -194,9 +196,9 @@ def test_layer_preset_resolves_before_the_cache_key(split_folder, fast):
 
 
 def test_ls_and_explain(split_folder, fast, make_image):
+    from featcache.cache import list_caches
     from featcache.config import ExtractConfig
-    from featcache.explain import explain
-    from featcache.ls import list_caches
+    from featcache.extraction import explain
 
     path = featcache.extract(split_folder, **fast)
     records = list_caches(fast["cache_dir"])

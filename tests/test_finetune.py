@@ -13,11 +13,15 @@ import torchvision
 from torch import nn
 
 import featcache
-from featcache import backbones, sources, store
+from featcache import decode, models, sources
+from featcache.cache import Rows, minibatches
+from featcache.cache.write import rows_per_chunk
+from featcache.cli.finetune import main
 from featcache.config import ExtractConfig, FeatcacheError
-from featcache.finetune import TopClassifier, finetune, main, network, split_for, top_blocks
-from featcache.streaming import Rows, minibatches
-from featcache.predict import load_model, predict
+from featcache.finetune import finetune, network, split_for
+from featcache.learn.top import TopClassifier, top_blocks
+from featcache.predict import predict
+from featcache.selection.modelfile import load_model
 
 COLOURS = ("red", "green", "blue")
 SETTINGS = dict(model="resnet18", weights="none", image_size=32, num_workers=0, batch_size=16, precision="fp32",
@@ -86,7 +90,7 @@ def test_training_moves_only_the_chosen_blocks_and_is_seeded(cache):
 
 
 def test_frozen_layers_before_the_trained_block_run_once_with_the_same_result(cache, monkeypatch):
-    from featcache import finetune as ft
+    from featcache.learn import training as ft
 
     fs = featcache.load(cache["path"])
     top, _ = split_for(fs.meta, cache["path"], "layer3")
@@ -104,7 +108,7 @@ def test_frozen_layers_before_the_trained_block_run_once_with_the_same_result(ca
 
 
 def test_cached_rows_that_fit_are_read_once_for_a_full_shuffle(cache, monkeypatch):
-    from featcache import finetune as ft
+    from featcache.learn import training as ft
 
     fs = featcache.load(cache["path"])
     rows = Rows(cache["path"], ["layer3"], np.arange(len(fs))[::-1], maps=True)  # any order of rows
@@ -117,10 +121,10 @@ def test_cached_rows_that_fit_are_read_once_for_a_full_shuffle(cache, monkeypatc
 
 def test_pointwise_convolutions_become_matrix_products_with_the_same_outputs():
     """resnet50's bottleneck 1x1 convs (nn.Conv2d leaves) are rewritten; the 3x3 and strided ones are not."""
-    from featcache.finetune import pointwise_conv, with_pointwise_as_linear
+    from featcache.models.cuts import pointwise_conv, with_pointwise_as_linear
 
     torch.manual_seed(0)
-    top = backbones.split_top(torchvision.models.resnet50().eval(), "layer4.1", "flatten")
+    top = models.split_top(torchvision.models.resnet50().eval(), "layer4.1", "flatten")
     x = torch.randn(2, 2048, 4, 4)
     with torch.no_grad():
         expected = top(x)
@@ -156,7 +160,7 @@ def test_saved_model_predicts_new_images_like_the_trained_one(cache, tmp_path, c
     net = network(out / "best.joblib")
     pre = new_cache.meta["config"]["preprocess"]
     src = sources.open_source(new)
-    images = np.stack([sources.decode_sample(src, i, pre["resize_size"], pre["crop_size"]) for i in range(len(src))])
+    images = np.stack([decode.decode_sample(src, i, pre["resize_size"], pre["crop_size"]) for i in range(len(src))])
     with torch.no_grad():
         proba = torch.softmax(net(torch.from_numpy(images).permute(0, 3, 1, 2)).double(), 1).numpy()
     np.testing.assert_allclose(proba, df.filter(like="proba_").to_numpy(), atol=1e-4)
@@ -173,17 +177,17 @@ def test_minibatches_cover_every_row_once_reading_whole_chunks(tmp_path):
         seen += pos.tolist()
     assert sorted(seen) == list(range(20))
     assert seen != sorted(seen)  # shuffled
-    assert store.rows_per_chunk(100_000, 10_000, maps=True) == 1  # big maps: one image per chunk
-    assert store.rows_per_chunk(1_000, 10_000, maps=True) == 65
+    assert rows_per_chunk(100_000, 10_000, maps=True) == 1  # big maps: one image per chunk
+    assert rows_per_chunk(1_000, 10_000, maps=True) == 65
 
 
 def test_a_split_across_a_skip_connection_is_refused_with_the_valid_nodes():
-    module = backbones.load_backbone(ExtractConfig(**SETTINGS)).module
+    module = models.load_backbone(ExtractConfig(**SETTINGS)).module
     with pytest.raises(FeatcacheError, match=r"layer3\.0\.add also uses layer3\.0\.downsample\.1.*skip connection.*"
                                              r"nearest nodes where it can be split: layer2\.1\.relu_1, layer3\.0\.add"):
-        backbones.split_top(module, "layer3.0.conv1", "flatten")
+        models.split_top(module, "layer3.0.conv1", "flatten")
     with pytest.raises(FeatcacheError, match="does not come before flatten"):
-        backbones.split_top(module, "fc", "flatten")
+        models.split_top(module, "fc", "flatten")
 
 
 class DataDependent(nn.Module):
@@ -202,7 +206,7 @@ class DataDependent(nn.Module):
 
 def test_an_untraceable_model_is_refused():
     with pytest.raises(FeatcacheError, match="cannot split this model.*torch.fx cannot trace it"):
-        backbones.split_top(DataDependent(), "conv", "fc")
+        models.split_top(DataDependent(), "conv", "fc")
 
 
 def test_a_cache_without_activations_at_the_node_names_the_extract_command(cache, tmp_path):

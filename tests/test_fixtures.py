@@ -46,7 +46,8 @@ def test_class_folder(class_folder: Path) -> None:
         for p in v:
             assert _decodes(p), p
     # Junk is present (so a loader has to skip it).
-    for junk in (".DS_Store", "cat/.DS_Store", "dog/notes.txt", ".thumbs/x.jpg", "cat/.thumbs/x.jpg", "bird/._img_0.jpg"):
+    junks = (".DS_Store", "cat/.DS_Store", "dog/notes.txt", ".thumbs/x.jpg", "cat/.thumbs/x.jpg", "bird/._img_0.jpg")
+    for junk in junks:
         assert (class_folder / junk).is_file(), junk
     assert not _decodes(class_folder / "bird" / "._img_0.jpg")
     # Classes are separable: each class's mean colour is nearest its own class's other images.

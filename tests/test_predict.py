@@ -13,8 +13,10 @@ import pandas as pd
 import pytest
 
 import featcache
+from featcache.cli.predict import main
 from featcache.config import FeatcacheError
-from featcache.predict import load_model, main, predict, read_metadata
+from featcache.predict import predict
+from featcache.selection.modelfile import load_model, read_metadata
 from featcache.sweep import sweep
 
 COLOURS = ("red", "green", "blue")

@@ -5,7 +5,8 @@ import torch
 from PIL import Image
 
 from featcache import FeatcacheError
-from featcache.sources import (UNLABELLED, decode_file, from_dataset, open_source, to_rgb)
+from featcache.decode import open_rgb, resize_center_crop, to_rgb
+from featcache.sources import UNLABELLED, from_dataset, open_source
 
 
 def test_class_folder_labels_from_folder_names_and_junk_ignored(class_folder):
@@ -88,7 +89,7 @@ def test_manifest_tracks_size_mtime_and_optional_hash(class_folder):
 
 def test_every_odd_mode_decodes_to_rgb_uint8(odd_images):
     for path in sorted((odd_images / "odd").iterdir()):
-        arr = decode_file(path, 40, 32)
+        arr = resize_center_crop(open_rgb(path, 40), 40, 32)
         assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8, path.name
 
 
@@ -100,7 +101,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(arr).save(tmp_path / "r.jpg", exif=exif, quality=95)
-    out = decode_file(tmp_path / "r.jpg", 20, 20)
+    out = resize_center_crop(open_rgb(tmp_path / "r.jpg", 20), 20, 20)
     # shown portrait: red on top, blue at the bottom
     assert out[2, 10, 0] > 200 and out[2, 10, 2] < 60
     assert out[17, 10, 2] > 200 and out[17, 10, 0] < 60

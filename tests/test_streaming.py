@@ -9,8 +9,10 @@ from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
-from featcache import load, streaming
-from featcache.heads import DenseHead
+from featcache import load
+from featcache.cache import rows as cache_rows
+from featcache.learn import streaming
+from featcache.learn.dense import DenseHead
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +30,10 @@ def data(cache):
 
 def test_blocks_are_chunk_aligned_and_cover_every_row_once(cache, data):
     X, _, train, _ = data
-    rows = streaming.Rows(cache)
+    rows = cache_rows.Rows(cache)
     assert rows.block_rows % 64 == 0 and rows.shape == (2400, 32)  # whole chunks by default
     subset = np.random.default_rng(0).permutation(train)[:500]  # any order in
-    view = streaming.Rows(cache, block_rows=48)[subset]
+    view = cache_rows.Rows(cache, block_rows=48)[subset]
     seen, spans = [], set()
     for pos, block in view.blocks(np.random.default_rng(1)):
         assert block.dtype == np.float32 and np.array_equal(block, X[subset[pos]])
@@ -45,7 +47,7 @@ def test_blocks_are_chunk_aligned_and_cover_every_row_once(cache, data):
 
 
 def test_batches_shuffle_within_a_buffer_and_keep_every_row(cache, monkeypatch):
-    view = streaming.Rows(cache, block_rows=16)
+    view = cache_rows.Rows(cache, block_rows=16)
     # The default buffer (32 MiB) holds this whole file: one batch mixes rows from all over it.
     first = next(view.batches(100, np.random.default_rng(0)))[0]
     assert first.max() - first.min() > 1200
@@ -55,13 +57,13 @@ def test_batches_shuffle_within_a_buffer_and_keep_every_row(cache, monkeypatch):
     assert sorted(pos) == list(range(2400)) and {len(p) for p, _ in batches[:-1]} == {100}
     first = batches[0][0]
     assert len(np.unique(first // 16)) > 1  # one batch mixes rows of several blocks
-    assert first.max() - first.min() < streaming.BUFFER_BLOCKS * 16 * 30  # but only from one buffer's blocks
+    assert first.max() - first.min() < cache_rows.BUFFER_BLOCKS * 16 * 30  # but only from one buffer's blocks
 
 
 def test_streaming_preprocessing_matches_in_memory(cache, data):
     X, y, train, _ = data
     pipe = streaming.fit(make_pipeline(StandardScaler(), Normalizer(), SGDClassifier(max_iter=2, random_state=0)),
-                         streaming.Rows(cache, block_rows=16)[train], y[train])
+                         cache_rows.Rows(cache, block_rows=16)[train], y[train])
     ref = StandardScaler().fit(X[train])
     np.testing.assert_allclose(pipe[0].mean_, ref.mean_, rtol=1e-6)
     np.testing.assert_allclose(pipe[0].scale_, ref.scale_, rtol=1e-6)
@@ -75,32 +77,32 @@ def test_streaming_preprocessing_matches_in_memory(cache, data):
 def test_out_of_core_accuracy_is_within_a_point_of_in_memory(cache, data, make):
     X, y, train, test = data
     in_memory = make().fit(X[train], y[train])
-    streamed = streaming.fit(make(), streaming.Rows(cache, block_rows=8)[train], y[train])  # tiny reads
+    streamed = streaming.fit(make(), cache_rows.Rows(cache, block_rows=8)[train], y[train])  # tiny reads
     acc_memory = np.mean(in_memory.predict(X[test]) == y[test])
-    acc_stream = np.mean(streaming.Blockwise(streamed).predict(streaming.Rows(cache)[test]) == y[test])
+    acc_stream = np.mean(streaming.Blockwise(streamed).predict(cache_rows.Rows(cache)[test]) == y[test])
     assert acc_memory > 0.8 and abs(acc_stream - acc_memory) <= 0.01, (acc_memory, acc_stream)
-    proba = streaming.Blockwise(streamed).predict_proba(streaming.Rows(cache)[test])
+    proba = streaming.Blockwise(streamed).predict_proba(cache_rows.Rows(cache)[test])
     np.testing.assert_allclose(proba, streamed.predict_proba(X[test]), atol=1e-6)  # blockwise = whole
 
 
 def test_dense_head_fit_stream_keeps_its_estimator_attributes(cache, data):
     _, y, train, _ = data
     head = DenseHead(epochs=3, early_stopping=True, random_state=0).fit_stream(
-        streaming.Rows(cache, block_rows=32)[train], y[train])
+        cache_rows.Rows(cache, block_rows=32)[train], y[train])
     assert head.n_features_in_ == 32 and list(head.classes_) == [0, 1, 2, 3]
     assert len(head.loss_curve_) == head.n_epochs_ == 3 and len(head.validation_loss_curve_) == 3
 
 
 def test_what_cannot_stream_says_so(cache, data):
     _, y, train, _ = data
-    rows = streaming.Rows(cache)[train]
+    rows = cache_rows.Rows(cache)[train]
     with pytest.raises(ValueError, match="LogisticRegression cannot train by streaming"):
         streaming.fit(LogisticRegression(), rows, y[train])
     from sklearn.decomposition import PCA
     with pytest.raises(ValueError, match=r"preprocessing step pca \(PCA\) cannot be fitted by streaming; use none"):
         streaming.fit(make_pipeline(PCA(4), SGDClassifier()), rows, y[train])
     with pytest.raises(ValueError, match="block_rows must be a positive integer"):
-        streaming.Rows(cache, block_rows=0)
+        cache_rows.Rows(cache, block_rows=0)
 
 
 # --- the sweep out of core ------------------------------------------------------------------------
@@ -135,10 +137,10 @@ def test_out_of_core_takes_the_streaming_part_of_the_default_grid_and_refuses_th
         sweep(cache, grid={"knn": {"n_neighbors": 3}, "sgd": {}}, out_of_core=True)
     with pytest.raises(FeatcacheError, match="not sgd\\(\\) on pca:4"):
         sweep(cache, grid={"sgd": {"preprocess": "pca:4"}}, out_of_core=True)
-    with pytest.raises(FeatcacheError, match="--block-rows only applies with --out-of-core"):
+    with pytest.raises(FeatcacheError, match="block_rows only applies with out_of_core"):
         sweep(cache, grid=STREAM_GRID, block_rows=16)
+    from featcache.selection.grids import expand_grid, read_grid
     from featcache.sweep import _streamable
-    from featcache.grids import expand_grid, read_grid
     with caplog.at_level(logging.INFO, logger="featcache"):
         kept = _streamable(expand_grid(read_grid(None)), default_grid=True)
     assert {c.classifier for c in kept} == {"sgd", "dense"} and "the default grid's sgd and dense" in caplog.text
@@ -146,10 +148,11 @@ def test_out_of_core_takes_the_streaming_part_of_the_default_grid_and_refuses_th
 
 def test_features_larger_than_memory_are_refused_with_the_way_out(cache, tmp_path, monkeypatch):
     from featcache.config import FeatcacheError
+    from featcache.selection import features
     from featcache.sweep import sweep
 
-    monkeypatch.setattr(streaming, "available_memory", lambda: 100_000)  # less than 2,400 x 32 x 4 bytes
-    with pytest.raises(FeatcacheError, match=r"the features need 0\.3 MB but 0\.1 MB of memory is available; "
+    monkeypatch.setattr(features, "available_memory", lambda: 100_000)  # less than 2,400 x 32 x 4 bytes
+    with pytest.raises(FeatcacheError, match=r"the features need 300\.0 KB but 97\.7 KB of memory is available; "
                                              r"rerun with --out-of-core"):
         sweep(cache, grid=STREAM_GRID, reuse=False)
     res = sweep(cache, grid={"sgd": {"max_iter": 3}}, out_of_core=True, reuse=False, progress=False)
@@ -170,4 +173,4 @@ def test_cli_out_of_core(cache, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "featcache.sweep", str(cache), "--block-rows", "0", "--out-of-core"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
-    assert bad.stderr.strip() == "featcache: error: --block-rows must be a positive integer; got 0"
+    assert bad.stderr.strip() == "featcache: error: --block-rows must be an int >= 1; got 0"

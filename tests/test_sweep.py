@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 import featcache
+from featcache.cli.sweep import main
 from featcache.config import FeatcacheError
-from featcache.grids import CLASSIFIERS, DEFAULT_GRID, expand_grid, read_grid
-from featcache.sweep import main, sweep
+from featcache.selection.grids import CLASSIFIERS, DEFAULT_GRID, expand_grid, read_grid
+from featcache.sweep import sweep
 
 COLOURS = ("red", "green", "blue")
 EVERY_CLASSIFIER = {
@@ -154,8 +155,8 @@ def test_layers_are_picked_or_concatenated(caches, tmp_path):
 
 def test_sweep_tries_each_layer_and_their_concatenation(caches, tmp_path, caplog):
     """A cache with several layers and no --layer: a layer dimension in the grid, and a reported winner."""
-    from featcache.predict import load_model
-    from featcache.sweep import best_per_layer
+    from featcache.selection.leaderboard import best_per_layer
+    from featcache.selection.modelfile import load_model
 
     grid = {"logreg": {"C": [0.01, 1.0]}, "knn": {"n_neighbors": 3}}
     with caplog.at_level(logging.INFO, logger="featcache"):
@@ -183,7 +184,8 @@ def test_sweep_tries_each_layer_and_their_concatenation(caches, tmp_path, caplog
 
 def test_the_layer_screen_runs_the_grid_on_the_best_choices_only(caches, tmp_path, caplog):
     """Default layers, no --layer: a cheap screen ranks the 6 layer choices, the grid runs on the best 2."""
-    from featcache.sweep import SCREEN_GRID, best_per_layer
+    from featcache.selection.fitting import SCREEN_GRID
+    from featcache.selection.leaderboard import best_per_layer
 
     fs = featcache.load(caches["default"])
     assert fs.layers == ["layer2", "layer3", "layer4"] and fs.X.shape[1] == 512  # X: the last layer
@@ -199,7 +201,8 @@ def test_the_layer_screen_runs_the_grid_on_the_best_choices_only(caches, tmp_pat
     assert set(board[board["classifier"] == "knn"]["layer"]) == set(kept)  # the grid: only on the kept choices
     # The screen's ridge(alpha=10) is also a grid point: its fits on every choice are kept, the logistic ones
     # (not in the grid) are not shown.
-    assert set(board[board["classifier"] == "ridge"]["layer"]) == set(choices) and "logreg" not in set(board["classifier"])
+    assert set(board[board["classifier"] == "ridge"]["layer"]) == set(choices)
+    assert "logreg" not in set(board["classifier"])
     # The screen's scores are the screen configurations' own validation scores, found again by a full sweep.
     full = sweep(caches["default"], grid=SCREEN_GRID, results_dir=tmp_path / "r", progress=False, screen_layers=0)
     assert not full.fitted  # every screen fit came from the result store
@@ -217,7 +220,7 @@ def test_the_layer_screen_runs_the_grid_on_the_best_choices_only(caches, tmp_pat
 
 
 def test_layer_choices():
-    from featcache.sweep import layer_choices
+    from featcache.selection.features import layer_choices
 
     assert layer_choices(["a"]) == [["a"]]
     assert layer_choices(["a", "b", "c"]) == [["a"], ["b"], ["c"], ["a", "b"], ["b", "c"], ["a", "b", "c"]]
@@ -317,7 +320,8 @@ def test_cli_in_process(tmp_path, capsys):
     assert main([str(tmp_path / "nope.h5"), "--no-progress"]) == 2
     assert capsys.readouterr().err == f"featcache: error: no cache at {tmp_path / 'nope.h5'}\n"
     assert main(["--print-grid"]) == 0 and capsys.readouterr().out == DEFAULT_GRID
-    assert main(["--list-classifiers"]) == 0 and "knn     sklearn.neighbors.KNeighborsClassifier" in capsys.readouterr().out
+    assert main(["--list-classifiers"]) == 0
+    assert "knn     sklearn.neighbors.KNeighborsClassifier" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "--val-fraction VAL_FRACTION" in capsys.readouterr().out

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 import featcache
-from featcache.verify import verify
+from featcache.cache import verify
 
 
 def test_sound_cache_passes_and_cli_exits_zero(split_folder, fast):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import featcache
-from featcache import views
-from featcache.store import load
+from featcache.cache import load
+from featcache.learn import views
 from featcache.sweep import sweep
 
 GRID = {"logreg": {"preprocess": "standardize", "C": [0.1, 1.0]}}
@@ -108,9 +108,9 @@ def test_tta_without_views_is_a_clear_error(split_folder, fast, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--views", "-1"], "--views must be an integer from 0 to 64"),
-    (["--views", "2", "--augment", "flip,blur"], "--augment takes a comma-separated list of flip, crop, color"),
-    (["--views", "2", "--gpu-decode"], "drop --gpu-decode"),
+    (["--views", "-1"], "--views must be an int in the range [0, 64]; got -1"),
+    (["--views", "2", "--augment", "flip,blur"], "--augment must be a list of (one of 'flip', 'crop', 'color')"),
+    (["--views", "2", "--gpu-decode"], "--views are made with Pillow: drop --gpu-decode"),
 ])
 def test_bad_view_flags_are_one_line_errors(split_folder, tmp_path, args, message):
     proc = subprocess.run([sys.executable, "-m", "featcache.extract", "--data", str(split_folder),

@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 __all__ = ["FORMAT_VERSION", "PARTIAL_SUFFIX", "REASON_BYTES", "FEATURES", "VIEWS", "LABELS", "PATHS", "SPLIT",
            "FAILED_PATHS", "FAILED_REASONS", "SOURCE", "TODO", "ROWS_DONE", "OK", "REASONS", "feature_path",
@@ -83,18 +83,15 @@ class CacheMeta:
                 values[k] = v
         return cls(**values, extra=extra)
 
-    def to_attrs(self) -> Dict[str, Any]:
-        """The attributes to write, as the format stores them (only the set ones)."""
+    def to_attrs(self, only: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+        """The attributes to write as the format stores them: every field that is not None, or just ``only``."""
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if f.name == "extra":
-                out.update(v)
-            elif f.name in _JSON:
-                if v or f.name == "shard":
-                    out[f.name] = json.dumps(v, sort_keys=True)
-            elif v not in (None, "") and not (f.name == "complete" and not v):
-                out[f.name] = v
+                out.update(v if only is None else {})
+            elif v is not None and (only is None or f.name in only):
+                out[f.name] = json.dumps(v, sort_keys=True) if f.name in _JSON else v
         return out
 
     def get(self, name: str, default=None):

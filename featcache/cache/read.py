@@ -14,8 +14,21 @@ import numpy as np
 
 from ..errors import FeatcacheError
 from .key import partials_of
-from .layout import (FAILED_PATHS, FAILED_REASONS, FEATURES, FORMAT_VERSION, LABELS, PARTIAL_SUFFIX, PATHS,
-                     ROWS_DONE, SOURCE, SPLIT, TODO, VIEWS, CacheMeta)
+from .layout import (
+    FAILED_PATHS,
+    FAILED_REASONS,
+    FEATURES,
+    FORMAT_VERSION,
+    LABELS,
+    PARTIAL_SUFFIX,
+    PATHS,
+    ROWS_DONE,
+    SOURCE,
+    SPLIT,
+    TODO,
+    VIEWS,
+    CacheMeta,
+)
 from .write import shard_rows
 
 __all__ = ["FeatureSet", "load", "read_meta", "is_hit", "incomplete_message"]
@@ -102,7 +115,8 @@ def load(path, lazy: bool = False) -> FeatureSet:
             raise FeatcacheError(f"{path} is not a featcache file (no format_version attribute)")
         if int(version) != FORMAT_VERSION:
             raise FeatcacheError(f"{path} was written in cache format {version}; this featcache reads format "
-                                 f"{FORMAT_VERSION}. Re-extract it with this version (or use the featcache that wrote it)")
+                                 f"{FORMAT_VERSION}. Re-extract it with this version (or use the featcache that "
+                                 f"wrote it)")
         if not meta.complete:
             raise FeatcacheError(f"{path} is incomplete; rerun the same command to resume")
         features = {k: (f[FEATURES][k] if lazy else f[FEATURES][k][:]) for k in meta.layers}

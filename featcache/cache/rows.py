@@ -34,7 +34,8 @@ class Rows:
                  maps: bool = False):
         self.path = Path(path)
         with h5py.File(self.path, "r") as f:
-            self.layers = list(layers or CacheMeta.from_attrs(f.attrs).layers[-1:])  # default: the last, as FeatureSet.X
+            # default: the last layer, as FeatureSet.X
+            self.layers = list(layers or CacheMeta.from_attrs(f.attrs).layers[-1:])
             datasets = [f[FEATURES][name] for name in self.layers]
             n_file = datasets[0].shape[0]
             self.n_features = sum(int(np.prod(d.shape[1:])) for d in datasets)
@@ -98,7 +99,8 @@ class Rows:
 
     def batches(self, batch_size: int, rng: Optional[np.random.Generator] = None
                 ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-        """``(positions, X)`` minibatches; with ``rng``, from shuffled blocks, rows shuffled within a buffer of blocks."""
+        """``(positions, X)`` minibatches; with ``rng``, from shuffled blocks, rows shuffled within a buffer of
+        blocks."""
         row_bytes = 4 * int(np.prod(self.row_shape))
         limit = (max(batch_size, BUFFER_BLOCKS * self.block_rows, BUFFER_BYTES // row_bytes) if rng is not None
                  else batch_size)

@@ -14,8 +14,18 @@ import numpy as np
 
 from .._util import file_sha256, sha256_json
 from .key import cache_key, partials_of
-from .layout import (FAILED_PATHS, FAILED_REASONS, FEATURES, FORMAT_VERSION, LABELS, PARTIAL_SUFFIX, PATHS,
-                     SOURCE, SPLIT, CacheMeta)
+from .layout import (
+    FAILED_PATHS,
+    FAILED_REASONS,
+    FEATURES,
+    FORMAT_VERSION,
+    LABELS,
+    PARTIAL_SUFFIX,
+    PATHS,
+    SOURCE,
+    SPLIT,
+    CacheMeta,
+)
 from .read import incomplete_message
 
 __all__ = ["verify"]

@@ -18,8 +18,24 @@ import numpy as np
 from .._util import atomic_path
 from ..errors import FeatcacheError
 from .key import partial_path, partials_of
-from .layout import (FAILED_PATHS, FAILED_REASONS, FEATURES, FORMAT_VERSION, LABELS, OK, PARTIAL_SUFFIX, PATHS,
-                     REASON_BYTES, REASONS, ROWS_DONE, SOURCE, SPLIT, TODO, VIEWS, CacheMeta)
+from .layout import (
+    FAILED_PATHS,
+    FAILED_REASONS,
+    FEATURES,
+    FORMAT_VERSION,
+    LABELS,
+    OK,
+    PARTIAL_SUFFIX,
+    PATHS,
+    REASON_BYTES,
+    REASONS,
+    ROWS_DONE,
+    SOURCE,
+    SPLIT,
+    TODO,
+    VIEWS,
+    CacheMeta,
+)
 
 __all__ = ["RowBlock", "Reuse", "CacheWriter", "publish", "find_reusable", "rows_per_chunk", "shard_rows"]
 

@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Optional
 
-from ..errors import FeatcacheError, ParameterError
+from ..errors import ConflictError, FeatcacheError, ParameterError
 
 __all__ = ["Parser", "run_cli", "setup_logging", "config_from_args", "flag_of"]
 
@@ -50,6 +50,15 @@ def flag_of(parser: argparse.ArgumentParser, param: str) -> Optional[str]:
     return None
 
 
+def _for_cli(e: FeatcacheError, parser) -> str:
+    """The message of ``e`` with parameter names replaced by the flags that set them."""
+    if isinstance(e, ParameterError) and flag_of(parser, e.param):
+        return e.for_flag(flag_of(parser, e.param))
+    if isinstance(e, ConflictError):
+        return e.render(lambda name: flag_of(parser, name) or name)
+    return str(e)
+
+
 def run_cli(main_fn, argv=None, parser: Optional[argparse.ArgumentParser] = None) -> int:
     """Shared CLI wrapper: user errors are one line on stderr and exit 2; ``--debug`` shows tracebacks."""
     args = parser.parse_args(argv)
@@ -59,8 +68,7 @@ def run_cli(main_fn, argv=None, parser: Optional[argparse.ArgumentParser] = None
     except FeatcacheError as e:
         if getattr(args, "debug", False):
             raise
-        flag = flag_of(parser, e.param) if isinstance(e, ParameterError) else None
-        print(f"featcache: error: {e.for_flag(flag) if flag else e}", file=sys.stderr)
+        print(f"featcache: error: {_for_cli(e, parser)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("featcache: interrupted; rerun the same command to resume", file=sys.stderr)

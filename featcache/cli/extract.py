@@ -84,8 +84,8 @@ def build_parser() -> Parser:
         epilog="examples:\n"
                "  python -m featcache.extract --data data/digits\n"
                "  python -m featcache.extract --data photos/ --model resnet50 --layer layer3 layer4\n"
-               "  python -m featcache.extract --data photos/ --layer last3     # the last 3 stage outputs; the sweep\n"
-               "                                                               # then tries each and their concatenations\n"
+               "  python -m featcache.extract --data photos/ --layer last3   # the last 3 stage outputs; the\n"
+               "                                                   # sweep then tries each and their concatenations\n"
                "  python -m featcache.extract --model resnet50 --list-layers\n"
                "  python -m featcache.extract --data photos/ --views 4 --augment flip,crop\n"
                "  python -m featcache.sweep $(python -m featcache.extract --data photos/ | tail -n1)",
@@ -133,8 +133,10 @@ def _main(args: argparse.Namespace) -> int:
         print(f"{'layer':<{width}}  {'output shape':<18} {'--pool ' + cfg.pool:>14}  {'bytes/image':>11}  stage output")
         for r in rows:
             dim = r["dim"]
-            print(f"{r['layer']:<{width}}  {'x'.join(map(str, r['shape'])):<18} "
-                  f"{dim if dim is not None else '-':>14}  {dim * itemsize if dim else '-':>11}  {r.get('stage', '')}".rstrip())
+            line = (f"{r['layer']:<{width}}  {'x'.join(map(str, r['shape'])):<18} "
+                    f"{dim if dim is not None else '-':>14}  {dim * itemsize if dim else '-':>11}  "
+                    f"{r.get('stage', '')}")
+            print(line.rstrip())
         if any(r.get("stage") for r in rows):
             print("stage outputs: the last node at each resolution that every path passes through; "
                   "--layer lastK takes the last K of them")

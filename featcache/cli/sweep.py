@@ -92,7 +92,8 @@ def build_parser() -> Parser:
                         "saved as best.joblib (default: 1)")
     p.add_argument("--results-dir", type=Path,
                    help="where per-configuration results are stored (default: sweep-results/ next to the cache)")
-    p.add_argument("--no-reuse", dest="reuse", action="store_false", help="neither read nor write stored results: fit everything")
+    p.add_argument("--no-reuse", dest="reuse", action="store_false",
+                   help="neither read nor write stored results: fit everything")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     p.add_argument("--print-grid", action="store_true", help="print the default grid (TOML) and exit")
     p.add_argument("--list-classifiers", action="store_true",

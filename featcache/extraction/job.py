@@ -85,7 +85,8 @@ def _refuse_bad_files(cfg: ExtractConfig, plan: Plan) -> None:
         bad += [(plan.source.paths[i + k], r) for k, r in enumerate(reasons) if r]
         i += len(reasons)
     if bad:
-        listing = "; ".join(f"{p} ({r})" for p, r in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        listing = "; ".join(f"{p} ({r})" for p, r in bad[:10])
+        listing += f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise FeatcacheError(f"--strict: {len(bad)} file(s) cannot be decoded: {listing}")
 
 
@@ -124,7 +125,7 @@ def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:
             log.info("resuming: %d rows already done", writer.rows_done + writer.reused)
         try:
             timings = run_batches(cfg, plan, fx, writer)
-            created = CacheMeta(created=now_iso(), timings=timings).to_attrs()
+            created = CacheMeta(created=now_iso(), timings=timings).to_attrs(only=("created", "timings"))
             if plan.shard is None:
                 n_rows, failed = writer.finish(created)
             else:

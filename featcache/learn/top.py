@@ -90,7 +90,7 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
     ----------
     top : torch.nn.Module
         Activation at the split node in, penultimate features out, with pretrained weights (e.g.
-        :func:`featcache.backbones.split_top`); copied, never modified. It runs in eval mode: BatchNorm keeps
+        :func:`featcache.models.split_top`); copied, never modified. It runs in eval mode: BatchNorm keeps
         its running statistics while its scale and shift train.
     input_shape : tuple of int, default=None
         Shape of one activation, (C, H, W); only needed when ``X`` comes flattened to (n, C*H*W).
@@ -119,9 +119,10 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         stay float32). ``auto``: bf16 where the device runs it fast (CPUs with AVX-512 BF16/AMX, recent GPUs).
 
     ``X`` is an array or h5py dataset of activations, (n, C, H, W) or flattened, or a cache's rows as
-    :class:`featcache.streaming.Rows` (``maps=True``): read into memory once when they fit (:func:`in_memory_if_small`,
-    for a full shuffle every epoch), else streamed in chunk-aligned blocks. Fitted attributes: ``classes_``, ``input_shape_``, ``top_`` and ``head_`` (trained, CPU),
-    ``n_epochs_``, ``best_epoch_``, ``loss_curve_``, ``validation_loss_curve_``.
+    :class:`featcache.cache.Rows` (``maps=True``): read into memory once when they fit
+    (:func:`~featcache.learn.training.in_memory_if_small`, for a full shuffle every epoch), else streamed in
+    chunk-aligned blocks. Fitted attributes: ``classes_``, ``input_shape_``, ``top_`` and ``head_`` (trained,
+    CPU), ``n_epochs_``, ``best_epoch_``, ``loss_curve_``, ``validation_loss_curve_``.
     """
 
     def __init__(self, top=None, input_shape=None, train_blocks="all", lr=1e-4, head_lr=1e-3, weight_decay=1e-2,

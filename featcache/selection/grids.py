@@ -174,7 +174,8 @@ class Config:
         return ", ".join(f"{k}={_short(v)}" for k, v in self.params.items())
 
     def label(self) -> str:
-        return f"{self.classifier}({self.params_text()}) on {self.preprocess}" + (f" [{self.layer}]" if self.layer else "")
+        where = f" [{self.layer}]" if self.layer else ""
+        return f"{self.classifier}({self.params_text()}) on {self.preprocess}{where}"
 
     def estimator(self, seed: int):
         """The unfitted classifier; ``random_state`` is the sweep's seed unless the grid sets it."""

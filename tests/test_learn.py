@@ -15,7 +15,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from featcache.heads import DenseHead, fast_path_supported, logistic_path
+from featcache.learn.dense import DenseHead
+from featcache.learn.logistic import fast_path_supported, logistic_path
 
 
 # One instance with a hidden layer and dropout (the linear head is covered by the tests below).

@@ -14,7 +14,7 @@ import torch
 
 import featcache
 from featcache import FeatcacheError, load
-from featcache.store import CacheWriter, partial_path
+from featcache.cache import CacheWriter, partial_path
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_CLI = ["--model", "resnet18", "--weights", "none", "--image-size", "64", "--precision", "fp32",
@@ -119,8 +119,8 @@ def test_every_odd_image_mode_extracts_without_failures(odd_images, fast):
 
 
 def test_a_hanging_decode_becomes_a_failed_row_not_a_hang():
-    from featcache.backbones import Preprocess
-    from featcache.pipeline import DecodeDataset
+    from featcache.extraction.loader import DecodeDataset
+    from featcache.models import Preprocess
     from featcache.sources import Source
 
     class Slow(torch.utils.data.Dataset):
@@ -186,8 +186,8 @@ def test_unwritable_cache_dir(split_folder, fast, tmp_path):
     (["--pool", "bad"], "invalid choice: 'bad'"),
     (["--batch-size", "x"], "expected a positive integer or auto"),
     (["--precision", "fp16", "--device", "cpu"], "fp16 is for GPUs"),
-    (["--device", "tpu"], "--device must be auto, cpu"),
-    (["--decode-timeout", "-1"], "--decode-timeout must be >= 0"),
+    (["--device", "tpu"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'tpu'"),
+    (["--decode-timeout", "-1"], "--decode-timeout must be a float >= 0; got -1.0"),
     (["--model", "nosuchmodel"], "is not a torchvision classification model"),
     (["--layer", "fc", "fc"], "lists a layer twice"),
 ])

@@ -7,8 +7,8 @@ import pytest
 
 import featcache
 from featcache import FeatcacheError
+from featcache.cache import CacheMeta, CacheWriter, RowBlock, load, partial_path
 from featcache.sources import Source
-from featcache.store import CacheWriter, RowBlock, load, partial_path
 
 
 def _source(n):
@@ -22,8 +22,7 @@ def _block(lo, hi, d=3, bad=()):
     return RowBlock({"features/f": feats}, ok, ["" if o else "OSError: broken" for o in ok])
 
 
-ATTRS = {"layers": json.dumps(["f"]), "class_names": json.dumps(["a", "b"]), "config": "{}", "key": "{}",
-         "versions": "{}"}
+ATTRS = CacheMeta(layers=["f"], class_names=["a", "b"])
 
 
 def test_plain_h5py_layout_after_a_real_extraction(split_folder, fast):

@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from featcache import ExtractConfig, FeatcacheError
-from featcache.backbones import (FeatureExtractor, check_layers, default_layer, graph_node_names, layer_table,
-                                 load_backbone, pool, read_checkpoint)
+from featcache.models import (
+    FeatureExtractor,
+    check_layers,
+    default_layer,
+    graph_node_names,
+    layer_table,
+    load_backbone,
+    pool,
+    read_checkpoint,
+)
 
 
 def _bb(**kw):
@@ -38,8 +46,9 @@ def test_builtin_efficientnet_lite0_has_real_imagenet_weights():
     bb = load_backbone(ExtractConfig())
     assert bb.name == "efficientnet_lite0" and "ImageNet" in bb.weights
     assert default_layer(bb.module, graph_node_names(bb.module)) == "view"
-    from featcache.sources import resize_center_crop
     from PIL import Image
+
+    from featcache.decode import resize_center_crop
 
     img = resize_center_crop(Image.fromarray(load_sample_image("flower.jpg")), 256, 224)
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
@@ -101,7 +110,8 @@ def test_user_factory_model(tmp_path, monkeypatch):
     (tmp_path / "my_models.py").write_text(
         "import torch.nn as nn\n"
         "def tiny():\n"
-        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))\n")
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                         nn.Linear(4, 2))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     bb = load_backbone(ExtractConfig(model="my_models:tiny", image_size=16))
     assert default_layer(bb.module, graph_node_names(bb.module)) == "3"  # the Flatten before the head
@@ -114,7 +124,7 @@ RESNET_STAGES = ["relu", "layer1", "layer2", "layer3", "layer4"]
 
 def test_presets_resolve_to_stage_outputs_of_resnet():
     """Stage outputs are block boundaries (never a node inside a residual block), whatever the input size."""
-    from featcache.backbones import resolve_layers, stage_outputs
+    from featcache.models import resolve_layers, stage_outputs
 
     for size in (32, 224):
         bb = _bb(image_size=size)
@@ -134,7 +144,7 @@ def test_presets_resolve_to_stage_outputs_of_resnet():
 
 
 def test_presets_resolve_for_the_builtin_model():
-    from featcache.backbones import resolve_layers, stage_outputs
+    from featcache.models import resolve_layers, stage_outputs
 
     bb = load_backbone(ExtractConfig())  # efficientnet_lite0: static padding, x.size(0) used at the end
     stages = stage_outputs(bb)
@@ -142,7 +152,8 @@ def test_presets_resolve_for_the_builtin_model():
                                                       ("_blocks.10", 112), ("_swish_1", 1280)]
     nodes = graph_node_names(bb.module)
     assert resolve_layers(["last3"], bb, nodes) == ["_blocks.4", "_blocks.10", "_swish_1"]
-    out = FeatureExtractor(bb, resolve_layers(["last2"], bb, nodes), "avg")(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
+    fx = FeatureExtractor(bb, resolve_layers(["last2"], bb, nodes), "avg")
+    out = fx(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
     assert {k: tuple(v.shape) for k, v in out.items()} == {"_blocks.10": (2, 112), "_swish_1": (2, 1280)}
 
 
@@ -155,7 +166,7 @@ def test_presets_resolve_for_the_builtin_model():
     (["last2", "last2"], r"lists a layer twice"),
 ])
 def test_unknown_or_impossible_presets_are_clear_errors(layers, match):
-    from featcache.backbones import resolve_layers
+    from featcache.models import resolve_layers
 
     bb = _bb()
     with pytest.raises(FeatcacheError, match=match):
@@ -163,7 +174,7 @@ def test_unknown_or_impossible_presets_are_clear_errors(layers, match):
 
 
 def test_a_transformer_has_no_stage_outputs():
-    from featcache.backbones import resolve_layers, stage_outputs
+    from featcache.models import resolve_layers, stage_outputs
 
     bb = load_backbone(ExtractConfig(model="vit_b_16", weights="none"))
     assert stage_outputs(bb) == []
@@ -223,7 +234,7 @@ def test_timm_model_by_prefix(split_folder, fast):
 
 
 def test_default_layers_are_the_last_three_stages_or_the_penultimate_features():
-    from featcache.backbones import default_layers
+    from featcache.models import default_layers
 
     cnn = load_backbone(ExtractConfig(model="resnet18", weights="none"))
     assert default_layers(cnn, graph_node_names(cnn.module)) == ["layer2", "layer3", "layer4"]

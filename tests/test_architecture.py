@@ -1,0 +1,133 @@
+"""The package's shape: imports point one way down the stages, light commands stay light, modules stay small,
+every public module says what it exports, and the code is ruff clean."""
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "featcache"
+MAX_LINES = 450
+
+# Every module's stage, lowest first: a module may import only from its own stage or a lower one (README,
+# "Architecture"). Longest prefix wins.
+STAGES = [
+    ("errors", 0), ("_validation", 0), ("_util", 0), ("config", 0),
+    ("runtime", 1),
+    ("decode", 2), ("sources", 2),
+    ("cache", 3),
+    ("models", 4),
+    ("extraction", 5),
+    ("learn", 6),
+    ("selection", 7),
+    ("sweep", 8), ("finetune", 8), ("predict", 8),
+    ("cli", 9), ("extract", 9), ("ls", 9), ("verify", 9), ("explain", 9), ("__main__", 9), ("__init__", 9),
+]
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        yield path, parts
+
+
+def _stage(parts) -> int:
+    return dict(STAGES)[parts[0]]
+
+
+def _package_imports(path: Path, parts) -> set:
+    """The featcache modules ``path`` imports (anywhere in it, lazy imports included), as top-level names."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    here = list(parts[:-1]) if parts[-1] != "__init__" else list(parts[:-1])
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - (node.level - 1)] if node.level > 1 else here
+                target = base + (node.module.split(".") if node.module else [])
+                names = [target + [a.name] for a in node.names] if not target else [target]
+            elif node.module and node.module.split(".")[0] == "featcache":
+                names = [node.module.split(".")[1:] or [a.name for a in node.names][:1]]
+            else:
+                continue
+            for t in names:
+                if t and t[0] != "__init__":
+                    found.add(t[0])
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                bits = a.name.split(".")
+                if bits[0] == "featcache" and len(bits) > 1:
+                    found.add(bits[1])
+    return found - {parts[0]}
+
+
+def test_imports_point_down_the_stages():
+    upward = []
+    for path, parts in _modules():
+        for target in _package_imports(path, parts):
+            if target in dict(STAGES) and dict(STAGES)[target] > _stage(parts):
+                upward.append(f"{'/'.join(parts)} imports {target}")
+    assert not upward, upward
+
+
+def test_every_module_is_small_says_its_stage_and_what_it_exports():
+    problems = []
+    for path, parts in _modules():
+        text = path.read_text(encoding="utf-8")
+        tree = ast.parse(text)
+        if len(text.splitlines()) > MAX_LINES:
+            problems.append(f"{path.name}: {len(text.splitlines())} lines")
+        if not ast.get_docstring(tree):
+            problems.append(f"{'/'.join(parts)}: no module docstring")
+        private = any(p.startswith("_") and p != "__init__" for p in parts)
+        assigns = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        if not private and "__all__" not in assigns:
+            problems.append(f"{'/'.join(parts)}: no __all__")
+    assert not problems, problems
+
+
+LIGHT = {
+    "load": "import featcache, sys; fs = featcache.load(sys.argv[1]); assert len(fs) > 0",
+    "ls": "import sys; from featcache.cli.ls import main; main(['--cache-dir', sys.argv[2]])",
+    "verify": "import sys; from featcache.cli.verify import main; main([sys.argv[1]])",
+    "explain --help": "from featcache.cli.explain import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    ...",
+    "sweep --help": "from featcache.cli.sweep import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    ...",
+}
+
+
+@pytest.mark.parametrize("what", sorted(LIGHT))
+def test_light_commands_import_neither_torch_nor_sklearn(what, split_folder, fast):
+    import featcache
+
+    cache = featcache.extract(split_folder, **fast)
+    code = LIGHT[what] + "\nimport sys\nheavy = sorted({'torch', 'sklearn'} & set(sys.modules))\n" \
+                         "print('HEAVY', ','.join(heavy))"
+    run = subprocess.run([sys.executable, "-c", code, str(cache), str(cache.parent)], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "HEAVY", run.stdout
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None and not (Path(sys.executable).parent / "ruff").exists(),
+                    reason="ruff is not installed (pip install -e '.[dev]' brings it)")
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    run = subprocess.run([ruff, "check", "featcache", "tests", "scripts"], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_one_entry_point_for_every_command():
+    run = subprocess.run([sys.executable, "-m", "featcache"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert run.returncode == 0 and all(c in run.stdout for c in ("extract", "sweep", "ls", "verify", "explain"))
+    typo = subprocess.run([sys.executable, "-m", "featcache", "sweeep"], capture_output=True, text=True, timeout=60,
+                          cwd=REPO)
+    assert typo.returncode == 2 and "did you mean sweep?" in typo.stderr and "Traceback" not in typo.stderr
+    ls = subprocess.run([sys.executable, "-m", "featcache", "ls", "--help"], capture_output=True, text=True,
+                        timeout=60, cwd=REPO)
+    assert ls.returncode == 0 and "--cache-dir" in ls.stdout

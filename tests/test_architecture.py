@@ -43,7 +43,10 @@ def _stage(parts) -> int:
 def _package_imports(path: Path, parts) -> set:
     """The featcache modules ``path`` imports (anywhere in it, lazy imports included), as top-level names."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    here = list(parts[:-1]) if parts[-1] != "__init__" else list(parts[:-1])
+    # ``if __name__ == "__main__":`` runs the module as a command (``python -m featcache.sweep`` -> its CLI):
+    # the command line sits on top, so that block may call up into it; the library code may not.
+    tree.body = [n for n in tree.body if not (isinstance(n, ast.If) and "__main__" in ast.unparse(n.test))]
+    here = list(parts[:-1])
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):

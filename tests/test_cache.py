@@ -1,5 +1,6 @@
 """The HDF5 cache format: plain-h5py layout, crash-safe partial files, compaction, clear load errors."""
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -131,3 +132,53 @@ def test_lazy_load_reads_on_demand(split_folder, fast):
         assert isinstance(fs.X, h5py.Dataset)
         X, y = fs.subset("train")
         assert X.shape == (12, 512) and y.shape == (12,)
+
+
+def test_cache_key_format_is_unchanged():
+    """The key of fixed inputs, pinned: a change to what enters the key (or how it is hashed) fails here, so
+    it cannot happen without a FORMAT_VERSION bump. Values computed by featcache before the reorganisation."""
+    from featcache.cache import cache_key, key_parts
+    from featcache.models import Backbone, Preprocess
+
+    src = Source(name="toy", root=Path("/nonexistent"), paths=["a/1.png", "b/2.png"], labels=np.array([0, 1]),
+                 class_names=["a", "b"], splits=["train", "test"])
+    manifest = {"size": [10, 20], "mtime_ns": [1, 2], "sha256": None}
+    bb = Backbone("resnet18", None, Preprocess(224, 256), "none", "ab" * 32)
+    pinned = {"torch": "2.0.0", "torchvision": "0.15.0"}
+    parts = key_parts(src, manifest, bb, ["layer3", "layer4"], "avg", "bf16", "float32")
+    assert set(parts["versions"]) == set(pinned)
+    assert cache_key({**parts, "versions": pinned}) == \
+        "9e2f200f604537c968ca31601d66c2e30a1425acce866db73317e1d30e1b12df"
+    parts = key_parts(src, manifest, bb, ["layer4"], "none", "fp32", "float16", decoder="torchvision.io", views=2,
+                      augment=("flip",))
+    assert cache_key({**parts, "versions": pinned}) == \
+        "2849d879bd8376ebfe3bb3a95e88b6f46cdecd5119e8d1015c55295ccaf98e16"
+
+
+def test_a_cache_written_with_the_old_attributes_is_still_read_and_hit(tmp_path):
+    """A file laid out exactly as featcache wrote caches before the reorganisation (attribute by attribute,
+    JSON strings where it wrote them) loads, verifies and is a cache hit."""
+    from featcache.cache import cache_key, is_hit, verify
+
+    key = {"format_version": 1, "model": "resnet18", "layers": ["layer4"], "pool": "avg"}
+    path = tmp_path / "old.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs.update({
+            "config": json.dumps({"model": "resnet18", "layers": ["layer4"], "hash_content": False}, sort_keys=True),
+            "key": json.dumps(key, sort_keys=True), "layers": json.dumps(["layer4"]),
+            "class_names": json.dumps(["a", "b"]), "dataset": "toy", "data_root": "", "model": "resnet18",
+            "versions": json.dumps({"featcache": "0.1.0", "torch": "2.14.1+cpu"}), "fingerprint": cache_key(key),
+            "format_version": 1, "created": "2026-11-01T00:00:00+00:00", "timings": json.dumps({"total_s": 1.0}),
+            "n_rows": 3, "complete": True})
+        f.create_dataset("features/layer4", data=np.ones((3, 4), np.float32))
+        f.create_dataset("labels", data=np.array([0, 1, 1]))
+        f.create_dataset("paths", data=np.array(["x", "y", "z"], dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("failed/paths", data=np.array([], dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("failed/reasons", data=np.array([], dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("source/paths", data=np.array(["x", "y", "z"], dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("source/labels", data=np.array([0, 1, 1]))
+    fs = load(path)
+    assert fs.meta.layers == ["layer4"] and fs.meta.key == key and fs.meta["config"]["model"] == "resnet18"
+    assert fs.classes == ["a", "b"] and fs.X.shape == (3, 4) and fs.meta.timings == {"total_s": 1.0}
+    assert verify(path) == []
+    assert is_hit(path, cache_key(key)) and not is_hit(path, "another")

@@ -1,7 +1,6 @@
 """Never lose work, never trust bad input: kill -9 and resume, reuse, strict mode, timeouts,
 concurrent runs, a full disk, and the errors a user sees."""
 import errno
-import json
 import signal
 import subprocess
 import sys
@@ -185,7 +184,7 @@ def test_unwritable_cache_dir(split_folder, fast, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--pool", "bad"], "invalid choice: 'bad'"),
     (["--batch-size", "x"], "expected a positive integer or auto"),
-    (["--precision", "fp16", "--device", "cpu"], "fp16 is for GPUs"),
+    (["--precision", "fp16", "--device", "cpu"], "'fp16' is for GPUs"),
     (["--device", "tpu"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'tpu'"),
     (["--decode-timeout", "-1"], "--decode-timeout must be a float >= 0; got -1.0"),
     (["--model", "nosuchmodel"], "is not a torchvision classification model"),
@@ -243,7 +242,7 @@ def test_same_features_across_worker_counts_and_batch_sizes(split_folder, fast, 
         c = load(featcache.extract(split_folder, **{**fast, "streams": streams, "batch_size": 2, "num_workers": 1,
                                                      "cache_dir": tmp_path / f"streams{i}"}))
         assert c.path.name == a.path.name and list(c.paths) == list(a.paths)
-        assert json.loads(c.meta["timings"])["streams"] == streams
+        assert c.meta.timings["streams"] == streams
         for layer in a.layers:
             np.testing.assert_allclose(c.features[layer], a.features[layer], rtol=1e-4, atol=1e-5)
 

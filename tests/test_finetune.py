@@ -85,12 +85,12 @@ def test_training_moves_only_the_chosen_blocks_and_is_seeded(cache):
     fp32 = TopClassifier(top=top, input_shape=(256, 2, 2), train_blocks=1, epochs=1, early_stopping=False,
                          precision="fp32", random_state=3).fit(X, y)
     assert fp32.precision_ == "fp32" and fits[0].precision_ in ("bf16", "fp32")
-    with pytest.raises(ValueError, match="precision must be"):
+    with pytest.raises(ValueError, match="'precision' parameter of TopClassifier must be one of"):
         TopClassifier(top=top, input_shape=(256, 2, 2), precision="fp16").fit(X, y)
 
 
 def test_frozen_layers_before_the_trained_block_run_once_with_the_same_result(cache, monkeypatch):
-    from featcache.learn import training as ft
+    from featcache.learn import top as ft
 
     fs = featcache.load(cache["path"])
     top, _ = split_for(fs.meta, cache["path"], "layer3")

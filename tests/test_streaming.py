@@ -51,7 +51,7 @@ def test_batches_shuffle_within_a_buffer_and_keep_every_row(cache, monkeypatch):
     # The default buffer (32 MiB) holds this whole file: one batch mixes rows from all over it.
     first = next(view.batches(100, np.random.default_rng(0)))[0]
     assert first.max() - first.min() > 1200
-    monkeypatch.setattr(streaming, "BUFFER_BYTES", 0)  # a buffer of BUFFER_BLOCKS blocks only
+    monkeypatch.setattr(cache_rows, "BUFFER_BYTES", 0)  # a buffer of BUFFER_BLOCKS blocks only
     batches = list(view.batches(100, np.random.default_rng(0)))
     pos = np.concatenate([p for p, _ in batches])
     assert sorted(pos) == list(range(2400)) and {len(p) for p, _ in batches[:-1]} == {100}

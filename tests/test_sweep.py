@@ -212,7 +212,7 @@ def test_the_layer_screen_runs_the_grid_on_the_best_choices_only(caches, tmp_pat
     assert set(every.leaderboard["layer"]) == set(choices) and not every.layer_screen
     pinned = sweep(caches["default"], grid=grid, layer="layer2,layer4", results_dir=tmp_path / "r", progress=False)
     assert set(pinned.leaderboard["layer"]) == {"layer2", "layer4"} and not pinned.layer_screen
-    with pytest.raises(FeatcacheError, match="--screen-layers must be an integer >= 0"):
+    with pytest.raises(FeatcacheError, match="'screen_layers' parameter of SweepConfig must be an int >= 0. Got -1"):
         sweep(caches["default"], grid=grid, screen_layers=-1, progress=False)
     # Out of core one layer choice streams: without --layer, the last layer (what FeatureSet.X is).
     streamed = sweep(caches["default"], grid={"sgd": {"max_iter": 2}}, out_of_core=True, reuse=False, progress=False)
@@ -283,10 +283,11 @@ def test_caches_without_labels_or_with_one_class(tmp_path, make_image):
 
 
 @pytest.mark.parametrize("settings, match", [
-    ({"cv": 1}, "--cv must be an integer >= 2"),
-    ({"cv": 3, "val_fraction": 0.2}, "use either --cv or --val-fraction"),
-    ({"metric": "auc"}, "--metric must be one of accuracy, balanced_accuracy, f1_macro, log_loss"),
-    ({"n_jobs": 0}, "--n-jobs must be a positive integer or -1"),
+    ({"cv": 1}, "'cv' parameter of SweepConfig must be None or an int >= 2. Got 1"),
+    ({"cv": 3, "val_fraction": 0.2}, "use either cv or val_fraction"),
+    ({"metric": "auc"}, "'metric' parameter of SweepConfig must be one of 'accuracy', 'balanced_accuracy', 'f1_macro', "
+                        "'log_loss'. Got 'auc'"),
+    ({"n_jobs": 0}, "'n_jobs' parameter of SweepConfig must be None, an int >= 1 or -1. Got 0"),
 ])
 def test_bad_settings(caches, settings, match):
     with pytest.raises(FeatcacheError, match=match):

@@ -15,7 +15,7 @@ from typing import Optional
 
 from ..errors import ConflictError, FeatcacheError, ParameterError
 
-__all__ = ["Parser", "run_cli", "setup_logging", "config_from_args", "flag_of"]
+__all__ = ["Parser", "run_cli", "setup_logging", "config_from_args", "flag_of", "add_run_flags"]
 
 log = logging.getLogger("featcache")
 
@@ -25,6 +25,15 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"featcache: error: {message} (see {self.prog} --help)\n")
+
+
+def add_run_flags(p: argparse.ArgumentParser, quiet: Optional[str] = None) -> None:
+    """The flags every command shares: ``--debug``, and with ``quiet`` (what ``-q`` still prints) ``--no-progress``
+    and ``-q/--quiet``."""
+    if quiet is not None:
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("-q", "--quiet", action="store_true", help=f"only errors{quiet}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def config_from_args(config_class, args: argparse.Namespace, **changes):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from . import Parser, run_cli
+from . import Parser, add_run_flags, run_cli
 from .extract import add_extract_arguments, extract_config
 
 __all__ = ["build_parser", "main"]
@@ -18,7 +18,7 @@ def build_parser() -> Parser:
         description="Explain whether `featcache.extract` with the same flags would hit the cache, and if "
                     "not, which part of the key differs from the nearest existing cache.")
     add_extract_arguments(p)
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_run_flags(p)
     return p
 
 

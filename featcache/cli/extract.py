@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from ..config import AUGMENTATIONS, DEFAULT_MODEL, DTYPES, POOLS, PRECISIONS, ExtractConfig
 from ..errors import FeatcacheError
-from . import Parser, config_from_args, run_cli
+from . import Parser, add_run_flags, config_from_args, run_cli
 
 __all__ = ["add_extract_arguments", "build_parser", "main", "extract_config"]
 
@@ -109,9 +109,7 @@ def build_parser() -> Parser:
                    help="an image taking longer than this to decode counts as failed; 0 = no limit (default: 60)")
     p.add_argument("--list-layers", action="store_true",
                    help="print the model's layer names with output shapes and bytes per image, then exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("-q", "--quiet", action="store_true", help="only errors and the final path")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_run_flags(p, quiet=" and the final path")
     return p
 
 

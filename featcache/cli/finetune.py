@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..config import METRICS, TRAIN_PRECISIONS, FinetuneConfig
-from . import Parser, config_from_args, run_cli
+from . import Parser, add_run_flags, config_from_args, run_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -77,9 +77,7 @@ def build_parser() -> Parser:
                    help="compute precision of training (weights and optimiser stay float32; predictions are fp32); "
                         "auto = bf16 where the device runs it fast (default: auto)")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("-q", "--quiet", action="store_true", help="only errors, and the output folder")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_run_flags(p, quiet=", and the output folder")
     return p
 
 

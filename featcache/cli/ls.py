@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from ..cache import list_caches
 from ..config import default_cache_dir
-from . import Parser, run_cli
+from . import Parser, add_run_flags, run_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -23,7 +23,7 @@ def build_parser() -> Parser:
     p.add_argument("--cache-dir", type=Path,
                    help="default: $FEATCACHE_DIR, else $XDG_CACHE_HOME/featcache, else ~/.cache/featcache")
     p.add_argument("--json", action="store_true", help="one JSON record per line instead of a table")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_run_flags(p)
     return p
 
 

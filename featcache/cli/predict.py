@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import FeatcacheError
-from . import Parser, run_cli
+from . import Parser, add_run_flags, run_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -43,9 +43,7 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto", help="for extraction: auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     p.add_argument("--num-workers", type=int, help="decode processes (default: chosen from the CPU count)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("-q", "--quiet", action="store_true", help="only errors (and the CSV when printed)")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_run_flags(p, quiet=" (and the CSV when printed)")
     return p
 
 

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from ..config import BACKENDS, METRICS, SweepConfig
 from ..errors import FeatcacheError
 from ..selection import grids
-from . import Parser, config_from_args, run_cli
+from . import Parser, add_run_flags, config_from_args, run_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -98,9 +98,7 @@ def build_parser() -> Parser:
     p.add_argument("--print-grid", action="store_true", help="print the default grid (TOML) and exit")
     p.add_argument("--list-classifiers", action="store_true",
                    help="list the classifiers and the hyperparameters a grid may set, and exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("-q", "--quiet", action="store_true", help="only errors, and the output folder")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_run_flags(p, quiet=", and the output folder")
     return p
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..cache import verify
-from . import Parser, run_cli
+from . import Parser, add_run_flags, run_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -20,7 +20,7 @@ def build_parser() -> Parser:
                     "features, the fingerprint, and whether the input files still match. Exit 0 if sound, 1 if not.")
     p.add_argument("cache", type=Path, help="the .h5 cache file")
     p.add_argument("--no-files", action="store_true", help="skip comparing with the input files on disk")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_run_flags(p)
     return p
 
 

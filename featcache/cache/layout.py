@@ -1,6 +1,6 @@
 """The cache file's layout: format version, dataset paths, and its attributes as a typed :class:`CacheMeta`.
 
-Stage: cache (the file format). Imports h5py-free code only (``errors``); every module that reads or
+Stage: cache (the file format). Imports numpy only (no h5py, no torch); every module that reads or
 writes a cache names its datasets and attributes through here, never as string literals.
 A finished cache is one plain HDF5 file that h5py alone can read (README, "The HDF5 layout").
 """
@@ -10,11 +10,13 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 __all__ = ["FORMAT_VERSION", "PARTIAL_SUFFIX", "REASON_BYTES", "FEATURES", "VIEWS", "LABELS", "PATHS", "SPLIT",
            "FAILED_PATHS", "FAILED_REASONS", "SOURCE", "TODO", "ROWS_DONE", "OK", "REASONS", "feature_path",
-           "views_path", "CacheMeta", "FEATURE_PARTS", "feature_identity", "extract_settings"]
+           "views_path", "shard_rows", "CacheMeta", "FEATURE_PARTS", "feature_identity", "extract_settings"]
 
 FORMAT_VERSION = 1
 PARTIAL_SUFFIX = ".partial.h5"
@@ -34,6 +36,11 @@ TODO = "progress/todo"
 ROWS_DONE = "progress/rows_done"
 OK = "progress/ok"
 REASONS = "progress/reasons"
+
+
+def shard_rows(n: int, shard: Optional[Tuple[int, int]]) -> np.ndarray:
+    """Rows of one rank: every ``world``-th row from ``rank``, so each rank sees every kind of file."""
+    return np.arange(n) if shard is None else np.arange(shard[0], n, shard[1])
 
 
 def feature_path(layer: str) -> str:

@@ -28,8 +28,8 @@ from .layout import (
     TODO,
     VIEWS,
     CacheMeta,
+    shard_rows,
 )
-from .write import shard_rows
 
 __all__ = ["FeatureSet", "load", "read_meta", "is_hit", "incomplete_message"]
 

@@ -35,9 +35,10 @@ from .layout import (
     TODO,
     VIEWS,
     CacheMeta,
+    shard_rows,
 )
 
-__all__ = ["RowBlock", "Reuse", "CacheWriter", "publish", "find_reusable", "rows_per_chunk", "shard_rows"]
+__all__ = ["RowBlock", "Reuse", "CacheWriter", "publish", "find_reusable", "rows_per_chunk"]
 
 CHUNK_BYTES = 1 << 20  # aim for ~1 MiB chunks: large enough for fast I/O, small enough to read a few rows
 MAP_CHUNK_BYTES = 64 << 10  # spatial maps: a chunk of one or a few images, for random minibatches (finetune)
@@ -201,11 +202,6 @@ class CacheWriter:
         """:meth:`complete`, then :func:`publish` this single-process cache."""
         self.complete()
         return publish(self.path, [(self.partial, None)], created_attrs)
-
-
-def shard_rows(n: int, shard: Optional[Tuple[int, int]]) -> np.ndarray:
-    """Rows of one rank: every ``world``-th row from ``rank``, so each rank sees every kind of file."""
-    return np.arange(n) if shard is None else np.arange(shard[0], n, shard[1])
 
 
 def publish(path: Path, partials: List[Tuple[Path, Optional[Tuple[int, int]]]], created_attrs: dict,

@@ -11,6 +11,8 @@ COMMANDS = {  # command -> what it does (each is featcache.cli.<command>.main)
     "finetune": "train a network's top blocks from cached activations",
     "predict": "apply a saved model to new images (or a cache)",
     "ls": "list the caches in the cache directory",
+    "rm": "delete caches (and their sweeps' result stores)",
+    "prune": "delete caches by age, disuse or size",
     "verify": "check a cache end to end",
     "explain": "say why extract would (not) hit the cache",
 }

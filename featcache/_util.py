@@ -10,13 +10,14 @@ import datetime as _dt
 import hashlib
 import importlib
 import json
+import math
 import os
 import sys
 import types
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["human_size", "sha256_json", "file_sha256", "atomic_path", "atomic_write_text", "now_iso",
+__all__ = ["human_size", "sha256_json", "file_sha256", "atomic_path", "atomic_write_text", "json_text", "now_iso",
            "library_versions", "featcache_version", "make_callable"]
 
 
@@ -64,6 +65,24 @@ def atomic_write_text(path: Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def _finite(obj):
+    """``obj`` with NaN and infinities as None, recursively (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if type(obj).__module__ == "numpy" and getattr(obj, "ndim", None) == 0:
+        obj = obj.item()  # numpy scalars as Python numbers
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return obj
+
+
+def json_text(obj, **kwargs) -> str:
+    """Strict JSON of ``obj`` (NaN and infinities become null; anything else unknown becomes its string)."""
+    return json.dumps(_finite(obj), allow_nan=False, default=str, **kwargs)
 
 
 def now_iso() -> str:

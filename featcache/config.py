@@ -155,6 +155,7 @@ class SweepConfig(_Config):
     test_top: int = 1  # how many of the best configurations are refitted and scored on test
     results_dir: Optional[Path] = None  # default: <cache folder>/sweep-results
     reuse: bool = True  # read and write the result store
+    overwrite: bool = False  # replace an earlier run's outputs in ``out``
     plots: bool = True
     progress: bool = True
 
@@ -175,6 +176,7 @@ class SweepConfig(_Config):
         "block_rows": [None, _POSITIVE_INT],
         "test_top": [_POSITIVE_INT],
         "reuse": [bool],
+        "overwrite": [bool],
         "plots": [bool],
         "progress": [bool],
     }
@@ -213,6 +215,7 @@ class FinetuneConfig(_Config):
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # training compute precision: auto (bf16 where fast), bf16 or fp32
+    overwrite: bool = False  # replace an earlier run's outputs in ``out``
     plots: bool = True
     progress: bool = True
 
@@ -232,6 +235,7 @@ class FinetuneConfig(_Config):
         "seed": [Integral],
         "device": [DEVICE],
         "precision": [Options(TRAIN_PRECISIONS)],
+        "overwrite": [bool],
         "plots": [bool],
         "progress": [bool],
     }

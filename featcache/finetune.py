@@ -37,7 +37,7 @@ from .selection.features import pool_and_test
 from .selection.grids import Config
 from .selection.leaderboard import leaderboard
 from .selection.modelfile import load_model
-from .selection.outputs import model_metadata, settings_record, write_outputs
+from .selection.outputs import model_metadata, prepare_out, settings_record, write_outputs
 from .selection.schemes import make_scheme
 from .selection.store import result_key
 
@@ -59,17 +59,21 @@ def backbone_of(meta: CacheMeta, path) -> models.Backbone:
     return backbone
 
 
-def split_for(meta: CacheMeta, path, node: str):
+def split_for(meta: CacheMeta, path, node: str, backbone: Optional[models.Backbone] = None):
     """``(top, backbone)``: the layers of the cache's network after ``node`` up to its penultimate features."""
-    backbone = backbone_of(meta, path)
+    backbone = backbone or backbone_of(meta, path)
     nodes = models.graph_node_names(backbone.module)
     return models.split_top(backbone.module, node, models.default_layer(backbone.module, nodes)), backbone
 
 
-def _check_activations(fs: FeatureSet, node: Optional[str]) -> str:
-    """The cache layer to train from: spatial activations at ``node``; else an error naming the extract command."""
+def _check_activations(fs: FeatureSet, node: Optional[str], backbone: models.Backbone) -> str:
+    """The cache layer to train from: spatial activations at ``node`` (or at the tensor it names: ``_blocks.10.add``
+    is the cache's ``_blocks.10``); else an error naming the extract command."""
     record = fs.meta.config
     spatial = [name for name in fs.layers if record.get("pool") == "none" and len(fs.features[name].shape) >= 3]
+    nodes = models.graph_node_names(backbone.module)
+    if node is not None and node not in spatial and (node in nodes or any(n.startswith(node + ".") for n in nodes)):
+        node = models.canonical_layer(node, nodes, backbone.module)
     if node in spatial:
         return node
     settings = extract_settings(record)
@@ -110,10 +114,13 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
     from tqdm.auto import tqdm
 
     cfg.validate()
+    if cfg.out is not None:  # before any training: an unwritable or occupied --out fails now
+        prepare_out(cfg.out, cfg.overwrite)
     fs = load(cfg.cache, lazy=True)
     try:
-        node = _check_activations(fs, cfg.from_layer)
-        top, _ = split_for(fs.meta, fs.path, node)
+        backbone = backbone_of(fs.meta, fs.path)
+        node = _check_activations(fs, cfg.from_layer, backbone)
+        top, _ = split_for(fs.meta, fs.path, node, backbone)
         n_blocks = len(top_blocks(top))
         too_many = [b for b in cfg.train_blocks if b != "all" and b > n_blocks]
         if too_many:

@@ -96,9 +96,11 @@ def predict(model, data, *, out=None, proba: bool = True, cache_dir=None, device
             batch_size: int = 64, num_workers: Optional[int] = None, progress: bool = True):
     """Predict classes for ``data`` (image folder, CSV, or a cache ``.h5``) with a saved featcache model.
 
-    Returns a DataFrame ``path, prediction[, proba_<class>...]``; written as CSV to ``out`` when
-    given. When ``data`` is labelled, ``df.attrs["accuracy"]`` holds the accuracy over the rows whose
-    class the model knows.
+    Returns a DataFrame ``path, prediction[, split][, trained_on][, proba_<class>...]``, written as CSV to
+    ``out`` when given: ``split`` when the data has splits, ``trained_on`` when the model's training cache can
+    tell that the model was fitted on some of these images. When ``data`` is labelled, ``df.attrs["accuracy"]``
+    maps each group of rows (a split, or ``all``; rows the model was trained on apart from the others) to the
+    accuracy over its rows whose class the model knows: never one number pooled over both.
     """
     import pandas as pd
 
@@ -115,13 +117,18 @@ def predict(model, data, *, out=None, proba: bool = True, cache_dir=None, device
     index, probs = views.predict(saved.pipeline, X, V, classes)
     predicted = np.asarray(classes, dtype=object)[index]
     root = fs.meta.data_root
-    df = pd.DataFrame({"path": [str(Path(root) / p) if root else p for p in fs.paths],
-                       "prediction": [str(p) for p in predicted]})
+    paths = [str(Path(root) / p) if root else p for p in fs.paths]
+    df = pd.DataFrame({"path": paths, "prediction": [str(p) for p in predicted]})
+    if fs.split is not None:
+        df["split"] = fs.split
+    seen = _trained_on(metadata, paths if root else None)
+    if seen is not None and seen.any():  # new images: no column of False
+        df["trained_on"] = seen
     if proba and probs is not None:
         for j, name in enumerate(classes):
             df[f"proba_{name}"] = np.round(probs[:, j], 6)
-    accuracy = _accuracy(fs, predicted, saved.classes)
-    if accuracy is not None:
+    accuracy = _accuracy(fs, predicted, saved.classes, seen)
+    if accuracy:
         df.attrs["accuracy"] = accuracy
     if out is not None:
         out = Path(out).expanduser()
@@ -131,22 +138,53 @@ def predict(model, data, *, out=None, proba: bool = True, cache_dir=None, device
     return df
 
 
-def _accuracy(fs, predicted: np.ndarray, model_classes: Sequence[str]) -> Optional[float]:
-    """Accuracy over labelled rows whose class the model was trained on (others are reported)."""
+def _trained_on(metadata: dict, paths: Optional[Sequence[str]]) -> Optional[np.ndarray]:
+    """Per row, whether the model was fitted on that image (its training cache's train+val rows, found by file
+    path); None when that cannot be told (images from a Dataset, or the training cache is gone)."""
+    train_cache = Path((metadata.get("cache") or {}).get("path") or "")
+    if paths is None or not train_cache.is_file():
+        if paths is not None:
+            log.warning("the model's training cache %s is gone: cannot tell which of these images it was trained "
+                        "on", train_cache)
+        return None
+    with load(train_cache, lazy=True) as train:
+        pool = train.y >= 0
+        if train.split is not None:
+            pool &= np.isin(train.split, ["train", "val"])
+        root = Path(train.meta.data_root) if train.meta.data_root else None
+        fitted = {str(root / p) for p in train.paths[pool]} if root is not None else set()
+    return np.array([p in fitted for p in paths], dtype=bool)
+
+
+def _accuracy(fs, predicted: np.ndarray, model_classes: Sequence[str], seen: Optional[np.ndarray]) -> Dict[str, float]:
+    """``{group: accuracy}`` over labelled rows whose class the model was trained on (others are reported).
+
+    A group is a split (or ``all``); rows the model was fitted on never share a number with rows it was not.
+    """
     labelled = fs.y >= 0
     if not labelled.any() or not fs.classes:
-        return None
+        return {}
     truth = np.array([fs.classes[i] if i >= 0 else "" for i in fs.y], dtype=object)
     known = labelled & np.isin(truth, list(model_classes))
     unknown = sorted(set(truth[labelled & ~known]))
     if unknown:
         log.warning("%d labelled image(s) belong to classes the model never saw (%s); they are left out of the "
                     "accuracy", int((labelled & ~known).sum()), ", ".join(unknown[:5]))
-    if not known.any():
-        return None
-    acc = float(np.mean(truth[known] == np.asarray(predicted, dtype=object)[known]))
-    log.info("accuracy on %d labelled image(s): %.4f", int(known.sum()), acc)
-    return acc
+    groups = np.asarray(fs.split, dtype=object) if fs.split is not None else np.full(len(fs), "all", dtype=object)
+    if seen is not None:
+        mixed = {g for g in set(groups[known]) if 0 < seen[known & (groups == g)].sum() < (known & (groups == g)).sum()}
+        groups = np.array([f"{g} (trained on)" if g in mixed and s else f"{g} (not trained on)" if g in mixed else g
+                           for g, s in zip(groups, seen)], dtype=object)
+    correct = truth == np.asarray(predicted, dtype=object)
+    out = {}
+    for g in sorted(set(groups[known]), key=lambda g: (("test", "val", "train").index(g.split()[0])
+                                                      if g.split()[0] in ("test", "val", "train") else -1, g)):
+        rows = known & (groups == g)
+        out[g] = float(correct[rows].mean())
+        note = ("; the model was trained on these images" if seen is not None and seen[rows].all() else
+                "; none of them trained the model" if seen is not None else "")
+        log.info("accuracy on %s: %.4f (%d labelled image(s)%s)", g, out[g], int(rows.sum()), note)
+    return out
 
 
 make_callable(__name__, predict)

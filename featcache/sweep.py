@@ -32,7 +32,7 @@ from .selection.fitting import SCREEN_TEXT, Fits, fit_configs, scorer, screen_la
 from .selection.grids import Config
 from .selection.leaderboard import leaderboard
 from .selection.modelfile import load_model, save_model
-from .selection.outputs import model_metadata, settings_record, write_outputs
+from .selection.outputs import model_metadata, prepare_out, settings_record, write_outputs
 from .selection.schemes import Scheme, make_scheme
 from .selection.store import ResultStore, config_key, result_versions
 
@@ -55,6 +55,7 @@ class SweepResult:
     fitted: List[str] = field(default_factory=list)  # configurations fitted for selection in this run
     refitted: List[str] = field(default_factory=list)  # configurations refitted on train(+val) in this run
     layer_screen: Dict[str, float] = field(default_factory=dict)  # each layer choice's best screen score, if screened
+    best_layer: str = ""  # the layers ``best`` reads, "a+b" side by side: ``FeatureSet.matrix(res.best_layer)``
     out: Optional[Path] = None
     files: List[Path] = field(default_factory=list)
 
@@ -73,6 +74,8 @@ def sweep(cache, **settings) -> SweepResult:
 def run(cfg: SweepConfig) -> SweepResult:
     """The sweep for one :class:`SweepConfig` (what :func:`sweep` and the CLI call)."""
     cfg.validate()
+    if cfg.out is not None:  # before any fit: an unwritable or occupied --out fails now, not after the work
+        prepare_out(cfg.out, cfg.overwrite)
     backends.require(cfg.backend)
     configs = grids.expand_grid(grids.read_grid(cfg.grid), list(cfg.classifiers) or None)
     if cfg.out_of_core:
@@ -109,9 +112,10 @@ def run(cfg: SweepConfig) -> SweepResult:
         configs = ([dataclasses.replace(c, layer=choice) for choice in choices for c in configs]
                    + [p for p in fits.records
                       if p.layer not in choices and dataclasses.replace(p, layer="") in grid_points])
-    log.info("%d configurations on %d x %d features (%s), %d classes; validation: %s",
-             len(configs), len(feats.X), feats.X.shape[1], "+".join(feats.layers), len(feats.classes),
-             scheme.description)
+    fitting = {c.layer: len(range(feats.X.shape[1])[feats.columns(c.layer)]) for c in configs}
+    log.info("%d configurations on %d rows, layer choice(s) %s, %d classes; validation: %s", len(configs),
+             len(feats.X), ", ".join(f"{layer or '+'.join(feats.layers)} ({width} features)"
+                                     for layer, width in fitting.items()), len(feats.classes), scheme.description)
     fits.fit(configs)
     records, keys = {c: fits.records[c] for c in configs}, fits.keys
     cached = {c for c in configs if c in fits.cached}
@@ -131,7 +135,8 @@ def run(cfg: SweepConfig) -> SweepResult:
     best_config = by_id[ok["config_id"].iloc[0]]
     best, test_scores, test_pred = refits[best_config]
     result = SweepResult(board, best, best_config, scheme.description, test_scores, n_fits, len(cached),
-                         [c.label() for c in fits.fitted], refitted, screen)
+                         [c.label() for c in fits.fitted], refitted, screen,
+                         best_config.layer or "+".join(feats.layers))
     if cfg.out is not None:
         result.out = Path(cfg.out).expanduser()
         result.files = _write(cfg, result, feats.for_layer(best_config.layer), scheme, records, test_pred)

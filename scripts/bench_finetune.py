@@ -53,6 +53,7 @@ def bench(images: Path, node: str = "_blocks.14.add", model: str = "efficientnet
         fs = featcache.load(cache, lazy=True)
         train, test = np.flatnonzero(fs.split == "train"), np.flatnonzero(fs.split == "test")
         names = np.asarray(fs.classes, dtype=object)
+        node = fs.layers[0]  # the cache's name for it: a block's last node is stored as the block (_blocks.14)
         top, backbone = split_for(fs.meta, cache, node)
         shape = fs.features[node].shape[1:]
         print(f"[finetune] {model}, top after {node} ({len(top_blocks(top))} blocks, "

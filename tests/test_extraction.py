@@ -1,6 +1,9 @@
 """Never lose work, never trust bad input: kill -9 and resume, reuse, strict mode, timeouts,
 concurrent runs, a full disk, and the errors a user sees."""
 import errno
+import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +73,8 @@ def test_sigkill_at_several_points_then_resume_matches_an_uninterrupted_run(tmp_
     done = subprocess.run(_cmd(data, cache, "--batch-size", "4"), capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert "resuming:" in done.stderr  # continued, did not start over
+    resumed = int(done.stderr.split(" reused from another cache, ")[1].split(" resumed")[0])
+    assert resumed >= 48  # the summary counts the rows the interrupted runs had committed
     fs = load(done.stdout.strip().splitlines()[-1])
     assert list(fs.paths) == list(ref.paths) and (fs.y == ref.y).all()  # no row lost, none doubled
     np.testing.assert_allclose(fs.X, ref.X, rtol=1e-4, atol=1e-5)
@@ -107,9 +112,41 @@ def test_added_and_deleted_files_reuse_the_rest(tmp_path, make_image, fast):
 
 def test_strict_refuses_bad_files_before_extracting(broken_images, fast):
     model = _counting_resnet()
-    with pytest.raises(FeatcacheError, match=r"--strict: 3 file\(s\) cannot be decoded: .*empty.jpg"):
+    with pytest.raises(FeatcacheError, match=r"--strict: 3 file\(s\) cannot be decoded \(nothing was extracted\): "
+                                             r".*empty.jpg"):
         featcache.extract(broken_images.root, **{**fast, "model": model, "strict": True, "layers": ["layer4"]})
     assert model.seen == 0 and not list(fast["cache_dir"].glob("*.h5"))
+
+
+def test_strict_holds_on_a_cache_hit_too(broken_images, fast):
+    settings = {**fast, "model": _counting_resnet(), "layers": ["layer4"]}
+    path = featcache.extract(broken_images.root, **settings)  # not strict: the 3 bad files are skipped, recorded
+    assert len(load(path).failed) == 3
+    with pytest.raises(FeatcacheError, match=r"--strict: 3 file\(s\) cannot be decoded \(skipped when this cache "
+                                             r"was extracted\): .*empty.jpg"):
+        featcache.extract(broken_images.root, **{**settings, "strict": True})
+
+
+def test_a_cache_hit_needs_no_write_access(split_folder, tmp_path):
+    """A team's shared cache folder, mounted read-only: the hit is found and returned, nothing is written. The
+    second run sees the folder through a real read-only bind mount (its own mount namespace)."""
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "--mount", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare --mount (util-linux, run as root) for a real read-only mount")
+    shared = tmp_path / "shared"
+    shutil.copytree(split_folder, shared / "data")
+    cmd = [sys.executable, "-m", "featcache.extract", "--data", str(shared / "data"), "--cache-dir",
+           str(shared / "cache"), "--model", "resnet18", "--weights", "none", "--layer", "layer4", "--image-size",
+           "32", "--no-progress"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    shutil.rmtree(shared / "cache" / ".locks")
+    script = f"mount --bind -o ro {shared} {shared} && touch {shared}/probe 2>/dev/null; exec \"$@\""
+    second = subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", *cmd], capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "cache hit" in second.stderr and second.stdout == first.stdout
+    assert not (shared / "cache" / ".locks").exists() and not (shared / "probe").exists()
 
 
 def test_every_odd_image_mode_extracts_without_failures(odd_images, fast):
@@ -252,3 +289,27 @@ def test_bf16_features_are_close_to_fp32(split_folder, fast):
     bf16 = load(featcache.extract(split_folder, **{**fast, "precision": "bf16"}))
     cos = (fp32.X * bf16.X).sum(1) / (np.linalg.norm(fp32.X, axis=1) * np.linalg.norm(bf16.X, axis=1))
     assert cos.min() >= 0.99, cos.min()
+
+
+def test_warnings_a_newcomer_needs(tmp_path, make_image, caplog):
+    """One class, random weights: said at extract time, not found out at sweep time."""
+    for i in range(3):
+        make_image(tmp_path / "d" / "only" / f"{i}.png", 0, i)
+    with caplog.at_level(logging.WARNING, logger="featcache"):
+        featcache.extract(tmp_path / "d", model="resnet18", weights="NONE", layers=["layer4"], image_size=32,
+                          cache_dir=tmp_path / "c", progress=False)
+    assert "every labelled image is of one class (only)" in caplog.text
+    assert "random weights (--weights none)" in caplog.text
+
+
+def test_weights_in_any_case_are_the_same_cache(split_folder, fast):
+    settings = {k: v for k, v in fast.items() if k != "weights"}
+    assert featcache.extract(split_folder, weights="None", **settings) == featcache.extract(split_folder, **fast)
+
+
+def test_list_layers_needs_no_pretrained_weights(tmp_path):
+    """resnet18's default weights are not on this machine and cannot be downloaded: the graph does not need them."""
+    r = subprocess.run([sys.executable, "-m", "featcache.extract", "--model", "resnet18", "--list-layers"],
+                       capture_output=True, text=True, cwd=REPO, env={**os.environ, "TORCH_HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert any(line.startswith("layer4.1.relu_1 ") for line in r.stdout.splitlines())

@@ -53,7 +53,8 @@ def test_untrained_top_reproduces_the_model(model, weights, node, penultimate, l
     fs = featcache.load(path)
     top, backbone = split_for(fs.meta, path, node)
     assert list(top_blocks(top)) == blocks
-    acts = fs.features[node]
+    assert fs.layers[0] == node.removesuffix(".add")  # one name per tensor: the block whose last node it is
+    acts = fs.features[fs.layers[0]]
     assert acts.ndim == 4
     with torch.no_grad():
         features = top(torch.from_numpy(acts))
@@ -65,6 +66,12 @@ def test_untrained_top_reproduces_the_model(model, weights, node, penultimate, l
     # Training only the head leaves the top as it was.
     est = TopClassifier(top=top, train_blocks=0, epochs=1, random_state=0).fit(acts, np.array(COLOURS)[fs.y])
     np.testing.assert_allclose(est.transform(acts), fs.features[penultimate], atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_from_layer_names_the_tensor_however_it_is_spelled(cache):
+    """layer3 (the module) and layer3.1.relu_1 (its last node) are one tensor: the cache of one serves the other."""
+    res = finetune(cache["path"], "layer3.1.relu_1", train_blocks=[0], epochs=1, progress=False)
+    assert res.leaderboard["status"].tolist() == ["ok"] and res.leaderboard["layer"].iloc[0] == "layer3"
 
 
 def test_training_moves_only_the_chosen_blocks_and_is_seeded(cache):

@@ -245,3 +245,18 @@ def test_default_layers_are_the_last_three_stages_or_the_penultimate_features():
     mnv3 = load_backbone(ExtractConfig(model="mobilenet_v3_small", weights="none"))
     nodes = graph_node_names(mnv3.module)
     assert default_layers(mnv3, nodes) == ["features.3", "features.8", default_layer(mnv3.module, nodes)]
+
+
+def test_one_tensor_one_name(split_folder, fast):
+    """A module and its last node are one tensor: one canonical layer name, so one cache key and one file."""
+    import featcache
+    from featcache.models import canonical_layer, resolve_layers
+
+    bb = load_backbone(ExtractConfig(model="resnet18", weights="none"))
+    nodes = graph_node_names(bb.module)
+    assert canonical_layer("layer4.1.relu_1", nodes, bb.module) == "layer4"
+    assert canonical_layer("layer3.0.add", nodes, bb.module) == "layer3.0.add"  # inside block 0: its own tensor
+    assert resolve_layers(["layer3.1.relu_1", "fc"], bb, nodes) == ["layer3", "fc"]
+    settings = {k: v for k, v in fast.items() if k != "layers"}
+    assert featcache.extract(split_folder, layers=["layer4.1.relu_1"], **settings) == \
+        featcache.extract(split_folder, layers=["layer4"], **settings)

@@ -41,7 +41,7 @@ def test_round_trip_on_new_labelled_images(trained, tmp_path, colour_images):
     assert list(df.columns) == ["path", "prediction", "proba_blue", "proba_green", "proba_red"]
     assert len(df) == 4 and set(df["prediction"]) <= set(COLOURS)
     assert np.allclose(df.filter(like="proba_").sum(axis=1), 1, atol=1e-5)
-    assert df.attrs["accuracy"] >= 0.75
+    assert list(df.attrs["accuracy"]) == ["all"] and df.attrs["accuracy"]["all"] >= 0.75
     assert Path(df["path"][0]).is_file()
     assert pd.read_csv(tmp_path / "preds.csv").equals(pd.read_csv(tmp_path / "preds.csv"))  # a plain CSV
 
@@ -50,10 +50,13 @@ def test_stored_settings_reproduce_the_training_features(trained, tmp_path):
     """Re-extracting the training images with the model's settings is a cache hit on the same file."""
     df = predict(trained["model"], trained["root"] / "data", cache_dir=trained["root"] / "c", proba=False,
                  progress=False)
-    assert list(df.columns) == ["path", "prediction"]
+    assert list(df.columns) == ["path", "prediction", "split", "trained_on"]
     assert len(list((trained["root"] / "c").glob("*.h5"))) == 1  # no second cache was made
-    train_acc = trained["result"].leaderboard["val_accuracy"].iloc[0]
-    assert df.attrs["accuracy"] >= min(train_acc, 0.9)
+    # One accuracy per split, never pooled; the model was refitted on train+val, and says so per row.
+    assert list(df.attrs["accuracy"]) == ["test", "val", "train"]
+    assert df["trained_on"].tolist() == df["split"].isin(["train", "val"]).tolist()
+    test_acc = trained["result"].test_scores["accuracy"]
+    assert df.attrs["accuracy"]["test"] == pytest.approx(test_acc)
 
 
 def test_unlabelled_images_and_existing_caches(trained, tmp_path, make_image):
@@ -112,15 +115,31 @@ def test_cli(trained, tmp_path, capsys):
     out = tmp_path / "preds.csv"
     ok = _cli(trained["model"], "--data", trained["cache"], "--out", out, "--no-progress")
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.startswith("accuracy: ") and len(pd.read_csv(out)) == 36
+    lines = ok.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == ["accuracy on test", "accuracy on val", "accuracy on train"]
+    assert lines[3] == "27 image(s) trained the model (trained_on column): their accuracy is not a held-out score"
+    assert len(pd.read_csv(out)) == 36
     assert main([str(trained["model"]), "--info"]) == 0
     assert json.loads(capsys.readouterr().out)["classes"] == sorted(COLOURS)
     assert main([str(trained["model"]), "--data", str(trained["cache"]), "--no-proba", "--no-progress"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == "path,prediction" and len(printed) == 37
+    assert printed[0] == "path,prediction,split,trained_on" and len(printed) == 37
     lonely = tmp_path / "m.joblib"
     shutil.copy(trained["model"], lonely)
     bad = _cli(lonely, "--data", trained["cache"])
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1
     assert bad.stderr.startswith(f"featcache: error: refusing to load {lonely}: it has no m.joblib.json")
+
+
+def test_the_wrong_kind_of_file_is_named(trained, tmp_path):
+    """A cache or a run folder where a model is expected, a folder where a cache is: one line that says what to do."""
+    with pytest.raises(FeatcacheError, match=r"is a feature cache, not a model file: fit a model on it first"):
+        read_metadata(trained["cache"])
+    with pytest.raises(FeatcacheError, match=r"is a run folder, not a model file; pass .*best.joblib"):
+        read_metadata(trained["root"] / "out")
+    with pytest.raises(FeatcacheError, match=r"is an image folder, not a feature cache: run python -m featcache"):
+        featcache.load(trained["root"] / "data")
+    r = subprocess.run([sys.executable, "-m", "featcache.sweep", str(trained["root"] / "data")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is an image folder" in r.stderr

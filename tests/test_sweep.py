@@ -1,6 +1,7 @@
 """Sweeps on real caches of tiny images: classifiers, validation schemes, the result store, errors, CLI."""
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -326,3 +327,69 @@ def test_cli_in_process(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "--val-fraction VAL_FRACTION" in capsys.readouterr().out
+
+
+def test_outputs_are_checked_before_any_fit(caches, tmp_path):
+    (tmp_path / "file").write_text("x")
+    for out, match in [(tmp_path / "file", "is a file; pass a folder"),
+                       (tmp_path / "file" / "sub", "cannot write to --out")]:
+        with pytest.raises(FeatcacheError, match=match):
+            sweep(caches["split"], grid=TINY, out=out, results_dir=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()  # nothing was fitted
+    grid = tmp_path / "grid.toml"
+    grid.write_text("[knn]\nn_neighbors = 3\n", encoding="utf-8")
+    cli = _cli(caches["split"], "--grid", grid, "--out", tmp_path / "file", "--no-progress")
+    assert cli.returncode == 2 and cli.stderr.strip().count("\n") == 0 and "is a file" in cli.stderr
+
+
+def test_an_earlier_run_is_refused_unless_overwrite(caches, tmp_path):
+    out = tmp_path / "run"
+    sweep(caches["split"], grid=TINY, out=out, results_dir=tmp_path / "r", progress=False)
+    (out / "plots" / "stale.png").write_bytes(b"")  # a plot the earlier run left
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FeatcacheError, match=r"holds an earlier run \(leaderboard.csv, best.joblib.*--overwrite"):
+        sweep(caches["split"], grid=TINY, out=out, results_dir=tmp_path / "r", progress=False)
+    sweep(caches["split"], grid=TINY, out=out, results_dir=tmp_path / "r", progress=False, overwrite=True)
+    assert (out / "best.joblib").is_file() and not (out / "plots" / "stale.png").exists()
+    assert (out / "notes.txt").read_text() == "mine"  # not the run's: kept
+
+
+def test_summaries_are_strict_json_and_a_readonly_store_still_sweeps(caches, tmp_path, caplog):
+    """Ridge has no log-loss (NaN): sweep.json and the model's sidecar say null, which any JSON reader takes. A
+    result store that cannot be written (here a path under a file) warns, names --results-dir, and the sweep runs."""
+    (tmp_path / "file").write_text("x")
+    res = sweep(caches["split"], grid={"ridge": {"alpha": [1.0]}}, out=tmp_path / "o", results_dir=tmp_path / "file",
+                progress=False)
+    assert res.leaderboard["status"].tolist() == ["ok"] and "pass --results-dir DIR" in caplog.text
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    for name in ("sweep.json", "best.joblib.json"):
+        data = json.loads((tmp_path / "o" / name).read_text(), parse_constant=refuse)
+        assert data
+    meta = json.loads((tmp_path / "o" / "best.joblib.json").read_text())["metadata"]
+    assert meta["selection"]["val"]["log_loss"] is None
+
+
+def test_the_log_names_the_layer_choices_the_grid_runs_on(caches, tmp_path, caplog):
+    sweep(caches["two_layers"], grid=TINY, layer="layer3,layer4", results_dir=tmp_path / "r", progress=False)
+    line = next(r.getMessage() for r in caplog.records if "configurations on" in r.getMessage())
+    assert "layer choice(s) layer3 (256 features), layer4 (512 features)" in line
+
+
+def test_terminal_leaderboard_shows_swept_values_in_full():
+    import pandas as pd
+
+    from featcache.selection.leaderboard import format_leaderboard, swept_params
+
+    board = pd.DataFrame({"rank": [1, 2, 3], "classifier": ["finetune"] * 3,
+                          "params": ["train_blocks=all, lr=0.0001, head_lr=0.001",
+                                     "train_blocks=1, lr=0.0001, head_lr=0.003",
+                                     "train_blocks=0, lr=0.0001, head_lr=0.001"],
+                          "preprocess": ["none"] * 3, "layer": ["l"] * 3, "val_accuracy": [0.9, 0.8, 0.7],
+                          "val_log_loss": [0.3, 0.4, 0.5], "fit_s": [1.0, 1.0, 1.0], "note": [""] * 3})
+    assert swept_params(board) == ["train_blocks=all, head_lr=0.001", "train_blocks=1, head_lr=0.003",
+                                   "train_blocks=0, head_lr=0.001"]
+    text = format_leaderboard(board, limit=2)
+    assert "head_lr=0.003" in text and "lr=0.0001" not in text and "1 more rows in leaderboard.csv" in text

@@ -54,3 +54,29 @@ def test_partial_and_foreign_files(tmp_path):
     with h5py.File(tmp_path / "y.h5", "w") as f:
         f.attrs["format_version"] = 7
     assert "format_version is 7" in verify(tmp_path / "y.h5")[0]
+
+
+def test_any_flipped_feature_byte_is_found_by_the_checksums(split_folder, fast):
+    """Zeros written over one chunk of features on disk (as a bad sector would): verify names the rows and load
+    refuses the file, in one line, instead of returning wrong numbers."""
+    path = featcache.extract(split_folder, **fast)
+    with h5py.File(path, "r") as f:
+        d = f["features/layer4"]
+        assert d.fletcher32
+        info = d.id.get_chunk_info(0)
+        offset, rows = info.byte_offset, d.chunks[0]
+    with open(path, "r+b") as raw:
+        raw.seek(offset + 16)
+        raw.write(b"\0" * 64)
+    problems = verify(path, check_files=False)
+    assert len(problems) == 1 and f"features/layer4: damaged bytes (checksum mismatch) in rows 0-{rows - 1}" in \
+        problems[0]
+    try:
+        featcache.load(path)
+    except featcache.FeatcacheError as e:
+        assert "is damaged" in str(e) and "verify" in str(e)
+    else:
+        raise AssertionError("a damaged cache loaded")
+    r = subprocess.run([sys.executable, "-m", "featcache.verify", str(path), "--no-files"], capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and "checksum mismatch" in r.stdout

@@ -31,7 +31,7 @@ from .layout import (
     shard_rows,
 )
 
-__all__ = ["FeatureSet", "load", "read_meta", "is_hit", "incomplete_message"]
+__all__ = ["FeatureSet", "load", "read_meta", "is_hit", "incomplete_message", "used_stamp"]
 
 
 @dataclass
@@ -65,11 +65,36 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.y)
 
-    def subset(self, split: str) -> Tuple[np.ndarray, np.ndarray]:
-        """``(X, y)`` of one split (``train``, ``val`` or ``test``)."""
+    def rows(self, split: Optional[str] = None) -> np.ndarray:
+        """Row indices of one split (``train``, ``val`` or ``test``), or of every row."""
+        if split is None:
+            return np.arange(len(self))
         if self.split is None:
-            raise FeatcacheError(f"{self.path} has no splits")
-        rows = np.flatnonzero(self.split == split)
+            raise FeatcacheError(f"{self.path} has no splits (its images were not in train/, val/, test/ folders "
+                                 f"or a split column); use every row")
+        return np.flatnonzero(self.split == split)
+
+    def matrix(self, layer=None, split: Optional[str] = None) -> np.ndarray:
+        """Features as one float32 matrix: ``layer`` is a layer name, ``"a+b"`` or ``["a", "b"]`` (side by side,
+        in that order, as a sweep joins them; a sweep's ``res.best_layer``), default the layer of :attr:`X`;
+        the rows of ``split``, default all."""
+        names = layer.split("+") if isinstance(layer, str) else list(layer or self.layers[-1:])
+        missing = [n for n in names if n not in self.features]
+        if missing:
+            raise FeatcacheError(f"layer {missing[0]!r} is not in {self.path}; it has {', '.join(self.layers)}")
+        rows = self.rows(split)
+        return np.concatenate([np.asarray(self.features[n][rows] if split else self.features[n][:], dtype=np.float32)
+                               .reshape(len(rows), -1) for n in names], axis=1)
+
+    def labels(self, split: Optional[str] = None) -> np.ndarray:
+        """Class names of the rows of ``split`` (default all; ``""`` for unlabelled rows): what a fitted
+        model's ``predict`` returns, so ``(model.predict(X) == fs.labels("test")).mean()`` is an accuracy."""
+        names = np.asarray(list(self.classes) + [""], dtype=object)
+        return names[self.y[self.rows(split)]]
+
+    def subset(self, split: str) -> Tuple[np.ndarray, np.ndarray]:
+        """``(X, y)`` of one split: the features of :attr:`X` and class indices."""
+        rows = self.rows(split)
         return np.asarray(self.X[rows]), self.y[rows]
 
     def close(self) -> None:
@@ -98,6 +123,8 @@ def incomplete_message(partial: Path) -> str:
 def load(path, lazy: bool = False) -> FeatureSet:
     """Open a finished cache; a clear error for missing, partial or other-version files."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise FeatcacheError(_folder_message(path))
     if path.name.endswith(PARTIAL_SUFFIX):
         raise FeatcacheError(f"{path} is {incomplete_message(path)}")
     if not path.exists():
@@ -132,12 +159,31 @@ def load(path, lazy: bool = False) -> FeatureSet:
             views={k: (v if lazy else v[:]) for k, v in f[VIEWS].items()} if VIEWS in f else {},
             _file=f if lazy else None,
         )
+    except OSError as e:  # h5py could not read a dataset: damaged bytes (a checksum mismatch) or a cut file
+        f.close()
+        raise FeatcacheError(f"{path} is damaged ({str(e).splitlines()[0]}); python -m featcache verify {path} "
+                             f"says where; extract it again") from e
     except BaseException:
         f.close()
         raise
     if not lazy:
         f.close()
+    _mark_used(path)
     return fs
+
+
+def _folder_message(path: Path) -> str:
+    """What to do when a folder is given where a cache file is expected."""
+    from ..sources import is_image_file
+
+    if any(is_image_file(p) for p in path.rglob("*")):
+        return (f"{path} is an image folder, not a feature cache: run python -m featcache.extract --data {path} "
+                f"first; it prints the cache file's path")
+    caches = sorted(path.glob("*.h5"))
+    if caches:
+        return (f"{path} is a folder of caches; pass one cache file, e.g. {caches[0]} "
+                f"(python -m featcache.ls lists them)")
+    return f"{path} is a folder, not a feature cache (.h5 file written by featcache.extract)"
 
 
 def read_meta(path: Path) -> CacheMeta:
@@ -154,4 +200,22 @@ def is_hit(path: Path, fingerprint: str) -> bool:
         meta = read_meta(path)
     except (OSError, ValueError):
         return False
-    return meta.fingerprint == fingerprint and meta.complete and meta.format_version == FORMAT_VERSION
+    hit = meta.fingerprint == fingerprint and meta.complete and meta.format_version == FORMAT_VERSION
+    if hit:
+        _mark_used(path)
+    return hit
+
+
+def used_stamp(path: Path) -> Path:
+    """The file whose modification time is the cache's last use (a hit or a load), for ``prune --unused-days``.
+    Not the cache's own access time: listing or verifying a cache reads it too, and is no use of it."""
+    return Path(path).parent / ".used" / Path(path).name
+
+
+def _mark_used(path: Path) -> None:
+    stamp = used_stamp(path)
+    try:
+        stamp.parent.mkdir(exist_ok=True)
+        stamp.touch()
+    except OSError:
+        pass  # a read-only cache folder: its caches keep their last recorded use

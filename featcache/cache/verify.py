@@ -6,6 +6,7 @@ the input files on disk still matching what was extracted.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import List
 
@@ -24,11 +25,14 @@ from .layout import (
     PATHS,
     SOURCE,
     SPLIT,
+    VIEWS,
     CacheMeta,
 )
 from .read import incomplete_message
 
 __all__ = ["verify"]
+
+log = logging.getLogger("featcache")
 
 
 def verify(path: Path, check_files: bool = True) -> List[str]:
@@ -77,15 +81,36 @@ def verify(path: Path, check_files: bool = True) -> List[str]:
             d = f[FEATURES][layer]
             if d.shape[0] != n:
                 problems.append(f"features/{layer} has {d.shape[0]} rows, labels has {n}")
-            step = max(1, (d.chunks or (1024,))[0])
-            bad = sum(int((~np.isfinite(d[i:i + step].reshape(len(d[i:i + step]), -1))).any(axis=1).sum())
-                      for i in range(0, d.shape[0], step))
-            if bad:
-                problems.append(f"features/{layer}: {bad} row(s) hold NaN or Inf")
+            problems += _check_rows(d, f"{FEATURES}/{layer}")
+        for name in f.get(VIEWS, {}):
+            problems += _check_rows(f[VIEWS][name], f"{VIEWS}/{name}")
+        if any(not f[FEATURES][layer].fletcher32 for layer in layers if layer in f[FEATURES]):
+            log.warning("%s has no checksums (written by a featcache before they were added): damaged bytes cannot "
+                        "be found; extract it again to add them", path)
         if cache_key(meta.key) != meta.fingerprint:
             problems.append("fingerprint does not match the recorded key (the file was edited)")
         if check_files and meta.data_root:
             problems += _check_files(f, meta)
+    return problems
+
+
+def _check_rows(d: h5py.Dataset, name: str) -> List[str]:
+    """Read every chunk of a row dataset: HDF5 checks each chunk's Fletcher-32 checksum on the way (a damaged
+    chunk fails to read); rows holding NaN or Inf are counted."""
+    step = max(1, (d.chunks or (1024,))[0])
+    bad, damaged = 0, []
+    for i in range(0, d.shape[0], step):
+        try:
+            block = d[i:i + step]
+        except OSError:  # h5py: "Can't read data (filter returned failure during read)": a checksum mismatch
+            damaged.append(f"{i}-{min(i + step, d.shape[0]) - 1}")
+            continue
+        bad += int((~np.isfinite(block.reshape(len(block), -1))).any(axis=1).sum())
+    problems = [f"{name}: {bad} row(s) hold NaN or Inf"] if bad else []
+    if damaged:
+        problems.append(f"{name}: damaged bytes (checksum mismatch) in rows {', '.join(damaged[:5])}"
+                        + (f" and {len(damaged) - 5} more blocks" if len(damaged) > 5 else "")
+                        + "; extract the cache again")
     return problems
 
 

@@ -129,6 +129,7 @@ class CacheWriter:
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
             dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
             dcpl.set_chunk((self.chunk_rows,) + tuple(shape))
+            dcpl.set_fletcher32()  # a checksum per chunk, checked on every read: verify finds any flipped byte
             space = h5py.h5s.create_simple((self.n,) + tuple(shape))
             group, layer = name.split("/", 1)
             grp = f.require_group(group)
@@ -238,7 +239,7 @@ def publish(path: Path, partials: List[Tuple[Path, Optional[Tuple[int, int]]]], 
             for name in _row_datasets(first):
                 src0 = first[name]
                 step = src0.chunks[0]
-                dst = out.create_dataset(name, shape=(len(keep),) + src0.shape[1:],
+                dst = out.create_dataset(name, shape=(len(keep),) + src0.shape[1:], fletcher32=True,
                                          dtype=src0.dtype, chunks=(min(len(keep), step),) + src0.shape[1:])
                 for f, shard in files:
                     rows = shard_rows(n, shard)
@@ -247,7 +248,7 @@ def publish(path: Path, partials: List[Tuple[Path, Optional[Tuple[int, int]]]], 
                         _copy_rows(f[name], dst, mine, step, dst_rows=np.searchsorted(keep, mine))
             src = first[SOURCE]
             out.create_dataset(PATHS, data=all_paths[keep].astype(object), dtype=h5py.string_dtype())
-            out.create_dataset(LABELS, data=src[LABELS][:][keep])
+            out.create_dataset(LABELS, data=src[LABELS][:][keep], fletcher32=True)
             if SPLIT in src:
                 out.create_dataset(SPLIT, data=src[SPLIT].asstr()[:][keep].astype(object),
                                    dtype=h5py.string_dtype())

@@ -9,22 +9,32 @@ Modules here import the library on use, inside each command's ``_main``, so ``--
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import os
 import sys
 from typing import Optional
 
 from ..errors import ConflictError, FeatcacheError, ParameterError
 
-__all__ = ["Parser", "run_cli", "setup_logging", "config_from_args", "flag_of", "add_run_flags"]
+__all__ = ["CACHE_DIR_HELP", "Parser", "run_cli", "setup_logging", "config_from_args", "flag_of", "add_run_flags"]
 
 log = logging.getLogger("featcache")
+
+CACHE_DIR_HELP = "where caches live (default: $FEATCACHE_DIR, else $XDG_CACHE_HOME/featcache, else ~/.cache/featcache)"
 
 
 class Parser(argparse.ArgumentParser):
     """argparse with featcache's error style: one line on stderr, exit status 2."""
 
     def error(self, message):
-        self.exit(2, f"featcache: error: {message} (see {self.prog} --help)\n")
+        hint = ""
+        if message.startswith("unrecognized arguments: "):
+            flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            typed = [w.split("=")[0] for w in message.split(": ", 1)[1].split() if w.startswith("-")]
+            close = [c for w in typed for c in difflib.get_close_matches(w, flags, n=1, cutoff=0.6)]
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+        self.exit(2, f"featcache: error: {message}{hint} (see {self.prog} --help)\n")
 
 
 def add_run_flags(p: argparse.ArgumentParser, quiet: Optional[str] = None) -> None:
@@ -79,6 +89,9 @@ def run_cli(main_fn, argv=None, parser: Optional[argparse.ArgumentParser] = None
             raise
         print(f"featcache: error: {_for_cli(e, parser)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader stopped early (predict ... | head): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
     except KeyboardInterrupt:
         print("featcache: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

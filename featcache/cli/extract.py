@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from ..config import AUGMENTATIONS, DEFAULT_MODEL, DTYPES, POOLS, PRECISIONS, ExtractConfig
 from ..errors import FeatcacheError
-from . import Parser, add_run_flags, config_from_args, run_cli
+from . import CACHE_DIR_HELP, Parser, add_run_flags, config_from_args, run_cli
 
 __all__ = ["add_extract_arguments", "build_parser", "main", "extract_config"]
 
@@ -72,7 +72,7 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"how --views are made, comma-separated: {', '.join(AUGMENTATIONS)} "
                         f"(random resized crop, horizontal flip, colour jitter) (default: flip,crop)")
     p.add_argument("--cache-dir", type=Path,
-                   help="where caches live (default: $FEATCACHE_DIR, else ~/.cache/featcache)")
+                   help=CACHE_DIR_HELP)
 
 
 def build_parser() -> Parser:

@@ -76,6 +76,11 @@ def build_parser() -> Parser:
     p.add_argument("--precision", default="auto", choices=TRAIN_PRECISIONS,
                    help="compute precision of training (weights and optimiser stay float32; predictions are fp32); "
                         "auto = bf16 where the device runs it fast (default: auto)")
+    p.add_argument("--top", type=int, default=20, metavar="N",
+                   help="leaderboard rows to print (every row is in OUT/leaderboard.csv) (default: 20)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's outputs in --out (its leaderboard, model, summary and plots); "
+                        "without it an --out holding a run is refused before any fit")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     add_run_flags(p, quiet=", and the output folder")
     return p
@@ -89,10 +94,11 @@ def _main(args: argparse.Namespace) -> int:
     cfg = config_from_args(FinetuneConfig, args, out=out, progress=not (args.no_progress or args.quiet))
     result = run(cfg)
     if not args.quiet:
-        print(format_leaderboard(result.leaderboard))
+        print(format_leaderboard(result.leaderboard, args.top, cfg.metric))
         test = f"; test {cfg.metric} {result.test_scores[cfg.metric]:.4f}" if result.test_scores else ""
         val = result.leaderboard[f"val_{cfg.metric}"].iloc[0]
-        print(f"best: {result.best_params}: val {cfg.metric} {val:.4f}{test}")
+        params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
+        print(f"best: {params}: val {cfg.metric} {val:.4f}{test}")
     print(result.out)
     return 0
 

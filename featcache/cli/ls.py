@@ -11,17 +11,18 @@ from typing import Optional, Sequence
 
 from ..cache import list_caches
 from ..config import default_cache_dir
-from . import Parser, add_run_flags, run_cli
+from . import CACHE_DIR_HELP, Parser, add_run_flags, run_cli
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "format_table"]
 
 
 def build_parser() -> Parser:
     p = Parser(prog="python -m featcache.ls",
-               description="List feature caches: dataset, model, layers, rows (N), feature size (D), file size and "
-                           "creation date.")
+               description="List feature caches: what tells them apart (dataset, model, weights: RANDOM for "
+                           "--weights none, layers, pool, dtype, views), rows (N), feature size (D), file size, "
+                           "creation date and last use. Remove caches with featcache rm or featcache prune.")
     p.add_argument("--cache-dir", type=Path,
-                   help="default: $FEATCACHE_DIR, else $XDG_CACHE_HOME/featcache, else ~/.cache/featcache")
+                   help=CACHE_DIR_HELP)
     p.add_argument("--json", action="store_true", help="one JSON record per line instead of a table")
     add_run_flags(p)
     return p
@@ -36,13 +37,23 @@ def _main(args) -> int:
     if not records:
         print("no caches", file=sys.stderr)
         return 0
-    cols = ["dataset", "model", "layers", "rows", "dims", "size_mb", "created", "status", "path"]
+    print(format_table(records, LS_COLUMNS))
+    if any(r.get("weights") == "RANDOM" for r in records):
+        print("RANDOM: extracted with --weights none (random init): fine for tests, meaningless as features",
+              file=sys.stderr)
+    return 0
+
+
+LS_COLUMNS = ["dataset", "model", "weights", "layers", "pool", "dtype", "views", "rows", "dims", "size_mb",
+              "created", "last_used", "status", "path"]
+
+
+def format_table(records, cols) -> str:
+    """Records as left-aligned columns (a column only when some record has it)."""
+    cols = [c for c in cols if any(c in r for r in records)]
     table = [[str(r.get(c, "")) for c in cols] for r in records]
     widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    for row in table:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
-    return 0
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in [cols] + table)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import FeatcacheError
-from . import Parser, add_run_flags, run_cli
+from . import CACHE_DIR_HELP, Parser, add_run_flags, run_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -39,7 +39,7 @@ def build_parser() -> Parser:
     p.add_argument("--info", action="store_true",
                    help="print the model's metadata (from its sidecar, nothing unpickled) and exit")
     p.add_argument("--cache-dir", type=Path,
-                   help="where feature caches live (default: $FEATCACHE_DIR, else ~/.cache/featcache)")
+                   help=CACHE_DIR_HELP)
     p.add_argument("--device", default="auto", help="for extraction: auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     p.add_argument("--num-workers", type=int, help="decode processes (default: chosen from the CPU count)")
@@ -62,8 +62,12 @@ def _main(args: argparse.Namespace) -> int:
                  progress=not (args.no_progress or args.quiet))
     if args.out is None:
         df.to_csv(sys.stdout, index=False)
-    if "accuracy" in df.attrs and not args.quiet:
-        print(f"accuracy: {df.attrs['accuracy']:.4f}", file=sys.stderr if args.out is None else sys.stdout)
+    if "accuracy" in df.attrs and not args.quiet:  # one line per split: never one number over seen and unseen rows
+        for group, value in df.attrs["accuracy"].items():
+            print(f"accuracy on {group}: {value:.4f}", file=sys.stderr if args.out is None else sys.stdout)
+        if "trained_on" in df and df["trained_on"].any():
+            print(f"{int(df['trained_on'].sum())} image(s) trained the model (trained_on column): their accuracy is "
+                  f"not a held-out score", file=sys.stderr if args.out is None else sys.stdout)
     return 0
 
 

@@ -94,6 +94,11 @@ def build_parser() -> Parser:
                    help="where per-configuration results are stored (default: sweep-results/ next to the cache)")
     p.add_argument("--no-reuse", dest="reuse", action="store_false",
                    help="neither read nor write stored results: fit everything")
+    p.add_argument("--top", type=int, default=20, metavar="N",
+                   help="leaderboard rows to print (every row is in OUT/leaderboard.csv) (default: 20)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's outputs in --out (its leaderboard, model, summary and plots); "
+                        "without it an --out holding a run is refused before any fit")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     p.add_argument("--print-grid", action="store_true", help="print the default grid (TOML) and exit")
     p.add_argument("--list-classifiers", action="store_true",
@@ -118,7 +123,7 @@ def _main(args: argparse.Namespace) -> int:
     cfg = config_from_args(SweepConfig, args, out=out, progress=not (args.no_progress or args.quiet))
     result = run(cfg)
     if not args.quiet:
-        print(format_leaderboard(result.leaderboard))
+        print(format_leaderboard(result.leaderboard, args.top, cfg.metric))
         best = result.leaderboard.iloc[0]
         test = f"; test {cfg.metric} {result.test_scores[cfg.metric]:.4f}" if result.test_scores else ""
         print(f"best: {result.best_config.label()}: val {cfg.metric} {best[f'val_{cfg.metric}']:.4f}{test}")

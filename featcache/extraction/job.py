@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import models
 from .._util import human_size, library_versions, now_iso
-from ..cache import CacheMeta, CacheWriter, find_reusable, is_hit, lock_path, partial_path, publish
+from ..cache import CacheMeta, CacheWriter, find_reusable, is_hit, load, lock_path, partial_path, publish
 from ..cache.layout import feature_path, views_path
 from ..config import ExtractConfig
 from ..errors import FeatcacheError
@@ -49,6 +49,8 @@ def extract(data=None, *, config: Optional[ExtractConfig] = None, **settings) ->
     if plan.shard and plan.shard[0] != 0:  # one log and one progress bar: rank 0's
         log.setLevel(logging.WARNING)
         cfg = cfg.replace(progress=False)
+    if is_hit(plan.path, plan.fingerprint):  # a hit takes no lock, so a read-only shared cache folder works
+        return _hit(cfg, plan)
     lock_file = lock_path(plan.path)
     if plan.shard and plan.shard[0]:
         lock_file = lock_file.with_name(lock_file.name + f".rank{plan.shard[0]}")
@@ -63,15 +65,32 @@ def extract(data=None, *, config: Optional[ExtractConfig] = None, **settings) ->
         raise FeatcacheError(f"cannot write to the cache directory {plan.path.parent}: {e.strerror}; "
                              f"pass --cache-dir or set FEATCACHE_DIR to a writable folder") from e
     try:
-        if is_hit(plan.path, plan.fingerprint):
-            log.info("cache hit: %s (no forward pass)", plan.path)
-            return plan.path
+        if is_hit(plan.path, plan.fingerprint):  # another process finished it while this one waited
+            return _hit(cfg, plan)
         if cfg.strict:
             _refuse_bad_files(cfg.replace(batch_size=CPU_BATCH_SIZE) if cfg.batch_size == "auto" else cfg, plan)
         _extract_into(cfg, plan)
     finally:
         lock.release()
     return plan.path
+
+
+def _hit(cfg: ExtractConfig, plan: Plan) -> Path:
+    """A finished cache for these settings: no forward pass. ``--strict`` holds here too: a cache that skipped
+    files is refused, naming them, as a fresh extraction of the same files would be."""
+    log.info("cache hit: %s (no forward pass)", plan.path)
+    if cfg.strict:
+        with load(plan.path, lazy=True) as fs:
+            _refuse(fs.failed, "skipped when this cache was extracted")
+    return plan.path
+
+
+def _refuse(bad, why: str) -> None:
+    """``--strict``: one error naming the files that cannot be decoded (the first ten)."""
+    if bad:
+        listing = "; ".join(f"{p} ({r})" for p, r in bad[:10])
+        listing += f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise FeatcacheError(f"--strict: {len(bad)} file(s) cannot be decoded ({why}): {listing}")
 
 
 def _refuse_bad_files(cfg: ExtractConfig, plan: Plan) -> None:
@@ -84,14 +103,15 @@ def _refuse_bad_files(cfg: ExtractConfig, plan: Plan) -> None:
     for _, reasons, _ in tqdm(loader, desc="check", unit="batch", disable=not cfg.progress, file=sys.stderr):
         bad += [(plan.source.paths[i + k], r) for k, r in enumerate(reasons) if r]
         i += len(reasons)
-    if bad:
-        listing = "; ".join(f"{p} ({r})" for p, r in bad[:10])
-        listing += f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise FeatcacheError(f"--strict: {len(bad)} file(s) cannot be decoded: {listing}")
+    _refuse(bad, "nothing was extracted")
 
 
 def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:
     source, backbone, path = plan.source, plan.backbone, plan.path
+    labelled = sorted(set(source.labels[source.labels >= 0].tolist()))
+    if len(labelled) == 1:
+        log.warning("every labelled image is of one class (%s): fine for features, but a classifier (sweep, finetune) "
+                    "needs at least 2 classes", source.class_names[labelled[0]])
     fx = models.FeatureExtractor(backbone, plan.layers, cfg.pool).to(plan.device)
     shapes = probe_shapes(fx, plan.device, plan.precision, backbone.preprocess.crop_size)
     if cfg.batch_size == "auto":
@@ -121,8 +141,9 @@ def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:
                              shard=plan.shard)
         if reuse is not None:
             log.info("reusing %d rows of %s (unchanged files, same settings)", len(reuse.rows), reuse.path.name)
-        if writer.rows_done:
-            log.info("resuming: %d rows already done", writer.rows_done + writer.reused)
+        resumed = writer.rows_done
+        if resumed:
+            log.info("resuming: %d rows already done", resumed + writer.reused)
         try:
             timings = run_batches(cfg, plan, fx, writer)
             created = CacheMeta(created=now_iso(), timings=timings).to_attrs(only=("created", "timings"))
@@ -144,11 +165,15 @@ def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:
                 f"the rows already written are kept") from e
         raise
     rate = timings["rows"] / max(timings["total_s"], 1e-9)
-    log.info("done: %d images (%d skipped, %d reused), D=%s, %.1f s, %.1f img/s, %s -> %s", n_rows,
-             len(failed), writer.reused, "+".join(str(int(np.prod(s))) for s in shapes.values()),
-             timings["total_s"], rate, human_size(path.stat().st_size), path)
+    dims = "+".join(str(int(np.prod(s))) for s in shapes.values())
+    log.info("done: %d images (%d skipped, %d reused from another cache, %d resumed from an interrupted run), "
+             "D=%s, %.1f s for %d new, %.1f img/s, %s -> %s", n_rows, len(failed), writer.reused, resumed, dims,
+             timings["total_s"], timings["rows"], rate, human_size(path.stat().st_size), path)
     log.info("time went to: waiting for decoded images %.1f s, model %.1f s, writing %.1f s (in a thread)",
              timings["data_wait_s"], timings["compute_s"], timings["write_s"])
+    if models.is_random(backbone):
+        log.warning("these features come from random weights (--weights none): fine for testing, but no classifier "
+                    "will learn much from them; use --weights DEFAULT or a checkpoint for real work")
     if failed:
         log.warning("%d file(s) could not be decoded and were skipped, e.g. %s (%s); see failed/paths and "
                     "failed/reasons in the cache", len(failed), failed[0][0], failed[0][1])

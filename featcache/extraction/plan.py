@@ -139,7 +139,8 @@ def config_record(cfg: ExtractConfig, plan: Plan) -> dict:
 def list_layers(cfg: ExtractConfig) -> List[dict]:
     """Every graph node of the model with its output shape and pooled size (one dummy batch)."""
     cfg.validate()
-    backbone = models.load_backbone(cfg)
+    # The graph and its shapes do not depend on the weights: list them without loading (or downloading) any.
+    backbone = models.load_backbone(cfg.replace(weights="none"))
     rows = models.layer_table(backbone, cfg.pool)
     try:
         stages = models.stage_outputs(backbone)

@@ -7,6 +7,7 @@ whose deepest is the pooled penultimate features a linear probe uses. Imports to
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ from ..errors import FeatcacheError
 from ._fx import trace
 from .load import Backbone, classifier_name
 
-__all__ = ["graph_node_names", "default_layer", "default_layers", "check_layers", "Stage", "stage_outputs",
-           "resolve_layers", "PRESET_HELP"]
+log = logging.getLogger("featcache")
+
+__all__ = ["canonical_layer", "graph_node_names", "default_layer", "default_layers", "check_layers", "Stage",
+           "stage_outputs", "resolve_layers", "PRESET_HELP"]
 
 
 def graph_node_names(module: nn.Module) -> List[str]:
@@ -211,6 +214,16 @@ def _module_alias(node: str, nodes: Sequence[str], module: nn.Module) -> str:
     return node
 
 
+def canonical_layer(layer: str, nodes: Sequence[str], module: nn.Module) -> str:
+    """The one name of the tensor ``layer`` stands for: the shortest module name whose last node it is, else the
+    node. ``_blocks.10`` and ``_blocks.10.add`` (the last node of block 10) are one tensor, so one cache key."""
+    node = layer if layer in nodes else [n for n in nodes if n.startswith(layer + ".")][-1]
+    name = _module_alias(node, nodes, module)
+    if name != layer:
+        log.info("layer %s is the output of %s: stored as %s", layer, name, name)
+    return name
+
+
 def resolve_layers(layers: Sequence[str], backbone: Backbone, nodes: Sequence[str]) -> List[str]:
     """Expand presets (``last2``, ``stages``) into layer names and check every name; order kept, no repeats.
 
@@ -227,7 +240,7 @@ def resolve_layers(layers: Sequence[str], backbone: Backbone, nodes: Sequence[st
                                  f"presets: {PRESET_HELP}")
         if match is None:
             check_layers([layer], nodes)
-            out.append(layer)
+            out.append(canonical_layer(layer, nodes, backbone.module))
             continue
         stages = stage_outputs(backbone)
         listing = ", ".join(s.name for s in stages) or "none"

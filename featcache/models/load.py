@@ -24,7 +24,7 @@ from ..config import ExtractConfig
 from ..errors import FeatcacheError
 
 __all__ = ["Preprocess", "Backbone", "load_backbone", "read_checkpoint", "load_checkpoint", "state_dict_sha256",
-           "classifier_name", "BUILTIN_MODELS", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "classifier_name", "canonical_weights", "is_random", "BUILTIN_MODELS", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,7 +62,7 @@ class Backbone:
 
 def load_backbone(cfg: ExtractConfig) -> Backbone:
     """Build ``cfg.model`` with ``cfg.weights``, in eval mode, on the CPU."""
-    model, weights = cfg.model, str(cfg.weights)
+    model, weights = cfg.model, canonical_weights(cfg.weights)
     if isinstance(model, nn.Module):
         bb = Backbone(type(model).__qualname__, model, Preprocess(), "given module")
         if weights not in ("DEFAULT", "none"):
@@ -82,6 +82,17 @@ def load_backbone(cfg: ExtractConfig) -> Backbone:
     bb.preprocess = bb.preprocess.with_overrides(cfg)
     bb.weights_sha256 = state_dict_sha256(bb.module)
     return bb
+
+
+def canonical_weights(weights) -> str:
+    """``DEFAULT`` and ``none`` in any case (``default``, ``None``); anything else is a checkpoint path."""
+    text = str(weights)
+    return {"default": "DEFAULT", "none": "none"}.get(text.lower(), text)
+
+
+def is_random(backbone: "Backbone") -> bool:
+    """Whether the backbone's weights are a random init (``--weights none``): its features are not pretrained."""
+    return backbone.weights.startswith("none")
 
 
 @contextlib.contextmanager

@@ -4,13 +4,14 @@ Stage: selection. Imports pandas (on use) and ``learn.metrics``.
 """
 from __future__ import annotations
 
+import re
 from typing import Dict
 
 import numpy as np
 
 from ..learn import metrics
 
-__all__ = ["leaderboard", "format_leaderboard", "best_per_layer", "by_layer_text"]
+__all__ = ["leaderboard", "format_leaderboard", "swept_params", "best_per_layer", "by_layer_text"]
 
 
 def leaderboard(configs, records, cached, keys, metric: str, layers: str = ""):
@@ -52,15 +53,34 @@ def by_layer_text(board, metric: str = "accuracy") -> str:
     return ", ".join(f"{layer} {score:.4f}" for layer, score in best_per_layer(board, metric).items())
 
 
-def format_leaderboard(board, limit: int = 25) -> str:
-    """The leaderboard as a fixed-width table (the first ``limit`` rows)."""
+def swept_params(board) -> list:
+    """Each row's ``params`` with only the hyperparameters its classifier's rows vary (the grid's fixed values
+    are the same on every row: they live in leaderboard.csv and the grid, not in a terminal table)."""
+    parsed = [dict(re.split(r"=", kv, maxsplit=1) for kv in re.split(r", (?=\w+=)", text) if "=" in kv)
+              for text in board["params"].fillna("")]
+    varying = {}
+    for clf in set(board["classifier"]):
+        rows = [p for p, c in zip(parsed, board["classifier"]) if c == clf]
+        keys = {k for p in rows for k in p}
+        varying[clf] = [k for k in dict.fromkeys(k for p in rows for k in p) if k in keys
+                        and len({p.get(k) for p in rows}) > 1]
+    return [", ".join(f"{k}={p[k]}" for k in varying[c] if k in p) or "-" for p, c in zip(parsed, board["classifier"])]
+
+
+def format_leaderboard(board, limit: int = 20, metric: str = "accuracy") -> str:
+    """The leaderboard as a table that fits a terminal: the first ``limit`` rows, the swept values only, the
+    selection metric (and log-loss, the tie-break) on validation and test; every value of every configuration,
+    and every metric, is in leaderboard.csv."""
     several = "layer" in board and board["layer"].nunique() > 1  # the layer column only when it varies
-    cols = [c for c in ["rank", "classifier", "params", "preprocess", "layer" if several else "", "val_accuracy",
-                        "val_balanced_accuracy", "val_f1_macro", "val_log_loss", "test_accuracy", "fit_s", "note"]
-            if c in board]
-    shown = board[cols].head(limit).copy()
-    shown["params"] = shown["params"].str.slice(0, 40)
+    wanted = ["rank", "classifier", "params", "preprocess", "layer" if several else "", f"val_{metric}",
+              "val_log_loss", f"test_{metric}", "fit_s", "note"]
+    cols = [c for c in dict.fromkeys(wanted) if c in board]
+    shown = board[cols].copy()
+    shown["params"] = swept_params(board)
+    shown = shown.head(limit)
+    if shown["preprocess"].nunique() == 1 and shown["preprocess"].iloc[0] == "none":
+        shown = shown.drop(columns="preprocess")
     text = shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
     if len(board) > limit:
-        text += f"\n... {len(board) - limit} more rows in leaderboard.csv"
+        text += f"\n... {len(board) - limit} more rows in leaderboard.csv (--top N shows more)"
     return text

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List
 
-from .._util import atomic_path, file_sha256
+from .._util import atomic_path, file_sha256, json_text
 from ..errors import FeatcacheError
 
 __all__ = ["save_model", "load_model", "read_metadata", "SavedModel", "sidecar_path", "MARKER", "MODEL_FORMAT"]
@@ -40,7 +40,7 @@ def save_model(path, pipeline, metadata: dict) -> Path:
         side = {"marker": MARKER, "format": MODEL_FORMAT, "file": path.name, "sha256": file_sha256(tmp),
                 "size": tmp.stat().st_size, "metadata": metadata}
     with atomic_path(sidecar_path(path)) as tmp:
-        tmp.write_text(json.dumps(side, indent=1, default=str), encoding="utf-8")
+        tmp.write_text(json_text(side, indent=1), encoding="utf-8")
     return path
 
 
@@ -48,6 +48,13 @@ def read_metadata(path) -> dict:
     """The sidecar of a featcache model file, checked against the file's bytes (nothing is unpickled)."""
     path = Path(path).expanduser()
     side = sidecar_path(path)
+    if path.is_dir():
+        inside = path / "best.joblib"
+        raise FeatcacheError(f"{path} is a run folder, not a model file; pass {inside}" if inside.is_file() else
+                             f"{path} is a folder, not a model file (best.joblib, written by sweep or finetune)")
+    if path.suffix == ".h5":
+        raise FeatcacheError(f"{path} is a feature cache, not a model file: fit a model on it first "
+                             f"(python -m featcache.sweep {path} --out runs/x) and pass runs/x/best.joblib")
     if not path.is_file():
         raise FeatcacheError(f"no model file at {path}")
     if not side.is_file():

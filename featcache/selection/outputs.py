@@ -5,20 +5,54 @@ Stage: selection (outputs). Imports ``modelfile``, ``plots`` (matplotlib) and ``
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .._util import atomic_write_text, now_iso
+from .._util import atomic_write_text, json_text, now_iso
 from ..cache.layout import CacheMeta, feature_identity
+from ..errors import FeatcacheError
 from ..learn import metrics
 from .modelfile import save_model
 from .store import result_versions
 
-__all__ = ["model_metadata", "write_outputs", "settings_record"]
+__all__ = ["model_metadata", "write_outputs", "settings_record", "prepare_out", "RUN_FILES"]
+
+
+# What a run writes into --out: an earlier run's are refused, or removed with --overwrite; other files stay.
+RUN_FILES = ("leaderboard.csv", "best.joblib", "best.joblib.json", "sweep.json", "finetune.json")
+
+
+def prepare_out(out: Path, overwrite: bool) -> Path:
+    """Check ``out`` before any work: a writable folder, holding no earlier run unless ``overwrite`` (which then
+    removes that run's files: its leaderboard, model, summary and plots, and nothing else)."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise FeatcacheError(f"--out {out} is a file; pass a folder for the run's outputs")
+    earlier = [name for name in RUN_FILES if (out / name).exists()]
+    if earlier and not overwrite:
+        raise FeatcacheError(f"--out {out} holds an earlier run ({', '.join(earlier)}); pass --overwrite to replace "
+                             f"it, or another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".featcache-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise FeatcacheError(f"cannot write to --out {out}: {e.strerror or e}; pass a writable folder") from e
+    for name in earlier:
+        (out / name).unlink()
+    plots = out / "plots"
+    if earlier and plots.is_dir():
+        for png in plots.glob("*.png"):
+            png.unlink()
+        with contextlib.suppress(OSError):
+            plots.rmdir()  # only when nothing else is in it
+    return out
 
 
 def _num(v) -> Optional[float]:
@@ -78,5 +112,5 @@ def write_outputs(out: Path, board, model: Any, metadata: dict, summary: dict, s
             path = out / "plots" / "confusion_matrix.png"
             plotting.confusion_plot(y_true, np.asarray(y_pred), list(classes), title, path)
             files.append(path)
-    files.append(atomic_write_text(out / summary_name, json.dumps(summary, indent=2, default=str)))
+    files.append(atomic_write_text(out / summary_name, json_text(summary, indent=2)))
     return files

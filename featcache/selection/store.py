@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +16,8 @@ from .._util import atomic_write_text, library_versions
 from .grids import Config
 
 __all__ = ["RESULT_FORMAT", "ResultStore", "result_key", "config_key", "result_versions"]
+
+log = logging.getLogger("featcache")
 
 RESULT_FORMAT = 1
 
@@ -41,6 +45,20 @@ class ResultStore:
 
     def __init__(self, root: Optional[Path], fingerprint: str):
         self.dir = Path(root) / fingerprint[:16] if root is not None else None
+        self.writable = self.dir is not None and self._can_write()
+
+    def _can_write(self) -> bool:
+        """Whether records can be kept here; a read-only store (a shared cache folder) is still read."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+            return True
+        except OSError as e:
+            log.warning("cannot write the result store %s (%s): this sweep's fits will not be kept for the next "
+                        "run; pass --results-dir DIR (results_dir=) to keep them elsewhere", self.dir, e.strerror or e)
+            return False
 
     def get(self, key: str) -> Optional[dict]:
         if self.dir is None:
@@ -52,10 +70,10 @@ class ResultStore:
         return record if record.get("key") == key and record.get("format") == RESULT_FORMAT else None
 
     def put(self, key: str, record: dict) -> None:
-        if self.dir is None:
+        if not self.writable:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.dir / f"{key[:32]}.json", json.dumps({**record, "key": key, "format": RESULT_FORMAT}))
 
     def model_path(self, key: str) -> Optional[Path]:
-        return self.dir / f"{key[:32]}.joblib" if self.dir is not None else None
+        """Where a refitted model is kept (None when nothing can be kept)."""
+        return self.dir / f"{key[:32]}.joblib" if self.writable else None

@@ -1,0 +1,34 @@
+"""``featcache rm CACHE...``: delete caches (and their default sweep result stores).
+
+Stage: commands. Imports ``cache`` (h5py) only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..cache.catalog import describe_freed, remove_caches
+from . import Parser, add_run_flags, run_cli
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="featcache rm",
+               description="Delete feature cache files (finished ones, as featcache ls lists them) with the result "
+                           "store of their sweeps (sweep-results/<fingerprint> beside them). Run folders (--out of "
+                           "sweep/finetune) are yours and are never touched.")
+    p.add_argument("caches", nargs="+", type=Path, help="cache files (.h5) to delete")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    add_run_flags(p)
+    return p
+
+
+def _main(args) -> int:
+    freed = remove_caches(args.caches, dry_run=args.dry_run)
+    print(describe_freed(len(args.caches), freed, args.dry_run))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli(_main, argv, build_parser())

@@ -17,7 +17,8 @@ from typing import Optional
 
 from ..errors import ConflictError, FeatcacheError, ParameterError
 
-__all__ = ["CACHE_DIR_HELP", "Parser", "run_cli", "setup_logging", "config_from_args", "flag_of", "add_run_flags"]
+__all__ = ["CACHE_DIR_HELP", "Parser", "run_cli", "setup_logging", "config_from_args", "flag_of", "add_run_flags",
+           "add_output_flags"]
 
 log = logging.getLogger("featcache")
 
@@ -44,6 +45,16 @@ def add_run_flags(p: argparse.ArgumentParser, quiet: Optional[str] = None) -> No
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.add_argument("-q", "--quiet", action="store_true", help=f"only errors{quiet}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def add_output_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of the commands that write a run folder (sweep, finetune): --top, --overwrite, --no-plots."""
+    p.add_argument("--top", type=int, default=20, metavar="N",
+                   help="leaderboard rows to print (every row is in OUT/leaderboard.csv) (default: 20)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's outputs in --out (its leaderboard, model, summary and plots); "
+                        "without it an --out holding a run is refused before any fit")
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
 
 
 def config_from_args(config_class, args: argparse.Namespace, **changes):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..config import METRICS, TRAIN_PRECISIONS, FinetuneConfig
-from . import Parser, add_run_flags, config_from_args, run_cli
+from . import Parser, add_output_flags, add_run_flags, config_from_args, run_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -76,12 +76,7 @@ def build_parser() -> Parser:
     p.add_argument("--precision", default="auto", choices=TRAIN_PRECISIONS,
                    help="compute precision of training (weights and optimiser stay float32; predictions are fp32); "
                         "auto = bf16 where the device runs it fast (default: auto)")
-    p.add_argument("--top", type=int, default=20, metavar="N",
-                   help="leaderboard rows to print (every row is in OUT/leaderboard.csv) (default: 20)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier run's outputs in --out (its leaderboard, model, summary and plots); "
-                        "without it an --out holding a run is refused before any fit")
-    p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    add_output_flags(p)
     add_run_flags(p, quiet=", and the output folder")
     return p
 

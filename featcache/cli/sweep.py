@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from ..config import BACKENDS, METRICS, SweepConfig
 from ..errors import FeatcacheError
 from ..selection import grids
-from . import Parser, add_run_flags, config_from_args, run_cli
+from . import Parser, add_output_flags, add_run_flags, config_from_args, run_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -94,12 +94,7 @@ def build_parser() -> Parser:
                    help="where per-configuration results are stored (default: sweep-results/ next to the cache)")
     p.add_argument("--no-reuse", dest="reuse", action="store_false",
                    help="neither read nor write stored results: fit everything")
-    p.add_argument("--top", type=int, default=20, metavar="N",
-                   help="leaderboard rows to print (every row is in OUT/leaderboard.csv) (default: 20)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier run's outputs in --out (its leaderboard, model, summary and plots); "
-                        "without it an --out holding a run is refused before any fit")
-    p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    add_output_flags(p)
     p.add_argument("--print-grid", action="store_true", help="print the default grid (TOML) and exit")
     p.add_argument("--list-classifiers", action="store_true",
                    help="list the classifiers and the hyperparameters a grid may set, and exit")

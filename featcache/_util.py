@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["human_size", "sha256_json", "file_sha256", "atomic_path", "atomic_write_text", "json_text", "now_iso",
-           "library_versions", "featcache_version", "make_callable"]
+           "library_versions", "featcache_version",
+           "package_versions", "make_callable"]
 
 
 def human_size(n: float) -> str:
@@ -110,6 +111,19 @@ def featcache_version() -> str:
         return metadata.version("featcache")
     except metadata.PackageNotFoundError:  # run from a source tree that was never installed
         return "0+unknown"
+
+
+def package_versions(*distributions: str) -> dict:
+    """``{distribution: version}`` from installed package metadata (``"not installed"`` when absent)."""
+    from importlib import metadata
+
+    out = {}
+    for name in distributions:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 def make_callable(module_name: str, function) -> None:

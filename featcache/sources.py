@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ import numpy as np
 from ._util import file_sha256
 from .decode import to_rgb_array
 from .errors import FeatcacheError
+
+log = logging.getLogger("featcache")
 
 __all__ = ["Source", "open_source", "from_folder", "from_csv", "from_dataset", "is_image_file", "IMAGE_EXTENSIONS",
            "SPLIT_NAMES", "UNLABELLED"]
@@ -78,24 +81,60 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _list_images(folder: Path) -> List[Path]:
-    """Images under ``folder`` (recursively), skipping hidden files and folders, sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(Path(dirpath) / f for f in filenames if is_image_file(Path(f)))
-    return sorted(found)
+class _Walk:
+    """Lists images under the folders of one dataset, following symbolic links but never into the same real
+    folder twice (a link cycle such as ``cat/loop -> ..`` adds nothing), never up to the dataset's root or an
+    ancestor of it, and never into another split or class folder; a file reached by two paths is one row."""
+
+    def __init__(self, root: Path, fences: List[Path]):
+        self.root = os.path.realpath(root)
+        self.fences = {os.path.realpath(p) for p in [root, *fences]}
+        self.visited: set = set()
+        self.files: dict = {}  # real path -> the first path it was found at
+
+    def _skip(self, real: str) -> bool:
+        ancestor = self.root == real or self.root.startswith(real.rstrip(os.sep) + os.sep)
+        return ancestor or real in self.fences or real in self.visited
+
+    def images(self, folder: Path) -> List[Path]:
+        """Images under ``folder`` (recursively), skipping hidden files and folders, sorted."""
+        found = []
+        self.visited.add(os.path.realpath(folder))
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            keep = []
+            for d in sorted(dirnames):
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if d.startswith("."):
+                    continue
+                if self._skip(real):
+                    log.info("not following %s: it leads to a folder already listed, the dataset's root or another "
+                             "class or split folder", os.path.join(dirpath, d))
+                    continue
+                self.visited.add(real)
+                keep.append(d)
+            dirnames[:] = keep
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                if not is_image_file(path):
+                    continue
+                real = os.path.realpath(path)
+                if real in self.files:
+                    log.info("%s is the same file as %s (a link): one row", path, self.files[real])
+                    continue
+                self.files[real] = path
+                found.append(path)
+        return sorted(found)
 
 
 def _visible_dirs(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _class_folders(root: Path, where: str) -> dict:
+def _class_folders(root: Path, where: str, walk: _Walk) -> dict:
     """``{class name: [image paths]}`` for the class subfolders of ``root``; empty classes are errors."""
     classes = {}
     for d in _visible_dirs(root):
-        images = _list_images(d)
+        images = walk.images(d)
         if not images:
             raise FeatcacheError(
                 f"class folder {d} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
@@ -113,13 +152,15 @@ def from_folder(root: Path) -> Source:
     """An ImageFolder-style tree, optionally split into train/val/test, or a flat unlabelled folder."""
     top = _visible_dirs(root)
     split_dirs = [d for d in top if d.name in SPLIT_NAMES]
+    structure = [*top, *(c for d in top if d.name in SPLIT_NAMES for c in _visible_dirs(d))]
+    walk = _Walk(root, structure)
     if split_dirs:
         others = [d.name for d in top if d.name not in SPLIT_NAMES]
         if others:
             raise FeatcacheError(
                 f"{root} mixes split folders ({', '.join(d.name for d in split_dirs)}) with other folders "
                 f"({', '.join(others)}); put every class folder inside train/, val/ or test/")
-        per_split = {d.name: _class_folders(d, str(d)) for d in split_dirs}
+        per_split = {d.name: _class_folders(d, str(d), walk) for d in split_dirs}
         for name, classes in per_split.items():
             if not classes:
                 raise FeatcacheError(f"split folder {root / name} has no class subfolders with images")
@@ -127,13 +168,14 @@ def from_folder(root: Path) -> Source:
         rows = [(p, class_names.index(c), s) for s, classes in per_split.items()
                 for c, images in classes.items() for p in images]
     else:
-        classes = _class_folders(root, str(root))
+        classes = _class_folders(root, str(root), walk)
         if classes:
             class_names = sorted(classes)
             rows = [(p, class_names.index(c), None) for c, images in classes.items() for p in images]
         else:
             class_names = []
-            rows = [(p, UNLABELLED, None) for p in _list_images(root)]
+            walk.fences.discard(walk.root)  # a flat folder: the root itself is listed
+            rows = [(p, UNLABELLED, None) for p in walk.images(root)]
     if not rows:
         raise FeatcacheError(
             f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, any case)")

@@ -146,7 +146,7 @@ def test_cache_key_format_is_unchanged():
     bb = Backbone("resnet18", None, Preprocess(224, 256), "none", "ab" * 32)
     pinned = {"torch": "2.0.0", "torchvision": "0.15.0"}
     parts = key_parts(src, manifest, bb, ["layer3", "layer4"], "avg", "bf16", "float32")
-    assert set(parts["versions"]) == set(pinned)
+    assert set(parts["versions"]) == {"torch", "torchvision", "pillow", "featcache_features"}
     assert cache_key({**parts, "versions": pinned}) == \
         "9e2f200f604537c968ca31601d66c2e30a1425acce866db73317e1d30e1b12df"
     parts = key_parts(src, manifest, bb, ["layer4"], "none", "fp32", "float16", decoder="torchvision.io", views=2,
@@ -182,3 +182,46 @@ def test_a_cache_written_with_the_old_attributes_is_still_read_and_hit(tmp_path)
     assert fs.classes == ["a", "b"] and fs.X.shape == (3, 4) and fs.meta.timings == {"total_s": 1.0}
     assert verify(path) == []
     assert is_hit(path, cache_key(key)) and not is_hit(path, "another")
+
+
+def test_featcache_feature_code_and_libraries_enter_the_key(monkeypatch):
+    """A bump of FEATURES_VERSION, another Pillow or another model package: another key (no stale reuse)."""
+    from featcache.cache import cache_key, key, key_parts
+    from featcache.models import Backbone, Preprocess
+
+    src = Source(name="toy", root=Path("/x"), paths=["a.png"], labels=np.array([0]), class_names=["a"])
+    manifest = {"size": [1], "mtime_ns": [1], "sha256": None}
+    bb = Backbone("m", None, Preprocess(), "none", "ab", code={"efficientnet-lite-pytorch": "0.1"})
+    base = cache_key(key_parts(src, manifest, bb, ["l"], "avg", "fp32", "float32"))
+    versions = key_parts(src, manifest, bb, ["l"], "avg", "fp32", "float32")["versions"]
+    assert versions["efficientnet-lite-pytorch"] == "0.1" and versions["featcache_features"] == key.FEATURES_VERSION
+    monkeypatch.setattr(key, "FEATURES_VERSION", key.FEATURES_VERSION + 1)
+    assert cache_key(key_parts(src, manifest, bb, ["l"], "avg", "fp32", "float32")) != base
+    monkeypatch.undo()
+    bb.code = {"efficientnet-lite-pytorch": "0.2"}
+    assert cache_key(key_parts(src, manifest, bb, ["l"], "avg", "fp32", "float32")) != base
+
+
+def test_content_hashes_not_dates_key_a_hash_content_cache(split_folder, fast):
+    """--hash-content: touching every file (same bytes; touch, rsync without -t, git checkout) is a hit; verify
+    agrees; changing one file's bytes is a miss, and explain names that file."""
+    import os
+    import time
+
+    from featcache.cache import verify
+    from featcache.config import ExtractConfig
+    from featcache.extraction import explain
+
+    settings = {**fast, "hash_content": True}
+    first = featcache.extract(split_folder, **settings)
+    later = time.time_ns() + 10**10
+    for f in split_folder.rglob("*.png"):
+        os.utime(f, ns=(later, later))
+    assert featcache.extract(split_folder, **settings) == first
+    assert verify(first) == []
+    assert explain(ExtractConfig(data=split_folder, **settings)) == [f"cache hit: {first}"]
+    victim = sorted(split_folder.rglob("*.png"))[0]
+    victim.write_bytes(victim.read_bytes() + b"\0")  # same image, other bytes
+    assert "changed (content): 1" in "\n".join(explain(ExtractConfig(data=split_folder, **settings)))
+    assert "1 file(s)" in verify(first)[0]
+    assert featcache.extract(split_folder, **settings) != first

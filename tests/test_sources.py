@@ -127,3 +127,27 @@ def test_torch_dataset_source():
     src = from_dataset(Tiny())
     assert src.class_names == ["zero", "one"] and src.labels.tolist() == [0, 1, 0, 1]
     assert len(src.manifest()["content_sha256"]) == 64
+
+
+def test_symlink_cycles_and_twice_reached_files_add_no_rows(tmp_path, make_image, caplog):
+    """``cat/loop -> ..`` (a cycle up to the dataset's root), a link to another class folder, a second link to an
+    outside folder and a link to a file of the same folder: 10 cat images + 1 outside image + 3 dog images."""
+    import logging
+    import os
+
+    root = tmp_path / "photos"
+    for i in range(10):
+        make_image(root / "cat" / f"{i}.png", 0, i)
+    for i in range(3):
+        make_image(root / "dog" / f"{i}.png", 1, i)
+    make_image(tmp_path / "outside" / "x.png", 0, 99)
+    os.symlink("..", root / "cat" / "loop")
+    os.symlink("../dog", root / "cat" / "dogs")
+    os.symlink(tmp_path / "outside", root / "cat" / "more")
+    os.symlink(tmp_path / "outside", root / "cat" / "more_again")
+    os.symlink("0.png", root / "cat" / "again.png")
+    with caplog.at_level(logging.INFO, logger="featcache"):
+        src = open_source(root)
+    assert len(src) == 14 and len(set(src.paths)) == 14
+    assert [p for p in src.paths if p.startswith("cat/")] == [f"cat/{i}.png" for i in range(10)] + ["cat/more/x.png"]
+    assert "cat/again.png is the same file as" in caplog.text and "not following" in caplog.text

@@ -10,10 +10,16 @@ import re
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from .._util import library_versions, sha256_json
+from .._util import library_versions, package_versions, sha256_json
 from .layout import FORMAT_VERSION, PARTIAL_SUFFIX
 
-__all__ = ["cache_key", "key_parts", "cache_path", "partial_path", "partials_of", "lock_path"]
+__all__ = ["cache_key", "key_parts", "files_fingerprint", "cache_path", "partial_path", "partials_of", "lock_path",
+           "FEATURES_VERSION"]
+
+# featcache's own code that changes feature values: decoding and RGB conversion (``decode``), resizing and
+# cropping, normalisation and pooling (``models.extractor``), augmented views. Bump it with any change there, so
+# no cache made by the old code is reused (tests/test_decode.py pins the decoded pixels of this version).
+FEATURES_VERSION = 1
 
 
 def cache_key(parts: dict) -> str:
@@ -21,12 +27,21 @@ def cache_key(parts: dict) -> str:
     return sha256_json(parts)
 
 
+def files_fingerprint(paths, manifest: dict) -> str:
+    """The key's ``files`` part: each path with its size and modification time, or, when the manifest holds
+    content hashes (``--hash-content``), with its size and hash only, so a touched file with the same bytes
+    is the same file."""
+    if manifest.get("sha256"):
+        manifest = {k: v for k, v in manifest.items() if k != "mtime_ns"}
+    return sha256_json({"paths": list(paths), **manifest})
+
+
 def key_parts(source, manifest: dict, backbone, layers: Sequence[str], pooling: str, precision: str,
               dtype: str, decoder: str = "pillow", views: int = 0, augment: Sequence[str] = ()) -> dict:
     """What the features depend on, each part small enough to compare (files are hashed)."""
     parts = {
         "format_version": FORMAT_VERSION,
-        "files": sha256_json({"paths": source.paths, **manifest}),
+        "files": files_fingerprint(source.paths, manifest),
         "labels": sha256_json({"labels": source.labels.tolist(), "splits": source.splits,
                                 "classes": source.class_names}),
         "n_files": len(source),
@@ -38,7 +53,8 @@ def key_parts(source, manifest: dict, backbone, layers: Sequence[str], pooling: 
         "precision": precision,
         "dtype": dtype,
         "decoder": decoder,
-        "versions": library_versions("torch", "torchvision"),
+        "versions": {**library_versions("torch", "torchvision"), **package_versions("pillow"),
+                     **getattr(backbone, "code", {}), "featcache_features": FEATURES_VERSION},
     }
     if views:  # only then, so caches without views keep their keys
         parts["views"] = {"n": views, "augment": list(augment), "seeding": "blake2b(pixels, k)"}

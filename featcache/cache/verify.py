@@ -13,8 +13,8 @@ from typing import List
 import h5py
 import numpy as np
 
-from .._util import file_sha256, sha256_json
-from .key import cache_key, partials_of
+from .._util import file_sha256
+from .key import cache_key, files_fingerprint, partials_of
 from .layout import (
     FAILED_PATHS,
     FAILED_REASONS,
@@ -130,10 +130,13 @@ def _check_files(f: h5py.File, meta: CacheMeta) -> List[str]:
         if meta.config.get("hash_content"):
             manifest["sha256"].append(file_sha256(root / p))
     manifest["sha256"] = manifest["sha256"] or None
-    if sha256_json({"paths": list(paths), **manifest}) == meta.key.get("files"):
+    if files_fingerprint(paths, manifest) == meta.key.get("files"):
         return []
-    changed = [p for p, s, m, s0, m0 in zip(paths, manifest["size"], manifest["mtime_ns"], src["size"][:],
-                                            src["mtime_ns"][:]) if (s, m) != (s0, m0)]
+    if manifest["sha256"] and "sha256" in src:  # --hash-content: the bytes decide, not the dates
+        changed = [p for p, h, h0 in zip(paths, manifest["sha256"], src["sha256"].asstr()[:]) if h != h0]
+    else:
+        changed = [p for p, s, m, s0, m0 in zip(paths, manifest["size"], manifest["mtime_ns"], src["size"][:],
+                                                src["mtime_ns"][:]) if (s, m) != (s0, m0)]
     example = f", e.g. {changed[0]}" if changed else ""
     return [f"the input files changed since extraction ({len(changed) or 'some'} file(s){example}); "
             f"rerun the extraction to refresh the cache"]

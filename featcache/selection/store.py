@@ -1,7 +1,8 @@
 """The result store: one small JSON record per fitted configuration, so a rerun fits nothing.
 
 Stage: selection. Records are keyed by (cache fingerprint, layers, configuration, validation scheme, seed,
-library versions); bump :data:`RESULT_FORMAT` when code that changes fitted results changes.
+library versions) and :data:`RESULTS_VERSION`: bump it with any change to code that changes fitted results
+(estimators, preprocessing, folds, streaming order), so no stored result of the old code is reused.
 """
 from __future__ import annotations
 
@@ -15,16 +16,17 @@ from typing import Optional
 from .._util import atomic_write_text, library_versions
 from .grids import Config
 
-__all__ = ["RESULT_FORMAT", "ResultStore", "result_key", "config_key", "result_versions"]
+__all__ = ["RESULTS_VERSION", "ResultStore", "result_key", "config_key", "result_versions"]
 
 log = logging.getLogger("featcache")
 
-RESULT_FORMAT = 1
+# 2: the streaming shuffle buffer and the in-memory reading of cached activations changed (0.1.0's results)
+RESULTS_VERSION = 2
 
 
 def result_versions() -> dict:
     """The versions a fitted result depends on (in result keys and model metadata)."""
-    return library_versions("featcache", "sklearn", "torch")
+    return {**library_versions("featcache", "sklearn", "torch", "numpy"), "featcache_results": RESULTS_VERSION}
 
 
 def result_key(parts: dict) -> str:
@@ -67,12 +69,12 @@ class ResultStore:
             record = json.loads((self.dir / f"{key[:32]}.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        return record if record.get("key") == key and record.get("format") == RESULT_FORMAT else None
+        return record if record.get("key") == key and record.get("format") == RESULTS_VERSION else None
 
     def put(self, key: str, record: dict) -> None:
         if not self.writable:
             return
-        atomic_write_text(self.dir / f"{key[:32]}.json", json.dumps({**record, "key": key, "format": RESULT_FORMAT}))
+        atomic_write_text(self.dir / f"{key[:32]}.json", json.dumps({**record, "key": key, "format": RESULTS_VERSION}))
 
     def model_path(self, key: str) -> Optional[Path]:
         """Where a refitted model is kept (None when nothing can be kept)."""

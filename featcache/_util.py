@@ -17,9 +17,9 @@ import types
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["human_size", "sha256_json", "file_sha256", "atomic_path", "atomic_write_text", "json_text", "now_iso",
-           "library_versions", "featcache_version",
-           "package_versions", "make_callable"]
+__all__ = ["human_size", "sha256_json", "file_sha256", "atomic_path", "atomic_write_text", "fsync_dir",
+           "orphan_temporaries", "json_text", "now_iso", "library_versions", "featcache_version", "package_versions",
+           "make_callable"]
 
 
 def human_size(n: float) -> str:
@@ -48,7 +48,9 @@ def file_sha256(path: Path) -> str:
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds, its file replaces ``path`` in one rename.
 
-    Readers see the old file or the new one, never half of one; a failed block leaves no temporary file.
+    Readers see the old file or the new one, never half of one; a failed block leaves no temporary file. The data
+    is fsynced before the rename and the folder after it, so after a power cut the name points at complete data.
+    A process killed inside the block leaves ``.<name>.<pid>.tmp``: :func:`orphan_temporaries` finds it.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -60,6 +62,42 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (a no-op where directories cannot be fsynced)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def orphan_temporaries(path: Path) -> list:
+    """The temporary files :func:`atomic_path` left for ``path`` in processes that no longer run (on this host)."""
+    path = Path(path)
+    orphans = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and not _alive(int(pid)):
+            orphans.append(tmp)
+    return orphans
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

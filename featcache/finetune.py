@@ -136,6 +136,7 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
         scheme = make_scheme(y, pool_split, fs.classes, None, cfg.val_fraction or (None if has_val else 0.2), cfg.seed)
         (train, val), = scheme.folds
         val = val[np.isin(y[val], y[train])]  # a class never trained on cannot be early-stopped on
+        stop, val = _stop_and_select(y, val, cfg.seed)
         names = np.asarray(fs.classes, dtype=object)
         acts = Rows(fs.path, [node], maps=True)
         shape = acts.shape[1:]
@@ -157,8 +158,8 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
                                     precision=cfg.precision, **params)
                 t = time.perf_counter()
                 try:
-                    est.fit(acts[rows[train]], names[y[train]], X_val=acts[rows[val]],
-                            y_val=names[y[val]])
+                    est.fit(acts[rows[train]], names[y[train]], X_val=acts[rows[stop]],
+                            y_val=names[y[stop]])
                     scores, pred = _scores(est, acts[rows[val]], y[val], fs.classes)
                     records[config] = {"scores": scores, "pred": pred, "fit_s": time.perf_counter() - t,
                                        "note": f"{est.n_epochs_} epochs, best {est.best_epoch_}"}
@@ -189,6 +190,22 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
     finally:
         fs.close()
     return result
+
+
+def _stop_and_select(y: np.ndarray, val: np.ndarray, seed: int):
+    """Validation rows split in two, stratified: one half early-stops training, the other ranks configurations.
+    Ranking on the rows a model was stopped on would favour it (its best epoch was chosen on them)."""
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(y[val])
+    if len(val) < 4 or counts[counts > 0].min() < 2:
+        log.warning("too few validation rows to hold early stopping apart from selection (%d; every class needs 2): "
+                    "the validation scores are optimistic", len(val))
+        return val, val
+    stop, select = train_test_split(val, test_size=0.5, stratify=y[val], random_state=seed)
+    log.info("validation: %d rows stop each configuration's training early, %d others rank the configurations",
+             len(stop), len(select))
+    return np.sort(stop), np.sort(select)
 
 
 def _scores(est: TopClassifier, X, y_idx: np.ndarray, classes: Sequence[str]):

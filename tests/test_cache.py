@@ -225,3 +225,60 @@ def test_content_hashes_not_dates_key_a_hash_content_cache(split_folder, fast):
     assert "changed (content): 1" in "\n".join(explain(ExtractConfig(data=split_folder, **settings)))
     assert "1 file(s)" in verify(first)[0]
     assert featcache.extract(split_folder, **settings) != first
+
+
+def test_rows_reach_the_disk_before_the_counter_that_vouches_for_them(tmp_path, monkeypatch):
+    """fsync after the rows and again after the counter, for every commit. (os.fsync is wrapped to record the
+    order: a power cut cannot be made in a test.)"""
+    import os
+
+    from featcache.cache import write
+
+    events = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        events.append(("fsync", w.rows_done))
+        real_fsync(fd)
+
+    monkeypatch.setattr(write.os, "fsync", recording_fsync)
+    w = CacheWriter(tmp_path / "c.h5", _source(10), {}, {"features/f": (3,)}, "float32", "fp", ATTRS)
+    for lo in range(0, 10, 2):
+        w.append(_block(lo, lo + 2))
+    w.flush()
+    done = sorted({d for _, d in events})
+    assert events and all(("fsync", d) in events for d in done)
+    # each commit: one fsync before the counter moves (old count), one after (new count)
+    counts = [d for _, d in events]
+    assert counts == sorted(counts) and counts[0] == 0 and counts[-1] == 10
+
+
+def test_publish_leaves_a_live_ranks_partial_and_removes_dead_ones(tmp_path):
+    """Leftover partials of a torchrun job with another number of ranks: kept while its rank's lock is held by a
+    live process (a real second process), removed once that process is gone."""
+    import subprocess
+    import sys
+
+    from featcache.cache import lock_path
+
+    final = tmp_path / "c.h5"
+    leftover = final.with_name("c.rank1of3.partial.h5")
+    leftover.write_bytes(b"another job's rows")
+    lock = str(lock_path(final)) + ".rank1"
+    Path(lock).parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               f"l = FileLock({lock!r}); l.acquire(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        w = CacheWriter(final, _source(4), {}, {"features/f": (3,)}, "float32", "fp", ATTRS)
+        w.append(_block(0, 4))
+        w.finish({})
+        assert final.is_file() and leftover.exists()  # a live rank may still write it
+    finally:
+        holder.kill()
+        holder.wait()
+    w = CacheWriter(final, _source(4), {}, {"features/f": (3,)}, "float32", "fp2", ATTRS)
+    w.append(_block(0, 4))
+    w.finish({})
+    assert not leftover.exists()  # its writer is gone: removed

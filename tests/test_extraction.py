@@ -313,3 +313,24 @@ def test_list_layers_needs_no_pretrained_weights(tmp_path):
                        capture_output=True, text=True, cwd=REPO, env={**os.environ, "TORCH_HOME": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     assert any(line.startswith("layer4.1.relu_1 ") for line in r.stdout.splitlines())
+
+
+def test_a_publish_killed_half_way_leaves_nothing_behind_for_long(split_folder, fast):
+    """The temporary file of a publish whose process is gone is removed by the next run of that cache; one of a
+    live process is not. (The dead and live processes are real; their temporaries are made by hand, as a
+    ``kill -9`` cannot be timed inside the few milliseconds of a publish.)"""
+    path = featcache.extract(split_folder, **fast)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        orphan = path.with_name(f".{path.name}.{dead.pid}.tmp")
+        busy = path.with_name(f".{path.name}.{live.pid}.tmp")
+        orphan.write_bytes(b"half a cache")
+        busy.write_bytes(b"a cache being published")
+        path.unlink()  # a miss: the run takes the lock and looks for leftovers
+        assert featcache.extract(split_folder, **fast) == path
+        assert not orphan.exists() and busy.exists()
+    finally:
+        live.kill()
+        live.wait()

@@ -245,3 +245,12 @@ def test_cli_help_run_and_error(cache, tmp_path, capsys):
     assert main([str(cache["path"]), "--from-layer", "layer2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("featcache: error: ") and "--layer layer2 --pool none" in err
+
+
+def test_configurations_are_ranked_on_rows_they_were_not_stopped_on(cache, caplog):
+    """Early stopping and selection use different validation rows (each half of every class)."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="featcache"):
+        finetune(cache["path"], "layer3", train_blocks=[0], epochs=2, progress=False)
+    assert "3 rows stop each configuration's training early, 3 others rank the configurations" in caplog.text

@@ -393,3 +393,11 @@ def test_terminal_leaderboard_shows_swept_values_in_full():
                                    "train_blocks=0, head_lr=0.001"]
     text = format_leaderboard(board, limit=2)
     assert "head_lr=0.003" in text and "lr=0.0001" not in text and "1 more rows in leaderboard.csv" in text
+
+
+def test_plots_call_the_smallest_loss_best():
+    from featcache.selection.plots import best_per_value
+
+    x, scores = [1.0, 1.0, 2.0], [0.5, 0.3, 0.9]
+    assert best_per_value(x, scores, "log_loss") == {1.0: 0.3, 2.0: 0.9}
+    assert best_per_value(x, scores, "accuracy") == {1.0: 0.5, 2.0: 0.9}

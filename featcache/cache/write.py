@@ -8,16 +8,20 @@ far it got, and the finished file appears only through an atomic rename (:func:`
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import h5py
 import numpy as np
+from filelock import FileLock, Timeout
 
 from .._util import atomic_path
 from ..errors import FeatcacheError
-from .key import partial_path, partials_of
+from .key import lock_path, partial_path, partials_of
 from .layout import (
     FAILED_PATHS,
     FAILED_REASONS,
@@ -37,6 +41,8 @@ from .layout import (
     CacheMeta,
     shard_rows,
 )
+
+log = logging.getLogger("featcache")
 
 __all__ = ["RowBlock", "Reuse", "CacheWriter", "publish", "find_reusable", "rows_per_chunk"]
 
@@ -180,13 +186,19 @@ class CacheWriter:
         self.file[OK][where] = ok[:take]
         enc = np.array([r.encode("utf-8", "replace")[:REASON_BYTES] for r in reasons[:take]], dtype=f"S{REASON_BYTES}")
         self.file[REASONS][where] = enc
-        self.file.flush()  # rows first, then the counter that vouches for them
+        self._sync()  # rows on the disk first, then the counter that vouches for them
         self.rows_done += take
         self.file[ROWS_DONE][()] = self.rows_done
-        self.file.flush()
+        self._sync()
         rest = n - take
         self._pending = [RowBlock({k: v[take:] for k, v in feats.items()}, ok[take:], reasons[take:])] if rest else []
         self._pending_rows = rest
+
+    def _sync(self) -> None:
+        """Flush HDF5's buffers and fsync the file: after a power cut the counter never vouches for rows the disk
+        does not hold (a flush alone only reaches the operating system's cache)."""
+        self.file.flush()
+        os.fsync(self.file.id.get_vfd_handle())
 
     def close(self) -> None:
         if self.file.id.valid:
@@ -260,9 +272,30 @@ def publish(path: Path, partials: List[Tuple[Path, Optional[Tuple[int, int]]]], 
             out.attrs["complete"] = True
     finally:
         _close_all(files)
-    for p in partials_of(path):  # including leftovers of runs with another number of ranks
-        p.unlink(missing_ok=True)
+    _remove_partials(path, [p for p, _ in partials])
     return len(keep), failed
+
+
+def _remove_partials(path: Path, merged: List[Path]) -> None:
+    """Delete the partial files just merged, and leftovers of runs with another number of ranks whose writer is
+    provably gone: the caller holds the cache's lock (so no single-process run or rank 0 is writing), and a rank's
+    own lock is free. A partial a live rank may still be writing is left, and said so."""
+    for p in partials_of(path):
+        match = re.search(r"\.rank(\d+)of\d+" + re.escape(PARTIAL_SUFFIX) + "$", p.name)
+        rank = int(match.group(1)) if match else 0
+        if p in merged or rank == 0:
+            p.unlink(missing_ok=True)
+            continue
+        lock = FileLock(str(lock_path(path)) + f".rank{rank}")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("left %s: rank %d of another run may still be writing it", p, rank)
+            continue
+        try:
+            p.unlink(missing_ok=True)
+        finally:
+            lock.release()
 
 
 def _row_datasets(f: h5py.File) -> List[str]:

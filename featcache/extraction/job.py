@@ -18,7 +18,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from .. import models
-from .._util import human_size, library_versions, now_iso
+from .._util import human_size, library_versions, now_iso, orphan_temporaries
 from ..cache import CacheMeta, CacheWriter, find_reusable, is_hit, load, lock_path, partial_path, publish
 from ..cache.layout import feature_path, views_path
 from ..config import ExtractConfig
@@ -67,6 +67,9 @@ def extract(data=None, *, config: Optional[ExtractConfig] = None, **settings) ->
     try:
         if is_hit(plan.path, plan.fingerprint):  # another process finished it while this one waited
             return _hit(cfg, plan)
+        for orphan in orphan_temporaries(plan.path):  # a publish killed half-way, by a process now gone
+            log.info("removing %s, left by a run that was killed while publishing", orphan.name)
+            orphan.unlink(missing_ok=True)
         if cfg.strict:
             _refuse_bad_files(cfg.replace(batch_size=CPU_BATCH_SIZE) if cfg.batch_size == "auto" else cfg, plan)
         _extract_into(cfg, plan)

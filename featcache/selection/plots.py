@@ -13,7 +13,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
-__all__ = ["hyperparameter_plot", "confusion_plot", "plot_all"]
+from ..learn.metrics import LOWER_IS_BETTER
+
+__all__ = ["hyperparameter_plot", "confusion_plot", "plot_all", "best_per_value"]
 
 
 def _values(rows: List[dict], key: str) -> list:
@@ -22,6 +24,16 @@ def _values(rows: List[dict], key: str) -> list:
 
 def _numeric(values: list) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def best_per_value(x, scores, metric: str) -> Dict[float, float]:
+    """The best score at each value of a hyperparameter: the largest, or the smallest for a loss (log_loss)."""
+    pick = min if metric in LOWER_IS_BETTER else max
+    best: Dict[float, float] = {}
+    for xi, s in zip(x, scores):
+        if not np.isnan(s):
+            best[xi] = pick(best[xi], s) if xi in best else s
+    return best
 
 
 def hyperparameter_plot(classifier: str, rows: List[dict], metric: str, path: Path) -> bool:
@@ -48,10 +60,7 @@ def hyperparameter_plot(classifier: str, rows: List[dict], metric: str, path: Pa
             x = np.array([names.index(json.dumps(v) if not isinstance(v, str) else v) for v in values], dtype=float)
             ticks = names
         ax.scatter(x, scores, s=18, alpha=0.5, color="tab:blue")
-        best = {}
-        for xi, s in zip(x, scores):
-            if not np.isnan(s):
-                best[xi] = max(best.get(xi, -np.inf), s)
+        best = best_per_value(x, scores, metric)
         if best:
             xs = sorted(best)
             ax.plot(xs, [best[v] for v in xs], "-o", color="tab:orange", ms=4, label="best")

@@ -110,3 +110,33 @@ def test_killed_torchrun_job_resumes(tmp_path, make_image):
     assert list(resumed.paths) == list(ref.paths)
     np.testing.assert_allclose(resumed.X, ref.X, rtol=1e-4, atol=1e-5)
     assert not list(cache.glob("*.partial.h5"))
+
+
+def test_a_cache_published_while_the_ranks_start_is_one_decision(tmp_path, make_image):
+    """A single-process run (here a real second process holding the cache's lock) publishes the cache after the
+    ranks have started: rank 0 decides, holding the lock, and every rank follows it. Ranks that looked for
+    themselves would split: rank 1 extracting its shard and waiting at a barrier for a rank 0 that went home."""
+    from featcache.cache import lock_path
+
+    data = _folder(tmp_path / "data", make_image, n=6)
+    cache = tmp_path / "c"
+    path = Path(_single(data, cache).stdout.strip().splitlines()[-1])
+    finished = path.rename(tmp_path / "finished.h5")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from filelock import FileLock; "
+                               f"l = FileLock({str(lock_path(path))!r}); l.acquire(); print('held', flush=True); "
+                               "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = _torchrun(data, cache)
+        deadline = time.time() + 120
+        while len(_rank_pids(cache)) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(8)  # both ranks import, plan and reach their decision (rank 0 waits on the lock)
+        finished.rename(path)  # the other run publishes ...
+    finally:
+        holder.kill()  # ... and releases the lock
+        holder.wait()
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert out.strip().splitlines() == [str(path)] and "cache hit" in err
+    assert not list(cache.glob("*.partial.h5"))

@@ -49,7 +49,7 @@ def extract(data=None, *, config: Optional[ExtractConfig] = None, **settings) ->
     if plan.shard and plan.shard[0] != 0:  # one log and one progress bar: rank 0's
         log.setLevel(logging.WARNING)
         cfg = cfg.replace(progress=False)
-    if is_hit(plan.path, plan.fingerprint):  # a hit takes no lock, so a read-only shared cache folder works
+    if plan.shard is None and is_hit(plan.path, plan.fingerprint):  # no lock: a read-only cache folder works
         return _hit(cfg, plan)
     lock_file = lock_path(plan.path)
     if plan.shard and plan.shard[0]:
@@ -65,7 +65,7 @@ def extract(data=None, *, config: Optional[ExtractConfig] = None, **settings) ->
         raise FeatcacheError(f"cannot write to the cache directory {plan.path.parent}: {e.strerror}; "
                              f"pass --cache-dir or set FEATCACHE_DIR to a writable folder") from e
     try:
-        if is_hit(plan.path, plan.fingerprint):  # another process finished it while this one waited
+        if _decide_hit(plan):  # another process finished it while this one waited
             return _hit(cfg, plan)
         for orphan in orphan_temporaries(plan.path):  # a publish killed half-way, by a process now gone
             log.info("removing %s, left by a run that was killed while publishing", orphan.name)
@@ -76,6 +76,19 @@ def extract(data=None, *, config: Optional[ExtractConfig] = None, **settings) ->
     finally:
         lock.release()
     return plan.path
+
+
+def _decide_hit(plan: Plan) -> bool:
+    """Whether the cache is finished. Under torchrun rank 0 decides, holding the cache's lock, and tells every
+    rank: ranks that looked for themselves could disagree (a single-process run publishing between their looks
+    would send rank 0 home while the others wait for it at a barrier)."""
+    if plan.shard is None:
+        return is_hit(plan.path, plan.fingerprint)
+    import torch.distributed as dist
+
+    decision = [is_hit(plan.path, plan.fingerprint) if plan.shard[0] == 0 else None]
+    dist.broadcast_object_list(decision, src=0)
+    return bool(decision[0])
 
 
 def _hit(cfg: ExtractConfig, plan: Plan) -> Path:

@@ -42,6 +42,7 @@ class Source:
     class_names: List[str]
     splits: Optional[List[str]] = None
     dataset: Any = None  # a torch Dataset when the source is not files on disk
+    digest: str = ""  # a Dataset's content hash, taken while its labels were read
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -52,7 +53,7 @@ class Source:
     def manifest(self, hash_content: bool = False) -> dict:
         """What the cache key needs to know about the inputs: each file's identity and state."""
         if self.dataset is not None:
-            return {"dataset": type(self.dataset).__qualname__, "content_sha256": _dataset_digest(self.dataset)}
+            return {"dataset": type(self.dataset).__qualname__, "content_sha256": self.digest}
         sizes, mtimes, digests = [], [], []
         for rel in self.paths:
             path = self.root / rel
@@ -67,14 +68,17 @@ class Source:
         return {"size": sizes, "mtime_ns": mtimes, "sha256": digests or None}
 
 
-def _dataset_digest(dataset) -> str:
-    """A torch Dataset has no files to stat, so its key is a hash of every decoded sample."""
+def _read_dataset(dataset, n: int):
+    """Labels and a content hash of a torch Dataset in one pass over its samples (it has no files to stat, so
+    its key hashes every decoded sample; a second pass would decode everything twice)."""
     h = hashlib.sha256()
-    for i in range(len(dataset)):
+    labels = np.empty(n, dtype=np.int64)
+    for i in range(n):
         image, label = dataset[i]
+        labels[i] = int(label)
         h.update(np.ascontiguousarray(to_rgb_array(image)).tobytes())
         h.update(str(int(label)).encode())
-    return h.hexdigest()
+    return labels, h.hexdigest()
 
 
 def is_image_file(path: Path) -> bool:
@@ -253,7 +257,7 @@ def from_dataset(dataset, name: Optional[str] = None) -> Source:
         raise FeatcacheError("a Dataset passed as data must have a length (map-style)") from e
     if n == 0:
         raise FeatcacheError("the Dataset passed as data is empty")
-    labels = np.array([int(dataset[i][1]) for i in range(n)], dtype=np.int64)
+    labels, digest = _read_dataset(dataset, n)
     classes = getattr(dataset, "classes", None)
     class_names = ([str(c) for c in classes] if classes
                    else [str(c) for c in sorted(set(labels.tolist()) - {UNLABELLED})])
@@ -264,6 +268,7 @@ def from_dataset(dataset, name: Optional[str] = None) -> Source:
         labels=labels,
         class_names=class_names,
         dataset=dataset,
+        digest=digest,
     )
 
 

@@ -54,9 +54,15 @@ def test_a_cluster_sweep_gives_the_loky_leaderboard(cache, loky_board, backend, 
     address = request.getfixturevalue("dask_address") if backend == "dask" else None
     if backend == "ray":
         request.getfixturevalue("ray_session")
+    import torch
+    from threadpoolctl import threadpool_info
+
+    before = torch.get_num_threads(), [lib["num_threads"] for lib in threadpool_info()]
     board = sweep(cache, grid=GRID, reuse=False, progress=False, backend=backend, address=address,
                   n_jobs=2).leaderboard
     _same_board(board, loky_board)
+    # Threads of one process share the thread limits: set once around the tasks, they come back as they were.
+    assert (torch.get_num_threads(), [lib["num_threads"] for lib in threadpool_info()]) == before
     assert (board["status"] == "ok").all() and len(board) == 6
 
 

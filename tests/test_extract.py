@@ -49,14 +49,21 @@ def test_csv_and_unlabelled_inputs(csv_dataset, unlabelled_folder, fast):
 
 def test_torch_dataset_input(fast):
     class Tiny(torch.utils.data.Dataset):
+        reads = 0
+
         def __len__(self):
             return 6
 
         def __getitem__(self, i):
+            Tiny.reads += 1
             return torch.full((3, 20, 20), 30 * i, dtype=torch.uint8), i % 3
 
-    fs = load(featcache.extract(Tiny(), **fast))
+    path = featcache.extract(Tiny(), **{**fast, "num_workers": 0})
+    fs = load(path)
     assert fs.X.shape == (6, 512) and fs.y.tolist() == [0, 1, 2, 0, 1, 2]
+    assert Tiny.reads == 12  # one pass for labels and the key, one to extract: never a second pass for the key
+    Tiny.reads = 0
+    assert featcache.extract(Tiny(), **{**fast, "num_workers": 0}) == path and Tiny.reads == 6  # a hit: one pass
 
 
 def test_features_match_the_model_run_by_hand(split_folder, fast):

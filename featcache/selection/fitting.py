@@ -7,6 +7,7 @@ layer screen (:func:`screen_layers`) ranks layer choices with a few cheap fits b
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -71,18 +72,16 @@ def fit_configs(configs: List[Config], X, y, seed: int, max_components: int) -> 
 def _run_task(configs: List[Config], X, V, y, train, val, columns, n_classes: int, seed: int, max_components: int,
               threads: int, tta: bool) -> List[dict]:
     """Fit ``configs`` on the ``train`` rows (and their views) of the ``columns`` of the layer choice, score them
-    on the ``val`` rows (one fold). Arrays may come as cluster handles (:func:`backends.fetch`)."""
-    from threadpoolctl import threadpool_limits
-
-    from ..runtime import torch_threads
-
+    on the ``val`` rows (one fold). Arrays may come as cluster handles (:func:`backends.fetch`). ``threads``
+    limits BLAS and torch in this (worker) process; None leaves them as the caller set them (threads of one
+    process share those limits, so they are set once around all tasks, not per task)."""
     X, V, y, train, val = (backends.fetch(a) for a in (X, V, y, train, val))
     if columns != slice(None):
         X, V = X[:, columns], (None if V is None else V[..., columns])
 
-    if len(train) * X.shape[1] < SMALL_FIT:
+    if threads is not None and len(train) * X.shape[1] < SMALL_FIT:
         threads = 1  # thread start-up and spin-waiting cost more than they save on tiny fits
-    with threadpool_limits(limits=threads), torch_threads(threads):
+    with _thread_limits(threads):
         try:
             fitted = fit_configs(configs, *views.training_rows(X, V, y, train), seed, max_components)
             X_val, V_val, y_val = X[val], (V[val] if V is not None and tta else None), y[val]
@@ -94,6 +93,20 @@ def _run_task(configs: List[Config], X, V, y, train, val, columns, n_classes: in
             return results
         except Exception as e:  # one bad configuration must not end the sweep
             return [{"error": f"{type(e).__name__}: {e}".splitlines()[0], "fit_s": 0.0} for _ in configs]
+
+
+def _thread_limits(threads):
+    """BLAS and torch intra-op threads limited to ``threads`` inside the block (nothing for None)."""
+    if threads is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    from ..runtime import torch_threads
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(threadpool_limits(limits=threads))
+    stack.enter_context(torch_threads(threads))
+    return stack
 
 
 def scorer(pipe, X):
@@ -187,16 +200,19 @@ def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records,
     bar = tqdm(total=len(todo), desc=desc, unit="config", disable=not cfg.progress, file=sys.stderr,
                dynamic_ncols=True)
     arrays = [feats.X, feats.V, feats.y] + [rows for fold in scheme.folds for rows in fold]
-    with backends.session(cfg.backend, cfg.address, cfg.n_jobs, len(tasks), arrays) as session:
+    with backends.session(cfg.backend, cfg.address, cfg.n_jobs, len(tasks), arrays) as session, \
+            contextlib.ExitStack() as stack:
         X, V, y, folds = session.arrays[0], session.arrays[1], session.arrays[2], session.arrays[3:]
         if session.workers > 1 or cfg.backend in backends.CLUSTER_BACKENDS:
             log.info("%d task(s) on %s, %d at a time", len(tasks), cfg.backend, session.workers)
         width = {c.layer: len(range(feats.X.shape[1])[feats.columns(c.layer)]) for c in todo}
+        shared = cfg.backend == "threading"  # tasks are threads of this process: limits are set once, here
         calls = (delayed(_run_task)(unit, X, V, y, folds[2 * f], folds[2 * f + 1], feats.columns(unit[0].layer),
                                     len(feats.classes), cfg.seed, min(max_components, width[unit[0].layer]),
-                                    session.threads, cfg.tta) for unit, f in tasks)
+                                    None if shared else session.threads, cfg.tta) for unit, f in tasks)
         runner = Parallel(return_as=session.return_as)  # n_jobs and the backend come from the session
         try:
+            stack.enter_context(_thread_limits(session.threads if shared else None))
             for (unit, f), results in zip(tasks, runner(calls)):
                 for config, result in zip(unit, results):
                     per_config[config].append({**result, "fold": f})

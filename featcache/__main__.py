@@ -15,6 +15,7 @@ COMMANDS = {  # command -> what it does (each is featcache.cli.<command>.main)
     "prune": "delete caches by age, disuse or size",
     "verify": "check a cache end to end",
     "explain": "say why extract would (not) hit the cache",
+    "convert": "convert a featcache 0.1 model file (a pickle you trust) to the current format",
 }
 
 

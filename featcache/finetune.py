@@ -6,7 +6,7 @@ checksum) and split at NODE (:func:`featcache.models.split_top`): the *top* is e
 the penultimate features → for each configuration of a small grid, a :class:`~featcache.learn.top.TopClassifier`
 (the top with its pretrained weights + a new linear head) is trained with AdamW on minibatches read from the
 cache, early-stopped on the val rows → the leaderboard ranks the configurations on val, the best is scored
-once on test and saved as ``best.joblib``, which ``featcache.predict`` applies to new images (it extracts
+once on test and saved as ``best.safetensors``, which ``featcache.predict`` applies to new images (it extracts
 NODE and runs the trained top). The frozen bottom never runs here: it ran once, during extraction.
 The command line is ``featcache.cli.finetune``; ``python -m featcache.finetune`` runs it.
 """
@@ -229,9 +229,9 @@ class Network(nn.Module):
         return self.head(self.top(self.bottom(images)[self.node]))
 
 
-def network(model_path) -> Network:
-    """A saved fine-tuned model (``best.joblib``) as one torch module, rebuilding the bottom from its metadata."""
-    saved = load_model(model_path)
+def network(model_path, trust_model_code: bool = False) -> Network:
+    """A saved fine-tuned model (``best.safetensors``) as one torch module, rebuilding the bottom from its metadata."""
+    saved = load_model(model_path, trust_model_code=trust_model_code)
     if not isinstance(saved.pipeline, TopClassifier):
         raise FeatcacheError(f"{model_path} is not a fine-tuned model (it holds a {type(saved.pipeline).__name__})")
     node = saved.metadata["config"]["from_layer"]
@@ -242,7 +242,7 @@ def network(model_path) -> Network:
 
 
 def _write(cfg: FinetuneConfig, result: FinetuneResult, fs: FeatureSet, node: str, records, truth) -> List[Path]:
-    """The run's outputs: leaderboard, ``best.joblib`` (predict re-extracts ``node``), plots, ``finetune.json``."""
+    """The run's outputs: leaderboard, ``best.safetensors`` (predict re-extracts ``node``), plots, ``finetune.json``."""
     trained = copy.copy(result.best)
     trained.top = None  # the pretrained top, needed only to fit again: leaving it out halves the file
     config = {"classifier": "finetune", "params": result.best_params, "from_layer": node,

@@ -22,7 +22,7 @@ from .cache.layout import FEATURE_PARTS, CacheMeta, extract_settings, feature_id
 from .config import ExtractConfig
 from .errors import FeatcacheError
 from .learn import views
-from .selection.modelfile import load_model, read_metadata
+from .selection.modelfile import load_model, needs_trust, read_metadata
 
 __all__ = ["predict", "features_for", "check_compatible"]
 
@@ -93,7 +93,8 @@ def features_for(metadata: dict, data, *, cache_dir=None, device: str = "auto", 
 
 
 def predict(model, data, *, out=None, proba: bool = True, cache_dir=None, device: str = "auto",
-            batch_size: int = 64, num_workers: Optional[int] = None, progress: bool = True):
+            batch_size: int = 64, num_workers: Optional[int] = None, progress: bool = True,
+            trust_model_code: bool = False):
     """Predict classes for ``data`` (image folder, CSV, or a cache ``.h5``) with a saved featcache model.
 
     Returns a DataFrame ``path, prediction[, split][, trained_on][, proba_<class>...]``, written as CSV to
@@ -106,9 +107,13 @@ def predict(model, data, *, out=None, proba: bool = True, cache_dir=None, device
 
     model_path = Path(model).expanduser()
     metadata = read_metadata(model_path)  # checks the file before the (slow) extraction
+    spec = needs_trust(metadata)
+    if spec and not trust_model_code:
+        raise FeatcacheError(f"{model_path}'s features come from the model {spec}: extracting them imports and "
+                             f"runs that code. If you trust it, pass --trust-model-code (trust_model_code=True)")
     X, fs = features_for(metadata, data, cache_dir=cache_dir, device=device, batch_size=batch_size,
                          num_workers=num_workers, progress=progress)
-    saved = load_model(model_path)
+    saved = load_model(model_path, trust_model_code=trust_model_code)
     V = None
     if metadata.get("tta"):
         V = np.concatenate([fs.views[layer].reshape(len(fs), fs.views[layer].shape[1], -1)

@@ -4,7 +4,7 @@ The path of the data: the chosen layer(s) are read from the cache once (``select
 expanded into configurations (``selection.grids``) and the validation scheme into folds (``selection.schemes``)
 → every (configuration, fold) the result store lacks is fitted in joblib workers (``selection.fitting``,
 ``selection.backends``) → the leaderboard ranks configurations on validation → the best is refitted on
-train(+val), scored once on test, saved with its metadata as ``best.joblib`` → plots (``selection.outputs``).
+train(+val), scored once on test, saved with its metadata as ``best.skops`` → plots (``selection.outputs``).
 
 Results are stored per (cache fingerprint, layers, configuration, validation scheme, seed, library
 versions), so rerunning a sweep fits nothing and adding a grid point fits only that point. The command
@@ -194,7 +194,7 @@ def _refit_top(cfg: SweepConfig, top: List[Config], feats: Features, base: dict,
 
 
 def _write(cfg: SweepConfig, result: SweepResult, feats: Features, scheme: Scheme, records, test_pred) -> List[Path]:
-    """The sweep's outputs: leaderboard, ``best.joblib`` with what predict needs, plots, ``sweep.json``."""
+    """The sweep's outputs: leaderboard, ``best.skops`` with what predict needs, plots, ``sweep.json``."""
     best = result.best_config
     metadata = model_metadata(feats.meta, feats.path, feats.classes, feats.layer_dims, best.identity(),
                               result.leaderboard.iloc[0], scheme.description, cfg.metric, result.test_scores,

@@ -154,17 +154,17 @@ def test_saved_model_predicts_new_images_like_the_trained_one(cache, tmp_path, c
     assert res.test_scores is not None and res.scheme.startswith("the cache's val split")
 
     new = colour_images(tmp_path / "new", 2, seed=7)
-    df = predict(out / "best.joblib", new, cache_dir=tmp_path / "c", num_workers=0, progress=False)
+    df = predict(out / "best.safetensors", new, cache_dir=tmp_path / "c", num_workers=0, progress=False)
     new_cache = featcache.load(next((tmp_path / "c").glob("*.h5")))
     assert new_cache.meta["config"]["pool"] == "none"
     np.testing.assert_array_equal(df["prediction"], res.best.predict(new_cache.features["layer3"]))
     np.testing.assert_allclose(df.filter(like="proba_").to_numpy(),
                                res.best.predict_proba(new_cache.features["layer3"]), atol=1e-6)
-    saved = load_model(out / "best.joblib")
+    saved = load_model(out / "best.safetensors")
     assert saved.pipeline.top is None and saved.metadata["config"]["from_layer"] == "layer3"
 
     # One torch module: decoded uint8 images -> the frozen bottom -> the trained top and head.
-    net = network(out / "best.joblib")
+    net = network(out / "best.safetensors")
     pre = new_cache.meta["config"]["preprocess"]
     src = sources.open_source(new)
     images = np.stack([decode.decode_sample(src, i, pre["resize_size"], pre["crop_size"]) for i in range(len(src))])
@@ -238,8 +238,8 @@ def test_cli_help_run_and_error(cache, tmp_path, capsys):
     done = subprocess.run(cmd + args, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == str(out)
-    assert "train_blocks=1" in done.stdout and (out / "best.joblib.json").is_file()
-    assert load_model(out / "best.joblib").pipeline.precision_ == "fp32"
+    assert "train_blocks=1" in done.stdout and (out / "best.safetensors.json").is_file()
+    assert load_model(out / "best.safetensors").pipeline.precision_ == "fp32"
     assert sorted(pd.read_csv(out / "leaderboard.csv")["params"].str.split(",").str[0]) == ["train_blocks=0",
                                                                                           "train_blocks=1"]
     assert main([str(cache["path"]), "--from-layer", "layer2"]) == 2

@@ -32,7 +32,7 @@ def trained(tmp_path_factory, colour_images):
     cache = featcache.extract(root / "data", cache_dir=root / "c", **SETTINGS)
     res = sweep(cache, grid={"logreg": {"preprocess": "standardize", "C": [0.1, 1.0]}}, layer="layer4",
                 out=root / "out", results_dir=root / "r", progress=False)
-    return {"model": root / "out" / "best.joblib", "cache": cache, "root": root, "result": res}
+    return {"model": root / "out" / "best.skops", "cache": cache, "root": root, "result": res}
 
 
 def test_round_trip_on_new_labelled_images(trained, tmp_path, colour_images):
@@ -81,9 +81,9 @@ def test_features_of_another_kind_are_refused(trained, tmp_path):
 
 
 def test_only_verified_featcache_files_are_unpickled(trained, tmp_path):
-    model = tmp_path / "best.joblib"
+    model = tmp_path / "best.skops"
     shutil.copy(trained["model"], model)
-    shutil.copy(trained["model"].with_name("best.joblib.json"), tmp_path / "best.joblib.json")
+    shutil.copy(trained["model"].with_name("best.skops.json"), tmp_path / "best.skops.json")
     assert load_model(model).classes == sorted(COLOURS)
     meta = read_metadata(model)
     assert meta["layers"] == ["layer4"] and meta["feature_identity"]["model"] == "resnet18"
@@ -133,13 +133,81 @@ def test_cli(trained, tmp_path, capsys):
 
 
 def test_the_wrong_kind_of_file_is_named(trained, tmp_path):
-    """A cache or a run folder where a model is expected, a folder where a cache is: one line that says what to do."""
+    """A cache where a model is expected, a folder where a cache is: one line that says what to do."""
     with pytest.raises(FeatcacheError, match=r"is a feature cache, not a model file: fit a model on it first"):
         read_metadata(trained["cache"])
-    with pytest.raises(FeatcacheError, match=r"is a run folder, not a model file; pass .*best.joblib"):
-        read_metadata(trained["root"] / "out")
+    assert read_metadata(trained["root"] / "out") == read_metadata(trained["model"])  # a run folder: its model
     with pytest.raises(FeatcacheError, match=r"is an image folder, not a feature cache: run python -m featcache"):
         featcache.load(trained["root"] / "data")
     r = subprocess.run([sys.executable, "-m", "featcache.sweep", str(trained["root"] / "data")], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is an image folder" in r.stderr
+
+
+class Booby:
+    """A type no featcache model holds: loading a file that names it must not create it."""
+
+    made = 0
+
+    def __setstate__(self, state):
+        Booby.made += 1
+        self.__dict__.update(state)
+
+
+def _forge(path: Path, obj, metadata: dict) -> Path:
+    """A model file whose sidecar matches its bytes, as anyone who can write both files could make."""
+    import skops.io as sio
+
+    from featcache.selection.modelfile import MARKER, MODEL_FORMAT, sidecar_path
+
+    sio.dump(obj, path)
+    from featcache._util import file_sha256
+
+    sidecar_path(path).write_text(json.dumps({"marker": MARKER, "format": MODEL_FORMAT, "kind": "skops",
+                                              "sha256": file_sha256(path), "metadata": metadata}))
+    return path
+
+
+def test_loading_a_model_file_never_runs_code_from_it(trained, tmp_path):
+    """Whoever wrote both files: a skops file holding an untrusted type is refused before anything is created;
+    a 0.1 pickle is refused with how to convert one you trust; a factory model needs --trust-model-code."""
+    meta = read_metadata(trained["model"])
+    forged = _forge(tmp_path / "forged.skops", [Booby()], meta)
+    with pytest.raises(FeatcacheError, match=r"holds types featcache does not trust \(.*Booby"):
+        load_model(forged)
+    assert Booby.made == 0
+
+    # featcache 0.1 wrote joblib pickles: refused, even with a matching sidecar, until converted on purpose.
+    from featcache._util import file_sha256
+    from featcache.selection.modelfile import MARKER
+
+    old = tmp_path / "old" / "best.joblib"
+    old.parent.mkdir()
+    joblib.dump({"marker": MARKER, "format": 1, "metadata": meta, "pipeline": load_model(trained["model"]).pipeline},
+                old)
+    old.with_name("best.joblib.json").write_text(json.dumps({"marker": MARKER, "format": 1, "sha256": file_sha256(old),
+                                                            "metadata": meta}))
+    with pytest.raises(FeatcacheError, match=r"a pickle written by featcache 0.1.*python -m featcache convert"):
+        load_model(old)
+    converted = subprocess.run([sys.executable, "-m", "featcache", "convert", str(old)], capture_output=True,
+                               text=True, timeout=120)
+    assert converted.returncode == 0, converted.stderr
+    assert load_model(converted.stdout.strip()).classes == sorted(COLOURS)
+
+    # Metadata naming a factory: importing it would run its code. Refused unless trusted; nothing imported.
+    marker = tmp_path / "ran"
+    (tmp_path / "evil_models.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\ndef net():\n    pass\n")
+    evil = json.loads(json.dumps(meta))
+    evil["extract_config"]["model"] = "evil_models:net"
+    model = _forge(tmp_path / "evil.skops", load_model(trained["model"]).pipeline, evil)
+    with pytest.raises(FeatcacheError, match=r"evil_models:net: extracting them imports and runs that code.*"
+                                             r"--trust-model-code"):
+        predict(model, trained["root"] / "data", cache_dir=tmp_path / "c", progress=False)
+    assert not marker.exists()
+
+
+def test_the_result_store_keeps_no_pickles(trained):
+    refits = list((trained["root"] / "r").rglob("*.skops"))
+    assert refits and not list((trained["root"] / "r").rglob("*.joblib"))
+    for path in refits:
+        assert load_model(path).pipeline is not None

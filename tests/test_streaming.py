@@ -169,7 +169,7 @@ def test_cli_out_of_core(cache, tmp_path):
                           "--block-rows", "64", "--out", str(tmp_path / "o"), "--no-progress", "--no-plots"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip().splitlines()[-1] == str(tmp_path / "o") and (tmp_path / "o" / "best.joblib").is_file()
+    assert run.stdout.strip().splitlines()[-1] == str(tmp_path / "o") and (tmp_path / "o" / "best.skops").is_file()
     bad = subprocess.run([sys.executable, "-m", "featcache.sweep", str(cache), "--block-rows", "0", "--out-of-core"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2

@@ -78,7 +78,7 @@ def test_every_classifier_on_a_real_cache(caches, tmp_path):
     assert board["test_accuracy"].notna().tolist() == [True] + [False] * 5  # test is scored once, for the best
     assert res.test_scores["accuracy"] == board["test_accuracy"].iloc[0]
     assert set(res.best.predict(featcache.load(caches["split"]).X)) <= set(COLOURS)
-    for name in ["leaderboard.csv", "best.joblib", "best.joblib.json", "sweep.json", "plots/confusion_matrix.png"]:
+    for name in ["leaderboard.csv", "best.skops", "best.skops.json", "sweep.json", "plots/confusion_matrix.png"]:
         assert (tmp_path / "out" / name).is_file(), name
     saved = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
     assert list(saved["classifier"]) == list(board["classifier"])
@@ -125,7 +125,7 @@ def test_rerun_fits_nothing_and_a_new_point_fits_only_itself(caches, tmp_path, c
     assert again.n_fits == 0 and again.fitted == [] and again.refitted == [] and again.n_cached == 3
     assert "fitted 0 configuration(s) (0 fits)" in caplog.text
     assert again.leaderboard.drop(columns="from_cache").equals(first.leaderboard.drop(columns="from_cache"))
-    assert (tmp_path / "out" / "best.joblib").is_file()  # outputs are written from stored results
+    assert (tmp_path / "out" / "best.skops").is_file()  # outputs are written from stored results
     grown = {**TINY, "logreg": {**TINY["logreg"], "C": [0.01, 0.1, 1.0]}}
     more = sweep(caches["split"], grid=grown, **args)
     assert more.fitted == ["logreg(C=0.1) on standardize"] and more.n_cached == 3
@@ -172,9 +172,9 @@ def test_sweep_tries_each_layer_and_their_concatenation(caches, tmp_path, caplog
     # The refitted model sees exactly its layers' columns, and its metadata says which layers they are.
     widths = {"layer3": 256, "layer4": 512, "layer3+layer4": 768}
     assert res.best[-1].n_features_in_ == widths[res.best_config.layer]
-    meta = load_model(tmp_path / "out" / "best.joblib").metadata
+    meta = load_model(tmp_path / "out" / "best.skops").metadata
     assert "+".join(meta["layers"]) == res.best_config.layer and meta["n_features"] == widths[res.best_config.layer]
-    assert featcache.predict(tmp_path / "out" / "best.joblib", caches["two_layers"], progress=False).shape[0] == 48
+    assert featcache.predict(tmp_path / "out" / "best.skops", caches["two_layers"], progress=False).shape[0] == 48
     # The layer choice is part of every result key: a rerun fits nothing, a pinned layer reuses its results.
     again = sweep(caches["two_layers"], grid=grid, results_dir=tmp_path / "r", progress=False, screen_layers=0)
     assert again.n_fits == 0 and again.leaderboard["val_accuracy"].tolist() == board["val_accuracy"].tolist()
@@ -347,10 +347,10 @@ def test_an_earlier_run_is_refused_unless_overwrite(caches, tmp_path):
     sweep(caches["split"], grid=TINY, out=out, results_dir=tmp_path / "r", progress=False)
     (out / "plots" / "stale.png").write_bytes(b"")  # a plot the earlier run left
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(FeatcacheError, match=r"holds an earlier run \(leaderboard.csv, best.joblib.*--overwrite"):
+    with pytest.raises(FeatcacheError, match=r"holds an earlier run \(leaderboard.csv, best.skops.*--overwrite"):
         sweep(caches["split"], grid=TINY, out=out, results_dir=tmp_path / "r", progress=False)
     sweep(caches["split"], grid=TINY, out=out, results_dir=tmp_path / "r", progress=False, overwrite=True)
-    assert (out / "best.joblib").is_file() and not (out / "plots" / "stale.png").exists()
+    assert (out / "best.skops").is_file() and not (out / "plots" / "stale.png").exists()
     assert (out / "notes.txt").read_text() == "mine"  # not the run's: kept
 
 
@@ -365,10 +365,10 @@ def test_summaries_are_strict_json_and_a_readonly_store_still_sweeps(caches, tmp
     def refuse(constant):
         raise ValueError(f"not JSON: {constant}")
 
-    for name in ("sweep.json", "best.joblib.json"):
+    for name in ("sweep.json", "best.skops.json"):
         data = json.loads((tmp_path / "o" / name).read_text(), parse_constant=refuse)
         assert data
-    meta = json.loads((tmp_path / "o" / "best.joblib.json").read_text())["metadata"]
+    meta = json.loads((tmp_path / "o" / "best.skops.json").read_text())["metadata"]
     assert meta["selection"]["val"]["log_loss"] is None
 
 

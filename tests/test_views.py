@@ -89,7 +89,7 @@ def test_tta_scores_use_the_views_and_predict_repeats_them(split_folder, view_ca
     plain = sweep(view_cache, grid=GRID, out=tmp_path / "run0", results_dir=tmp_path / "r", progress=False,
                   plots=False)
     assert res.leaderboard["val_log_loss"].tolist() != plain.leaderboard["val_log_loss"].tolist()
-    model = tmp_path / "run" / "best.joblib"
+    model = tmp_path / "run" / "best.skops"
     from_cache = featcache.predict(model, view_cache, progress=False)
     # New images: featcache extracts clean features and the same views again, then averages.
     from_images = featcache.predict(model, split_folder / "test", cache_dir=tmp_path / "pc", progress=False)

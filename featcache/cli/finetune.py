@@ -33,7 +33,7 @@ def build_parser() -> Parser:
                     "NODE with their pretrained weights, adds a new linear head, and trains each configuration of a "
                     "small grid (the last --train-blocks blocks at --lr, the head at --head-lr; AdamW with weight "
                     "decay; early stopping on the val rows). BatchNorm keeps its pretrained statistics. Writes "
-                    "OUT/leaderboard.csv (best first), OUT/best.joblib (+ .json sidecar) for featcache.predict, "
+                    "OUT/leaderboard.csv (best first), OUT/best.safetensors (+ .json sidecar) for featcache.predict, "
                     "OUT/plots/*.png and OUT/finetune.json; prints the leaderboard, and OUT as the last line.",
         epilog="validation: the cache's val split when it has one, else a stratified --val-fraction (default 0.2)\n"
                "of train; test rows are scored once, with the best configuration.\n\n"
@@ -43,7 +43,7 @@ def build_parser() -> Parser:
                "  python -m featcache.finetune $CACHE --from-layer _blocks.10.add --out runs/ft\n"
                "  python -m featcache.finetune $CACHE --from-layer _blocks.10.add --train-blocks 1 2 all \\\n"
                "         --lr 1e-4 3e-4 --augment\n"
-               "  python -m featcache.predict runs/ft/best.joblib --data new_photos/ --out preds.csv",
+               "  python -m featcache.predict runs/ft/best.safetensors --data new_photos/ --out preds.csv",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cache", type=Path, help="a cache (.h5) holding spatial activations at --from-layer")
     p.add_argument("--from-layer", required=True, metavar="NODE",

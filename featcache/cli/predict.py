@@ -1,6 +1,6 @@
 """``python -m featcache.predict MODEL --data DIR``: the prediction command's flags and its main.
 
-Stage: commands. ``--info`` reads the model's sidecar only (nothing unpickled, no torch); prediction
+Stage: commands. ``--info`` reads the model's sidecar only (nothing loaded from the model, no torch); prediction
 imports the library inside ``_main``.
 """
 from __future__ import annotations
@@ -20,24 +20,29 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> Parser:
     p = Parser(
         prog="python -m featcache.predict",
-        description="Predict classes for new images with a model saved by featcache.sweep. Features are "
-                    "extracted with exactly the settings the model was trained on (a cache hit when done "
-                    "before); features of another kind are refused. Writes path,prediction[,proba_<class>...] "
-                    "as CSV (to --out, else stdout); with labelled images it also prints the accuracy. "
-                    "Model files are pickles: load only files from a source you trust (featcache checks "
-                    "the SHA-256 in MODEL.json before unpickling).",
+        description="Predict classes for new images with a model saved by featcache sweep or finetune. Features "
+                    "are extracted with exactly the settings the model was trained on (a cache hit when done "
+                    "before); features of another kind are refused. Writes path,prediction[,split][,trained_on]"
+                    "[,proba_<class>...] as CSV (to --out, else stdout); with labelled images it also prints the "
+                    "accuracy per split. Loading a model file runs no code from it (skops with trusted types, or "
+                    "safetensors weights); its SHA-256 must match MODEL.json.",
         epilog="examples:\n"
-               "  python -m featcache.predict runs/exp1/best.joblib --data new_photos/ --out preds.csv\n"
-               "  python -m featcache.predict runs/exp1/best.joblib --data labelled.csv --no-proba\n"
-               "  python -m featcache.predict runs/exp1/best.joblib --data CACHE.h5   # features already extracted\n"
-               "  python -m featcache.predict runs/exp1/best.joblib --info",
+               "  python -m featcache.predict runs/exp1/best.skops --data new_photos/ --out preds.csv\n"
+               "  python -m featcache.predict runs/exp1/best.skops --data labelled.csv --no-proba\n"
+               "  python -m featcache.predict runs/exp1/best.skops --data CACHE.h5   # features already extracted\n"
+               "  python -m featcache.predict runs/exp1/best.skops --info",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", type=Path, help="a model file written by featcache.sweep (OUT/best.joblib)")
+    p.add_argument("model", type=Path,
+                   help="a model file written by sweep or finetune (OUT/best.skops, OUT/best.safetensors), or its "
+                        "run folder OUT")
     p.add_argument("--data", help="image folder, CSV (path,label[,split]) or a featcache cache .h5 file")
     p.add_argument("--out", type=Path, help="CSV file to write (default: print the CSV to stdout)")
     p.add_argument("--no-proba", action="store_true", help="leave out the per-class probability columns")
     p.add_argument("--info", action="store_true",
-                   help="print the model's metadata (from its sidecar, nothing unpickled) and exit")
+                   help="print the model's metadata (from its sidecar, nothing loaded from the model file) and exit")
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="allow a model whose network comes from a package.module:factory (extract --model): "
+                        "predicting imports and runs that code, so it is refused without this flag")
     p.add_argument("--cache-dir", type=Path,
                    help=CACHE_DIR_HELP)
     p.add_argument("--device", default="auto", help="for extraction: auto, cpu, cuda or cuda:N (default: auto)")
@@ -58,6 +63,7 @@ def _main(args: argparse.Namespace) -> int:
     from ..predict import predict
 
     df = predict(args.model, args.data, out=args.out, proba=not args.no_proba, cache_dir=args.cache_dir,
+                 trust_model_code=args.trust_model_code,
                  device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
                  progress=not (args.no_progress or args.quiet))
     if args.out is None:

@@ -27,7 +27,7 @@ def build_parser() -> Parser:
         prog="python -m featcache.sweep",
         description="Fit a grid of classifiers on cached features, rank them on validation data, refit the "
                     "best on train(+val) and score it once on test. Writes OUT/leaderboard.csv (best first), "
-                    "OUT/best.joblib (+ .json sidecar) for featcache.predict, OUT/plots/*.png and OUT/sweep.json; "
+                    "OUT/best.skops (+ .json sidecar) for featcache.predict, OUT/plots/*.png and OUT/sweep.json; "
                     "prints the leaderboard, and OUT as the last line. Results are stored per configuration, "
                     "so a rerun fits nothing and a new grid point fits only itself.",
         epilog="validation: the cache's val split when it has one (else CV inside train); without splits,\n"
@@ -89,7 +89,7 @@ def build_parser() -> Parser:
                    help="with --out-of-core, rows read at once (default: whole HDF5 chunks, about 4 MiB)")
     p.add_argument("--test-top", type=int, default=1,
                    help="refit this many of the best configurations and score them on test; the first is "
-                        "saved as best.joblib (default: 1)")
+                        "saved as best.skops (default: 1)")
     p.add_argument("--results-dir", type=Path,
                    help="where per-configuration results are stored (default: sweep-results/ next to the cache)")
     p.add_argument("--no-reuse", dest="reuse", action="store_false",

@@ -226,6 +226,24 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
+    def __getstate__(self):
+        """The fitted network as plain arrays (its weights by name), not a pickled torch module: a model file
+        (skops) then holds only data, and loading it runs no code from the file."""
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ hands back the instance's own dict
+        module = state.pop("module_", None)
+        if module is not None:
+            state["module_weights_"] = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        weights = state.pop("module_weights_", None)
+        super().__setstate__(state)
+        if weights is not None:  # the same architecture from the hyperparameters, then the weights
+            module = self._build(self.n_features_in_, len(self.classes_))
+            module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+            self.module_ = module.eval()
+
 
 class _InMemory:
     """Minibatches of an in-memory array for :meth:`DenseHead.fit`: a full shuffle per epoch (torch's RNG)."""

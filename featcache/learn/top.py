@@ -29,7 +29,7 @@ from ..models.cuts import split_frozen_prefix, with_pointwise_as_linear
 from ..runtime import autocast, resolve_device, resolve_precision
 from .training import EarlyStopping, adamw, holdout_split, in_memory_if_small
 
-__all__ = ["TopClassifier", "augment_maps", "top_blocks", "unfreeze_last"]
+__all__ = ["TopClassifier", "augment_maps", "top_blocks", "unfreeze_last", "export_state", "import_state"]
 
 
 def augment_maps(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -312,3 +312,38 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+def export_state(est: "TopClassifier"):
+    """A fitted TopClassifier as ``(tensors, info)``: its trained top's and head's weights by name, and everything
+    else as JSON-ready values. What a model file stores (safetensors + JSON): data only, no code."""
+    check_is_fitted(est)
+    tensors = {f"top.{k}": v.detach().cpu().contiguous().clone() for k, v in est.top_.state_dict().items()}
+    tensors.update({f"head.{k}": v.detach().cpu().contiguous().clone() for k, v in est.head_.state_dict().items()})
+    params = {k: v for k, v in est.get_params().items() if k != "top"}
+    info = {"params": params, "classes": est.classes_.tolist(), "input_shape": list(est.input_shape_),
+            "n_epochs": est.n_epochs_, "best_epoch": est.best_epoch_, "loss_curve": est.loss_curve_,
+            "validation_loss_curve": est.validation_loss_curve_, "precision": est.precision_,
+            "frozen_prefix": est.frozen_prefix_}
+    return tensors, info
+
+
+def import_state(tensors: dict, info: dict, top: nn.Module) -> "TopClassifier":
+    """The TopClassifier :func:`export_state` described, on ``top``: a freshly built copy of the same layers
+    (:func:`featcache.models.split_top` of the same network), whose weights are replaced by the trained ones."""
+    est = TopClassifier(**info["params"])
+    est.input_shape_ = tuple(info["input_shape"])
+    est.n_features_in_ = int(np.prod(est.input_shape_))
+    if len(est.input_shape_) == 3:
+        top = with_pointwise_as_linear(top)  # the form it trained in: the same parameter names
+    top.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("top.")}, strict=True)
+    weight = tensors["head.1.weight"]
+    head = nn.Sequential(nn.Dropout(est.dropout), nn.Linear(weight.shape[1], weight.shape[0]))
+    head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")}, strict=True)
+    est.top_ = top.cpu().eval().requires_grad_(False)
+    est.head_ = head.eval().requires_grad_(False)
+    est.classes_ = np.asarray(info["classes"], dtype=object)
+    est.n_epochs_, est.best_epoch_ = info["n_epochs"], info["best_epoch"]
+    est.loss_curve_, est.validation_loss_curve_ = info["loss_curve"], info["validation_loss_curve"]
+    est.precision_, est.frozen_prefix_ = info["precision"], info["frozen_prefix"]
+    return est

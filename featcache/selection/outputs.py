@@ -24,7 +24,8 @@ __all__ = ["model_metadata", "write_outputs", "settings_record", "prepare_out", 
 
 
 # What a run writes into --out: an earlier run's are refused, or removed with --overwrite; other files stay.
-RUN_FILES = ("leaderboard.csv", "best.joblib", "best.joblib.json", "sweep.json", "finetune.json")
+RUN_FILES = ("leaderboard.csv", "best.skops", "best.skops.json", "best.safetensors", "best.safetensors.json",
+             "best.joblib", "best.joblib.json", "sweep.json", "finetune.json")
 
 
 def prepare_out(out: Path, overwrite: bool) -> Path:
@@ -93,7 +94,8 @@ def settings_record(cfg) -> dict:
 def write_outputs(out: Path, board, model: Any, metadata: dict, summary: dict, summary_name: str, *,
                   plots: bool, plot_rows: Dict[str, List[dict]], metric: str,
                   confusion: Optional[tuple] = None) -> List[Path]:
-    """Write ``leaderboard.csv``, ``best.joblib`` (+ sidecar), ``plots/*.png`` and ``summary_name`` into ``out``.
+    """Write ``leaderboard.csv``, ``best.skops`` or ``best.safetensors`` (+ sidecar), ``plots/*.png`` and
+    ``summary_name`` into ``out``.
 
     ``plot_rows``: per classifier, the ``params``/``preprocess``/``score`` of each configuration;
     ``confusion``: ``(y_true, y_pred, class names, title)`` of the best model's predictions.
@@ -102,7 +104,7 @@ def write_outputs(out: Path, board, model: Any, metadata: dict, summary: dict, s
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "leaderboard.csv"]
     board.to_csv(files[0], index=False)
-    files.append(save_model(out / "best.joblib", model, metadata))
+    files.append(save_model(out / "best", model, metadata))
     if plots:
         from . import plots as plotting
 

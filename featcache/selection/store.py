@@ -78,4 +78,4 @@ class ResultStore:
 
     def model_path(self, key: str) -> Optional[Path]:
         """Where a refitted model is kept (None when nothing can be kept)."""
-        return self.dir / f"{key[:32]}.joblib" if self.writable else None
+        return self.dir / f"{key[:32]}.skops" if self.writable else None

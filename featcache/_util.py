@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["human_size", "sha256_json", "file_sha256", "atomic_path", "atomic_write_text", "fsync_dir",
-           "orphan_temporaries", "json_text", "now_iso", "library_versions", "featcache_version", "package_versions",
-           "make_callable"]
+           "orphan_temporaries", "pid_alive", "json_text", "now_iso", "library_versions", "featcache_version",
+           "package_versions", "make_callable"]
 
 
 def human_size(n: float) -> str:
@@ -85,12 +85,13 @@ def orphan_temporaries(path: Path) -> list:
     orphans = []
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         pid = tmp.name[len(path.name) + 2:-len(".tmp")]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             orphans.append(tmp)
     return orphans
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -80,7 +80,8 @@ def run(cfg: SweepConfig) -> SweepResult:
     configs = grids.expand_grid(grids.read_grid(cfg.grid), list(cfg.classifiers) or None)
     if cfg.out_of_core:
         configs = _streamable(configs, cfg.grid is None and not cfg.classifiers)
-    feats = load_features(cfg.cache, cfg.layer, cfg.views, cfg.out_of_core, cfg.block_rows)
+    feats = load_features(cfg.cache, cfg.layer, cfg.views, cfg.out_of_core, cfg.block_rows,
+                          shared_copy=cfg.backend == "loky" and cfg.n_jobs not in (None, 1))
     if cfg.tta and feats.V is None:
         raise FeatcacheError("--tta needs augmented views in the cache; extract with --views K "
                              "(and do not pass --no-views)")

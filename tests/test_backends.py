@@ -122,3 +122,45 @@ def test_bad_backend_settings(cache):
         sweep(cache, grid=GRID, backend="spark")
     with pytest.raises(FeatcacheError, match="address is for backend ray or dask, not loky"):
         sweep(cache, grid=GRID, address="tcp://localhost:8786")
+
+
+def test_a_killed_sweeps_shared_memory_is_gone_once_the_next_sweep_starts(tmp_path):
+    """kill -9 of a sweep with 2 loky workers leaves its memmap folder (in /dev/shm when it has room); the next
+    sweep's session removes it, and never a live sweep's."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from featcache.selection.backends import SCRATCH_PREFIX, _scratch_dir
+
+    X = np.random.default_rng(0).random((3000, 200)).astype(np.float32)  # 2.4 MB: memmapped for the workers
+    scratch = Path(_scratch_dir(X.nbytes) or tempfile.gettempdir())
+    np.save(tmp_path / "X.npy", X)
+    code = ("import sys, time, numpy as np; from featcache.selection import backends\n"
+            f"X = np.load({str(tmp_path / 'X.npy')!r})\n"
+            "with backends.session('loky', None, 2, 4, [X, None]) as s:\n"
+            "    print('ready', flush=True); time.sleep(120)\n")
+    victim = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert victim.stdout.readline().strip() == "ready"
+    left = list(scratch.glob(f"{SCRATCH_PREFIX}{victim.pid}-*"))
+    assert left  # the running sweep's shared copy
+    live = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline().strip() == "ready"
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        assert all(p.exists() for p in left)  # kill -9: no clean-up ran
+        time.sleep(0.2)
+        with backends.session("loky", None, 2, 4, [X, None]):
+            assert not any(p.exists() for p in left)  # the next sweep removed it ...
+            assert list(scratch.glob(f"{SCRATCH_PREFIX}{live.pid}-*"))  # ... but not a live sweep's
+    finally:
+        live.kill()
+        live.wait()
+        for p in scratch.glob(f"{SCRATCH_PREFIX}{live.pid}-*"):
+            shutil.rmtree(p, ignore_errors=True)

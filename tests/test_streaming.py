@@ -152,7 +152,8 @@ def test_features_larger_than_memory_are_refused_with_the_way_out(cache, tmp_pat
     from featcache.sweep import sweep
 
     monkeypatch.setattr(features, "available_memory", lambda: 100_000)  # less than 2,400 x 32 x 4 bytes
-    with pytest.raises(FeatcacheError, match=r"the features need 300\.0 KB but 97\.7 KB of memory is available; "
+    with pytest.raises(FeatcacheError, match=r"the features need 600\.0 KB \(2 copies of 300\.0 KB while loading "
+                                             r"and fitting\) but 97\.7 KB of memory is available; "
                                              r"rerun with --out-of-core"):
         sweep(cache, grid=STREAM_GRID, reuse=False)
     res = sweep(cache, grid={"sgd": {"max_iter": 3}}, out_of_core=True, reuse=False, progress=False)
@@ -174,3 +175,22 @@ def test_cli_out_of_core(cache, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "featcache: error: --block-rows must be an int >= 1; got 0"
+
+
+def test_a_containers_memory_limit_counts(tmp_path):
+    """cgroup v2 and v1 limits, read from files laid out as the kernel lays them out (made here: a real cgroup
+    limit cannot be set from a test)."""
+    from featcache.cache.rows import cgroup_available
+
+    (tmp_path / "proc").write_text("0::/job\n")
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "memory.max").write_text("1000000\n")
+    (tmp_path / "job" / "memory.current").write_text("250000\n")
+    assert cgroup_available(tmp_path, tmp_path / "proc") == 750000
+    (tmp_path / "job" / "memory.max").write_text("max\n")
+    assert cgroup_available(tmp_path, tmp_path / "proc") is None
+    (tmp_path / "proc").write_text("4:memory:/box\n0::/\n")
+    (tmp_path / "memory" / "box").mkdir(parents=True)
+    (tmp_path / "memory" / "box" / "memory.limit_in_bytes").write_text("2000\n")
+    (tmp_path / "memory" / "box" / "memory.usage_in_bytes").write_text("500\n")
+    assert cgroup_available(tmp_path, tmp_path / "proc") == 1500

@@ -14,7 +14,7 @@ import numpy as np
 
 from .layout import FEATURES, CacheMeta
 
-__all__ = ["Rows", "minibatches", "available_memory", "BLOCK_BYTES", "BUFFER_BLOCKS"]
+__all__ = ["Rows", "minibatches", "available_memory", "cgroup_available", "BLOCK_BYTES", "BUFFER_BLOCKS"]
 
 BLOCK_BYTES = 4 << 20  # rows read at once: whole HDF5 chunks adding up to about 4 MiB of float32
 BUFFER_BLOCKS = 8  # rows are shuffled within at least this many blocks (the blocks come in a shuffled order) ...
@@ -143,8 +143,37 @@ def minibatches(X, rows: np.ndarray, batch_size: int, rng=None) -> Iterator[Tupl
         yield batch, X[batch]
 
 
+def cgroup_available(root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path("/proc/self/cgroup")
+                     ) -> Optional[int]:
+    """Bytes left under this process's cgroup memory limit (a container's ``memory.max`` minus
+    ``memory.current``; cgroup v1's ``memory.limit_in_bytes`` minus usage), or None without a limit."""
+    v2, v1 = "/", "/"
+    try:
+        for line in self_cgroup.read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers == "":
+                v2 = path
+            elif "memory" in controllers.split(","):
+                v1 = path
+    except (OSError, ValueError):
+        pass
+    v1_dir = root / "memory" / v1.lstrip("/")
+    candidates = [(root / v2.lstrip("/") / "memory.max", root / v2.lstrip("/") / "memory.current"),
+                  (v1_dir / "memory.limit_in_bytes", v1_dir / "memory.usage_in_bytes")]
+    for limit_file, usage_file in candidates:
+        try:
+            limit = limit_file.read_text().strip()
+            usage = int(usage_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:  # "max" (v2) or a huge number (v1): no limit
+            return max(0, int(limit) - usage)
+    return None
+
+
 def available_memory() -> Optional[int]:
-    """Bytes this process can still allocate: MemAvailable, lowered by an RLIMIT_DATA cap; None if unknown."""
+    """Bytes this process can still allocate: MemAvailable, lowered by a container's cgroup limit and an RLIMIT_DATA
+    cap; None if unknown."""
     import resource
 
     try:
@@ -152,6 +181,9 @@ def available_memory() -> Optional[int]:
             avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError):
         return None
+    in_cgroup = cgroup_available()
+    if in_cgroup is not None:
+        avail = min(avail, in_cgroup)
     soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
     if soft != resource.RLIM_INFINITY:
         try:

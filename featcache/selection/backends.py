@@ -18,10 +18,11 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
+from .._util import pid_alive
 from ..config import BACKENDS, CLUSTER_BACKENDS
 from ..errors import FeatcacheError
 
-__all__ = ["BACKENDS", "CLUSTER_BACKENDS", "Session", "session", "require", "fetch"]
+__all__ = ["BACKENDS", "CLUSTER_BACKENDS", "Session", "session", "require", "fetch", "remove_stale_scratch"]
 
 
 @dataclass
@@ -132,11 +133,29 @@ def _dask(stack: ExitStack, address: Optional[str], n_jobs, arrays):
 
 @contextmanager
 def _memmap(X: np.ndarray):
-    """``X`` as a read-only memmap for loky workers: one copy in the page cache, none per task."""
-    with tempfile.TemporaryDirectory(prefix="featcache-sweep-", dir=_scratch_dir(X.nbytes)) as tmp:
+    """``X`` as a read-only memmap for loky workers: one copy in the page cache, none per task. The folder's
+    name holds this process's id, so a later sweep can tell it was left by a sweep that was killed."""
+    scratch = _scratch_dir(X.nbytes)
+    remove_stale_scratch(Path(scratch or tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=scratch) as tmp:
         path = Path(tmp) / "X.npy"
         np.save(path, X)
         yield np.load(path, mmap_mode="r")
+
+
+SCRATCH_PREFIX = "featcache-sweep-"
+
+
+def remove_stale_scratch(folder: Path) -> List[Path]:
+    """Delete the memmap folders of sweeps whose process is gone (a ``kill -9`` skips the clean-up), featcache's
+    and joblib's own (``joblib_memmapping_folder_<pid>_...``); a live sweep's are kept. Returns those removed."""
+    removed = []
+    for path in list(folder.glob(f"{SCRATCH_PREFIX}*")) + list(folder.glob("joblib_memmapping_folder_*")):
+        digits = path.name.split("-")[2] if path.name.startswith(SCRATCH_PREFIX) else path.name.split("_")[3]
+        if path.is_dir() and digits.isdigit() and not pid_alive(int(digits)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _scratch_dir(nbytes: int) -> Optional[str]:

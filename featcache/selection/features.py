@@ -70,7 +70,7 @@ def pool_and_test(fs: FeatureSet) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_core: bool = False,
-                  block_rows: Optional[int] = None) -> Features:
+                  block_rows: Optional[int] = None, shared_copy: bool = False) -> Features:
     """Read only the layer(s) the sweep needs (and their augmented views), split off pool and test rows.
 
     ``out_of_core``: read no features now; ``X`` and ``X_test`` are :class:`streaming.Rows` views of the file.
@@ -88,7 +88,10 @@ def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_
                                  "--layer (e.g. --layer " + "+".join(layers) + ")"
                                  + (" and add --no-views" if use_views else ""))
         if not out_of_core:
-            _check_memory(len(fs) * sum(dims.values()) * 4 * (1 + (fs.views[layers[0]].shape[1] if use_views else 0)))
+            per_copy = len(fs) * sum(dims.values()) * 4 * (1 + (fs.views[layers[0]].shape[1] if use_views else 0))
+            # Copies held at once: the layers as read, their side-by-side matrix (several layers), the pool/test
+            # rows taken from it, and the memmap the loky workers share (in /dev/shm: memory too).
+            _check_memory(per_copy, 1 + (len(layers) > 1) + 1 + shared_copy)
             blocks = [np.asarray(fs.features[name][:], dtype=np.float32).reshape(len(fs), -1) for name in layers]
         if use_views:
             k = fs.views[layers[0]].shape[1]
@@ -128,13 +131,15 @@ def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_
         layer_choices=_choice_columns(choices, layers, dims) if len(choices) > 1 else {})
 
 
-def _check_memory(nbytes: int) -> None:
-    """Refuse, before reading, features that cannot fit in memory: out of core is the way to train on them."""
+def _check_memory(per_copy: int, copies: int) -> None:
+    """Refuse, before reading, features that cannot fit in memory (every copy the sweep holds at once, under the
+    container's limit too): out of core is the way to train on them."""
     available = available_memory()
-    if available is not None and nbytes > available:
-        raise FeatcacheError(f"the features need {human_size(nbytes)} but {human_size(max(available, 0))} of memory "
-                             f"is available; rerun with --out-of-core to stream them from the cache (classifiers "
-                             f"{', '.join(STREAMING_CLASSIFIERS)})")
+    if available is not None and per_copy * copies > available:
+        raise FeatcacheError(f"the features need {human_size(per_copy * copies)} ({copies} copies of "
+                             f"{human_size(per_copy)} while loading and fitting) but {human_size(max(available, 0))} "
+                             f"of memory is available; rerun with --out-of-core to stream them from the cache "
+                             f"(classifiers {', '.join(STREAMING_CLASSIFIERS)})")
 
 
 def layer_choices(available: List[str]) -> List[List[str]]:

@@ -334,3 +334,41 @@ def test_a_publish_killed_half_way_leaves_nothing_behind_for_long(split_folder, 
     finally:
         live.kill()
         live.wait()
+
+
+class _StuckInWorkers(torch.utils.data.Dataset):
+    """Item 3 hangs, in a decode worker, where no signal reaches it (SIGALRM blocked, as in a hung read)."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        if i == 3 and torch.utils.data.get_worker_info() is not None:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            time.sleep(120)
+        return torch.full((3, 16, 16), 20 * i, dtype=torch.uint8), i % 2
+
+
+def test_a_stuck_file_fails_alone_and_the_run_goes_on(fast, monkeypatch):
+    """The worker decoding item 3 never returns: that batch is decoded again image by image, item 3 is recorded
+    as failed, every other row is extracted. (The loader's grace period is shortened from 60 s so the test is
+    quick; the stall itself is real.)"""
+    from featcache.extraction import loader
+
+    monkeypatch.setattr(loader, "LOADER_GRACE_S", 3.0)
+    path = featcache.extract(_StuckInWorkers(), **{**fast, "num_workers": 1, "batch_size": 2, "decode_timeout": 1.0})
+    fs = load(path)
+    assert len(fs) == 7 and [p for p, _ in fs.failed] == ["_StuckInWorkers[3]"]
+    assert "decoding stalled" in fs.failed[0][1]
+
+
+def test_a_hung_read_with_gpu_decode_fails_alone(tmp_path, make_image, fast):
+    """--gpu-decode reads JPEG bytes in the workers: a file whose read never returns (a named pipe no one writes,
+    as a hung network mount) is cut off by --decode-timeout and recorded; the other images are extracted."""
+    for i in range(4):
+        make_image(tmp_path / "d" / "a" / f"{i}.jpg", 0, i)
+    os.mkfifo(tmp_path / "d" / "a" / "stuck.jpg")
+    path = featcache.extract(tmp_path / "d", **{**fast, "gpu_decode": True, "device": "cpu", "num_workers": 1,
+                                                "decode_timeout": 1.0})
+    fs = load(path)
+    assert len(fs) == 4 and [p for p, _ in fs.failed] == ["a/stuck.jpg"] and "longer than 1 s" in fs.failed[0][1]

@@ -7,6 +7,8 @@ batches on the model's device (:func:`decode_jpegs_on_device`).
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
 import os
 import signal
 import threading
@@ -20,7 +22,10 @@ from ..config import ExtractConfig
 from ..models import Preprocess
 from ..sources import Source
 
-__all__ = ["DecodeDataset", "make_loader", "to_device_batch", "default_num_workers", "decode_jpegs_on_device"]
+log = logging.getLogger("featcache")
+
+__all__ = ["DecodeDataset", "ResilientBatches", "make_loader", "to_device_batch", "default_num_workers",
+           "decode_jpegs_on_device"]
 
 
 def default_num_workers(device: torch.device) -> int:
@@ -49,8 +54,9 @@ class DecodeDataset(torch.utils.data.Dataset):
         i = int(self.rows[k])
         if self.raw_jpegs and self.source.root is not None and decode.is_jpeg(self.source.file_path(i)):
             try:
-                return torch.from_numpy(np.fromfile(self.source.file_path(i), dtype=np.uint8)), "", True
-            except OSError as e:
+                with _time_limit(self.timeout_s):  # a read can hang too (a stale network mount)
+                    return torch.from_numpy(np.fromfile(self.source.file_path(i), dtype=np.uint8)), "", True
+            except (OSError, _DecodeTimeout) as e:
                 return self._blank(), f"{type(e).__name__}: {e}", False
         pre = self.pre
         try:
@@ -121,6 +127,9 @@ def _time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
+LOADER_GRACE_S = 60.0  # beyond the batch's decode timeouts: worker start-up, a busy machine
+
+
 def make_loader(dataset: DecodeDataset, cfg: ExtractConfig, device, num_workers: int):
     return torch.utils.data.DataLoader(
         dataset,
@@ -129,9 +138,61 @@ def make_loader(dataset: DecodeDataset, cfg: ExtractConfig, device, num_workers:
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if num_workers else None,
         collate_fn=_collate,
-        # A last resort against a worker stuck where no signal reaches it: never hang forever.
-        timeout=(cfg.decode_timeout * cfg.batch_size + 60) if num_workers and cfg.decode_timeout else 0,
+        # Against a worker stuck where no signal reaches it: the batch is then decoded again image by image
+        # (ResilientBatches), so only the stuck file fails.
+        timeout=(cfg.decode_timeout * cfg.batch_size + LOADER_GRACE_S) if num_workers and cfg.decode_timeout else 0,
     )
+
+
+class ResilientBatches:
+    """The batches of ``dataset`` in order, from worker processes; a batch whose worker stalls past the loader's
+    timeout (a read or decode no signal interrupts) is decoded again one image at a time, each in a worker of its
+    own under the same limit: the stuck files fail alone, recorded with the reason, and the run goes on."""
+
+    def __init__(self, dataset: DecodeDataset, cfg: ExtractConfig, device, num_workers: int):
+        self.dataset, self.cfg, self.device, self.num_workers = dataset, cfg, device, num_workers
+        self.done = 0  # rows of ``dataset`` handed out so far
+        self.it = iter(make_loader(dataset, cfg, device, num_workers))
+
+    def __iter__(self):
+        return self
+
+    def _subset(self, rows) -> DecodeDataset:
+        sub = copy.copy(self.dataset)
+        sub.rows = rows
+        return sub
+
+    def __next__(self):
+        try:
+            images, reasons, raw = next(self.it)
+        except RuntimeError as e:
+            if "timed out" not in str(e) or not self.num_workers:
+                raise
+            return self._recover()
+        self.done += len(reasons)
+        return images, reasons, raw
+
+    def _recover(self):
+        stalled = self.dataset.rows[self.done:self.done + self.cfg.batch_size]
+        log.warning("a decode worker stalled for %.0f s; decoding its %d image(s) one by one",
+                    self.cfg.decode_timeout * self.cfg.batch_size + LOADER_GRACE_S, len(stalled))
+        self.it = None  # shuts its workers down, the stuck one included
+        single = self.cfg.replace(batch_size=1)
+        items = []
+        for row in stalled:
+            try:
+                images, reasons, raw = next(iter(make_loader(self._subset(np.array([row])), single, self.device, 1)))
+                items.append((images[0], reasons[0], bool(raw[0]) if raw is not None else False))
+            except RuntimeError as e:
+                if "timed out" not in str(e):
+                    raise
+                why = f"decoding stalled for more than {self.cfg.decode_timeout + LOADER_GRACE_S:.0f} s (a hung read?)"
+                items.append((self.dataset._blank(), why, False))
+        self.done += len(stalled)
+        rest = self.dataset.rows[self.done:]
+        self.it = iter(make_loader(self._subset(rest), self.cfg, self.device, self.num_workers)) if len(rest) \
+            else iter(())
+        return _collate(items)
 
 
 def decode_jpegs_on_device(datas: List[torch.Tensor], device, resize_size: int, crop_size: int):

@@ -22,7 +22,7 @@ from ..cache import CacheWriter, RowBlock
 from ..cache.layout import feature_path, views_path
 from ..config import ExtractConfig
 from ..runtime import autocast, torch_threads
-from .loader import DecodeDataset, default_num_workers, make_loader, to_device_batch
+from .loader import DecodeDataset, ResilientBatches, default_num_workers, to_device_batch
 from .plan import Plan
 
 __all__ = ["run", "default_streams"]
@@ -159,7 +159,7 @@ def run(cfg: ExtractConfig, plan: Plan, fx, writer: CacheWriter) -> dict:
     n_streams = 1 if num_workers == 0 else (cfg.streams or default_streams(device))
     dataset = DecodeDataset(plan.source, plan.backbone.preprocess, rows, cfg.decode_timeout,
                             raw_jpegs=cfg.gpu_decode, views=cfg.views, augment=cfg.augment)
-    loader = make_loader(dataset, cfg, device, num_workers)
+    batches = ResilientBatches(dataset, cfg, device, num_workers)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     thread = _WriterThread(writer)
@@ -168,7 +168,7 @@ def run(cfg: ExtractConfig, plan: Plan, fx, writer: CacheWriter) -> dict:
     scale = plan.shard[1] if plan.shard else 1
     bar = tqdm(total=len(plan.source), initial=max(0, len(plan.source) - len(rows) * scale), unit="img",
                desc="extract", disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-    streams = Streams(n_streams, iter(loader), plan, fx, thread, bar, scale)
+    streams = Streams(n_streams, batches, plan, fx, thread, bar, scale)
     t_all = time.perf_counter()
     threads_each = max(1, torch.get_num_threads() // n_streams)
     try:

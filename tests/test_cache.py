@@ -282,3 +282,41 @@ def test_publish_leaves_a_live_ranks_partial_and_removes_dead_ones(tmp_path):
     w.append(_block(0, 4))
     w.finish({})
     assert not leftover.exists()  # its writer is gone: removed
+
+
+def test_a_cache_without_failures_is_finished_in_place_not_copied(tmp_path):
+    """Publishing renames the partial file (its features are written once); a cache with a failed row is copied
+    without that row. Both read back the same way."""
+    final = tmp_path / "c.h5"
+    w = CacheWriter(final, _source(10), {}, {"features/f": (3,)}, "float32", "fp", ATTRS)
+    inode = w.partial.stat().st_ino
+    for lo in range(0, 10, 5):
+        w.append(_block(lo, lo + 5))
+    n, failed = w.finish({})
+    assert n == 10 and failed == [] and final.stat().st_ino == inode and not w.partial.exists()
+    fs = load(final)
+    assert fs.X[:, 0].tolist() == list(range(10)) and list(fs.paths) == [f"img_{i}.png" for i in range(10)]
+
+    other = tmp_path / "d.h5"
+    w = CacheWriter(other, _source(10), {}, {"features/f": (3,)}, "float32", "fp2", ATTRS)
+    inode = w.partial.stat().st_ino
+    w.append(_block(0, 10, bad=(4,)))
+    n, failed = w.finish({})
+    assert n == 9 and len(failed) == 1 and other.stat().st_ino != inode
+
+
+def test_a_finish_killed_before_its_rename_is_completed_by_the_next_run(tmp_path):
+    """The partial was made a finished cache (listing written, marked complete, resume state gone) and the run
+    died before the rename: the next run renames it instead of starting over."""
+    from featcache.cache.write import _write_listing, recover_finished
+
+    final = tmp_path / "c.h5"
+    w = CacheWriter(final, _source(6), {}, {"features/f": (3,)}, "float32", "fp", ATTRS)
+    w.append(_block(0, 6))
+    w.complete()
+    with h5py.File(w.partial, "r+") as f:  # the first half of a finish in place
+        _write_listing(f, f["source/paths"].asstr()[:], np.arange(6), [])
+        del f["progress"]
+    assert not recover_finished(final, "another fingerprint") and not final.exists()
+    assert recover_finished(final, "fp") and not w.partial.exists()
+    assert load(final).X[:, 0].tolist() == list(range(6))

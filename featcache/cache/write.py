@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
-from .._util import atomic_path
+from .._util import atomic_path, fsync_dir
 from ..errors import FeatcacheError
 from .key import lock_path, partial_path, partials_of
 from .layout import (
@@ -44,7 +44,7 @@ from .layout import (
 
 log = logging.getLogger("featcache")
 
-__all__ = ["RowBlock", "Reuse", "CacheWriter", "publish", "find_reusable", "rows_per_chunk"]
+__all__ = ["RowBlock", "Reuse", "CacheWriter", "publish", "find_reusable", "rows_per_chunk", "recover_finished"]
 
 CHUNK_BYTES = 1 << 20  # aim for ~1 MiB chunks: large enough for fast I/O, small enough to read a few rows
 MAP_CHUNK_BYTES = 64 << 10  # spatial maps: a chunk of one or a few images, for random minibatches (finetune)
@@ -243,37 +243,80 @@ def publish(path: Path, partials: List[Tuple[Path, Optional[Tuple[int, int]]]], 
             raise FeatcacheError(
                 f"no image could be decoded ({len(failed)} files failed, e.g. {failed[0][0]}: "
                 f"{failed[0][1]}); nothing was written")
-        with atomic_path(path) as tmp, h5py.File(tmp, "w") as out:
-            for k, v in {**first.attrs, **created_attrs}.items():
-                if k != "shard":
-                    out.attrs[k] = v
-            first.copy(first[SOURCE], out, SOURCE)
-            for name in _row_datasets(first):
-                src0 = first[name]
-                step = src0.chunks[0]
-                dst = out.create_dataset(name, shape=(len(keep),) + src0.shape[1:], fletcher32=True,
-                                         dtype=src0.dtype, chunks=(min(len(keep), step),) + src0.shape[1:])
-                for f, shard in files:
-                    rows = shard_rows(n, shard)
-                    mine = rows[ok[rows]]
-                    if len(mine):
-                        _copy_rows(f[name], dst, mine, step, dst_rows=np.searchsorted(keep, mine))
-            src = first[SOURCE]
-            out.create_dataset(PATHS, data=all_paths[keep].astype(object), dtype=h5py.string_dtype())
-            out.create_dataset(LABELS, data=src[LABELS][:][keep], fletcher32=True)
-            if SPLIT in src:
-                out.create_dataset(SPLIT, data=src[SPLIT].asstr()[:][keep].astype(object),
-                                   dtype=h5py.string_dtype())
-            out.create_dataset(FAILED_PATHS, data=np.array([p for p, _ in failed], dtype=object),
-                               dtype=h5py.string_dtype())
-            out.create_dataset(FAILED_REASONS, data=np.array([r for _, r in failed], dtype=object),
-                               dtype=h5py.string_dtype())
-            out.attrs["n_rows"] = len(keep)
-            out.attrs["complete"] = True
+        if len(files) == 1 and files[0][1] is None and ok.all():  # nothing to drop or merge: finish it in place
+            _close_all(files)
+            _finish_in_place(path, partials[0][0], all_paths, keep, created_attrs)
+        else:
+            with atomic_path(path) as tmp, h5py.File(tmp, "w") as out:
+                for k, v in {**first.attrs, **created_attrs}.items():
+                    if k != "shard":
+                        out.attrs[k] = v
+                first.copy(first[SOURCE], out, SOURCE)
+                for name in _row_datasets(first):
+                    src0 = first[name]
+                    step = src0.chunks[0]
+                    dst = out.create_dataset(name, shape=(len(keep),) + src0.shape[1:], fletcher32=True,
+                                             dtype=src0.dtype, chunks=(min(len(keep), step),) + src0.shape[1:])
+                    for f, shard in files:
+                        rows = shard_rows(n, shard)
+                        mine = rows[ok[rows]]
+                        if len(mine):
+                            _copy_rows(f[name], dst, mine, step, dst_rows=np.searchsorted(keep, mine))
+                _write_listing(out, all_paths, keep, failed)
     finally:
         _close_all(files)
     _remove_partials(path, [p for p, _ in partials])
     return len(keep), failed
+
+
+def _write_listing(out: h5py.File, all_paths, keep: np.ndarray, failed) -> None:
+    """The finished cache's row listing (paths, labels, splits of the kept rows), its failures, and the marks that
+    make it a finished cache."""
+    src = out[SOURCE]
+    for name in (PATHS, LABELS, SPLIT, FAILED_PATHS, FAILED_REASONS):  # a finish interrupted before: write again
+        if name in out:
+            del out[name]
+    out.create_dataset(PATHS, data=all_paths[keep].astype(object), dtype=h5py.string_dtype())
+    out.create_dataset(LABELS, data=src[LABELS][:][keep], fletcher32=True)
+    if SPLIT in src:
+        out.create_dataset(SPLIT, data=src[SPLIT].asstr()[:][keep].astype(object), dtype=h5py.string_dtype())
+    out.create_dataset(FAILED_PATHS, data=np.array([p for p, _ in failed], dtype=object), dtype=h5py.string_dtype())
+    out.create_dataset(FAILED_REASONS, data=np.array([r for _, r in failed], dtype=object),
+                       dtype=h5py.string_dtype())
+    out.attrs["n_rows"] = len(keep)
+    out.attrs["complete"] = True
+
+
+def _finish_in_place(path: Path, partial: Path, all_paths, keep: np.ndarray, created_attrs: dict) -> None:
+    """Make a partial file holding every row the finished cache (listing, attributes, no resume state) and rename
+    it into place: its features are never copied, so a 100 GB cache is written once, not twice. It is marked
+    complete before its resume state goes, so a finish killed half-way is completed by :func:`recover_finished`."""
+    with h5py.File(partial, "r+") as f:
+        for k, v in created_attrs.items():
+            f.attrs[k] = v
+        _write_listing(f, all_paths, keep, [])
+        f.flush()
+        del f["progress"]  # its bytes stay unused inside the file (HDF5 does not shrink): ~0.2 KB per row
+    with open(partial, "rb+") as raw:
+        os.fsync(raw.fileno())
+    os.replace(partial, path)
+    fsync_dir(path.parent)
+
+
+def recover_finished(path: Path, fingerprint: str) -> bool:
+    """Rename into place a partial file that was completely finished when its run was killed before the rename;
+    True when it did. (Call it holding the cache's lock.)"""
+    partial = partial_path(path)
+    try:
+        with h5py.File(partial, "r") as f:
+            meta = CacheMeta.from_attrs(f.attrs)
+    except (OSError, ValueError):
+        return False
+    if not (meta.complete and meta.fingerprint == fingerprint):
+        return False
+    os.replace(partial, path)
+    fsync_dir(path.parent)
+    return True
 
 
 def _remove_partials(path: Path, merged: List[Path]) -> None:

@@ -21,6 +21,7 @@ from .. import models
 from .._util import human_size, library_versions, now_iso, orphan_temporaries
 from ..cache import CacheMeta, CacheWriter, find_reusable, is_hit, load, lock_path, partial_path, publish
 from ..cache.layout import feature_path, views_path
+from ..cache.write import recover_finished
 from ..config import ExtractConfig
 from ..errors import FeatcacheError
 from .loader import DecodeDataset, default_num_workers, make_loader
@@ -65,6 +66,8 @@ def extract(data=None, *, config: Optional[ExtractConfig] = None, **settings) ->
         raise FeatcacheError(f"cannot write to the cache directory {plan.path.parent}: {e.strerror}; "
                              f"pass --cache-dir or set FEATCACHE_DIR to a writable folder") from e
     try:
+        if plan.shard is None and recover_finished(plan.path, plan.fingerprint):
+            log.info("finished the cache an interrupted run had completed: %s", plan.path)
         if _decide_hit(plan):  # another process finished it while this one waited
             return _hit(cfg, plan)
         for orphan in orphan_temporaries(plan.path):  # a publish killed half-way, by a process now gone

@@ -153,6 +153,10 @@ def _trained_on(metadata: dict, paths: Optional[Sequence[str]]) -> Optional[np.n
                         "on", train_cache)
         return None
     with load(train_cache, lazy=True) as train:
+        if train.meta.fingerprint != (metadata.get("cache") or {}).get("fingerprint"):
+            log.warning("%s is not the cache the model was trained on any more (another fingerprint): cannot tell "
+                        "which of these images it was trained on", train_cache)
+            return None
         pool = train.y >= 0
         if train.split is not None:
             pool &= np.isin(train.split, ["train", "val"])
@@ -188,7 +192,7 @@ def _accuracy(fs, predicted: np.ndarray, model_classes: Sequence[str], seen: Opt
         out[g] = float(correct[rows].mean())
         note = ("; the model was trained on these images" if seen is not None and seen[rows].all() else
                 "; none of them trained the model" if seen is not None else "")
-        log.info("accuracy on %s: %.4f (%d labelled image(s)%s)", g, out[g], int(rows.sum()), note)
+        log.debug("accuracy on %s: %.4f (%d labelled image(s)%s)", g, out[g], int(rows.sum()), note)
     return out
 
 

@@ -92,18 +92,22 @@ class _Walk:
 
     def __init__(self, root: Path, fences: List[Path]):
         self.root = os.path.realpath(root)
-        self.fences = {os.path.realpath(p) for p in [root, *fences]}
+        self.fences = {os.path.realpath(p) for p in fences}  # split and class folders
         self.visited: set = set()
         self.files: dict = {}  # real path -> the first path it was found at
+        self.current = ""  # the real path of the folder being listed
 
     def _skip(self, real: str) -> bool:
         ancestor = self.root == real or self.root.startswith(real.rstrip(os.sep) + os.sep)
-        return ancestor or real in self.fences or real in self.visited
+        inside_other = any(real == f or real.startswith(f + os.sep) for f in self.fences
+                           if f != self.current and not self.current.startswith(f + os.sep))
+        return ancestor or inside_other or real in self.visited
 
     def images(self, folder: Path) -> List[Path]:
         """Images under ``folder`` (recursively), skipping hidden files and folders, sorted."""
         found = []
-        self.visited.add(os.path.realpath(folder))
+        self.current = os.path.realpath(folder)
+        self.visited.add(self.current)
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
             keep = []
             for d in sorted(dirnames):
@@ -178,7 +182,6 @@ def from_folder(root: Path) -> Source:
             rows = [(p, class_names.index(c), None) for c, images in classes.items() for p in images]
         else:
             class_names = []
-            walk.fences.discard(walk.root)  # a flat folder: the root itself is listed
             rows = [(p, UNLABELLED, None) for p in walk.images(root)]
     if not rows:
         raise FeatcacheError(

@@ -113,8 +113,9 @@ def run(cfg: SweepConfig) -> SweepResult:
         configs = ([dataclasses.replace(c, layer=choice) for choice in choices for c in configs]
                    + [p for p in fits.records
                       if p.layer not in choices and dataclasses.replace(p, layer="") in grid_points])
-    fitting = {c.layer: len(range(feats.X.shape[1])[feats.columns(c.layer)]) for c in configs}
-    log.info("%d configurations on %d rows, layer choice(s) %s, %d classes; validation: %s", len(configs),
+    grid_layers = choices if feats.layer_choices else [""]  # after the screen: the choices the grid runs on
+    fitting = {layer: len(range(feats.X.shape[1])[feats.columns(layer)]) for layer in grid_layers}
+    log.info("%d configurations on %d rows, the grid on layer choice(s) %s, %d classes; validation: %s", len(configs),
              len(feats.X), ", ".join(f"{layer or '+'.join(feats.layers)} ({width} features)"
                                      for layer, width in fitting.items()), len(feats.classes), scheme.description)
     fits.fit(configs)

@@ -151,3 +151,20 @@ def test_symlink_cycles_and_twice_reached_files_add_no_rows(tmp_path, make_image
     assert len(src) == 14 and len(set(src.paths)) == 14
     assert [p for p in src.paths if p.startswith("cat/")] == [f"cat/{i}.png" for i in range(10)] + ["cat/more/x.png"]
     assert "cat/again.png is the same file as" in caplog.text and "not following" in caplog.text
+
+
+def test_a_link_into_another_class_or_split_never_relabels_its_images(tmp_path, make_image):
+    """``train/cat/x -> ../../test/cat/sub`` would put test images into train as cats; ``cat/y -> ../dog/sub``
+    would call dogs cats: neither link is followed, and those images keep their own split and class."""
+    import os
+
+    root = tmp_path / "data"
+    for split in ("train", "test"):
+        for k, cls in enumerate(("cat", "dog")):
+            make_image(root / split / cls / "a.png", k, 0)
+            make_image(root / split / cls / "sub" / "b.png", k, 1)
+    os.symlink("../../test/cat/sub", root / "train" / "cat" / "x")
+    os.symlink("../dog/sub", root / "train" / "cat" / "y")
+    src = open_source(root)
+    assert sorted(src.paths) == sorted(f"{s}/{c}/{f}" for s in ("train", "test") for c in ("cat", "dog")
+                                       for f in ("a.png", "sub/b.png"))

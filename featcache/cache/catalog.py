@@ -102,14 +102,20 @@ def select_for_pruning(cache_dir: Path, older_than_days: Optional[float] = None,
 
 def remove_caches(paths: Sequence[Path], dry_run: bool = False) -> int:
     """Delete finished caches (and their default result stores); returns the bytes freed (or that would be)."""
-    freed = 0
-    for path in map(Path, paths):
+    checked = []
+    for path in map(Path, paths):  # every path first: a bad one removes nothing
         if path.name.endswith(PARTIAL_SUFFIX) or not path.is_file():
             raise FeatcacheError(f"{path} is not a finished cache file; nothing was removed")
-        with h5py.File(path, "r") as f:
-            meta = CacheMeta.from_attrs(f.attrs)
+        try:
+            with h5py.File(path, "r") as f:
+                meta = CacheMeta.from_attrs(f.attrs)
+        except OSError as e:
+            raise FeatcacheError(f"{path} is not an HDF5 cache file ({e}); nothing was removed") from e
         if not meta.fingerprint:
             raise FeatcacheError(f"{path} is not a featcache cache (no fingerprint attribute); nothing was removed")
+        checked.append((path, meta))
+    freed = 0
+    for path, meta in checked:
         store = results_dir_of(path, meta.fingerprint)
         size = path.stat().st_size + (sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
                                       if store.is_dir() else 0)

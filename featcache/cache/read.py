@@ -124,7 +124,7 @@ def load(path, lazy: bool = False) -> FeatureSet:
     """Open a finished cache; a clear error for missing, partial or other-version files."""
     path = Path(path).expanduser()
     if path.is_dir():
-        raise FeatcacheError(_folder_message(path))
+        raise FeatcacheError(folder_message(path))
     if path.name.endswith(PARTIAL_SUFFIX):
         raise FeatcacheError(f"{path} is {incomplete_message(path)}")
     if not path.exists():
@@ -172,7 +172,7 @@ def load(path, lazy: bool = False) -> FeatureSet:
     return fs
 
 
-def _folder_message(path: Path) -> str:
+def folder_message(path: Path) -> str:
     """What to do when a folder is given where a cache file is expected."""
     from ..sources import is_image_file
 

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 from .._util import file_sha256
+from ..errors import FeatcacheError
 from .key import cache_key, files_fingerprint, partials_of
 from .layout import (
     FAILED_PATHS,
@@ -28,7 +29,7 @@ from .layout import (
     VIEWS,
     CacheMeta,
 )
-from .read import incomplete_message
+from .read import folder_message, incomplete_message
 
 __all__ = ["verify"]
 
@@ -41,10 +42,14 @@ def verify(path: Path, check_files: bool = True) -> List[str]:
     if path.name.endswith(PARTIAL_SUFFIX) or (not path.exists() and partials_of(path)):
         partial = path if path.name.endswith(PARTIAL_SUFFIX) else partials_of(path)[0]
         return [f"{partial} is {incomplete_message(partial)}"]
+    if path.is_dir():
+        raise FeatcacheError(folder_message(path))
+    if not path.exists():
+        raise FeatcacheError(f"no cache at {path}")
     try:
         f = h5py.File(path, "r")
-    except OSError as e:
-        return [f"cannot open {path} as HDF5: {e}"]
+    except OSError:
+        return [f"cannot open {path} as HDF5: not an HDF5 file, or one cut short"]
     problems: List[str] = []
     with f:
         meta = CacheMeta.from_attrs(f.attrs)

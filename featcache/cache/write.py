@@ -153,9 +153,9 @@ class CacheWriter:
                     _copy_rows(old[name], f[name], reuse.old_rows, self.chunk_rows, dst_rows=reuse.rows)
             ok[reuse.rows] = 1
         f.create_dataset(TODO, data=np.flatnonzero((ok == 0) & mine).astype(np.int64))
-        f.create_dataset(ROWS_DONE, data=np.int64(0))
         f.create_dataset(OK, data=ok)
         f.create_dataset(REASONS, data=np.zeros(self.n, dtype=f"S{REASON_BYTES}"))
+        f.create_dataset(ROWS_DONE, data=np.int64(0))  # last: its presence says the layout is whole
         f.flush()
 
     def append(self, block: RowBlock) -> None:
@@ -310,10 +310,14 @@ def recover_finished(path: Path, fingerprint: str) -> bool:
     try:
         with h5py.File(partial, "r") as f:
             meta = CacheMeta.from_attrs(f.attrs)
-    except (OSError, ValueError):
+            whole = all(name in f for name in (PATHS, LABELS, FAILED_PATHS, FAILED_REASONS)) \
+                and meta.n_rows is not None and len(f[PATHS]) == len(f[LABELS]) == int(meta.n_rows)
+    except (OSError, ValueError, KeyError):
         return False
-    if not (meta.complete and meta.fingerprint == fingerprint):
+    if not (meta.complete and meta.fingerprint == fingerprint and whole):
         return False
+    with open(partial, "rb+") as raw:
+        os.fsync(raw.fileno())
     os.replace(partial, path)
     fsync_dir(path.parent)
     return True

@@ -26,6 +26,8 @@ def build_parser() -> Parser:
 
 def _main(args) -> int:
     freed = remove_caches(args.caches, dry_run=args.dry_run)
+    for path in args.caches:
+        print(f"{'would remove' if args.dry_run else 'removed'} {path}")
     print(describe_freed(len(args.caches), freed, args.dry_run))
     return 0
 

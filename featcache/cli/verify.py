@@ -16,8 +16,9 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> Parser:
     p = Parser(
         prog="python -m featcache.verify",
-        description="Check a feature cache end to end: structure, format version, row counts, NaN/Inf in the "
-                    "features, the fingerprint, and whether the input files still match. Exit 0 if sound, 1 if not.")
+        description="Check a feature cache end to end: structure, format version, row counts, the checksum of "
+                    "every chunk of features (damaged bytes), NaN/Inf in the features, the fingerprint, and whether "
+                    "the input files still match. Exit 0 if sound, 1 if not.")
     p.add_argument("cache", type=Path, help="the .h5 cache file")
     p.add_argument("--no-files", action="store_true", help="skip comparing with the input files on disk")
     add_run_flags(p)

@@ -168,6 +168,10 @@ class ResilientBatches:
         except RuntimeError as e:
             if "timed out" not in str(e) or not self.num_workers:
                 raise
+            stalled = True
+        else:
+            stalled = False
+        if stalled:  # out of the except block, so its traceback no longer keeps the stuck iterator alive
             return self._recover()
         self.done += len(reasons)
         return images, reasons, raw

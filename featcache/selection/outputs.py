@@ -17,7 +17,7 @@ from .._util import atomic_write_text, json_text, now_iso
 from ..cache.layout import CacheMeta, feature_identity
 from ..errors import FeatcacheError
 from ..learn import metrics
-from .modelfile import save_model
+from .modelfile import save_model, sidecar_path
 from .store import result_versions
 
 __all__ = ["model_metadata", "write_outputs", "settings_record", "prepare_out", "RUN_FILES"]
@@ -29,8 +29,9 @@ RUN_FILES = ("leaderboard.csv", "best.skops", "best.skops.json", "best.safetenso
 
 
 def prepare_out(out: Path, overwrite: bool) -> Path:
-    """Check ``out`` before any work: a writable folder, holding no earlier run unless ``overwrite`` (which then
-    removes that run's files: its leaderboard, model, summary and plots, and nothing else)."""
+    """Check ``out`` before any work: a writable folder, holding no earlier run unless ``overwrite``. Nothing is
+    removed here: the earlier run's files are replaced when the new run has written its own
+    (:func:`write_outputs`), so a run that fails leaves the earlier one whole."""
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise FeatcacheError(f"--out {out} is a file; pass a folder for the run's outputs")
@@ -45,15 +46,18 @@ def prepare_out(out: Path, overwrite: bool) -> Path:
         probe.unlink()
     except OSError as e:
         raise FeatcacheError(f"cannot write to --out {out}: {e.strerror or e}; pass a writable folder") from e
-    for name in earlier:
-        (out / name).unlink()
-    plots = out / "plots"
-    if earlier and plots.is_dir():
-        for png in plots.glob("*.png"):
-            png.unlink()
-        with contextlib.suppress(OSError):
-            plots.rmdir()  # only when nothing else is in it
     return out
+
+
+def _remove_stale(out: Path, written: List[Path]) -> None:
+    """An earlier run's files this run did not write again (another model format, plots of other classifiers)."""
+    keep = {Path(p).resolve() for p in written}
+    stale = [out / name for name in RUN_FILES] + list((out / "plots").glob("*.png"))
+    for path in stale:
+        if path.exists() and path.resolve() not in keep:
+            path.unlink()
+    with contextlib.suppress(OSError):
+        (out / "plots").rmdir()  # only when nothing is left in it
 
 
 def _num(v) -> Optional[float]:
@@ -75,7 +79,7 @@ def model_metadata(meta: CacheMeta, cache_path: Path, classes: Sequence[str], la
         "feature_identity": feature_identity(meta),
         "feature_versions": meta.key.get("versions"),
         "extract_config": meta.config,
-        "cache": {"path": str(cache_path), "fingerprint": meta.fingerprint, "dataset": meta.dataset},
+        "cache": {"path": str(Path(cache_path).resolve()), "fingerprint": meta.fingerprint, "dataset": meta.dataset},
         "config": config,
         **extra,
         "selection": {"scheme": scheme, "metric": metric,
@@ -115,4 +119,6 @@ def write_outputs(out: Path, board, model: Any, metadata: dict, summary: dict, s
             plotting.confusion_plot(y_true, np.asarray(y_pred), list(classes), title, path)
             files.append(path)
     files.append(atomic_write_text(out / summary_name, json_text(summary, indent=2)))
-    return files
+    files.append(sidecar_path(files[1]))
+    _remove_stale(out, files)
+    return files[:-1]

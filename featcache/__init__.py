@@ -2,8 +2,8 @@
 
 The public API. Names that need torch or scikit-learn are imported on first use (PEP 562), so
 ``import featcache; featcache.load(path)`` reads a cache with h5py alone. ``featcache.extract``, ``sweep``,
-``predict`` and ``finetune`` are both functions to call and ``python -m`` modules: each is its module, made
-callable (``featcache._util.make_callable``); loading them lazily also keeps ``python -m featcache.sweep``
+``predict``, ``finetune`` and ``inspect`` are both functions to call and ``python -m`` modules: each is its
+module, made callable (``featcache._util.make_callable``); loading them lazily also keeps ``python -m featcache.sweep``
 from finding its module imported before it runs. The layers of the package: README, "Architecture".
 """
 import importlib
@@ -20,7 +20,8 @@ _LAZY = {  # name -> (module, attribute; None = the module itself)
     "finetune": ("finetune", None), "SweepResult": ("sweep", "SweepResult"),
     "FinetuneResult": ("finetune", "FinetuneResult"), "load_model": ("selection.modelfile", "load_model"),
     "DenseHead": ("learn.dense", "DenseHead"), "TopClassifier": ("learn.top", "TopClassifier"),
-    "logistic_path": ("learn.logistic", "logistic_path"),
+    "logistic_path": ("learn.logistic", "logistic_path"), "inspect": ("inspect", None),
+    "InspectResult": ("insight.run", "InspectResult"),
 }
 
 
@@ -33,5 +34,5 @@ def __getattr__(name):
 
 
 __all__ = ["DenseHead", "ExtractConfig", "FeatcacheError", "FeatureSet", "FinetuneConfig", "FinetuneResult",
-           "SweepConfig", "SweepResult", "TopClassifier", "__version__", "extract", "finetune", "load", "load_model",
-           "logistic_path", "predict", "sweep"]
+           "InspectResult", "SweepConfig", "SweepResult", "TopClassifier", "__version__", "extract", "finetune",
+           "inspect", "load", "load_model", "logistic_path", "predict", "sweep"]

@@ -10,6 +10,7 @@ COMMANDS = {  # command -> what it does (each is featcache.cli.<command>.main)
     "sweep": "fit many classifiers on a cache, keep the best, score it on test",
     "finetune": "train a network's top blocks from cached activations",
     "predict": "apply a saved model to new images (or a cache)",
+    "inspect": "find duplicates, leaks, label errors and outliers in a cache; HTML report",
     "ls": "list the caches in the cache directory",
     "rm": "delete caches (and their sweeps' result stores)",
     "prune": "delete caches by age, disuse or size",

@@ -17,7 +17,8 @@ import types
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["human_size", "sha256_json", "file_sha256", "atomic_path", "atomic_write_text", "fsync_dir",
+__all__ = ["parse_duration", "human_size", "sha256_json", "file_sha256", "atomic_path", "atomic_write_text",
+           "fsync_dir",
            "orphan_temporaries", "pid_alive", "json_text", "now_iso", "library_versions", "featcache_version",
            "package_versions", "make_callable"]
 
@@ -29,6 +30,20 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def parse_duration(text) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"1.5h"`` or ``"1h30m"``; ValueError naming the accepted forms."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    import re
+
+    spec = str(text).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms]?)", spec)
+    if not spec or not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([hms]?)", "", spec).strip():
+        raise ValueError(f"{text!r} is not a duration; use e.g. 90, 90s, 15m, 1h or 1h30m")
+    unit = {"h": 3600, "m": 60, "s": 1, "": 1}
+    return float(sum(float(value) * unit[u] for value, u in parts))
 
 
 def sha256_json(obj) -> str:

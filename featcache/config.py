@@ -143,11 +143,14 @@ class SweepConfig(_Config):
     screen_layers: int = 2  # with layer=None: the whole grid on the N best choices of a cheap screen; 0 = on all
     views: bool = True  # train on the cache's augmented views (extract --views) when it has them
     tta: bool = False  # average predictions over each row's views (test-time augmentation)
-    cv: Optional[int] = None  # k-fold CV (default 5 when the cache has no val split)
+    cv: Optional[int] = None  # k-fold CV (default: sized to the rows, see selection.schemes.auto_validation)
     val_fraction: Optional[float] = None  # a random stratified hold-out instead of CV
+    halving: bool = True  # successive halving over training rows when the data is large enough to repay it
+    ensemble: int = 3  # soft-vote the best N configurations (one per classifier) as one more entry; 0 = none
+    budget: Optional[float] = None  # seconds: start no fit after this (refitting the best still runs)
     metric: str = "accuracy"
     seed: int = 0
-    n_jobs: Optional[int] = None  # parallel tasks; None = 1 with loky/threading, every cluster core with ray/dask
+    n_jobs: Optional[int] = None  # parallel tasks; None = a worker per core (loky, unless tiny data) or cluster core
     backend: str = "loky"  # where fits run: loky, threading (this machine), ray or dask (a cluster)
     address: Optional[str] = None  # cluster to join (default: $RAY_ADDRESS / $DASK_SCHEDULER_ADDRESS, else a local one)
     out_of_core: bool = False  # stream features from the cache in blocks instead of loading them (sgd and dense)
@@ -167,6 +170,9 @@ class SweepConfig(_Config):
         "tta": [bool],
         "cv": [None, Interval(Integral, 2, None)],
         "val_fraction": [None, _FRACTION],
+        "halving": [bool],
+        "ensemble": [Interval(Integral, 0, None)],
+        "budget": [None, Interval(Real, 0, None, "neither")],
         "metric": [Options(METRICS)],
         "seed": [Integral],
         "n_jobs": [None, _POSITIVE_INT, Options((-1,))],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from .selection import backends, grids
 from .selection.features import Features, load_features
 from .selection.fitting import SCREEN_TEXT, Fits, fit_configs, scorer, screen_layers
 from .selection.grids import Config
+from .selection.halving import record_score, rung_scheme, rung_sizes, successive_halving
 from .selection.leaderboard import leaderboard
 from .selection.modelfile import load_model, save_model
 from .selection.outputs import model_metadata, prepare_out, settings_record, write_outputs
@@ -56,6 +58,8 @@ class SweepResult:
     refitted: List[str] = field(default_factory=list)  # configurations refitted on train(+val) in this run
     layer_screen: Dict[str, float] = field(default_factory=dict)  # each layer choice's best screen score, if screened
     best_layer: str = ""  # the layers ``best`` reads, "a+b" side by side: ``FeatureSet.matrix(res.best_layer)``
+    skipped: List[str] = field(default_factory=list)  # configurations left unfitted when the budget ran out
+    standard_error: Optional[float] = None  # of the best validation score (binomial, over the validation rows)
     out: Optional[Path] = None
     files: List[Path] = field(default_factory=list)
 
@@ -74,18 +78,22 @@ def sweep(cache, **settings) -> SweepResult:
 def run(cfg: SweepConfig) -> SweepResult:
     """The sweep for one :class:`SweepConfig` (what :func:`sweep` and the CLI call)."""
     cfg.validate()
+    deadline = None if cfg.budget is None else time.monotonic() + cfg.budget
     if cfg.out is not None:  # before any fit: an unwritable or occupied --out fails now, not after the work
         prepare_out(cfg.out, cfg.overwrite)
     backends.require(cfg.backend)
-    configs = grids.expand_grid(grids.read_grid(cfg.grid), list(cfg.classifiers) or None)
-    if cfg.out_of_core:
-        configs = _streamable(configs, cfg.grid is None and not cfg.classifiers)
+    grid, only = grids.read_grid(cfg.grid), list(cfg.classifiers) or None
+    grids.expand_grid(grid, only)  # every table checked now, before the features are read
     feats = load_features(cfg.cache, cfg.layer, cfg.views, cfg.out_of_core, cfg.block_rows,
-                          shared_copy=cfg.backend == "loky" and cfg.n_jobs not in (None, 1))
+                          shared_copy=cfg.backend == "loky" and cfg.n_jobs != 1)
     if cfg.tta and feats.V is None:
         raise FeatcacheError("--tta needs augmented views in the cache; extract with --views K "
                              "(and do not pass --no-views)")
     scheme = make_scheme(feats.y, feats.pool_split, feats.classes, cfg.cv, cfg.val_fraction, cfg.seed)
+    per_row = 1 + (int(feats.V.shape[1]) if feats.V is not None else 0)  # training rows per image (its views)
+    configs = grids.expand_grid(grid, only, n_rows=len(feats.y) * per_row)
+    if cfg.out_of_core:
+        configs = _streamable(configs, cfg.grid is None and not cfg.classifiers)
     results_root = None if not cfg.reuse else Path(cfg.results_dir or feats.path.parent / "sweep-results")
     store = ResultStore(results_root, feats.meta.fingerprint)
     base = {"fingerprint": feats.meta.fingerprint, "layers": feats.layers, "seed": cfg.seed,
@@ -94,55 +102,116 @@ def run(cfg: SweepConfig) -> SweepResult:
         base.update(views=int(feats.V.shape[1]), tta=cfg.tta)
     if cfg.out_of_core:  # streamed fits shuffle by blocks (and SGD runs max_iter epochs): other results
         base.update(out_of_core={"block_rows": feats.X.block_rows})
-    max_components = min(feats.X.shape[1], min(len(tr) for tr, _ in scheme.folds))
-    fits = Fits(cfg, feats, scheme, max_components, store, base)
+    n_train = min(len(tr) for tr, _ in scheme.folds)
+    rungs: Dict[int, Fits] = {}
+
+    def fits_on(rows: int) -> Fits:  # the fits of one rung (rows = n_train: every training row)
+        if rows not in rungs:
+            s = scheme if rows >= n_train else rung_scheme(scheme, feats.y, rows, cfg.seed)
+            max_components = min(feats.X.shape[1], min(len(tr) for tr, _ in s.folds) * per_row)
+            rungs[rows] = Fits(cfg, feats, s, max_components, store, base, deadline)
+        return rungs[rows]
+
+    n_configs = len(configs) * max(1, min(cfg.screen_layers or 99, len(feats.layer_choices or [""])))
+    sizes = rung_sizes(n_train, n_configs) if cfg.halving and not cfg.out_of_core else [n_train]
     screen: Dict[str, float] = {}
+    extra: List[Config] = []  # screen fits of the layer choices the grid does not run on
     if feats.layer_choices:  # the layer dimension: every grid point on every (screened) layer choice
         choices = list(feats.layer_choices)
         if cfg.layer is None and 0 < cfg.screen_layers < len(choices):
-            screen = screen_layers(fits, choices)
+            screen = screen_layers(fits_on(sizes[0]), choices)
         if screen and all(np.isnan(v) for v in screen.values()):
             log.warning("the layer screen has no score (every screen fit failed); fitting the grid on every choice")
             screen = {}
         elif screen:
             choices = list(screen)[:cfg.screen_layers]
-            log.info("layer screen (%s, val %s): %s -> the grid on %s (--screen-layers 0: on every choice)",
-                     SCREEN_TEXT, cfg.metric, ", ".join(f"{k} {v:.4f}" for k, v in screen.items()),
-                     ", ".join(choices))
+            log.info("layer screen (%s, val %s%s): %s -> the grid on %s (--screen-layers 0: on every choice)",
+                     SCREEN_TEXT, cfg.metric, f", {sizes[0]} training rows" if len(sizes) > 1 else "",
+                     ", ".join(f"{k} {v:.4f}" for k, v in screen.items()), ", ".join(choices))
         grid_points = set(configs)
-        configs = ([dataclasses.replace(c, layer=choice) for choice in choices for c in configs]
-                   + [p for p in fits.records
-                      if p.layer not in choices and dataclasses.replace(p, layer="") in grid_points])
+        configs = [dataclasses.replace(c, layer=choice) for choice in choices for c in configs]
+        extra = [p for p in fits_on(sizes[0]).records
+                 if p.layer not in choices and dataclasses.replace(p, layer="") in grid_points]
     grid_layers = choices if feats.layer_choices else [""]  # after the screen: the choices the grid runs on
     fitting = {layer: len(range(feats.X.shape[1])[feats.columns(layer)]) for layer in grid_layers}
-    log.info("%d configurations on %d rows, the grid on layer choice(s) %s, %d classes; validation: %s", len(configs),
-             len(feats.X), ", ".join(f"{layer or '+'.join(feats.layers)} ({width} features)"
-                                     for layer, width in fitting.items()), len(feats.classes), scheme.description)
-    fits.fit(configs)
-    records, keys = {c: fits.records[c] for c in configs}, fits.keys
-    cached = {c for c in configs if c in fits.cached}
-    n_fits = fits.n_fits
-    board = leaderboard(configs, records, cached, keys, cfg.metric, "+".join(feats.layers))
+    log.info("%d configurations on %d rows, the grid on layer choice(s) %s, %d classes; validation: %s%s",
+             len(configs), len(feats.X), ", ".join(f"{layer or '+'.join(feats.layers)} ({width} features)"
+                                                   for layer, width in fitting.items()),
+             len(feats.classes), scheme.description,
+             f"; successive halving over {' -> '.join(map(str, sizes))} training rows" if len(sizes) > 1 else "")
+
+    def fit_rung(cs: List[Config], rows: int) -> Dict[Config, dict]:
+        fits_on(rows).fit(cs, desc=f"sweep, {rows} rows" if rows < n_train else "sweep")
+        return fits_on(rows).records
+
+    alive, stopped = successive_halving(configs, sizes, fit_rung, cfg.metric)
+    stopped.update({p: (fits_on(sizes[0]).records[p], sizes[0]) for p in extra})
+    fits = fits_on(n_train)
+    fits.fit(alive)
+    final = [c for c in alive if c in fits.records]
+    ensemble = _ensemble(cfg, fits, final)
+    final += [ensemble] if ensemble is not None and ensemble in fits.records else []
+    board, keys = _board(cfg, fits, final, stopped, rungs, "+".join(feats.layers), n_train)
     ok = board[board["status"] == "ok"]
     if ok.empty:
+        if not final:
+            raise FeatcacheError(f"the budget ({cfg.budget:.0f} s) ran out before any configuration was fitted; "
+                                 "give a larger --budget")
         raise FeatcacheError(f"every configuration failed; the first error: {board['status'].iloc[0]}")
-    by_id = {keys[c][:12]: c for c in configs}
-    refits, refitted = _refit_top(cfg, [by_id[i] for i in ok["config_id"].iloc[: cfg.test_top]], feats, base, store)
-    n_fits += len(refitted)
+    by_id = {keys[c][:12]: c for c in final}
+    top = [by_id[i] for i in ok["config_id"].iloc[: cfg.test_top] if i in by_id]
+    refits, refitted = _refit_top(cfg, top, feats, base, store)
     for config, (_, test, _) in refits.items():
         if test:
             row = board.index[board["config_id"] == keys[config][:12]][0]
             for name, value in test.items():
                 board.loc[row, f"test_{name}"] = value
-    best_config = by_id[ok["config_id"].iloc[0]]
+    best_config = top[0]
     best, test_scores, test_pred = refits[best_config]
-    result = SweepResult(board, best, best_config, scheme.description, test_scores, n_fits, len(cached),
-                         [c.label() for c in fits.fitted], refitted, screen,
-                         best_config.layer or "+".join(feats.layers))
+    skipped = sorted({c.label() for f in rungs.values() for c in f.skipped} - {c.label() for c in final})
+    if skipped:
+        log.warning("the budget ran out: %d configuration(s) not fitted (listed in sweep.json)", len(skipped))
+    result = SweepResult(board, best, best_config, scheme.description, test_scores,
+                         sum(f.n_fits for f in rungs.values()) + len(refitted),
+                         sum(len(f.cached) for f in rungs.values()),
+                         [c.label() for f in rungs.values() for c in f.fitted], refitted, screen,
+                         best_config.layer or "+".join(feats.layers), skipped=skipped,
+                         standard_error=scheme.standard_error(float(ok[f"val_{cfg.metric}"].iloc[0]))
+                         if cfg.metric != "log_loss" else None)
     if cfg.out is not None:
         result.out = Path(cfg.out).expanduser()
-        result.files = _write(cfg, result, feats.for_layer(best_config.layer), scheme, records, test_pred)
+        result.files = _write(cfg, result, feats.for_layer(best_config.layer), scheme,
+                              {c: fits.records[c] for c in final}, test_pred)
     return result
+
+
+def _ensemble(cfg: SweepConfig, fits: Fits, final: List[Config]) -> Optional[Config]:
+    """The soft vote of the best configuration of each classifier on the best one's layer choice (fitted)."""
+    ranked = sorted((c for c in final if "error" not in fits.records[c]),
+                    key=lambda c: record_score(fits.records[c], cfg.metric), reverse=True)
+    if cfg.ensemble < 2 or not ranked:
+        return None
+    members: Dict[str, Config] = {}
+    for c in ranked:
+        if c.layer == ranked[0].layer and c.classifier not in members:
+            members[c.classifier] = c
+    if len(members) < 2:
+        return None
+    config = grids.ensemble_config(list(members.values())[: cfg.ensemble], ranked[0].layer)
+    fits.fit([config], desc="ensemble")
+    return config
+
+
+def _board(cfg: SweepConfig, fits: Fits, final: List[Config], stopped, rungs: Dict[int, Fits], layers: str,
+           n_train: int):
+    """The leaderboard over every configuration: those on all the rows, then those halving stopped earlier."""
+    records = {**{c: rec for c, (rec, _) in stopped.items()}, **{c: fits.records[c] for c in final}}
+    keys = {c: rungs[rows].keys[c] for c, (_, rows) in stopped.items()}
+    keys.update({c: fits.keys[c] for c in final})
+    cached = {c for c in records if any(c in f.cached for f in rungs.values())}
+    rows = {**{c: r for c, (_, r) in stopped.items()}, **{c: n_train for c in final}}
+    order = final + [c for c in stopped if c not in final]
+    return leaderboard(order, records, cached, keys, cfg.metric, layers, rows), keys
 
 
 def _streamable(configs: List[Config], default_grid: bool) -> List[Config]:

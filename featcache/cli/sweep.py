@@ -73,8 +73,9 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0, help="seed for folds, hold-outs and estimators (default: 0)")
     p.add_argument("--n-jobs", type=int,
                    help="parallel tasks, -1 = one per core; locally BLAS/torch threads are split between them "
-                        "(default: 1 with loky/threading, which uses every core inside each fit; every core of "
-                        "the cluster with ray/dask)")
+                        "(default: a worker per core with loky once the features hold 2M values or more, else 1, "
+                        "which uses every core inside each fit; 1 with threading; every core of the cluster with "
+                        "ray/dask)")
     p.add_argument("--backend", default="loky", choices=BACKENDS,
                    help="where the fits run: loky (worker processes) or threading on this machine, or a Ray or "
                         "Dask cluster (pip install 'featcache[ray]' / 'featcache[dask]'), which gets the "

@@ -25,6 +25,11 @@ from ..errors import FeatcacheError
 __all__ = ["BACKENDS", "CLUSTER_BACKENDS", "Session", "session", "require", "fetch", "remove_stale_scratch"]
 
 
+# From this many feature values (rows x columns; 2M = 1,400 rows of 1,432 floats) parallel workers repay their
+# start (1-2 s for loky's processes); below, one process whose BLAS uses every core is as fast.
+AUTO_PARALLEL_VALUES = 2_000_000
+
+
 @dataclass
 class Session:
     """An open backend: parallel tasks, threads each task may use, the arrays as tasks receive them."""
@@ -41,8 +46,9 @@ def session(backend: str, address: Optional[str], n_jobs: Optional[int], n_tasks
     """Route joblib to ``backend`` inside the block, with ``arrays`` (``arrays[0]``: the features) sent once.
 
     Locally the features are shared as a read-only memmap (loky) or in place (threading); on a cluster
-    every array goes out once and tasks get a handle (see :func:`fetch`). ``n_jobs`` None means 1
-    locally and every core of the cluster on Ray or Dask.
+    every array goes out once and tasks get a handle (see :func:`fetch`). ``n_jobs`` None means a worker per
+    core with loky when the features hold ``AUTO_PARALLEL_VALUES`` values or more (else 1; threading: 1), and
+    every core of the cluster on Ray or Dask.
     """
     from joblib import parallel_config
 
@@ -53,7 +59,10 @@ def session(backend: str, address: Optional[str], n_jobs: Optional[int], n_tasks
             threads = 1  # the cluster's cores are the parallelism: one thread per task
         else:
             cores = os.cpu_count() or 1
-            workers = min(n_tasks, cores if n_jobs == -1 else n_jobs or 1)
+            if n_jobs is None:  # every core as its own worker, unless the fits are too small to repay starting them
+                big = isinstance(arrays[0], np.ndarray) and arrays[0].size >= AUTO_PARALLEL_VALUES
+                n_jobs = -1 if big and backend == "loky" else 1
+            workers = min(n_tasks, cores if n_jobs == -1 else n_jobs)
             threads = max(1, cores // workers)
             backend_args = {}
             if backend == "loky" and workers > 1 and isinstance(arrays[0], np.ndarray):

@@ -14,7 +14,7 @@ import sys
 import time
 import warnings
 from collections import defaultdict
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -137,13 +137,15 @@ class Fits:
     """The records of a sweep's configurations: read from the result store, or fitted (and stored) when missing."""
 
     def __init__(self, cfg: SweepConfig, feats: Features, scheme: Scheme, max_components: int, store: ResultStore,
-                 base: dict):
+                 base: dict, deadline: Optional[float] = None):
         self.cfg, self.feats, self.scheme, self.max_components, self.store, self.base = (
             cfg, feats, scheme, max_components, store, base)
+        self.deadline = deadline  # time.monotonic() after which no fit starts (None: no limit)
         self.keys: Dict[Config, str] = {}
         self.records: Dict[Config, dict] = {}
         self.cached: set = set()  # configurations whose record came from the store
         self.fitted: List[Config] = []  # configurations fitted in this run
+        self.skipped: List[Config] = []  # configurations left unfitted when the deadline passed
         self.n_fits = 0
 
     def fit(self, configs: List[Config], desc: str = "sweep") -> None:
@@ -159,24 +161,30 @@ class Fits:
         _warn_pca(todo, self.max_components)
         t0 = time.perf_counter()
         n_fits = _fit_missing(self.cfg, todo, self.feats, self.scheme, self.max_components, self.store,
-                              self.keys, self.records, desc)
+                              self.keys, self.records, desc, self.deadline)
         self.n_fits += n_fits
-        self.fitted += todo
-        log.info("%s: fitted %d configuration(s) (%d fits) in %.1f s; %d from the result store%s", desc, len(todo),
+        self.fitted += [c for c in todo if c in self.records]
+        self.skipped += [c for c in todo if c not in self.records]
+        log.info("%s: fitted %d configuration(s) (%d fits) in %.1f s; %d from the result store%s", desc,
+                 len(todo) - len(self.skipped),
                  n_fits, time.perf_counter() - t0, sum(c in self.cached for c in configs),
                  f" ({self.store.dir})" if self.store.dir else "")
 
 
 # The layer screen: cheap fits that rank layer choices well (measured on MNIST-5k and sklearn digits, where the
-# best of these two picked the choices holding the best configuration of the whole grid; see the README).
-SCREEN_GRID = {"ridge": {"preprocess": "standardize", "alpha": [10.0, 1000.0, 100000.0]},
-               "logreg": {"preprocess": "l2", "C": [0.1, 1.0, 10.0, 100.0, 1000.0]}}
-SCREEN_TEXT = "ridge on standardized features, logistic regression on l2-normalised ones"
+# best of these picked the choices holding the best configuration of the whole grid; see the README). Each is a
+# point of the default grid, so the grid reuses them on the choices it keeps.
+SCREEN_GRID = {"svm": {"preprocess": "l2", "C": 10.0, "max_rows": 20000},
+               "ridge": {"preprocess": "standardize", "alpha": [1000.0, 100000.0]},
+               "logreg": {"preprocess": "l2", "C": [1.0, 10.0, 100.0, 1000.0]}}
+SCREEN_TEXT = "an RBF SVM and a logistic path on l2-normalised features, ridge on standardized ones"
 
 
 def screen_layers(fits: Fits, choices: List[str]) -> Dict[str, float]:
     """Each layer choice's best validation score over the screen's configurations, best first (stable)."""
-    probes = [dataclasses.replace(c, layer=choice) for choice in choices for c in grids.expand_grid(SCREEN_GRID)]
+    n_rows = min(len(train) for train, _ in fits.scheme.folds)
+    probes = [dataclasses.replace(c, layer=choice) for choice in choices
+              for c in grids.expand_grid(SCREEN_GRID, n_rows=n_rows)]
     fits.fit(probes, desc="layer screen")
     metric = fits.cfg.metric
     def score(p: Config) -> float:  # a failed fit, or a metric the classifier cannot give (log-loss of ridge): NaN
@@ -188,8 +196,12 @@ def screen_layers(fits: Fits, choices: List[str]) -> Dict[str, float]:
     return dict(sorted(best.items(), key=lambda kv: -metrics.sort_key(metric, kv[1])))
 
 
-def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records, desc: str = "sweep") -> int:
-    """Fit every (configuration, fold) not in the store, in parallel; store each config when complete."""
+def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records, desc: str = "sweep",
+                 deadline: Optional[float] = None) -> int:
+    """Fit every (configuration, fold) not in the store, in parallel; store each config when complete.
+
+    Past ``deadline`` no task starts (those running finish); returns the fits done.
+    """
     if not todo:
         return 0
     from joblib import Parallel, delayed
@@ -207,13 +219,19 @@ def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records,
             log.info("%d task(s) on %s, %d at a time", len(tasks), cfg.backend, session.workers)
         width = {c.layer: len(range(feats.X.shape[1])[feats.columns(c.layer)]) for c in todo}
         shared = cfg.backend == "threading"  # tasks are threads of this process: limits are set once, here
-        calls = (delayed(_run_task)(unit, X, V, y, folds[2 * f], folds[2 * f + 1], feats.columns(unit[0].layer),
-                                    len(feats.classes), cfg.seed, min(max_components, width[unit[0].layer]),
-                                    None if shared else session.threads, cfg.tta) for unit, f in tasks)
+        def calls():  # joblib takes tasks from this generator as workers free up: the deadline stops it
+            for unit, f in tasks:
+                if deadline is not None and time.monotonic() > deadline:
+                    return
+                yield delayed(_run_task)(unit, X, V, y, folds[2 * f], folds[2 * f + 1], feats.columns(unit[0].layer),
+                                         len(feats.classes), cfg.seed, min(max_components, width[unit[0].layer]),
+                                         None if shared else session.threads, cfg.tta)
+        done = 0
         runner = Parallel(return_as=session.return_as)  # n_jobs and the backend come from the session
         try:
             stack.enter_context(_thread_limits(session.threads if shared else None))
-            for (unit, f), results in zip(tasks, runner(calls)):
+            for (unit, f), results in zip(tasks, runner(calls())):
+                done += len(unit)
                 for config, result in zip(unit, results):
                     per_config[config].append({**result, "fold": f})
                     if len(per_config[config]) == len(scheme.folds):
@@ -224,7 +242,7 @@ def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records,
                 bar.set_postfix_str(f"{unit[0].classifier} fold {f + 1}/{len(scheme.folds)}")
         finally:
             bar.close()
-    return len(todo) * len(scheme.folds)
+    return done
 
 
 def _combine(folds: List[dict], scheme: Scheme, n_rows: int) -> dict:

@@ -17,8 +17,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import FeatcacheError
 
-__all__ = ["Classifier", "CLASSIFIERS", "Config", "DEFAULT_GRID", "PREPROCESS_STEPS", "canonical_preprocess",
-           "describe_classifiers", "expand_grid", "make_config", "pca_components", "preprocess_steps", "read_grid"]
+__all__ = ["Classifier", "CLASSIFIERS", "Config", "DEFAULT_GRID", "GRID_ONLY", "PREPROCESS_STEPS",
+           "canonical_preprocess", "describe_classifiers", "ensemble_config", "expand_grid", "make_config",
+           "pca_components", "preprocess_steps", "read_grid"]
 
 try:
     import tomllib
@@ -54,52 +55,58 @@ CLASSIFIERS: Dict[str, Classifier] = {
                                                             "probabilities"),
     "knn": Classifier("sklearn.neighbors:KNeighborsClassifier", "k nearest neighbours, cosine distance",
                       defaults=(("metric", "cosine"), ("algorithm", "brute"))),
+    "svm": Classifier("sklearn.svm:SVC", "kernel SVM (RBF unless kernel= says otherwise); fit time grows with "
+                                         "rows squared; no probabilities"),
     "dense": Classifier("featcache.learn.dense:DenseHead", "torch MLP or linear head, AdamW, early stopping"),
+    "ensemble": Classifier("featcache.learn.ensemble:SoftVoting",
+                           "soft vote of the sweep's best configurations (built by the sweep, --ensemble N; "
+                           "not a grid table)"),
 }
+GRID_ONLY = ("max_rows", "min_rows")  # table keys that choose where a table applies, not hyperparameters
 
-PREPROCESS_STEPS = ("none", "standardize", "l2", "pca:K")
+PREPROCESS_STEPS = ("none", "standardize", "l2", "pca:K", "rbf:K")
 _ALIASES = {"standardise": "standardize", "std": "standardize", "scale": "standardize", "l2norm": "l2"}
 
 DEFAULT_GRID = """\
-# featcache's default sweep grid: about 1-2 minutes on 2 CPU cores for 10k x 1280 features, per layer choice.
-# On a default cache (3 layers) the sweep screens the 6 layer choices, then runs this grid on the best 2
-# (--screen-layers): 88 s in all for 4,000 rows of MNIST-5k.
+# featcache's default sweep grid, chosen by measurement on MNIST-5k and sklearn digits (README, "The default
+# sweep"): what won on validation, at what it costs. On a default cache (3 layers) the sweep screens the 6
+# layer choices, runs this grid on the best 2 (--screen-layers), then a soft-voting ensemble of the best few.
 # Copy it (python -m featcache.sweep --print-grid > grid.toml), edit, and pass --grid grid.toml.
 # A list is swept, a scalar is fixed; any constructor argument of the classifier may appear.
-# preprocess: none | standardize | l2 | pca:K, chained with "+" (e.g. "pca:256+l2").
+# preprocess: none | standardize | l2 | pca:K | rbf:K (K Nystroem RBF-kernel features), chained with "+".
+# max_rows / min_rows: the table applies only when the sweep trains on at most / at least that many rows.
 # [[name]] tables may repeat, for grids that differ per preprocessing.
 
-[[logreg]]          # sklearn LogisticRegression; each table's C values are one warm-started path
-preprocess = "standardize"
-C = [0.0001, 0.001, 0.01, 0.1, 1.0]
-
-[[logreg]]          # unit-norm rows need ~1000x larger C than standardized ones
+[[svm]]             # sklearn SVC, RBF kernel on unit-norm rows: the best single model on both measured sets
 preprocess = "l2"
-C = [0.1, 1.0, 10.0, 100.0, 1000.0]
+C = [3.0, 10.0, 30.0]
+max_rows = 20000    # exact kernel SVM: fit time grows with rows squared; beyond, the Nystroem table below
 
-[linsvm]            # sklearn LinearSVC (dual solver: fast for the small C that suit many features)
+[[logreg]]          # the same kernel, approximated: 2,000 RBF features + logistic regression (one C path)
+preprocess = "l2+rbf:2000"
+C = [10.0, 100.0]
+min_rows = 20001
+max_iter = 300
+
+[[logreg]]          # sklearn LogisticRegression on unit-norm rows; each table's C values are one warm-started path
+preprocess = "l2"
+C = [1.0, 10.0, 100.0, 1000.0]
+
+[[logreg]]          # standardized rows need ~1000x smaller C than unit-norm ones
 preprocess = "standardize"
-C = [0.0001, 0.001, 0.01]
-dual = true
+C = [0.001, 0.01, 0.1]
 
-[ridge]             # sklearn RidgeClassifier
+[ridge]             # sklearn RidgeClassifier: the cheapest linear model, often within a point of the best
 preprocess = "standardize"
-alpha = [10.0, 1000.0, 100000.0]
+alpha = [1000.0, 100000.0]
 
-[sgd]               # sklearn SGDClassifier; 20 epochs at most
-preprocess = "standardize"
-loss = "log_loss"
-alpha = [0.0001, 0.001, 0.01]
-max_iter = 20
-
-[knn]               # sklearn KNeighborsClassifier, cosine distance
-preprocess = ["none", "pca:128"]
-n_neighbors = [5, 20]
+[knn]               # sklearn KNeighborsClassifier, cosine distance: nearly free, a different vote for ensembles
+n_neighbors = 10
 weights = "distance"
 
-[dense]             # featcache.DenseHead
+[dense]             # featcache.DenseHead: one hidden layer (a linear head is the logistic model again)
 preprocess = "standardize"
-hidden_layer_sizes = [0, 512]   # 0 = linear; [[512, 256]] would be two hidden layers
+hidden_layer_sizes = [512]
 dropout = 0.2
 weight_decay = 0.01
 epochs = 30
@@ -115,11 +122,12 @@ def canonical_preprocess(spec: str) -> str:
     steps = []
     for raw in spec.lower().replace(" ", "").split("+"):
         step = _ALIASES.get(raw, raw)
-        if step.startswith("pca:"):
-            k = step[4:]
+        if step.startswith(("pca:", "rbf:")):
+            kind, k = step[:3], step[4:]
             if not k.isdigit() or int(k) < 1:
-                raise FeatcacheError(f"preprocess {spec!r}: pca takes a positive number of components, e.g. pca:128")
-            step = f"pca:{int(k)}"
+                raise FeatcacheError(f"preprocess {spec!r}: {kind} takes a positive number of components, "
+                                     f"e.g. {kind}:128")
+            step = f"{kind}:{int(k)}"
         elif step not in PREPROCESS_STEPS:
             raise FeatcacheError(f"unknown preprocess step {raw!r} in {spec!r}; valid: {', '.join(PREPROCESS_STEPS)} "
                                  f"(chain them with '+')")
@@ -137,6 +145,8 @@ def preprocess_steps(spec: str, seed: int, max_components: Optional[int] = None)
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import Normalizer, StandardScaler
 
+    from ..learn.kernel import RBFFeatures
+
     steps = []
     for i, step in enumerate(canonical_preprocess(spec).split("+")):
         if step == "standardize":
@@ -146,6 +156,8 @@ def preprocess_steps(spec: str, seed: int, max_components: Optional[int] = None)
         elif step.startswith("pca:"):
             k = int(step[4:]) if max_components is None else min(int(step[4:]), max_components)
             steps.append((f"pca{i}", PCA(n_components=k, random_state=seed)))
+        elif step.startswith("rbf:"):
+            steps.append((f"rbf{i}", RBFFeatures(n_components=int(step[4:]), random_state=seed)))
     return steps
 
 
@@ -171,10 +183,15 @@ class Config:
         return ident
 
     def params_text(self) -> str:
+        if self.classifier == "ensemble":  # its members, as "svm(C=10) on l2 + logreg(C=100) on l2"
+            return " + ".join(Config(m["classifier"], json.dumps(m["params"], sort_keys=True), m["preprocess"]).label()
+                              for m in self.params["members"])
         return ", ".join(f"{k}={_short(v)}" for k, v in self.params.items())
 
     def label(self) -> str:
         where = f" [{self.layer}]" if self.layer else ""
+        if self.classifier == "ensemble":
+            return f"ensemble of {self.params_text()}{where}"
         return f"{self.classifier}({self.params_text()}) on {self.preprocess}{where}"
 
     def estimator(self, seed: int):
@@ -189,6 +206,11 @@ class Config:
         from sklearn.pipeline import Pipeline
 
         steps = preprocess_steps(self.preprocess, seed, max_components)
+        if self.classifier == "ensemble":  # its members are whole configurations, each with its preprocessing
+            members = [(f"m{i}", Config(m["classifier"], json.dumps(m["params"], sort_keys=True),
+                                        m["preprocess"]).pipeline(seed, max_components))
+                       for i, m in enumerate(self.params["members"])]
+            return Pipeline(steps + [("clf", CLASSIFIERS["ensemble"].make().set_params(estimators=members))])
         return Pipeline(steps + [("clf", self.estimator(seed))])
 
     def path_group(self) -> Optional[Tuple[str, str, str, str]]:
@@ -248,8 +270,17 @@ def read_grid(source) -> dict:
     return grid
 
 
-def expand_grid(grid: dict, only: Optional[List[str]] = None) -> List[Config]:
-    """Every grid point as a :class:`Config`, after checking names, keys and values."""
+def ensemble_config(members: List[Config], layer: str = "") -> Config:
+    """The soft vote of ``members`` (configurations on one layer choice) as a configuration of its own."""
+    spec = [{"classifier": m.classifier, "params": m.params, "preprocess": m.preprocess} for m in members]
+    return Config("ensemble", json.dumps({"members": spec}, sort_keys=True), "none", layer)
+
+
+def expand_grid(grid: dict, only: Optional[List[str]] = None, n_rows: Optional[int] = None) -> List[Config]:
+    """Every grid point as a :class:`Config`, after checking names, keys and values.
+
+    ``n_rows``: the rows the sweep trains on; tables whose ``max_rows``/``min_rows`` exclude it are left out.
+    """
     valid = sorted(CLASSIFIERS)
     for name in only or []:
         if name not in CLASSIFIERS:
@@ -261,12 +292,16 @@ def expand_grid(grid: dict, only: Optional[List[str]] = None) -> List[Config]:
             continue
         if name not in CLASSIFIERS:
             raise FeatcacheError(_unknown("classifier (grid table)", name, valid + ["preprocess"]))
+        if name == "ensemble":
+            raise FeatcacheError("grid [ensemble]: the sweep builds ensembles from its best configurations "
+                                 "(--ensemble N, default 3); remove the table")
         if only and name not in only:
             continue
         for table in tables if isinstance(tables, list) else [tables]:
             if not isinstance(table, dict):
                 raise FeatcacheError(f"grid [{name}] must be a table of hyperparameters; got {table!r}")
-            configs += _expand_table(name, table, top_pre)
+            if _applies(table, n_rows):
+                configs += _expand_table(name, table, top_pre)
     unique = list(dict.fromkeys(configs))
     if not unique:
         raise FeatcacheError("the grid has no classifier to fit" + (f" among {', '.join(only)}" if only else "")
@@ -274,15 +309,25 @@ def expand_grid(grid: dict, only: Optional[List[str]] = None) -> List[Config]:
     return unique
 
 
+def _applies(table: dict, n_rows: Optional[int]) -> bool:
+    """Whether a table's ``max_rows``/``min_rows`` admit ``n_rows`` training rows (None: every table)."""
+    for key in GRID_ONLY:
+        if key in table and (not isinstance(table[key], int) or isinstance(table[key], bool) or table[key] < 0):
+            raise FeatcacheError(f"grid {key} = {table[key]!r}: give a number of rows (an int >= 0)")
+    if n_rows is None:
+        return True
+    return table.get("min_rows", 0) <= n_rows <= table.get("max_rows", n_rows)
+
+
 def _expand_table(name: str, table: dict, top_pre) -> List[Config]:
     est = CLASSIFIERS[name].make()
     allowed = sorted(k for k in est.get_params(deep=False))
-    table = dict(table)
+    table = {k: v for k, v in table.items() if k not in GRID_ONLY}
     pre = table.pop("preprocess", top_pre)
     for key in table:
         if key not in allowed:
             raise FeatcacheError(_unknown(f"hyperparameter of [{name}] ({type(est).__name__})", key,
-                                          allowed + ["preprocess"]))
+                                          allowed + ["preprocess", *GRID_ONLY]))
     pres = [canonical_preprocess(p) for p in (pre if isinstance(pre, list) else [pre])]
     swept = {k: v if isinstance(v, list) and not _is_value_list(name, k, v) else [v] for k, v in table.items()}
     for k, values in swept.items():
@@ -325,6 +370,7 @@ def describe_classifiers() -> str:
     lines = []
     for name, c in CLASSIFIERS.items():
         est = c.make()
-        lines.append(f"{name:<7} {c.target.replace(':', '.')}: {c.about}\n"
-                     f"        keys: preprocess, {', '.join(sorted(est.get_params(deep=False)))}")
+        keys = "" if name == "ensemble" else f"\n         keys: preprocess, {', '.join(GRID_ONLY)}, " + ", ".join(
+            sorted(est.get_params(deep=False)))
+        lines.append(f"{name:<8} {c.target.replace(':', '.')}: {c.about}{keys}")
     return "\n".join(lines)

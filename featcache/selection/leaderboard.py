@@ -14,15 +14,19 @@ from ..learn import metrics
 __all__ = ["leaderboard", "format_leaderboard", "swept_params", "best_per_layer", "by_layer_text"]
 
 
-def leaderboard(configs, records, cached, keys, metric: str, layers: str = ""):
-    """One row per configuration, best first; ``fit_s`` sums all folds, failures sort last."""
+def leaderboard(configs, records, cached, keys, metric: str, layers: str = "", train_rows=None):
+    """One row per configuration, best first; ``fit_s`` sums all folds, failures sort last.
+
+    ``train_rows``: per configuration, the training rows its score comes from (successive halving stops some
+    early); fewer rows rank below more, whatever the score.
+    """
     import pandas as pd
 
     rows = []
     for c in configs:
         r = records[c]
         row = {"classifier": c.classifier, "params": c.params_text(), "preprocess": c.preprocess,
-               "layer": c.layer or layers}
+               "layer": c.layer or layers, "train_rows": (train_rows or {}).get(c, 0)}
         for name, value in (r.get("scores") or {}).items():
             row[f"val_{name}"] = value
         row.update({"fit_s": round(r["fit_s"], 3), "note": r.get("note", ""), "from_cache": c in cached,
@@ -36,7 +40,8 @@ def leaderboard(configs, records, cached, keys, metric: str, layers: str = ""):
     order = board.assign(_failed=board["status"] != "ok",
                          _key=board[f"val_{metric}"].map(lambda v: metrics.sort_key(metric, v)),
                          _tie=board["val_log_loss"].map(lambda v: metrics.sort_key("log_loss", v)))
-    board = order.sort_values(["_failed", "_key", "_tie", "fit_s"], ascending=[True, False, False, True],
+    board = order.sort_values(["_failed", "train_rows", "_key", "_tie", "fit_s"],
+                              ascending=[True, False, False, False, True],
                               kind="stable").drop(columns=["_failed", "_key", "_tie"])
     board.insert(0, "rank", range(1, len(board) + 1))
     first = ["rank", "classifier", "params", "preprocess", "layer"] + [f"val_{m}" for m in metrics.METRICS]
@@ -64,7 +69,8 @@ def swept_params(board) -> list:
         keys = {k for p in rows for k in p}
         varying[clf] = [k for k in dict.fromkeys(k for p in rows for k in p) if k in keys
                         and len({p.get(k) for p in rows}) > 1]
-    return [", ".join(f"{k}={p[k]}" for k in varying[c] if k in p) or "-" for p, c in zip(parsed, board["classifier"])]
+    return [text if c == "ensemble" else ", ".join(f"{k}={p[k]}" for k in varying[c] if k in p) or "-"
+            for p, c, text in zip(parsed, board["classifier"], board["params"].fillna(""))]
 
 
 def format_leaderboard(board, limit: int = 20, metric: str = "accuracy") -> str:

@@ -27,7 +27,8 @@ __all__ = ["save_model", "load_model", "read_metadata", "SavedModel", "sidecar_p
 MARKER = "featcache-model"
 MODEL_FORMAT = 2  # 1: a joblib pickle (featcache 0.1): refused, since loading it could run any code it holds
 # Types a skops model file may hold beyond those skops trusts itself (scikit-learn's estimators, numpy).
-TRUSTED_TYPES = ("featcache.learn.dense.DenseHead",)
+TRUSTED_TYPES = ("featcache.learn.dense.DenseHead", "featcache.learn.ensemble.SoftVoting",
+                 "featcache.learn.kernel.RBFFeatures")
 SUFFIXES = {"skops": ".skops", "top": ".safetensors"}
 
 

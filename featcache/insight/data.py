@@ -23,7 +23,6 @@ from ..errors import FeatcacheError
 
 __all__ = ["Dataset", "open_dataset", "thumbnails", "file_hashes", "thumbnail_png", "THUMB"]
 
-RANKS = False
 THUMB = 16  # side of the grey thumbnails the pixel check compares
 CROPS = (0.0, 0.06, 0.12)  # fractions cut off the sides when looking for a cropped copy (see thumbnails)
 
@@ -108,7 +107,6 @@ def thumbnails(paths: Sequence[str], crops: Sequence[float] = CROPS) -> Dict[str
     zero-mean and unit-norm, so the dot product of two is the correlation of their pixels. ``None`` for a
     file that is missing or cannot be decoded."""
     from PIL import Image
-    from scipy.stats import rankdata
 
     out: Dict[str, Optional[np.ndarray]] = {}
     for p in dict.fromkeys(paths):
@@ -121,8 +119,6 @@ def thumbnails(paths: Sequence[str], crops: Sequence[float] = CROPS) -> Dict[str
                     box = (round(a * w), round(a * h), w - round(b * w), h - round(b * h))
                     t = np.asarray(img.resize((THUMB, THUMB), Image.BILINEAR, box=box, reducing_gap=2.0),
                                    dtype=np.float32).ravel()
-                    if RANKS:
-                        t = rankdata(t).astype(np.float32)
                     t = t - t.mean()
                     vecs.append(t / (np.linalg.norm(t) or 1.0))
             out[p] = np.stack(vecs)

@@ -44,7 +44,9 @@ def build_parser() -> Parser:
                         "a candidate pair is a copy (default: 0.996, measured: resized, re-encoded, cropped and "
                         "brightened copies score >= 0.997, different digits of one class <= 0.995)")
     p.add_argument("--layer", help="the cache layer whose features are used (default: the cache's last layer)")
-    p.add_argument("--k", type=int, default=10, help="nearest neighbours per row, for outliers (default: 10)")
+    p.add_argument("--k", type=int, default=20, help="nearest neighbours per row: an outlier's score is its mean "
+                                                     "distance to them; copies are looked for among them "
+                                                     "(default: 20)")
     p.add_argument("--neighbours", default="auto", choices=("auto", "exact", "faiss", "hnswlib"),
                    help="neighbour search: exact (block-wise from the file), or an approximate index (pip install "
                         "'featcache[inspect]'); auto = exact up to 100,000 rows, approximate beyond when installed "

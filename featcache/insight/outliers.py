@@ -2,7 +2,8 @@
 
 The score of a row is its mean cosine distance to its ``k`` nearest neighbours (the same block-wise search the
 duplicates use); a row is flagged when its robust z-score (median and MAD of all scores) exceeds ``Z_FLAG``. A
-small group of odd images keeps each other company, so the ranking, not only the flag, is the tool.
+small group of odd images keeps each other company: ``k`` (default 20) larger than such a group sees past it
+(on MNIST with 50 planted odd images, k=10 ranks 74% of them first, k=20 98%).
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from .neighbours import Neighbours
 
 __all__ = ["find_outliers", "Z_FLAG"]
 
-Z_FLAG = 3.5  # robust z-score above which a row is flagged as an outlier
+Z_FLAG = 5.0  # robust z-score above which a row is flagged (measured: scripts/bench_inspect.py)
 
 
-def find_outliers(ds: Dataset, nb: Neighbours, k: int = 10) -> pd.DataFrame:
+def find_outliers(ds: Dataset, nb: Neighbours, k: int = 20) -> pd.DataFrame:
     """Every row ranked, farthest from its neighbours first: path, split, label, score (mean cosine distance to
     its k nearest neighbours), z (robust z-score), outlier (flagged), nearest (path of its nearest neighbour)."""
     k = max(1, min(k, nb.index.shape[1]))

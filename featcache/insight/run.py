@@ -101,7 +101,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def inspect(cache, out=None, only=None, threshold: Optional[float] = None, layer: Optional[str] = None,
-            k: int = 10, neighbours: str = "auto", label_method: Optional[str] = None, folds: int = 5,
+            k: int = 20, neighbours: str = "auto", label_method: Optional[str] = None, folds: int = 5,
             seed: int = 0, overwrite: bool = False, progress: bool = True) -> InspectResult:
     """Find duplicates and leaks, likely label errors, outliers and class confusion in a cache; draw the map.
 

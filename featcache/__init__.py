@@ -2,7 +2,7 @@
 
 The public API. Names that need torch or scikit-learn are imported on first use (PEP 562), so
 ``import featcache; featcache.load(path)`` reads a cache with h5py alone. ``featcache.extract``, ``sweep``,
-``predict``, ``finetune`` and ``inspect`` are both functions to call and ``python -m`` modules: each is its
+``predict``, ``finetune``, ``fit`` and ``inspect`` are both functions to call and ``python -m`` modules: each is its
 module, made callable (``featcache._util.make_callable``); loading them lazily also keeps ``python -m featcache.sweep``
 from finding its module imported before it runs. The layers of the package: README, "Architecture".
 """
@@ -10,7 +10,7 @@ import importlib
 
 from ._util import featcache_version
 from .cache import FeatureSet, load
-from .config import ExtractConfig, FinetuneConfig, SweepConfig
+from .config import ExtractConfig, FinetuneConfig, FitConfig, SweepConfig
 from .errors import FeatcacheError
 
 __version__ = featcache_version()
@@ -21,7 +21,7 @@ _LAZY = {  # name -> (module, attribute; None = the module itself)
     "FinetuneResult": ("finetune", "FinetuneResult"), "load_model": ("selection.modelfile", "load_model"),
     "DenseHead": ("learn.dense", "DenseHead"), "TopClassifier": ("learn.top", "TopClassifier"),
     "logistic_path": ("learn.logistic", "logistic_path"), "inspect": ("inspect", None),
-    "InspectResult": ("insight.run", "InspectResult"),
+    "InspectResult": ("insight.run", "InspectResult"), "fit": ("fit", None), "FitResult": ("fit", "FitResult"),
 }
 
 
@@ -33,6 +33,6 @@ def __getattr__(name):
     return module if attr is None else getattr(module, attr)
 
 
-__all__ = ["DenseHead", "ExtractConfig", "FeatcacheError", "FeatureSet", "FinetuneConfig", "FinetuneResult",
-           "InspectResult", "SweepConfig", "SweepResult", "TopClassifier", "__version__", "extract", "finetune",
-           "inspect", "load", "load_model", "logistic_path", "predict", "sweep"]
+__all__ = ["__version__", "DenseHead", "extract", "ExtractConfig", "FeatcacheError", "FeatureSet", "finetune",
+           "FinetuneConfig", "FinetuneResult", "fit", "FitConfig", "FitResult", "inspect", "InspectResult", "load",
+           "load_model", "logistic_path", "predict", "sweep", "SweepConfig", "SweepResult", "TopClassifier"]

@@ -9,6 +9,7 @@ COMMANDS = {  # command -> what it does (each is featcache.cli.<command>.main)
     "extract": "run a frozen model over images once and cache the features (HDF5)",
     "sweep": "fit many classifiers on a cache, keep the best, score it on test",
     "finetune": "train a network's top blocks from cached activations",
+    "fit": "images -> the best model within a time budget (extract, sweep, fine-tune)",
     "predict": "apply a saved model to new images (or a cache)",
     "inspect": "find duplicates, leaks, label errors and outliers in a cache; HTML report",
     "ls": "list the caches in the cache directory",

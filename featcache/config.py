@@ -18,7 +18,8 @@ from ._validation import Interval, Matches, Options, validate_params
 from ._validation import Sequence as ListOf
 from .errors import ConflictError, FeatcacheError, ParameterError
 
-__all__ = ["ExtractConfig", "SweepConfig", "FinetuneConfig", "FeatcacheError", "default_cache_dir", "DEFAULT_MODEL",
+__all__ = ["ExtractConfig", "SweepConfig", "FinetuneConfig", "FitConfig", "FeatcacheError", "default_cache_dir",
+           "DEFAULT_MODEL",
            "DEVICE", "POOLS", "PRECISIONS", "DTYPES", "AUGMENTATIONS", "MAX_VIEWS", "METRICS", "BACKENDS",
            "CLUSTER_BACKENDS"]
 
@@ -197,6 +198,44 @@ class SweepConfig(_Config):
 
 
 @dataclass
+class FitConfig(_Config):
+    """What ``featcache.fit`` does from images to the best model: extraction settings, the budget, the stages."""
+
+    data: Any = None  # image folder or CSV file
+    out: Optional[Path] = None  # the run folder: best.*, leaderboard.csv, fit.json, and sweep/ and finetune/
+    budget: float = 900.0  # seconds for the whole run: no stage or fit starts after it
+    model: Any = DEFAULT_MODEL
+    weights: str = "DEFAULT"
+    image_size: Optional[int] = None
+    cache_dir: Optional[Path] = None
+    finetune: str = "auto"  # auto: when the budget left covers its estimate; always; never
+    train_blocks: Sequence[Any] = (1, "all")  # the fine-tuning grid: blocks of the top that train
+    metric: str = "accuracy"
+    seed: int = 0
+    n_jobs: Optional[int] = None
+    device: str = "auto"
+    top: int = 10  # rows of the sweep's leaderboard carried into fit's
+    overwrite: bool = False
+    progress: bool = True
+
+    _parameter_constraints = {
+        "out": [str, os.PathLike],
+        "budget": [Interval(Real, 0, None, "neither")],
+        "image_size": [None, _POSITIVE_INT],
+        "cache_dir": [None, str, os.PathLike],
+        "finetune": [Options(("auto", "always", "never"))],
+        "train_blocks": [ListOf((Interval(Integral, 0, None), Options(("all",))), 1)],
+        "metric": [Options(METRICS)],
+        "seed": [Integral],
+        "n_jobs": [None, _POSITIVE_INT, Options((-1,))],
+        "device": [DEVICE],
+        "top": [_POSITIVE_INT],
+        "overwrite": [bool],
+        "progress": [bool],
+    }
+
+
+@dataclass
 class FinetuneConfig(_Config):
     """Everything that decides what a fine-tuning run trains, how it validates, and where results go.
 
@@ -217,6 +256,7 @@ class FinetuneConfig(_Config):
     augment: bool = False
     dropout: float = 0.0
     val_fraction: Optional[float] = None  # a stratified hold-out of train when the cache has no val split (0.2)
+    budget: Optional[float] = None  # seconds: start no configuration after this (the first always trains)
     metric: str = "accuracy"
     seed: int = 0
     device: str = "auto"
@@ -237,6 +277,7 @@ class FinetuneConfig(_Config):
         "augment": [bool],
         "dropout": [Interval(Real, 0, 1, "left")],
         "val_fraction": [None, _FRACTION],
+        "budget": [None, Interval(Real, 0, None, "neither")],
         "metric": [Options(METRICS)],
         "seed": [Integral],
         "device": [DEVICE],

@@ -97,6 +97,7 @@ class FinetuneResult:
     best_params: dict
     test_scores: Optional[Dict[str, float]]
     scheme: str
+    skipped: List[str] = field(default_factory=list)  # configurations not trained when the budget ran out
     out: Optional[Path] = None
     files: List[Path] = field(default_factory=list)
 
@@ -148,10 +149,14 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
         configs = [Config("finetune", json.dumps(params), "none") for params in grid]
         keys = {c: result_key({"fingerprint": fs.meta.fingerprint, "node": node, "config": c.identity()})
                 for c in configs}
-        records, models = {}, {}
+        records, models, skipped = {}, {}, []
+        deadline = None if cfg.budget is None else time.monotonic() + cfg.budget
         bar = tqdm(total=len(configs), desc="finetune", unit="config", disable=not cfg.progress, file=sys.stderr)
         try:
             for config, params in zip(configs, grid, strict=True):
+                if deadline is not None and records and time.monotonic() > deadline:
+                    skipped.append(config.label())  # out of time; the first configuration always runs
+                    continue
                 est = TopClassifier(top=top, input_shape=shape, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
                                     batch_size=cfg.batch_size, n_iter_no_change=cfg.patience, augment=cfg.augment,
                                     dropout=cfg.dropout, random_state=cfg.seed, device=cfg.device,
@@ -170,6 +175,9 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
                 log.info("%s: %s", config.label(), records[config].get("note") or records[config].get("error"))
         finally:
             bar.close()
+        if skipped:
+            log.warning("the budget ran out: %d configuration(s) not trained: %s", len(skipped), "; ".join(skipped))
+        configs = [c for c in configs if c in records]
         board = leaderboard(configs, records, set(), keys, cfg.metric, node)
         ok = board[board["status"] == "ok"]
         if ok.empty:
@@ -181,7 +189,7 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
             test_scores, test_pred = _scores(best, acts[test_rows], fs.y[test_rows], fs.classes)
             for name, value in test_scores.items():
                 board.loc[0, f"test_{name}"] = value
-        result = FinetuneResult(board, best, best_config.params, test_scores, scheme.description)
+        result = FinetuneResult(board, best, best_config.params, test_scores, scheme.description, skipped=skipped)
         if cfg.out is not None:
             result.out = Path(cfg.out).expanduser()
             truth = (fs.y[test_rows], test_pred, "test") if test_pred is not None else \

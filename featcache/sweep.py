@@ -85,7 +85,7 @@ def run(cfg: SweepConfig) -> SweepResult:
     grid, only = grids.read_grid(cfg.grid), list(cfg.classifiers) or None
     grids.expand_grid(grid, only)  # every table checked now, before the features are read
     feats = load_features(cfg.cache, cfg.layer, cfg.views, cfg.out_of_core, cfg.block_rows,
-                          shared_copy=cfg.backend == "loky" and cfg.n_jobs != 1)
+                          shared_copy=cfg.backend == "loky" and (None if cfg.n_jobs is None else cfg.n_jobs != 1))
     if cfg.tta and feats.V is None:
         raise FeatcacheError("--tta needs augmented views in the cache; extract with --views K "
                              "(and do not pass --no-views)")
@@ -149,7 +149,8 @@ def run(cfg: SweepConfig) -> SweepResult:
     fits = fits_on(n_train)
     fits.fit(alive)
     final = [c for c in alive if c in fits.records]
-    ensemble = _ensemble(cfg, fits, final)
+    out_of_time = deadline is not None and time.monotonic() > deadline
+    ensemble = None if out_of_time or cfg.out_of_core else _ensemble(cfg, fits, final)  # (members do not stream)
     final += [ensemble] if ensemble is not None and ensemble in fits.records else []
     board, keys = _board(cfg, fits, final, stopped, rungs, "+".join(feats.layers), n_train)
     ok = board[board["status"] == "ok"]
@@ -215,13 +216,13 @@ def _board(cfg: SweepConfig, fits: Fits, final: List[Config], stopped, rungs: Di
 
 
 def _streamable(configs: List[Config], default_grid: bool) -> List[Config]:
-    """Out of core only classifiers and preprocessing that train from a stream; the default grid keeps just those."""
+    """Out of core only classifiers and preprocessing that train from a stream; the default: the streaming grid."""
+    if default_grid:
+        log.info("--out-of-core: the default streaming grid (%s, which train from a stream)",
+                 " and ".join(streaming.STREAMING_CLASSIFIERS))
+        return grids.expand_grid(grids.read_grid(grids.STREAMING_GRID))
     ok = [c for c in configs if c.classifier in streaming.STREAMING_CLASSIFIERS
           and all(step in streaming.STREAMING_PREPROCESS for step in c.preprocess.split("+"))]
-    if default_grid and ok:
-        log.info("--out-of-core: the default grid's %s configurations (the ones that train from a stream)",
-                 " and ".join(streaming.STREAMING_CLASSIFIERS))
-        return ok
     if len(ok) < len(configs):
         bad = sorted({c.label() for c in configs} - {c.label() for c in ok})
         raise FeatcacheError(f"--out-of-core trains only {', '.join(streaming.STREAMING_CLASSIFIERS)} with preprocess "
@@ -285,7 +286,8 @@ def _write(cfg: SweepConfig, result: SweepResult, feats: Features, scheme: Schem
     summary = {"cache": str(feats.path), "fingerprint": feats.meta.fingerprint, "layers": feats.layers,
                "scheme": scheme.description, "metric": cfg.metric, "seed": cfg.seed, "best": best.identity(),
                "test": result.test_scores, "layer_screen": result.layer_screen, "n_configurations": len(records),
-               "n_cached": result.n_cached, "n_fits": result.n_fits, "settings": settings_record(cfg)}
+               "n_cached": result.n_cached, "n_fits": result.n_fits, "settings": settings_record(cfg),
+               "standard_error": result.standard_error, "skipped": result.skipped}
     return write_outputs(result.out, result.leaderboard, result.best, metadata, summary, "sweep.json",
                          plots=cfg.plots, plot_rows=by_clf, metric=cfg.metric,
                          confusion=(y_true, y_pred, feats.classes, f"{best.label()}\n({on})"))

@@ -25,7 +25,7 @@ STAGES = [
     ("extraction", 5),
     ("learn", 6),
     ("selection", 7),
-    ("sweep", 8), ("finetune", 8), ("predict", 8), ("insight", 8),
+    ("sweep", 8), ("finetune", 8), ("predict", 8), ("fit", 8), ("insight", 8),
     ("cli", 9), ("extract", 9), ("inspect", 9), ("ls", 9), ("verify", 9), ("explain", 9), ("__main__", 9),
     ("__init__", 9),
 ]
@@ -101,6 +101,7 @@ LIGHT = {
     "verify": "import sys; from featcache.cli.verify import main; main([sys.argv[1]])",
     "explain --help": "from featcache.cli.explain import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    ...",
     "sweep --help": "from featcache.cli.sweep import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    ...",
+    "inspect --help": "from featcache.cli.inspect import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    ...",
 }
 
 

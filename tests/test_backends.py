@@ -63,7 +63,7 @@ def test_a_cluster_sweep_gives_the_loky_leaderboard(cache, loky_board, backend, 
     _same_board(board, loky_board)
     # Threads of one process share the thread limits: set once around the tasks, they come back as they were.
     assert (torch.get_num_threads(), [lib["num_threads"] for lib in threadpool_info()]) == before
-    assert (board["status"] == "ok").all() and len(board) == 6
+    assert (board["status"] == "ok").all() and len(board) == 7  # 6 grid points and their ensemble
 
 
 def test_dask_workers_get_the_features_once(cache):

@@ -24,6 +24,7 @@ EVERY_CLASSIFIER = {
     "sgd": {"preprocess": "standardize", "loss": "log_loss"},
     "knn": {"preprocess": "pca:8", "n_neighbors": 3},
     "dense": {"preprocess": "standardize", "epochs": 5, "lr": 0.01},
+    "svm": {"preprocess": "l2", "C": 10.0},
 }
 TINY = {"logreg": {"preprocess": "standardize", "C": [0.01, 1.0]}, "knn": {"n_neighbors": 3}}
 
@@ -70,12 +71,13 @@ def test_every_classifier_on_a_real_cache(caches, tmp_path):
     res = sweep(caches["split"], grid=EVERY_CLASSIFIER, out=tmp_path / "out", results_dir=tmp_path / "r",
                 progress=False)
     board = res.leaderboard
+    # Every classifier, and the ensemble of the best three (one per classifier), validated like the others.
     assert set(board["classifier"]) == set(CLASSIFIERS) and (board["status"] == "ok").all()
     assert list(board["val_accuracy"]) == sorted(board["val_accuracy"], reverse=True)
     assert board["val_accuracy"].iloc[0] >= 0.9
-    no_proba = board["classifier"].isin(["linsvm", "ridge"])
+    no_proba = board["classifier"].isin(["linsvm", "ridge", "svm"])
     assert board.loc[no_proba, "val_log_loss"].isna().all() and board.loc[~no_proba, "val_log_loss"].notna().all()
-    assert board["test_accuracy"].notna().tolist() == [True] + [False] * 5  # test is scored once, for the best
+    assert board["test_accuracy"].notna().tolist() == [True] + [False] * 7  # test is scored once, for the best
     assert res.test_scores["accuracy"] == board["test_accuracy"].iloc[0]
     assert set(res.best.predict(featcache.load(caches["split"]).X)) <= set(COLOURS)
     for name in ["leaderboard.csv", "best.skops", "best.skops.json", "sweep.json", "plots/confusion_matrix.png"]:
@@ -93,13 +95,14 @@ def test_val_split_selects_on_val_and_refits_on_train_plus_val(caches, tmp_path)
 
 def test_cv_without_splits_falls_back_for_small_classes(caches, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="featcache"):
-        res = sweep(caches["flat"], grid=TINY, results_dir=tmp_path, progress=False)
+        res = sweep(caches["flat"], grid=TINY, results_dir=tmp_path, progress=False, ensemble=0)
     assert "class blue has only 3 labelled rows, too few for 5-fold CV; using 3-fold CV" in caplog.text
     assert res.scheme.startswith("3-fold stratified CV on all labelled rows")
+    assert "15 rows < 1000: every row validates once" in res.scheme  # 5-fold was chosen for the size, then fell back
     assert "val_accuracy_std" in res.leaderboard and res.test_scores is None
     assert res.n_fits == 3 * 3 + 1  # 3 configs x 3 folds, then the refit of the best
     held = sweep(caches["flat"], grid=TINY, val_fraction=0.3, results_dir=tmp_path, progress=False)
-    assert held.scheme.startswith("a 30% hold-out of all labelled rows")
+    assert held.scheme.startswith("a 30% stratified hold-out of all labelled rows")
 
 
 def test_cache_without_val_uses_cv_inside_train(caches, tmp_path):
@@ -117,7 +120,7 @@ def test_a_class_with_one_image_falls_back_to_plain_kfold(tmp_path, make_image, 
 
 
 def test_rerun_fits_nothing_and_a_new_point_fits_only_itself(caches, tmp_path, caplog):
-    args = dict(results_dir=tmp_path / "r", progress=False)
+    args = dict(results_dir=tmp_path / "r", progress=False, ensemble=0)  # (the ensemble's reuse: test_ensemble_...)
     first = sweep(caches["split"], grid=TINY, **args)
     assert len(first.fitted) == 3 and len(first.refitted) == 1
     with caplog.at_level(logging.INFO, logger="featcache"):
@@ -131,7 +134,7 @@ def test_rerun_fits_nothing_and_a_new_point_fits_only_itself(caches, tmp_path, c
     assert more.fitted == ["logreg(C=0.1) on standardize"] and more.n_cached == 3
     other_seed = sweep(caches["split"], grid=TINY, seed=1, **args)
     assert len(other_seed.fitted) == 3  # the seed is part of the key
-    fresh = sweep(caches["split"], grid=TINY, reuse=False, progress=False)
+    fresh = sweep(caches["split"], grid=TINY, reuse=False, progress=False, ensemble=0)
     assert len(fresh.fitted) == 3 and not (Path(caches["split"]).parent / "sweep-results").exists()
 
 
@@ -162,7 +165,7 @@ def test_sweep_tries_each_layer_and_their_concatenation(caches, tmp_path, caplog
     grid = {"logreg": {"C": [0.01, 1.0]}, "knn": {"n_neighbors": 3}}
     with caplog.at_level(logging.INFO, logger="featcache"):
         res = sweep(caches["two_layers"], grid=grid, results_dir=tmp_path / "r", out=tmp_path / "out",
-                    plots=False, progress=False, screen_layers=0)
+                    plots=False, progress=False, screen_layers=0, ensemble=0)
     assert "trying layer3, layer4, layer3+layer4" in caplog.text and not res.layer_screen
     board = res.leaderboard
     assert len(board) == 3 * 3 and list(board.columns[:5]) == ["rank", "classifier", "params", "preprocess", "layer"]
@@ -176,10 +179,11 @@ def test_sweep_tries_each_layer_and_their_concatenation(caches, tmp_path, caplog
     assert "+".join(meta["layers"]) == res.best_config.layer and meta["n_features"] == widths[res.best_config.layer]
     assert featcache.predict(tmp_path / "out" / "best.skops", caches["two_layers"], progress=False).shape[0] == 48
     # The layer choice is part of every result key: a rerun fits nothing, a pinned layer reuses its results.
-    again = sweep(caches["two_layers"], grid=grid, results_dir=tmp_path / "r", progress=False, screen_layers=0)
+    again = sweep(caches["two_layers"], grid=grid, results_dir=tmp_path / "r", progress=False, screen_layers=0,
+                  ensemble=0)
     assert again.n_fits == 0 and again.leaderboard["val_accuracy"].tolist() == board["val_accuracy"].tolist()
     chosen = sweep(caches["two_layers"], grid=grid, layer="layer4,layer3+layer4", results_dir=tmp_path / "r",
-                   progress=False)
+                   progress=False, ensemble=0)
     assert not chosen.fitted and set(chosen.leaderboard["layer"]) == {"layer4", "layer3+layer4"}
 
 
@@ -190,9 +194,9 @@ def test_the_layer_screen_runs_the_grid_on_the_best_choices_only(caches, tmp_pat
 
     fs = featcache.load(caches["default"])
     assert fs.layers == ["layer2", "layer3", "layer4"] and fs.X.shape[1] == 512  # X: the last layer
-    grid = {"knn": {"n_neighbors": 3}, "ridge": {"preprocess": "standardize", "alpha": 10.0}}
+    grid = {"knn": {"n_neighbors": 3}, "ridge": {"preprocess": "standardize", "alpha": 1000.0}}
     with caplog.at_level(logging.INFO, logger="featcache"):
-        res = sweep(caches["default"], grid=grid, results_dir=tmp_path / "r", progress=False)
+        res = sweep(caches["default"], grid=grid, results_dir=tmp_path / "r", progress=False, ensemble=0)
     assert "layer screen" in caplog.text
     screen = res.layer_screen
     choices = ["layer2", "layer3", "layer4", "layer2+layer3", "layer3+layer4", "layer2+layer3+layer4"]
@@ -200,18 +204,21 @@ def test_the_layer_screen_runs_the_grid_on_the_best_choices_only(caches, tmp_pat
     kept = list(screen)[:2]
     board = res.leaderboard
     assert set(board[board["classifier"] == "knn"]["layer"]) == set(kept)  # the grid: only on the kept choices
-    # The screen's ridge(alpha=10) is also a grid point: its fits on every choice are kept, the logistic ones
-    # (not in the grid) are not shown.
+    # The screen's ridge(alpha=1000) is also a grid point: its fits on every choice are kept, the logistic and
+    # SVM ones (not in the grid) are not shown.
     assert set(board[board["classifier"] == "ridge"]["layer"]) == set(choices)
-    assert "logreg" not in set(board["classifier"])
+    assert not {"logreg", "svm"} & set(board["classifier"])
     # The screen's scores are the screen configurations' own validation scores, found again by a full sweep.
-    full = sweep(caches["default"], grid=SCREEN_GRID, results_dir=tmp_path / "r", progress=False, screen_layers=0)
+    full = sweep(caches["default"], grid=SCREEN_GRID, results_dir=tmp_path / "r", progress=False, screen_layers=0,
+                 ensemble=0)
     assert not full.fitted  # every screen fit came from the result store
     assert best_per_layer(full.leaderboard) == pytest.approx(screen)
     # --screen-layers 0 fits the grid on every choice; a pinned --layer never screens.
-    every = sweep(caches["default"], grid=grid, results_dir=tmp_path / "r", progress=False, screen_layers=0)
+    every = sweep(caches["default"], grid=grid, results_dir=tmp_path / "r", progress=False, screen_layers=0,
+                  ensemble=0)
     assert set(every.leaderboard["layer"]) == set(choices) and not every.layer_screen
-    pinned = sweep(caches["default"], grid=grid, layer="layer2,layer4", results_dir=tmp_path / "r", progress=False)
+    pinned = sweep(caches["default"], grid=grid, layer="layer2,layer4", results_dir=tmp_path / "r", progress=False,
+                   ensemble=0)
     assert set(pinned.leaderboard["layer"]) == {"layer2", "layer4"} and not pinned.layer_screen
     with pytest.raises(FeatcacheError, match="'screen_layers' parameter of SweepConfig must be an int >= 0. Got -1"):
         sweep(caches["default"], grid=grid, screen_layers=-1, progress=False)
@@ -239,7 +246,7 @@ def test_a_failing_configuration_is_reported_not_fatal(caches, tmp_path):
 
 @pytest.mark.parametrize("grid, match", [
     ({"logreggg": {"C": 1.0}}, r"unknown classifier \(grid table\) 'logreggg' \(did you mean logreg\?\); "
-                               r"valid: dense, knn, linsvm, logreg, ridge, sgd, preprocess"),
+                               r"valid: dense, ensemble, knn, linsvm, logreg, ridge, sgd, svm, preprocess"),
     ({"logreg": {"Cc": [1.0]}}, r"unknown hyperparameter of \[logreg\] \(LogisticRegression\) 'Cc' "
                                 r"\(did you mean C\?\); valid: C, class_weight, "),
     ({"logreg": {"C": [-1.0]}}, r"grid \[logreg\] C=-1.0: The 'C' parameter of LogisticRegression must be"),
@@ -247,6 +254,9 @@ def test_a_failing_configuration_is_reported_not_fatal(caches, tmp_path):
     ({"knn": {"preprocess": "whiten"}}, r"unknown preprocess step 'whiten' in 'whiten'; valid: none, standardize"),
     ({"knn": {"n_neighbors": []}}, r"grid \[knn\] n_neighbors = \[\]: give at least one value"),
     ({"preprocess": "l2"}, r"the grid has no classifier to fit"),
+    ({"ensemble": {"members": []}}, r"grid \[ensemble\]: the sweep builds ensembles from its best configurations"),
+    ({"svm": {"C": 1.0, "max_rows": "many"}}, r"grid max_rows = 'many': give a number of rows"),
+    ({"knn": {"preprocess": "rbf:x"}}, r"preprocess 'rbf:x': rbf takes a positive number of components"),
 ])
 def test_bad_grids_are_clear_errors(caches, grid, match):
     with pytest.raises(FeatcacheError, match=match):
@@ -265,11 +275,14 @@ def test_bad_grid_files(caches, tmp_path):
     assert len(sweep(caches["split"], grid=good, reuse=False, progress=False).leaderboard) == 2
 
 
-def test_default_grid_is_valid():
+def test_default_grid_is_valid_and_sized_to_the_rows():
     configs = expand_grid(read_grid(None))
-    assert {c.classifier for c in configs} == set(CLASSIFIERS) and 15 <= len(configs) <= 40
-    with pytest.raises(FeatcacheError, match=r"unknown classifier 'svm' \(did you mean linsvm\?\); valid: dense, knn"):
-        expand_grid(read_grid(None), only=["svm"])
+    assert {c.classifier for c in configs} == {"svm", "logreg", "ridge", "knn", "dense"} and 10 <= len(configs) <= 20
+    small, large = expand_grid(read_grid(None), n_rows=20000), expand_grid(read_grid(None), n_rows=20001)
+    assert any(c.classifier == "svm" for c in small) and not any("rbf" in c.preprocess for c in small)
+    assert not any(c.classifier == "svm" for c in large) and any(c.preprocess == "l2+rbf:2000" for c in large)
+    with pytest.raises(FeatcacheError, match=r"unknown classifier 'svmm' \(did you mean svm, linsvm\?\); valid: "):
+        expand_grid(read_grid(None), only=["svmm"])
 
 
 def test_caches_without_labels_or_with_one_class(tmp_path, make_image):
@@ -312,10 +325,11 @@ def test_cli_success_and_errors(caches, tmp_path):
     assert lines[-1] == str(out) and lines[0].split()[:3] == ["rank", "classifier", "params"]
     assert (out / "plots" / "knn.png").is_file()
 
-    bad = _cli(caches["split"], "--classifiers", "logreg,svm")
+    bad = _cli(caches["split"], "--classifiers", "logreg,svmm")
     assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines() == [("featcache: error: unknown classifier 'svm' (did you mean linsvm?); "
-                                                 "valid: dense, knn, linsvm, logreg, ridge, sgd")]
+    assert bad.stderr.strip().splitlines() == [("featcache: error: unknown classifier 'svmm' (did you mean svm, "
+                                                 "linsvm?); valid: dense, ensemble, knn, linsvm, logreg, ridge, sgd, "
+                                                 "svm")]
 
 
 def test_cli_in_process(tmp_path, capsys):
@@ -323,7 +337,7 @@ def test_cli_in_process(tmp_path, capsys):
     assert capsys.readouterr().err == f"featcache: error: no cache at {tmp_path / 'nope.h5'}\n"
     assert main(["--print-grid"]) == 0 and capsys.readouterr().out == DEFAULT_GRID
     assert main(["--list-classifiers"]) == 0
-    assert "knn     sklearn.neighbors.KNeighborsClassifier" in capsys.readouterr().out
+    assert "knn      sklearn.neighbors.KNeighborsClassifier" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "--val-fraction VAL_FRACTION" in capsys.readouterr().out

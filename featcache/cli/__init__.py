@@ -18,7 +18,7 @@ from typing import Optional
 from ..errors import ConflictError, FeatcacheError, ParameterError
 
 __all__ = ["CACHE_DIR_HELP", "Parser", "run_cli", "setup_logging", "config_from_args", "flag_of", "add_run_flags",
-           "add_output_flags"]
+           "add_output_flags", "blocks_arg", "duration_arg"]
 
 log = logging.getLogger("featcache")
 
@@ -55,6 +55,26 @@ def add_output_flags(p: argparse.ArgumentParser) -> None:
                    help="replace an earlier run's outputs in --out (its leaderboard, model, summary and plots); "
                         "without it an --out holding a run is refused before any fit")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+
+
+def blocks_arg(text: str):
+    """argparse type for ``--train-blocks``: an integer >= 0, or ``all``."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or all, got {text!r}") from None
+
+
+def duration_arg(text: str) -> float:
+    """argparse type for ``--budget``: seconds from ``90``, ``90s``, ``15m``, ``1h30m``."""
+    from .._util import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def config_from_args(config_class, args: argparse.Namespace, **changes):

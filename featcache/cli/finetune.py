@@ -10,18 +10,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..config import METRICS, TRAIN_PRECISIONS, FinetuneConfig
-from . import Parser, add_output_flags, add_run_flags, config_from_args, run_cli
+from . import Parser, add_output_flags, add_run_flags, blocks_arg, config_from_args, run_cli
 
 __all__ = ["build_parser", "main"]
-
-
-def _blocks_arg(text: str):
-    if text == "all":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or all, got {text!r}") from None
 
 
 def build_parser() -> Parser:
@@ -50,7 +41,7 @@ def build_parser() -> Parser:
                    help="the graph node where the top starts: a layer of the cache extracted with --pool none, at a "
                         "block boundary (a split across a skip connection is refused, naming the nearest valid nodes)")
     p.add_argument("--out", type=Path, help="output folder (default: runs/<dataset>-finetune-<date-time>)")
-    p.add_argument("--train-blocks", type=_blocks_arg, nargs="+", default=[0, 1, "all"], metavar="K",
+    p.add_argument("--train-blocks", type=blocks_arg, nargs="+", default=[0, 1, "all"], metavar="K",
                    help="how many of the top's last blocks train, each a configuration; 0 = only the head "
                         "(default: 0 1 all)")
     p.add_argument("--lr", type=float, nargs="+", default=[1e-4], help="learning rate(s) of the pretrained blocks "

@@ -13,13 +13,14 @@ from typing import Optional, Sequence
 from ..config import BACKENDS, METRICS, SweepConfig
 from ..errors import FeatcacheError
 from ..selection import grids
-from . import Parser, add_output_flags, add_run_flags, config_from_args, run_cli
+from . import Parser, add_output_flags, add_run_flags, config_from_args, duration_arg, run_cli
 
 __all__ = ["build_parser", "main"]
 
 
 def _names(text: str):
     return [c.strip() for c in text.split(",") if c.strip()]
+
 
 
 def build_parser() -> Parser:
@@ -30,9 +31,11 @@ def build_parser() -> Parser:
                     "OUT/best.skops (+ .json sidecar) for featcache.predict, OUT/plots/*.png and OUT/sweep.json; "
                     "prints the leaderboard, and OUT as the last line. Results are stored per configuration, "
                     "so a rerun fits nothing and a new grid point fits only itself.",
-        epilog="validation: the cache's val split when it has one (else CV inside train); without splits,\n"
-               "stratified k-fold CV (--cv, default 5) or a --val-fraction hold-out. Test rows are never\n"
-               "used for selection.\n\n"
+        epilog="validation: the cache's val split when it has one; else, inside train (or all labelled rows),\n"
+               "--cv K or a --val-fraction hold-out, by default sized to the rows: 5-fold CV below 1,000 rows,\n"
+               "3-fold below 5,000, one stratified 20% hold-out (at most 10,000 rows) from 5,000. The log says\n"
+               "which and why; the best score is printed with its standard error. Test rows are never used\n"
+               "for selection.\n\n"
                "examples:\n"
                "  python -m featcache.sweep CACHE.h5 --out runs/exp1\n"
                "  python -m featcache.sweep CACHE.h5 --grid grid.toml --n-jobs 2\n"
@@ -64,10 +67,22 @@ def build_parser() -> Parser:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: score validation and test rows (and predict new images) by "
                         "averaging over each image's clean features and its cached views")
-    p.add_argument("--cv", type=int, help="k-fold cross-validation (default: 5 when the cache has no val split; "
-                                          "given with a val split, CV runs on train+val)")
+    p.add_argument("--cv", type=int, help="k-fold cross-validation (default, when the cache has no val split: "
+                                          "sized to the rows, see below; given with a val split, CV runs on "
+                                          "train+val)")
     p.add_argument("--val-fraction", type=float, help="score on a random stratified hold-out of this fraction "
                                                       "instead of CV (e.g. 0.2)")
+    p.add_argument("--no-halving", dest="halving", action="store_false",
+                   help="fit every configuration on all the training rows; by default, from 6,000 training rows, "
+                        "successive halving fits them all on a third of the rows (a ninth, ...) and only the best "
+                        "third goes on to three times as many")
+    p.add_argument("--ensemble", type=int, default=3, metavar="N",
+                   help="add a soft vote of the N best configurations (the best of each classifier, on the best "
+                        "layer choice) as one more leaderboard entry, validated like the others; 0 = none "
+                        "(default: 3)")
+    p.add_argument("--budget", type=duration_arg, metavar="TIME",
+                   help="stop starting fits after this long (90s, 15m, 1h): the best of what finished is refitted "
+                        "and saved, the rest listed as skipped (default: no limit)")
     p.add_argument("--metric", default="accuracy", choices=METRICS,
                    help="selection metric (default: accuracy; ties go to the lower log-loss, then the faster fit)")
     p.add_argument("--seed", type=int, default=0, help="seed for folds, hold-outs and estimators (default: 0)")
@@ -122,7 +137,10 @@ def _main(args: argparse.Namespace) -> int:
         print(format_leaderboard(result.leaderboard, args.top, cfg.metric))
         best = result.leaderboard.iloc[0]
         test = f"; test {cfg.metric} {result.test_scores[cfg.metric]:.4f}" if result.test_scores else ""
-        print(f"best: {result.best_config.label()}: val {cfg.metric} {best[f'val_{cfg.metric}']:.4f}{test}")
+        se = f" ± {result.standard_error:.4f}" if result.standard_error is not None else ""
+        print(f"best: {result.best_config.label()}: val {cfg.metric} {best[f'val_{cfg.metric}']:.4f}{se}{test}")
+        if result.skipped:
+            print(f"budget: {len(result.skipped)} configuration(s) not fitted in time (listed in sweep.json)")
         if result.layer_screen:
             print("layer screen: " + ", ".join(f"{k} {v:.4f}" for k, v in result.layer_screen.items())
                   + f" (the whole grid ran on the best {cfg.screen_layers})")

@@ -77,7 +77,7 @@ def embed_2d(Z: np.ndarray, seed: int = 0) -> Tuple[np.ndarray, str]:
         return np.asarray(xy, np.float32), "PCA + UMAP"
     from sklearn.manifold import TSNE
 
-    xy = TSNE(perplexity=perplexity, init="pca", random_state=seed, max_iter=500 if n > 5000 else 1000,
+    xy = TSNE(perplexity=perplexity, init="pca", random_state=seed, max_iter=500,
               learning_rate="auto").fit_transform(Z)
     return xy.astype(np.float32), "PCA + t-SNE (scikit-learn)"
 

@@ -18,6 +18,7 @@ from .._util import human_size
 from ..cache import CacheMeta, FeatureSet, Rows, available_memory, load
 from ..errors import FeatcacheError
 from ..learn.streaming import STREAMING_CLASSIFIERS
+from .backends import AUTO_PARALLEL_VALUES
 
 __all__ = ["Features", "load_features", "layer_choices", "pool_and_test"]
 
@@ -70,10 +71,11 @@ def pool_and_test(fs: FeatureSet) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_core: bool = False,
-                  block_rows: Optional[int] = None, shared_copy: bool = False) -> Features:
+                  block_rows: Optional[int] = None, shared_copy: Optional[bool] = False) -> Features:
     """Read only the layer(s) the sweep needs (and their augmented views), split off pool and test rows.
 
     ``out_of_core``: read no features now; ``X`` and ``X_test`` are :class:`streaming.Rows` views of the file.
+    ``shared_copy``: whether loky workers will share a copy (None: when the features are large enough for workers).
     """
     fs = load(path, lazy=True)
     try:
@@ -91,6 +93,8 @@ def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_
             per_copy = len(fs) * sum(dims.values()) * 4 * (1 + (fs.views[layers[0]].shape[1] if use_views else 0))
             # Copies held at once: the layers as read, their side-by-side matrix (several layers), the pool/test
             # rows taken from it, and the memmap the loky workers share (in /dev/shm: memory too).
+            if shared_copy is None:  # n_jobs None: workers (and their shared copy) only for large features
+                shared_copy = per_copy // 4 >= AUTO_PARALLEL_VALUES
             _check_memory(per_copy, 1 + (len(layers) > 1) + 1 + shared_copy)
             blocks = [np.asarray(fs.features[name][:], dtype=np.float32).reshape(len(fs), -1) for name in layers]
         if use_views:

@@ -187,8 +187,8 @@ def screen_layers(fits: Fits, choices: List[str]) -> Dict[str, float]:
               for c in grids.expand_grid(SCREEN_GRID, n_rows=n_rows)]
     fits.fit(probes, desc="layer screen")
     metric = fits.cfg.metric
-    def score(p: Config) -> float:  # a failed fit, or a metric the classifier cannot give (log-loss of ridge): NaN
-        value = (fits.records[p].get("scores") or {}).get(metric)
+    def score(p: Config) -> float:  # a failed or skipped fit, or a metric the classifier lacks (ridge's log-loss): NaN
+        value = (fits.records.get(p, {}).get("scores") or {}).get(metric)
         return np.nan if value is None else float(value)
 
     best = {choice: max((score(p) for p in probes if p.layer == choice), key=lambda v: metrics.sort_key(metric, v))
@@ -200,7 +200,7 @@ def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records,
                  deadline: Optional[float] = None) -> int:
     """Fit every (configuration, fold) not in the store, in parallel; store each config when complete.
 
-    Past ``deadline`` no task starts (those running finish); returns the fits done.
+    Past ``deadline`` no task starts (those running finish) but the first configuration's; returns the fits done.
     """
     if not todo:
         return 0
@@ -220,8 +220,8 @@ def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records,
         width = {c.layer: len(range(feats.X.shape[1])[feats.columns(c.layer)]) for c in todo}
         shared = cfg.backend == "threading"  # tasks are threads of this process: limits are set once, here
         def calls():  # joblib takes tasks from this generator as workers free up: the deadline stops it
-            for unit, f in tasks:
-                if deadline is not None and time.monotonic() > deadline:
+            for i, (unit, f) in enumerate(tasks):  # (after the first unit's folds: every call fits something)
+                if deadline is not None and i >= len(scheme.folds) and time.monotonic() > deadline:
                     return
                 yield delayed(_run_task)(unit, X, V, y, folds[2 * f], folds[2 * f + 1], feats.columns(unit[0].layer),
                                          len(feats.classes), cfg.seed, min(max_components, width[unit[0].layer]),

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import FeatcacheError
 
-__all__ = ["Classifier", "CLASSIFIERS", "Config", "DEFAULT_GRID", "GRID_ONLY", "PREPROCESS_STEPS",
+__all__ = ["Classifier", "CLASSIFIERS", "Config", "DEFAULT_GRID", "GRID_ONLY", "PREPROCESS_STEPS", "STREAMING_GRID",
            "canonical_preprocess", "describe_classifiers", "ensemble_config", "expand_grid", "make_config",
            "pca_components", "preprocess_steps", "read_grid"]
 
@@ -112,6 +112,12 @@ weight_decay = 0.01
 epochs = 30
 """
 
+# The default grid out of core (--out-of-core): the classifiers that train from a stream of blocks.
+STREAMING_GRID = {
+    "sgd": {"preprocess": "standardize", "loss": "log_loss", "alpha": [0.0001, 0.001, 0.01], "max_iter": 20},
+    "dense": {"preprocess": "standardize", "hidden_layer_sizes": [0, 512], "dropout": 0.2, "weight_decay": 0.01,
+              "epochs": 30},
+}
 
 # --- preprocessing --------------------------------------------------------------------------------
 

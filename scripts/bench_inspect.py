@@ -61,7 +61,7 @@ def _edit(img, edit: str):
         return pil, ".jpg", {"quality": 70}
     if edit == "crop":
         c = max(1, round(0.07 * h))
-        return pil.crop((c, c if h > 8 else 0, w, h)), ".png", {}
+        return pil.crop((c, c, w, h)), ".png", {}
     return ImageEnhance.Brightness(pil).enhance(1.3), ".png", {}
 
 

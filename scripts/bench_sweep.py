@@ -8,7 +8,10 @@
    1500 of scikit-learn's handwritten digits written as PNGs by scripts/make_demo_data.py). All
    epochs of both sides are measured unless ``--e2e-epochs`` asks for fewer (then the rest is
    extrapolated, and the output says so); per-image costs are printed for other dataset sizes.
-3. Default grid: wall time of ``featcache.sweep`` with the built-in grid on 10k x D synthetic features.
+3. Default sweep: the previous release's defaults (its grid, 5-fold CV, one worker, no halving, no ensemble) vs
+   today's, side by side, on 6,000 training rows x D synthetic features (``--grid-n 7500``, 80/20 train/test):
+   wall time, best validation and test accuracy, and today's cost per 1,000 training rows.
+   ``scripts/bench_fit.py`` makes the same comparison on real images (MNIST-5k, sklearn digits).
 
     python scripts/bench_sweep.py                # N=60000, D=1280 (several minutes on 2 cores)
     python scripts/bench_sweep.py --n 12000      # quicker
@@ -198,25 +201,66 @@ def bench_dense(images: Path, e2e_epochs: int, epochs: int = 10) -> dict:
             "speedup_60k_extrapolated": round(big_ratio, 2)}
 
 
-def bench_default_grid(n: int, dim: int, n_jobs: int) -> dict:
-    from featcache.selection.grids import expand_grid, read_grid
+# The previous release's default sweep (featcache 0.2.0), kept here to measure the current defaults against it:
+# its grid, its layer screen, 5-fold CV whenever the cache has no val split, one worker, every configuration on all
+# the rows, no ensemble.
+PREVIOUS_GRID = {
+    "logreg": [{"preprocess": "standardize", "C": [0.0001, 0.001, 0.01, 0.1, 1.0]},
+               {"preprocess": "l2", "C": [0.1, 1.0, 10.0, 100.0, 1000.0]}],
+    "linsvm": {"preprocess": "standardize", "C": [0.0001, 0.001, 0.01], "dual": True},
+    "ridge": {"preprocess": "standardize", "alpha": [10.0, 1000.0, 100000.0]},
+    "sgd": {"preprocess": "standardize", "loss": "log_loss", "alpha": [0.0001, 0.001, 0.01], "max_iter": 20},
+    "knn": {"preprocess": ["none", "pca:128"], "n_neighbors": [5, 20], "weights": "distance"},
+    "dense": {"preprocess": "standardize", "hidden_layer_sizes": [0, 512], "dropout": 0.2, "weight_decay": 0.01,
+              "epochs": 30},
+}
+PREVIOUS_SCREEN = {"ridge": {"preprocess": "standardize", "alpha": [10.0, 1000.0, 100000.0]},
+                   "logreg": {"preprocess": "l2", "C": [0.1, 1.0, 10.0, 100.0, 1000.0]}}
+PREVIOUS = dict(grid=PREVIOUS_GRID, cv=5, n_jobs=1, halving=False, ensemble=0)
+
+
+def previous_and_current(cache: Path, label: str) -> dict:
+    """The previous release's default sweep and today's on ``cache``, side by side in one process (no reuse)."""
+    from featcache.selection import fitting
     from featcache.sweep import sweep
 
+    out = {}
+    for side, kw in (("previous", PREVIOUS), ("current", {})):
+        screen = fitting.SCREEN_GRID
+        if side == "previous":
+            fitting.SCREEN_GRID = PREVIOUS_SCREEN
+        try:
+            t = time.perf_counter()
+            res = sweep(cache, reuse=False, progress=False, **kw)
+            elapsed = time.perf_counter() - t
+        finally:
+            fitting.SCREEN_GRID = screen
+        board = res.leaderboard
+        out[side] = {"seconds": round(elapsed, 1), "configs": len(board), "fits": res.n_fits,
+                     "val_accuracy": round(float(board["val_accuracy"].iloc[0]), 4),
+                     "test_accuracy": round(float(res.test_scores["accuracy"]), 4), "best": res.best_config.label(),
+                     "scheme": res.scheme}
+        print(f"[defaults] {label} {side:>8}: {elapsed:6.1f} s, {len(board)} configurations, {res.n_fits} fits; "
+              f"best val {out[side]['val_accuracy']:.4f}, test {out[side]['test_accuracy']:.4f}: {out[side]['best']}; "
+              f"validation: {res.scheme}", flush=True)
+    out["speedup"] = round(out["previous"]["seconds"] / out["current"]["seconds"], 2)
+    print(f"[defaults] {label}: current defaults {out['speedup']:.2f}x faster; best val "
+          f"{out['current']['val_accuracy'] - out['previous']['val_accuracy']:+.4f}, test "
+          f"{out['current']['test_accuracy'] - out['previous']['test_accuracy']:+.4f}", flush=True)
+    return out
+
+
+def bench_default_grid(n: int, dim: int) -> dict:
+    """The default sweep, previous release vs today, on ``n`` x ``dim`` synthetic features split 80/20 train/test."""
     X, y = synthetic(n, dim, 10, seed=1)
-    split = np.where(np.arange(n) % 10 < 7, "train", np.where(np.arange(n) % 10 < 9, "val", "test"))
+    split = np.where(np.arange(n) % 10 < 8, "train", "test")
     with tempfile.TemporaryDirectory() as tmp:
         cache = write_cache(Path(tmp) / "synthetic.h5", X, y, split, range(10))
-        t = time.perf_counter()
-        res = sweep(cache, n_jobs=n_jobs, reuse=False, progress=False)
-        elapsed = time.perf_counter() - t
-    board = res.leaderboard
-    slowest = board.groupby("classifier")["fit_s"].sum().sort_values(ascending=False)
-    print(f"[default grid] {len(expand_grid(read_grid(None)))} configurations on {n} x {dim} (70/20/10 split), "
-          f"--n-jobs {n_jobs}: {elapsed:.1f} s; best {res.best_config.label()} val accuracy "
-          f"{board['val_accuracy'].iloc[0]:.4f}, test {res.test_scores['accuracy']:.4f}")
-    print(f"[default grid] fit seconds by classifier: {', '.join(f'{k} {v:.1f}' for k, v in slowest.items())}",
-          flush=True)
-    return {"n": n, "dim": dim, "n_jobs": n_jobs, "seconds": round(elapsed, 1)}
+        out = previous_and_current(cache, f"synthetic {int(0.8 * n)} train x {dim}")
+    per_1000 = out["current"]["seconds"] / (0.8 * n / 1000)
+    print(f"[defaults] current default sweep: {per_1000:.1f} s per 1,000 training rows of {dim} features on this "
+          f"machine ({os.cpu_count()} cores)", flush=True)
+    return {"n": n, "dim": dim, **out, "seconds_per_1000_rows": round(per_1000, 2)}
 
 
 def main() -> int:
@@ -231,8 +275,8 @@ def main() -> int:
                    help="digits per class when --images is not given (default: 150, i.e. 1500 images)")
     p.add_argument("--e2e-epochs", type=int, default=10,
                    help="end-to-end epochs actually run; fewer than 10 extrapolates the rest (default: 10)")
-    p.add_argument("--grid-n", type=int, default=10000, help="rows for the default-grid timing (default: 10000)")
-    p.add_argument("--grid-jobs", type=int, default=2, help="--n-jobs for the default-grid timing (default: 2)")
+    p.add_argument("--grid-n", type=int, default=7500,
+                   help="rows of the default-sweep comparison, 80%% train (default: 7500, i.e. 6,000 x --dim)")
     p.add_argument("--skip", nargs="*", default=[], choices=["cpath", "dense", "grid"], help="parts to skip")
     args = p.parse_args()
     out = {}
@@ -243,7 +287,7 @@ def main() -> int:
             images = args.images or digits_folder(Path(tmp), args.per_class)
             out["dense_head"] = bench_dense(images, args.e2e_epochs)
     if "grid" not in args.skip:
-        out["default_grid"] = bench_default_grid(args.grid_n, args.dim, args.grid_jobs)
+        out["default_grid"] = bench_default_grid(args.grid_n, args.dim)
     print(json.dumps(out))
     return 0
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -415,3 +416,81 @@ def test_plots_call_the_smallest_loss_best():
     x, scores = [1.0, 1.0, 2.0], [0.5, 0.3, 0.9]
     assert best_per_value(x, scores, "log_loss") == {1.0: 0.3, 2.0: 0.9}
     assert best_per_value(x, scores, "accuracy") == {1.0: 0.5, 2.0: 0.9}
+
+
+# --- the default path: validation sized to the data, successive halving, the ensemble, the budget ----------------
+
+HALVING_GRID = {"logreg": {"preprocess": "standardize", "C": [1e-7, 1e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 1e-2, 1.0]},
+                "knn": {"n_neighbors": [1, 15, 50]}}
+
+
+@pytest.fixture(scope="module")
+def big_cache(tmp_path_factory, feature_cache):
+    """10,000 rows of 32 overlapping Gaussian features, train and test only (8,500 / 1,500)."""
+    return feature_cache(tmp_path_factory.mktemp("big") / "big.h5", n=10000, splits=(0.85, 0.0))
+
+
+def test_halving_finds_the_full_grids_best_with_fewer_fits(big_cache, tmp_path):
+    kw = dict(grid=HALVING_GRID, reuse=False, progress=False, ensemble=0)
+    full = sweep(big_cache, halving=False, **kw)
+    halved = sweep(big_cache, **kw)
+    assert halved.best_config == full.best_config  # the answer the whole grid gives
+    assert halved.test_scores == full.test_scores
+    rows = halved.leaderboard["train_rows"]
+    assert rows.max() == 6800 and set(rows) == {2267, 6800}  # 20% hold-out of 8,500, then a third of the rest
+    assert (rows == 6800).sum() == 4 and list(rows) == sorted(rows, reverse=True)  # survivors rank first
+    assert len(halved.leaderboard) == len(full.leaderboard) == 12
+    # Rows trained on, in all: 12 configurations on 2,267 rows and the best 4 on 6,800, vs 12 on 6,800.
+    assert 12 * 2267 + 4 * 6800 < 0.7 * 12 * 6800 and halved.n_fits == 12 + 4 + 1
+
+
+def test_validation_is_sized_to_the_rows_and_never_sees_test_rows(big_cache):
+    from featcache.selection.features import load_features
+    from featcache.selection.halving import rung_scheme
+    from featcache.selection.schemes import auto_validation, make_scheme
+
+    assert [auto_validation(n)[:2] for n in (999, 1000, 4999, 5000, 100000)] == [
+        (5, None), (3, None), (3, None), (None, 0.2), (None, 0.1)]
+    feats = load_features(big_cache)
+    assert len(feats.y) == 8500 and set(feats.pool_split) == {"train"} and len(feats.y_test) == 1500
+    scheme = make_scheme(feats.y, feats.pool_split, feats.classes, None, None, 0)
+    (train, val), = scheme.folds
+    assert scheme.kind == "holdout" and len(val) == 1700 and not set(train) & set(val)
+    assert max(train.max(), val.max()) < 8500  # pool rows only: the test rows are never indexed
+    assert "chosen as 8500 rows >= 5000" in scheme.description
+    assert abs(scheme.standard_error(0.9) - (0.9 * 0.1 / 1700) ** 0.5) < 1e-12
+    (sub, same_val), = rung_scheme(scheme, feats.y, 2267, 0).folds
+    assert set(sub) <= set(train) and len(sub) == pytest.approx(2267, abs=4) and same_val is val
+
+
+def test_the_ensemble_is_validated_refitted_on_the_pool_and_used_by_predict(feature_cache, tmp_path):
+    from featcache.selection.modelfile import load_model
+
+    cache = feature_cache(tmp_path / "noisy.h5", n=1500)  # overlapping classes: val accuracy about 0.93
+    grid = {"logreg": {"preprocess": "standardize", "C": 0.01}, "knn": {"n_neighbors": 25},
+            "svm": {"preprocess": "standardize"}}
+    res = sweep(cache, grid=grid, out=tmp_path / "out", results_dir=tmp_path / "r", progress=False)
+    board = res.leaderboard
+    assert list(board["classifier"]) == ["ensemble", "svm", "logreg", "knn"]  # (measured: it wins here)
+    assert board["val_accuracy"].iloc[0] >= board["val_accuracy"].iloc[1:].max() and board["status"].eq("ok").all()
+    assert board["params"].iloc[0] == ("svm() on standardize + logreg(C=0.01) on standardize + "
+                                       "knn(n_neighbors=25) on none")
+    vote = res.best[-1]
+    assert [type(m[-1]).__name__ for m in vote.estimators_] == ["SVC", "LogisticRegression", "KNeighborsClassifier"]
+    assert vote.estimators_[2][-1].n_samples_fit_ == 1050 + 225  # refitted on train + val
+    saved = load_model(tmp_path / "out" / "best.skops")  # loads with the trusted types only, no pickle
+    fs = featcache.load(cache)
+    predicted = featcache.predict(tmp_path / "out", cache, progress=False)
+    assert list(predicted["prediction"]) == list(saved.pipeline.predict(fs.X))
+    assert res.test_scores["accuracy"] == pytest.approx(
+        (predicted["prediction"][fs.split == "test"] == np.array(fs.classes)[fs.y[fs.split == "test"]]).mean())
+    again = sweep(cache, grid=grid, results_dir=tmp_path / "r", progress=False)
+    assert again.n_fits == 0 and again.best_config == res.best_config  # the ensemble's record is stored too
+
+
+def test_a_budget_stops_new_fits_and_keeps_the_best_so_far(big_cache, caplog):
+    with caplog.at_level(logging.WARNING, logger="featcache"):
+        res = sweep(big_cache, grid=HALVING_GRID, budget=0.01, reuse=False, progress=False)
+    assert len(res.leaderboard) >= 1 and res.best is not None and res.test_scores is not None
+    assert res.skipped and len(res.skipped) + len(res.leaderboard) >= 12
+    assert "the budget ran out" in caplog.text

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional
 
 from ._util import atomic_write_text, json_text, make_callable, now_iso, parse_duration
 from .config import ExtractConfig, FitConfig
+from .errors import FeatcacheError
 from .selection.modelfile import SUFFIXES, find_model, read_metadata, sidecar_path
 from .selection.outputs import prepare_out
 
@@ -55,7 +56,10 @@ def fit(data, out, **settings) -> FitResult:
     ``settings`` are :class:`FitConfig` fields, e.g. ``fit("photos/", "runs/best", budget="15m")``.
     """
     if isinstance(settings.get("budget"), str):
-        settings["budget"] = parse_duration(settings["budget"])
+        try:
+            settings["budget"] = parse_duration(settings["budget"])
+        except ValueError as e:
+            raise FeatcacheError(f"budget: {e}") from None
     return run(FitConfig(data=data, out=Path(out).expanduser(), **settings))
 
 

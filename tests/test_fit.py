@@ -1,0 +1,60 @@
+"""``featcache.fit``: images to the best model within a budget, on real images and real caches."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+
+import featcache
+from featcache.config import FeatcacheError
+
+SMALL = dict(model="resnet18", weights="none", image_size=32)  # a real network, seeded weights, tiny inputs
+
+
+@pytest.fixture(autouse=True)
+def logs_reach_caplog(monkeypatch):
+    monkeypatch.setattr(logging.getLogger("featcache"), "propagate", True)
+
+
+def test_a_tiny_budget_still_returns_a_model_and_says_what_it_skipped(split_folder, tmp_path):
+    out = tmp_path / "run"
+    res = featcache.fit(split_folder, out, budget=0.01, cache_dir=tmp_path / "c", progress=False, **SMALL)
+    assert res.model_path == out / "best.skops" and res.best_stage == "sweep"
+    assert any(s.startswith("finetune: estimated") for s in res.skipped)  # no time left for fine-tuning
+    assert any(s.startswith("sweep: ") and s.endswith("(out of time)") for s in res.skipped)
+    assert res.test_scores is not None and set(res.leaderboard["stage"]) == {"sweep"}
+    state = json.loads((out / "fit.json").read_text())
+    assert state["skipped"] == res.skipped and set(state["stages"]) == {"extract", "sweep"}
+    predictions = featcache.predict(out, split_folder, progress=False)
+    assert len(predictions) == 20 and set(predictions["prediction"]) <= {"a", "b"}
+
+
+def test_a_second_run_reuses_the_cache_the_sweep_and_the_fine_tuned_model(split_folder, tmp_path, caplog):
+    kw = dict(cache_dir=tmp_path / "c", progress=False, finetune="always", train_blocks=[1], **SMALL)
+    first = featcache.fit(split_folder, tmp_path / "run", **kw)
+    stages = first.stages
+    assert stages["finetune"]["node"] == "layer3" and stages["sweep"]["n_fits"] > 0
+    assert set(first.leaderboard["stage"]) == {"sweep", "finetune"}
+    assert first.leaderboard["test_accuracy"].notna().sum() == 1  # the winner's test score, once
+    with caplog.at_level(logging.INFO, logger="featcache"):
+        again = featcache.fit(split_folder, tmp_path / "run", **kw)
+    assert again.stages["sweep"]["n_fits"] == 0 and again.stages["sweep"]["n_cached"] > 0
+    assert "fine-tuning reused" in caplog.text and again.stages["finetune"] == stages["finetune"]
+    assert again.best_label == first.best_label and again.test_scores == first.test_scores
+    assert (tmp_path / "run" / f"best{again.model_path.suffix}").is_file()
+    assert len(list((tmp_path / "run").glob("best.*"))) == 2  # one model file and its sidecar, of one kind
+
+
+def test_bad_input_is_a_clear_error(split_folder, tmp_path):
+    with pytest.raises(FeatcacheError, match=r"The 'budget' parameter of FitConfig must be a float > 0. Got -1"):
+        featcache.fit(split_folder, tmp_path / "o", budget=-1)
+    with pytest.raises(FeatcacheError, match=r"budget: '15x' is not a duration; use e.g. 90, 90s, 15m, 1h or 1h30m"):
+        featcache.fit(split_folder, tmp_path / "o", budget="15x")
+    with pytest.raises(FeatcacheError, match=r"'finetune' parameter of FitConfig must be one of"):
+        featcache.fit(split_folder, tmp_path / "o", finetune="sometimes")
+    cli = subprocess.run([sys.executable, "-m", "featcache.fit", "--data", str(split_folder), "--out",
+                          str(tmp_path / "o"), "--budget", "soon"], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and "argument --budget: 'soon' is not a duration" in cli.stderr

@@ -35,7 +35,7 @@ def pixel_similarity(T: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         B = T[b[s:s + PAIR_CHUNK]].astype(np.float32)
         ab = np.einsum("np,nvp->nv", A[:, 0], B).max(axis=1)
         ba = np.einsum("np,nvp->nv", B[:, 0], A).max(axis=1)
-        out[s:s + PAIR_CHUNK] = np.maximum(ab, ba)
+        out[s:s + PAIR_CHUNK] = np.minimum(np.maximum(ab, ba), 1.0)  # float16 thumbnails round a little
     return out
 
 

@@ -80,7 +80,7 @@ def _galleries(res, thumbs: _Thumbs) -> str:
     if len(res.duplicates.columns):
         tiles = []
         for _, r in res.leaks.head(GALLERY // 2).iterrows():
-            cap = f"{r.split_a} ↔ {r.split_b}, {'same bytes' if r.exact else f'similarity {r.similarity:.4f}'}"
+            cap = f"{r.split_a}; {'same bytes' if r.exact else f'similarity {r.similarity:.4f}'}"
             tiles.append('<div class="pair">' + _tile(thumbs, r.path_a, cap, "leak")
                          + _tile(thumbs, r.path_b, f"{r.split_b}") + "</div>")
         parts.append(_section("Leaks across splits", "copies of one image in different splits: every score "

@@ -93,7 +93,8 @@ def run(cfg: FitConfig) -> FitResult:
                   seed=cfg.seed, n_jobs=cfg.n_jobs, metric=cfg.metric, progress=cfg.progress)
     board = swept.leaderboard
     ok = board[board["status"] == "ok"]
-    rows = [_sweep_row(r, cfg.metric) for _, r in ok.head(cfg.top).iterrows()]
+    whole = ok[ok["train_rows"] == ok["train_rows"].max()]  # not the ones successive halving stopped early
+    rows = [_sweep_row(r, cfg.metric) for _, r in whole.head(cfg.top).iterrows()]
     stages["sweep"] = {"seconds": round(time.monotonic() - t, 1), "scheme": swept.scheme,
                        "best": swept.best_config.label(), "n_fits": swept.n_fits, "n_cached": swept.n_cached,
                        "skipped": swept.skipped}
@@ -142,14 +143,18 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
         skipped.append("finetune: --finetune never")
         return None
     previous = (earlier or {}).get("stages", {}).get("finetune", {})
-    reusable = previous.get("status") == "done" and (out / "finetune" / "finetune.json").is_file()
+    signature = {"data": str(cfg.data), "model": str(cfg.model), "weights": cfg.weights, "image_size": cfg.image_size,
+                 "train_blocks": [str(b) for b in cfg.train_blocks], "seed": cfg.seed, "metric": cfg.metric,
+                 "cache": stages["extract"]["cache"]}  # the cache path holds the data's fingerprint
+    reusable = (previous.get("status") == "done" and previous.get("signature") == signature
+                and (out / "finetune" / "finetune.json").is_file())
     left = deadline - time.monotonic()
     estimate = FINETUNE_COST * pass_s
     if not reusable and cfg.finetune == "auto" and left < estimate:
         skipped.append(f"finetune: estimated {estimate:.0f} s ({FINETUNE_COST:g} passes over the images at "
                        f"{pass_s:.0f} s each), {max(left, 0):.0f} s of the budget left (--budget; --finetune always)")
         return None
-    if reusable and previous.get("data") == str(cfg.data):
+    if reusable:
         stages["finetune"] = previous
         log.info("fit: fine-tuning reused from %s", out / "finetune")
         return previous["row"]
@@ -158,18 +163,23 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
     from .finetune import finetune
 
     t = time.monotonic()
-    node = models.stage_outputs(models.load_backbone(extract_cfg))[-2].name
-    activations = extract(config=extract_cfg.replace(layers=[node], pool="none", dtype="float16"))
-    tuned = finetune(activations, node, out=out / "finetune", overwrite=True, train_blocks=tuple(cfg.train_blocks),
-                     budget=max(deadline - time.monotonic(), 1.0), seed=cfg.seed, metric=cfg.metric,
-                     device=cfg.device, progress=cfg.progress)
+    try:
+        node = models.stage_outputs(models.load_backbone(extract_cfg))[-2].name
+        activations = extract(config=extract_cfg.replace(layers=[node], pool="none", dtype="float16"))
+        tuned = finetune(activations, node, out=out / "finetune", overwrite=True,
+                         train_blocks=tuple(cfg.train_blocks), budget=max(deadline - time.monotonic(), 1.0),
+                         seed=cfg.seed, metric=cfg.metric, device=cfg.device, progress=cfg.progress)
+    except FeatcacheError as e:  # the sweep's model is kept: fine-tuning is an extra, not a condition
+        log.warning("fit: fine-tuning failed (%s); keeping the sweep's model", e)
+        skipped.append(f"finetune: failed ({e})")
+        return None
     skipped += [f"finetune: {label} (out of time)" for label in tuned.skipped]
     best = tuned.leaderboard.iloc[0]
     row = {"stage": "finetune", "model": f"top after {node}, {tuned.best_params}",
            f"val_{cfg.metric}": best[f"val_{cfg.metric}"], "val_log_loss": best.get("val_log_loss"),
            "fit_s": best.get("fit_s"), "train_rows": None}
     stages["finetune"] = {"status": "done", "seconds": round(time.monotonic() - t, 1), "node": node,
-                          "data": str(cfg.data), "scheme": tuned.scheme, "test": tuned.test_scores, "row": row}
+                          "signature": signature, "scheme": tuned.scheme, "test": tuned.test_scores, "row": row}
     return row
 
 

@@ -161,6 +161,9 @@ def run(cfg: SweepConfig) -> SweepResult:
         raise FeatcacheError(f"every configuration failed; the first error: {board['status'].iloc[0]}")
     by_id = {keys[c][:12]: c for c in final}
     top = [by_id[i] for i in ok["config_id"].iloc[: cfg.test_top] if i in by_id]
+    if not top:
+        raise FeatcacheError("no configuration trained on all the rows succeeded (the budget ran out, or every "
+                             "one failed); give a larger --budget, or --no-halving")
     refits, refitted = _refit_top(cfg, top, feats, base, store)
     for config, (_, test, _) in refits.items():
         if test:
@@ -178,7 +181,7 @@ def run(cfg: SweepConfig) -> SweepResult:
                          [c.label() for f in rungs.values() for c in f.fitted], refitted, screen,
                          best_config.layer or "+".join(feats.layers), skipped=skipped,
                          standard_error=scheme.standard_error(float(ok[f"val_{cfg.metric}"].iloc[0]))
-                         if cfg.metric != "log_loss" else None)
+                         if cfg.metric == "accuracy" else None)  # (binomial: for accuracy only)
     if cfg.out is not None:
         result.out = Path(cfg.out).expanduser()
         result.files = _write(cfg, result, feats.for_layer(best_config.layer), scheme,

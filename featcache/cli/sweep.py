@@ -78,7 +78,7 @@ def build_parser() -> Parser:
                         "third goes on to three times as many")
     p.add_argument("--ensemble", type=int, default=3, metavar="N",
                    help="add a soft vote of the N best configurations (the best of each classifier, on the best "
-                        "layer choice) as one more leaderboard entry, validated like the others; 0 = none "
+                        "layer choice) as one more leaderboard entry, validated like the others; 0 (or 1) = none "
                         "(default: 3)")
     p.add_argument("--budget", type=duration_arg, metavar="TIME",
                    help="stop starting fits after this long (90s, 15m, 1h): the best of what finished is refitted "

@@ -164,9 +164,10 @@ class Fits:
                               self.keys, self.records, desc, self.deadline)
         self.n_fits += n_fits
         self.fitted += [c for c in todo if c in self.records]
-        self.skipped += [c for c in todo if c not in self.records]
+        missed = [c for c in todo if c not in self.records]
+        self.skipped += missed
         log.info("%s: fitted %d configuration(s) (%d fits) in %.1f s; %d from the result store%s", desc,
-                 len(todo) - len(self.skipped),
+                 len(todo) - len(missed),
                  n_fits, time.perf_counter() - t0, sum(c in self.cached for c in configs),
                  f" ({self.store.dir})" if self.store.dir else "")
 

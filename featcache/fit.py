@@ -109,6 +109,8 @@ def run(cfg: FitConfig) -> FitResult:
 
     board = pd.DataFrame(rows)
     key = board[f"val_{cfg.metric}"] * (-1 if cfg.metric == "log_loss" else 1)
+    # Stages validate on different rows: fine-tuning wins only by more than the sweep's standard error (noise).
+    key = key - (board["stage"] == "finetune") * (swept.standard_error or 0.0)
     board = board.assign(_k=key.fillna(-float("inf"))).sort_values("_k", ascending=False, kind="stable")
     board = board.drop(columns="_k").reset_index(drop=True)
     board.insert(0, "rank", range(1, len(board) + 1))

@@ -22,7 +22,6 @@ def _names(text: str):
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
-
 def build_parser() -> Parser:
     p = Parser(
         prog="python -m featcache.sweep",

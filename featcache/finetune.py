@@ -98,6 +98,9 @@ class FinetuneResult:
     test_scores: Optional[Dict[str, float]]
     scheme: str
     skipped: List[str] = field(default_factory=list)  # configurations not trained when the budget ran out
+    train_rows: Optional[np.ndarray] = None  # the cache rows the models trained on
+    val_rows: Optional[np.ndarray] = None  # the cache rows the configurations were ranked on
+    val_pred: Optional[np.ndarray] = None  # the best one's predictions (class indices) on them
     out: Optional[Path] = None
     files: List[Path] = field(default_factory=list)
 
@@ -189,7 +192,9 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
             test_scores, test_pred = _scores(best, acts[test_rows], fs.y[test_rows], fs.classes)
             for name, value in test_scores.items():
                 board.loc[0, f"test_{name}"] = value
-        result = FinetuneResult(board, best, best_config.params, test_scores, scheme.description, skipped=skipped)
+        result = FinetuneResult(board, best, best_config.params, test_scores, scheme.description, skipped=skipped,
+                                train_rows=rows[train], val_rows=rows[val],
+                                val_pred=np.asarray(records[best_config]["pred"]))
         if cfg.out is not None:
             result.out = Path(cfg.out).expanduser()
             truth = (fs.y[test_rows], test_pred, "test") if test_pred is not None else \

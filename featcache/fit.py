@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import numpy as np
+
 from ._util import atomic_write_text, json_text, make_callable, now_iso, parse_duration
 from .config import ExtractConfig, FitConfig
 from .errors import FeatcacheError
@@ -33,6 +35,9 @@ log = logging.getLogger("featcache")
 # activations at the split node, and training the first configuration (the last block) took about three more on
 # sklearn digits at 96 px (11 s and 30 s); later configurations start only while the budget lasts.
 FINETUNE_COST = 4.0
+# Fine-tuning replaces the sweep's model only when it is better beyond chance on the same images (one-sided exact
+# McNemar test at this level): its ~10% of the rows that rank it are few, and it costs far more to run.
+P_VALUE = 0.05
 
 
 @dataclass
@@ -101,18 +106,21 @@ def run(cfg: FitConfig) -> FitResult:
     skipped += [f"sweep: {label} (out of time)" for label in swept.skipped]
 
     tuned = _finetune_stage(cfg, extract_cfg, pass_s, deadline, earlier, out, stages, skipped)
-    if tuned is not None:
-        rows.append(tuned)
     skipped.append("augmented views + test-time augmentation: not tried (on MNIST-5k and sklearn digits the dense "
                    "head on cached views scored 3.5-6.7 points below the default sweep; README, Measured on real "
                    "data); extract --views K and sweep --tta try them by hand")
 
+    duel = _duel(Path(cache), swept, stages.get("finetune"), cfg.seed) if tuned is not None else None
+    if duel is not None:
+        stages["finetune"]["vs_sweep"] = duel
+        tuned = dict(tuned, same_rows=f"{duel['finetune']:.4f} vs the sweep's {duel['sweep']:.4f} on {duel['rows']}")
+        log.info("fit: on the %d rows that ranked fine-tuning, the fine-tuned top %.4f vs the sweep's best trained on "
+                 "the same %d rows %.4f (%d right only by fine-tuning, %d only by the sweep; McNemar p=%.3f): the %s "
+                 "wins", duel["rows"], duel["finetune"], duel["train_rows"], duel["sweep"], duel["finetune_only"],
+                 duel["sweep_only"], duel["p_value"], duel["winner"])
+    if tuned is not None:  # first when it beats the sweep's best beyond noise, else right after it
+        rows.insert(0 if duel is not None and duel["winner"] == "finetune" else 1, tuned)
     board = pd.DataFrame(rows)
-    key = board[f"val_{cfg.metric}"] * (-1 if cfg.metric == "log_loss" else 1)
-    # Stages validate on different rows: fine-tuning wins only by more than the sweep's standard error (noise).
-    key = key - (board["stage"] == "finetune") * (swept.standard_error or 0.0)
-    board = board.assign(_k=key.fillna(-float("inf"))).sort_values("_k", ascending=False, kind="stable")
-    board = board.drop(columns="_k").reset_index(drop=True)
     board.insert(0, "rank", range(1, len(board) + 1))
     winner = board.iloc[0]
     source = out / winner["stage"]
@@ -122,7 +130,7 @@ def run(cfg: FitConfig) -> FitResult:
     model_path = _publish(find_model(source), out)
     board.to_csv(out / "leaderboard.csv", index=False)
     result = FitResult(board, winner["stage"], winner["model"], test, model_path, Path(cache), stages, skipped, out)
-    state = {"format": 1, "written": now_iso(), "data": str(cfg.data), "cache": str(cache), "budget_s": cfg.budget,
+    state = {"format": 2, "written": now_iso(), "data": str(cfg.data), "cache": str(cache), "budget_s": cfg.budget,
              "seconds": round(time.monotonic() - start, 1), "best": {"stage": result.best_stage,
                                                                     "model": result.best_label, "test": test},
              "stages": stages, "skipped": skipped, "settings": {k: str(v) for k, v in vars(cfg).items()}}
@@ -177,12 +185,53 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
         return None
     skipped += [f"finetune: {label} (out of time)" for label in tuned.skipped]
     best = tuned.leaderboard.iloc[0]
+    validation = {"cache": str(activations), "train_rows": tuned.train_rows.tolist(), "rows": tuned.val_rows.tolist(),
+                  "pred": tuned.val_pred.tolist()}
     row = {"stage": "finetune", "model": f"top after {node}, {tuned.best_params}",
            f"val_{cfg.metric}": best[f"val_{cfg.metric}"], "val_log_loss": best.get("val_log_loss"),
            "fit_s": best.get("fit_s"), "train_rows": None}
     stages["finetune"] = {"status": "done", "seconds": round(time.monotonic() - t, 1), "node": node,
-                          "signature": signature, "scheme": tuned.scheme, "test": tuned.test_scores, "row": row}
+                          "signature": signature, "scheme": tuned.scheme, "test": tuned.test_scores, "row": row,
+                          "validation": validation}
     return row
+
+
+def _duel(cache: Path, swept, tuned: Optional[dict], seed: int) -> Optional[dict]:
+    """The sweep's best configuration, trained on the rows fine-tuning trained on, against the fine-tuned top on
+    the rows that ranked it (neither saw them), matched by path. None: the caches share no such rows."""
+    from .cache import load
+    from .selection.fitting import fit_configs, scorer
+
+    validation = (tuned or {}).get("validation")
+    if not validation:
+        return None
+    with load(validation["cache"], lazy=True) as fs:
+        tuned_paths = fs.paths
+    with load(cache, lazy=True) as fs:
+        row_of = {p: i for i, p in enumerate(fs.paths)}
+        train, val = ([row_of.get(tuned_paths[r], -1) for r in validation[k]] for k in ("train_rows", "rows"))
+        if min(train + val, default=-1) < 0:
+            return None
+        X, y = fs.matrix(swept.best_layer), fs.y
+    (pipe, _, _), = fit_configs([swept.best_config], X[train], np.asarray(fs.classes, dtype=object)[y[train]], seed,
+                                min(len(train), X.shape[1]))
+    names = {name: i for i, name in enumerate(fs.classes)}
+    sweep_right = np.array([names[p] for p in scorer(pipe, X[val]).predict(X[val])]) == y[val]
+    tuned_right = np.asarray(validation["pred"]) == y[val]
+    f_only, s_only = int((tuned_right & ~sweep_right).sum()), int((sweep_right & ~tuned_right).sum())
+    p = p_better(f_only, s_only)
+    return {"rows": len(val), "train_rows": len(train), "sweep": float(sweep_right.mean()),
+            "finetune": float(tuned_right.mean()), "finetune_only": f_only, "sweep_only": s_only, "p_value": p,
+            "winner": "finetune" if p < P_VALUE else "sweep"}
+
+
+def p_better(only_new: int, only_old: int) -> float:
+    """One-sided exact McNemar test: how likely a model right on ``only_new`` rows where another is wrong, and
+    wrong on ``only_old`` where it is right, would be at least this far ahead if both were equally good."""
+    from scipy.stats import binomtest
+
+    n = only_new + only_old
+    return float(binomtest(only_new, n, 0.5, alternative="greater").pvalue) if n else 1.0
 
 
 def _pass_seconds(cache: Path) -> float:
@@ -213,7 +262,7 @@ def _read_state(out: Path) -> Optional[dict]:
         state = json.loads((out / "fit.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return state if state.get("format") == 1 else None
+    return state if state.get("format") == 2 else None  # 1: fine-tuning kept no validation rows
 
 
 make_callable(__name__, fit)

@@ -10,6 +10,7 @@ import pytest
 
 import featcache
 from featcache.config import FeatcacheError
+from featcache.fit import P_VALUE, p_better
 
 SMALL = dict(model="resnet18", weights="none", image_size=32)  # a real network, seeded weights, tiny inputs
 
@@ -39,6 +40,13 @@ def test_a_second_run_reuses_the_cache_the_sweep_and_the_fine_tuned_model(split_
     assert stages["finetune"]["node"] == "layer3" and stages["sweep"]["n_fits"] > 0
     assert set(first.leaderboard["stage"]) == {"sweep", "finetune"}
     assert first.leaderboard["test_accuracy"].notna().sum() == 1  # the winner's test score, once
+    duel = stages["finetune"]["vs_sweep"]  # both trained on the same rows, scored on the same other images
+    validation = stages["finetune"]["validation"]
+    assert duel["rows"] == len(validation["rows"]) > 0 and duel["train_rows"] == len(validation["train_rows"])
+    assert not set(validation["rows"]) & set(validation["train_rows"])
+    assert duel["winner"] == ("finetune" if duel["p_value"] < P_VALUE else "sweep")
+    assert list(first.leaderboard["stage"][:2]) == ([duel["winner"], "sweep"] if duel["winner"] == "finetune"
+                                                    else ["sweep", "finetune"])
     with caplog.at_level(logging.INFO, logger="featcache"):
         again = featcache.fit(split_folder, tmp_path / "run", **kw)
     assert again.stages["sweep"]["n_fits"] == 0 and again.stages["sweep"]["n_cached"] > 0
@@ -58,3 +66,8 @@ def test_bad_input_is_a_clear_error(split_folder, tmp_path):
     cli = subprocess.run([sys.executable, "-m", "featcache.fit", "--data", str(split_folder), "--out",
                           str(tmp_path / "o"), "--budget", "soon"], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 2 and "argument --budget: 'soon' is not a duration" in cli.stderr
+
+
+def test_fine_tuning_must_beat_the_sweep_beyond_noise_on_the_same_rows():
+    assert p_better(12, 2) < P_VALUE < p_better(4, 0)  # 4 of 4 discordant rows: p = 1/16, could be chance
+    assert p_better(0, 0) == 1.0 and p_better(2, 5) > 0.5

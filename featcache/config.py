@@ -208,6 +208,8 @@ class FitConfig(_Config):
     weights: str = "DEFAULT"
     image_size: Optional[int] = None
     cache_dir: Optional[Path] = None
+    views: int = 4  # augmented views per image for the views + TTA stage (0: skip it)
+    augment: Sequence[str] = ("flip", "crop")  # how those views are made
     finetune: str = "auto"  # auto: when the budget left covers its estimate; always; never
     train_blocks: Sequence[Any] = (1, "all")  # the fine-tuning grid: blocks of the top that train
     metric: str = "accuracy"
@@ -223,6 +225,8 @@ class FitConfig(_Config):
         "budget": [Interval(Real, 0, None, "neither")],
         "image_size": [None, _POSITIVE_INT],
         "cache_dir": [None, str, os.PathLike],
+        "views": [Interval(Integral, 0, MAX_VIEWS)],
+        "augment": [ListOf((Options(AUGMENTATIONS),), 1)],
         "finetune": [Options(("auto", "always", "never"))],
         "train_blocks": [ListOf((Interval(Integral, 0, None), Options(("all",))), 1)],
         "metric": [Options(METRICS)],

@@ -105,26 +105,35 @@ def run(cfg: FitConfig) -> FitResult:
                        "skipped": swept.skipped}
     skipped += [f"sweep: {label} (out of time)" for label in swept.skipped]
 
-    tuned = _finetune_stage(cfg, extract_cfg, pass_s, deadline, earlier, out, stages, skipped)
-    skipped.append("augmented views + test-time augmentation: not tried (on MNIST-5k and sklearn digits the dense "
-                   "head on cached views scored 3.5-6.7 points below the default sweep; README, Measured on real "
-                   "data); extract --views K and sweep --tta try them by hand")
+    side, side_cache, side_stage = swept, Path(cache), "sweep"  # what fine-tuning must beat
+    viewed = _views_stage(cfg, extract_cfg, pass_s, deadline, swept, Path(cache), out, stages, skipped)
+    if viewed is not None:
+        vboard = viewed.leaderboard[viewed.leaderboard["status"] == "ok"]
+        vrow = dict(_sweep_row(vboard.iloc[0], cfg.metric), stage="views")
+        vrow["model"] += f" + {cfg.views} views, TTA"
+        wins = stages["views"]["vs_sweep"]["winner"] == "views"
+        rows.insert(0 if wins else 1, vrow)
+        if wins:
+            side, side_cache, side_stage = viewed, Path(stages["views"]["cache"]), "views"
 
-    duel = _duel(Path(cache), swept, stages.get("finetune"), cfg.seed) if tuned is not None else None
+    tuned = _finetune_stage(cfg, extract_cfg, pass_s, deadline, earlier, out, stages, skipped)
+    duel = _duel(side_cache, side, side_stage == "views", stages.get("finetune"), cfg.seed) if tuned else None
     if duel is not None:
         stages["finetune"]["vs_sweep"] = duel
-        tuned = dict(tuned, same_rows=f"{duel['finetune']:.4f} vs the sweep's {duel['sweep']:.4f} on {duel['rows']}")
-        log.info("fit: on the %d rows that ranked fine-tuning, the fine-tuned top %.4f vs the sweep's best trained on "
-                 "the same %d rows %.4f (%d right only by fine-tuning, %d only by the sweep; McNemar p=%.3f): the %s "
-                 "wins", duel["rows"], duel["finetune"], duel["train_rows"], duel["sweep"], duel["finetune_only"],
-                 duel["sweep_only"], duel["p_value"], duel["winner"])
-    if tuned is not None:  # first when it beats the sweep's best beyond noise, else right after it
+        tuned = dict(tuned, same_rows=f"{duel['finetune']:.4f} vs the {side_stage}'s {duel['sweep']:.4f} on "
+                                      f"{duel['rows']}")
+        log.info("fit: on the %d rows that ranked fine-tuning, the fine-tuned top %.4f vs the %s's best trained on "
+                 "the same %d rows %.4f (%d right only by fine-tuning, %d only by the other; McNemar p=%.3f): %s",
+                 duel["rows"], duel["finetune"], side_stage, duel["train_rows"], duel["sweep"], duel["finetune_only"],
+                 duel["sweep_only"], duel["p_value"], f"the {duel['winner']} wins".replace("sweep", side_stage))
+    if tuned is not None:  # first when it beats the best so far beyond chance, else right after it
         rows.insert(0 if duel is not None and duel["winner"] == "finetune" else 1, tuned)
     board = pd.DataFrame(rows)
     board.insert(0, "rank", range(1, len(board) + 1))
     winner = board.iloc[0]
     source = out / winner["stage"]
-    test = swept.test_scores if winner["stage"] == "sweep" else stages["finetune"].get("test")
+    test = {"sweep": swept.test_scores, "views": viewed.test_scores if viewed else None,
+            "finetune": stages.get("finetune", {}).get("test")}[winner["stage"]]
     if test:
         board.loc[0, f"test_{cfg.metric}"] = test.get(cfg.metric)
     model_path = _publish(find_model(source), out)
@@ -196,11 +205,13 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
     return row
 
 
-def _duel(cache: Path, swept, tuned: Optional[dict], seed: int) -> Optional[dict]:
-    """The sweep's best configuration, trained on the rows fine-tuning trained on, against the fine-tuned top on
-    the rows that ranked it (neither saw them), matched by path. None: the caches share no such rows."""
+def _duel(cache: Path, side, tta: bool, tuned: Optional[dict], seed: int) -> Optional[dict]:
+    """The best configuration of ``side`` (a sweep of ``cache``; with its views and TTA when ``tta``), trained on
+    the rows fine-tuning trained on, against the fine-tuned top on the rows that ranked it (neither saw them),
+    matched by path. None: the caches share no such rows."""
     from .cache import load
-    from .selection.fitting import fit_configs, scorer
+    from .learn import views
+    from .selection.fitting import fit_configs
 
     validation = (tuned or {}).get("validation")
     if not validation:
@@ -212,17 +223,77 @@ def _duel(cache: Path, swept, tuned: Optional[dict], seed: int) -> Optional[dict
         train, val = ([row_of.get(tuned_paths[r], -1) for r in validation[k]] for k in ("train_rows", "rows"))
         if min(train + val, default=-1) < 0:
             return None
-        X, y = fs.matrix(swept.best_layer), fs.y
-    (pipe, _, _), = fit_configs([swept.best_config], X[train], np.asarray(fs.classes, dtype=object)[y[train]], seed,
-                                min(len(train), X.shape[1]))
-    names = {name: i for i, name in enumerate(fs.classes)}
-    sweep_right = np.array([names[p] for p in scorer(pipe, X[val]).predict(X[val])]) == y[val]
-    tuned_right = np.asarray(validation["pred"]) == y[val]
-    f_only, s_only = int((tuned_right & ~sweep_right).sum()), int((sweep_right & ~tuned_right).sum())
+        X, y, classes = fs.matrix(side.best_layer), fs.y, list(fs.classes)
+        V = np.concatenate([np.asarray(fs.views[n][:], dtype=np.float32).reshape(len(fs), fs.views[n].shape[1], -1)
+                            for n in side.best_layer.split("+")], axis=2) if tta else None
+    X_train, y_train = views.training_rows(X, V, np.asarray(classes, dtype=object)[y], np.asarray(train))
+    (pipe, _, _), = fit_configs([side.best_config], X_train, y_train, seed, min(X_train.shape))
+    pred, _ = views.predict(pipe, X[val], None if V is None else V[val], classes)
+    side_right, tuned_right = pred == y[val], np.asarray(validation["pred"]) == y[val]
+    f_only, s_only = int((tuned_right & ~side_right).sum()), int((side_right & ~tuned_right).sum())
     p = p_better(f_only, s_only)
-    return {"rows": len(val), "train_rows": len(train), "sweep": float(sweep_right.mean()),
+    return {"rows": len(val), "train_rows": len(train), "sweep": float(side_right.mean()),
             "finetune": float(tuned_right.mean()), "finetune_only": f_only, "sweep_only": s_only, "p_value": p,
             "winner": "finetune" if p < P_VALUE else "sweep"}
+
+
+def _views_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, deadline: float, swept, cache: Path,
+                 out: Path, stages: Dict[str, dict], skipped: List[str]):
+    """The sweep's best configuration(s) again, trained on ``cfg.views`` augmented views per image as well and
+    predicting with test-time augmentation, on the same folds; the views' sweep, or None when not tried."""
+    from .cache import load
+    from .extraction import extract
+    from .selection.features import pool_and_test
+    from .sweep import sweep
+
+    if not cfg.views:
+        skipped.append("views: --views 0")
+        return None
+    best = swept.best_config
+    members = best.params["members"] if best.classifier == "ensemble" else [
+        {"classifier": best.classifier, "params": best.params, "preprocess": best.preprocess}]
+    grid: Dict[str, list] = {}
+    for m in members:  # one value per parameter, each as a one-item list (a list value is itself swept)
+        grid.setdefault(m["classifier"], []).append({"preprocess": m["preprocess"],
+                                                     **{k: [v] for k, v in m["params"].items()}})
+    ok = swept.leaderboard[swept.leaderboard["status"] == "ok"]
+    n = 1 + cfg.views  # images' worth of rows per image; fits cost up to n^2 as much (kernel SVMs)
+    estimate = n * pass_s + n * n * float(ok["fit_s"].iloc[0])
+    left = deadline - time.monotonic()
+    if left < estimate:
+        skipped.append(f"views: estimated {estimate:.0f} s ({n} passes over the images at {pass_s:.0f} s and the "
+                       f"best configuration's fits on {n}x the rows), {max(left, 0):.0f} s of the budget left "
+                       f"(--budget; --views 0 skips it)")
+        return None
+    t = time.monotonic()
+    try:
+        vcache = extract(config=extract_cfg.replace(views=cfg.views, augment=tuple(cfg.augment)))
+        viewed = sweep(vcache, out=out / "views", overwrite=True, grid=grid, layer=swept.best_layer, tta=True,
+                       halving=False, screen_layers=0, ensemble=len(members) if len(members) > 1 else 0,
+                       budget=max(deadline - time.monotonic(), 1.0), seed=cfg.seed, n_jobs=cfg.n_jobs,
+                       metric=cfg.metric, progress=cfg.progress)
+    except FeatcacheError as e:  # an extra, like fine-tuning
+        log.warning("fit: the views stage failed (%s); keeping the sweep's model", e)
+        skipped.append(f"views: failed ({e})")
+        return None
+    with load(cache, lazy=True) as a, load(vcache, lazy=True) as b:
+        same = np.array_equal(a.paths, b.paths)  # the same images in the same order: the same folds
+        truth = a.y[pool_and_test(a)[0]]
+    both = (swept.val_pred >= 0) & (viewed.val_pred >= 0) & same
+    truth = truth[both]
+    new_right, old_right = viewed.val_pred[both] == truth, swept.val_pred[both] == truth
+    v_only, s_only = int((new_right & ~old_right).sum()), int((old_right & ~new_right).sum())
+    p = p_better(v_only, s_only)
+    duel = {"rows": int(both.sum()), "views": float(new_right.mean()) if both.any() else None,
+            "sweep": float(old_right.mean()) if both.any() else None, "views_only": v_only, "sweep_only": s_only,
+            "p_value": p, "winner": "views" if p < P_VALUE else "sweep"}
+    stages["views"] = {"seconds": round(time.monotonic() - t, 1), "cache": str(vcache), "views": cfg.views,
+                       "augment": list(cfg.augment), "best": viewed.best_config.label(), "scheme": viewed.scheme,
+                       "test": viewed.test_scores, "vs_sweep": duel}
+    log.info("fit: with %d augmented views and TTA, out of fold on the same %d rows: %.4f vs the sweep's %.4f (%d "
+             "right only with views, %d only without; McNemar p=%.3f): the %s wins", cfg.views, duel["rows"],
+             duel["views"] or 0.0, duel["sweep"] or 0.0, v_only, s_only, p, duel["winner"])
+    return viewed
 
 
 def p_better(only_new: int, only_old: int) -> float:

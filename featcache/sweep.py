@@ -60,6 +60,7 @@ class SweepResult:
     best_layer: str = ""  # the layers ``best`` reads, "a+b" side by side: ``FeatureSet.matrix(res.best_layer)``
     skipped: List[str] = field(default_factory=list)  # configurations left unfitted when the budget ran out
     standard_error: Optional[float] = None  # of the best validation score (binomial, over the validation rows)
+    val_pred: Optional[np.ndarray] = None  # the best's out-of-fold class index per pool row; -1: never validated
     out: Optional[Path] = None
     files: List[Path] = field(default_factory=list)
 
@@ -181,7 +182,8 @@ def run(cfg: SweepConfig) -> SweepResult:
                          [c.label() for f in rungs.values() for c in f.fitted], refitted, screen,
                          best_config.layer or "+".join(feats.layers), skipped=skipped,
                          standard_error=scheme.standard_error(float(ok[f"val_{cfg.metric}"].iloc[0]))
-                         if cfg.metric == "accuracy" else None)  # (binomial: for accuracy only)
+                         if cfg.metric == "accuracy" else None,  # (binomial: for accuracy only)
+                         val_pred=np.asarray(fits.records[best_config]["pred"]))
     if cfg.out is not None:
         result.out = Path(cfg.out).expanduser()
         result.files = _write(cfg, result, feats.for_layer(best_config.layer), scheme,

@@ -25,6 +25,7 @@ def test_a_tiny_budget_still_returns_a_model_and_says_what_it_skipped(split_fold
     res = featcache.fit(split_folder, out, budget=0.01, cache_dir=tmp_path / "c", progress=False, **SMALL)
     assert res.model_path == out / "best.skops" and res.best_stage == "sweep"
     assert any(s.startswith("finetune: estimated") for s in res.skipped)  # no time left for fine-tuning
+    assert any(s.startswith("views: estimated") for s in res.skipped)  # nor for augmented views
     assert any(s.startswith("sweep: ") and s.endswith("(out of time)") for s in res.skipped)
     assert res.test_scores is not None and set(res.leaderboard["stage"]) == {"sweep"}
     state = json.loads((out / "fit.json").read_text())
@@ -34,11 +35,13 @@ def test_a_tiny_budget_still_returns_a_model_and_says_what_it_skipped(split_fold
 
 
 def test_a_second_run_reuses_the_cache_the_sweep_and_the_fine_tuned_model(split_folder, tmp_path, caplog):
-    kw = dict(cache_dir=tmp_path / "c", progress=False, finetune="always", train_blocks=[1], **SMALL)
+    kw = dict(cache_dir=tmp_path / "c", progress=False, finetune="always", train_blocks=[1], views=1, **SMALL)
     first = featcache.fit(split_folder, tmp_path / "run", **kw)
     stages = first.stages
     assert stages["finetune"]["node"] == "layer3" and stages["sweep"]["n_fits"] > 0
-    assert set(first.leaderboard["stage"]) == {"sweep", "finetune"}
+    assert set(first.leaderboard["stage"]) == {"sweep", "views", "finetune"}
+    views = stages["views"]["vs_sweep"]  # the same val rows, with and without views
+    assert views["rows"] == 4 and views["winner"] == ("views" if views["p_value"] < P_VALUE else "sweep")
     assert first.leaderboard["test_accuracy"].notna().sum() == 1  # the winner's test score, once
     duel = stages["finetune"]["vs_sweep"]  # both trained on the same rows, scored on the same other images
     validation = stages["finetune"]["validation"]
@@ -50,6 +53,7 @@ def test_a_second_run_reuses_the_cache_the_sweep_and_the_fine_tuned_model(split_
     with caplog.at_level(logging.INFO, logger="featcache"):
         again = featcache.fit(split_folder, tmp_path / "run", **kw)
     assert again.stages["sweep"]["n_fits"] == 0 and again.stages["sweep"]["n_cached"] > 0
+    assert again.stages["views"]["vs_sweep"] == views and "refitting" not in caplog.text
     assert "fine-tuning reused" in caplog.text and again.stages["finetune"] == stages["finetune"]
     assert again.best_label == first.best_label and again.test_scores == first.test_scores
     assert (tmp_path / "run" / f"best{again.model_path.suffix}").is_file()

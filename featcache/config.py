@@ -14,6 +14,7 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+from ._util import parse_duration
 from ._validation import Interval, Matches, Options, validate_params
 from ._validation import Sequence as ListOf
 from .errors import ConflictError, FeatcacheError, ParameterError
@@ -57,6 +58,11 @@ class _Config:
 
     def validate(self) -> None:
         """Reject bad values before any work, saying what was passed and what is allowed."""
+        if isinstance(getattr(self, "budget", None), str):  # "15m" from Python too, as on the command line
+            try:
+                self.budget = parse_duration(self.budget)
+            except ValueError as e:
+                raise FeatcacheError(f"budget: {e}") from None
         validate_params(self, self._parameter_constraints)
         self._check_combinations()
 
@@ -148,7 +154,7 @@ class SweepConfig(_Config):
     val_fraction: Optional[float] = None  # a random stratified hold-out instead of CV
     halving: bool = True  # successive halving over training rows when the data is large enough to repay it
     ensemble: int = 3  # soft-vote the best N configurations (one per classifier) as one more entry; 0 = none
-    budget: Optional[float] = None  # seconds: start no fit after this (refitting the best still runs)
+    budget: Optional[float] = None  # seconds ("15m" too): start no fit after this (refitting the best still runs)
     metric: str = "accuracy"
     seed: int = 0
     n_jobs: Optional[int] = None  # parallel tasks; None = a worker per core (loky, unless tiny data) or cluster core

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ._util import atomic_write_text, json_text, make_callable, now_iso, parse_duration
+from ._util import atomic_write_text, json_text, make_callable, now_iso
 from .config import ExtractConfig, FitConfig
 from .errors import FeatcacheError
 from .selection.modelfile import SUFFIXES, find_model, read_metadata, sidecar_path
@@ -60,11 +60,6 @@ def fit(data, out, **settings) -> FitResult:
 
     ``settings`` are :class:`FitConfig` fields, e.g. ``fit("photos/", "runs/best", budget="15m")``.
     """
-    if isinstance(settings.get("budget"), str):
-        try:
-            settings["budget"] = parse_duration(settings["budget"])
-        except ValueError as e:
-            raise FeatcacheError(f"budget: {e}") from None
     return run(FitConfig(data=data, out=Path(out).expanduser(), **settings))
 
 

@@ -31,6 +31,14 @@ def test_python_callers_get_the_parameter_name(config, message):
     assert isinstance(e.value, FeatcacheError) and isinstance(e.value, ValueError)
 
 
+def test_a_budget_is_seconds_or_a_duration_in_python_as_on_the_command_line():
+    sweep, tune = SweepConfig("c.h5", budget="1h30m"), FinetuneConfig("c.h5", budget=90)
+    sweep.validate(), tune.validate()
+    assert (sweep.budget, tune.budget) == (5400.0, 90.0)
+    with pytest.raises(FeatcacheError, match=r"budget: '10 minutes' is not a duration; use e.g. 90, 90s, 15m"):
+        SweepConfig("c.h5", budget="10 minutes").validate()
+
+
 def test_rules_across_parameters_name_both():
     with pytest.raises(ConflictError, match="use either cv or val_fraction, not both"):
         SweepConfig("c.h5", cv=3, val_fraction=0.2).validate()

@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..config import DEFAULT_MODEL, METRICS, FitConfig
+from ..config import AUGMENTATIONS, DEFAULT_MODEL, METRICS, FitConfig
 from . import CACHE_DIR_HELP, Parser, add_run_flags, blocks_arg, config_from_args, duration_arg, run_cli
 
 __all__ = ["build_parser", "main"]
@@ -21,15 +21,20 @@ def build_parser() -> Parser:
                     "Cheapest first, so a small budget still returns a good model: (1) extract the default "
                     "layers (a cache hit when done before); (2) the default sweep (layer screen, measured grid, "
                     "successive halving, an ensemble of the best), with what is left of the budget; (3) when the "
-                    "budget left covers its estimate (3x the extraction's time), fine-tune the top blocks from "
-                    "cached activations at the penultimate stage output. One leaderboard across the stages, ranked "
-                    "on validation; the winner is scored once on test and copied to OUT/best.skops or "
-                    "OUT/best.safetensors for featcache.predict. OUT/fit.json says what each stage took and what "
-                    "was skipped and why; OUT/sweep/ and OUT/finetune/ hold each stage's own outputs. A second run "
-                    "with the same --out reuses the caches, the sweep's stored results and the fine-tuned model.",
+                    "budget left covers its estimate, the sweep's best again on --views augmented views per image "
+                    "with test-time augmentation, on the same folds; (4) when the budget left covers 4 passes over "
+                    "the images, fine-tune the top blocks from cached activations at the penultimate stage output. "
+                    "A later stage replaces the best so far only when it is better beyond chance on the same "
+                    "images (one-sided exact McNemar test, p < 0.05): fine-tuning is ranked on few rows and costs "
+                    "the most. One leaderboard across the stages; the winner is scored once on test and copied to "
+                    "OUT/best.skops or OUT/best.safetensors for featcache.predict. OUT/fit.json says what each "
+                    "stage took, how the stages compared and what was skipped and why; OUT/sweep/, OUT/views/ and "
+                    "OUT/finetune/ hold each stage's own outputs. A second run with the same --out reuses the "
+                    "caches, the sweeps' stored results and the fine-tuned model.",
         epilog="examples:\n"
                "  python -m featcache.fit --data photos/ --out runs/best\n"
                "  python -m featcache.fit --data photos/ --out runs/best --budget 5m --finetune never\n"
+               "  python -m featcache.fit --data scans/ --out runs/scans --views 8 --augment crop color\n"
                "  python -m featcache.predict runs/best --data new_photos/ --out predictions.csv",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="image folder (class folders, optionally under train/val/test) "
@@ -43,6 +48,10 @@ def build_parser() -> Parser:
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT, none, or a checkpoint file (default: DEFAULT)")
     p.add_argument("--image-size", type=int, help="crop size in pixels (default: the model's own)")
     p.add_argument("--cache-dir", type=Path, help=CACHE_DIR_HELP)
+    p.add_argument("--views", type=int, default=4, metavar="K",
+                   help="augmented views per image for the views + TTA stage; 0 skips it (default: 4)")
+    p.add_argument("--augment", nargs="+", choices=AUGMENTATIONS, default=["flip", "crop"],
+                   help="how the views are made (default: flip crop; drop flip for text or digits)")
     p.add_argument("--finetune", choices=("auto", "always", "never"), default="auto",
                    help="the fine-tuning stage: auto = when the budget left covers its estimate (default: auto)")
     p.add_argument("--train-blocks", type=blocks_arg, nargs="+", default=[1, "all"], metavar="K",

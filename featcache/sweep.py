@@ -150,6 +150,11 @@ def run(cfg: SweepConfig) -> SweepResult:
     fits = fits_on(n_train)
     fits.fit(alive)
     final = [c for c in alive if c in fits.records]
+    for c in configs:  # out of time at a later rung: its last record stays on the leaderboard, as a stopped one
+        if c not in stopped and c not in fits.records:
+            last = next(((rungs[r].records[c], r) for r in sorted(rungs, reverse=True) if c in rungs[r].records), None)
+            if last is not None:
+                stopped[c] = last
     out_of_time = deadline is not None and time.monotonic() > deadline
     ensemble = None if out_of_time or cfg.out_of_core else _ensemble(cfg, fits, final)  # (members do not stream)
     final += [ensemble] if ensemble is not None and ensemble in fits.records else []

@@ -494,3 +494,14 @@ def test_a_budget_stops_new_fits_and_keeps_the_best_so_far(big_cache, caplog):
     assert len(res.leaderboard) >= 1 and res.best is not None and res.test_scores is not None
     assert res.skipped and len(res.skipped) + len(res.leaderboard) >= 12
     assert "the budget ran out" in caplog.text
+
+
+def test_a_configuration_out_of_time_at_a_later_rung_keeps_its_earlier_record(big_cache, tmp_path):
+    kw = dict(grid=HALVING_GRID, results_dir=tmp_path / "r", progress=False, ensemble=0)
+    sweep(big_cache, **kw)  # every first-rung record is stored; the final rung only for accuracy's best 4
+    res = sweep(big_cache, metric="log_loss", budget=0.01, **kw)  # log-loss's best 4 differ: refits, out of time
+    board = res.leaderboard
+    late = board[board["train_rows"] == 2267]
+    assert res.skipped and set(res.skipped) <= set(late["classifier"] + "(" + late["params"] + ") on "
+                                                   + late["preprocess"])
+    assert len(board) == 12  # nobody vanished: the skipped ones rank below, with their first-rung scores

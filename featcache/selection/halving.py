@@ -61,7 +61,7 @@ def successive_halving(configs: List[Config], sizes: List[int], fit_rung: Callab
     """Run the rungs; ``fit_rung(configs, rows)`` returns each config's record at that rung.
 
     Returns the configurations that reached the last rung, and for those stopped earlier their last
-    record and the rows it trained on. A configuration ``fit_rung`` gave no record (out of time) is dropped.
+    record and the rows it trained on. A configuration ``fit_rung`` gave no record (out of time) goes no further.
     """
     alive = list(configs)
     stopped: Dict[Config, Tuple[dict, int]] = {}

@@ -505,3 +505,14 @@ def test_a_configuration_out_of_time_at_a_later_rung_keeps_its_earlier_record(bi
     assert res.skipped and set(res.skipped) <= set(late["classifier"] + "(" + late["params"] + ") on "
                                                    + late["preprocess"])
     assert len(board) == 12  # nobody vanished: the skipped ones rank below, with their first-rung scores
+
+
+def test_under_a_budget_the_unit_that_always_runs_is_the_callers_first():
+    from featcache.selection.fitting import _tasks
+    from featcache.selection.grids import expand_grid
+
+    configs = expand_grid({"dense": {"hidden_layer_sizes": [64]}, "knn": {"n_neighbors": [5, 15]},
+                           "logreg": {"preprocess": "l2", "C": [1.0, 10.0]}})
+    knn15 = next(c for c in configs if c.classifier == "knn" and c.params["n_neighbors"] == 15)
+    assert _tasks(configs, 2)[0][0][0].classifier == "dense"  # no budget: slow units first
+    assert [t[0] for t in _tasks(configs, 2, lead=knn15)[:2]] == [[knn15], [knn15]]  # both folds of the lead

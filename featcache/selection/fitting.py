@@ -122,14 +122,15 @@ def _warn_pca(configs: List[Config], max_components: int) -> None:
                         spec, max_components, max_components)
 
 
-def _tasks(todo: List[Config], n_folds: int) -> List[Tuple[List[Config], int]]:
-    """One task per (configuration, fold), except that a logistic path is one task per fold."""
+def _tasks(todo: List[Config], n_folds: int, lead: Optional[Config] = None) -> List[Tuple[List[Config], int]]:
+    """One task per (configuration, fold), except that a logistic path is one task per fold; ``lead``'s unit
+    first (under a budget: the one that always runs)."""
     groups: Dict[Any, List[Config]] = defaultdict(list)
     for c in todo:
         groups[c.path_group() or c].append(c)
     units = [sorted(g, key=lambda c: c.path_value()) if g[0].path_group() else g for g in groups.values()]
     # Slow units first, so a parallel sweep does not end waiting on one long fit.
-    units.sort(key=lambda g: (g[0].classifier != "dense", -len(g)))
+    units.sort(key=lambda g: (lead not in g, g[0].classifier != "dense", -len(g)))
     return [(unit, f) for unit in units for f in range(n_folds)]
 
 
@@ -208,7 +209,8 @@ def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records,
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
-    tasks = _tasks(todo, len(scheme.folds))
+    # Under a budget the first unit always runs: the caller's first (successive halving: the best so far).
+    tasks = _tasks(todo, len(scheme.folds), todo[0] if deadline is not None else None)
     per_config: Dict[Config, List[dict]] = defaultdict(list)
     bar = tqdm(total=len(todo), desc=desc, unit="config", disable=not cfg.progress, file=sys.stderr,
                dynamic_ncols=True)

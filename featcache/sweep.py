@@ -92,7 +92,8 @@ def run(cfg: SweepConfig) -> SweepResult:
                              "(and do not pass --no-views)")
     scheme = make_scheme(feats.y, feats.pool_split, feats.classes, cfg.cv, cfg.val_fraction, cfg.seed)
     per_row = 1 + (int(feats.V.shape[1]) if feats.V is not None else 0)  # training rows per image (its views)
-    configs = grids.expand_grid(grid, only, n_rows=len(feats.y) * per_row)
+    n_rows = len(feats.y) * per_row  # what the best is refitted on: the grid's max_rows/min_rows are about it
+    configs = grids.expand_grid(grid, only, n_rows=n_rows)
     if cfg.out_of_core:
         configs = _streamable(configs, cfg.grid is None and not cfg.classifiers)
     results_root = None if not cfg.reuse else Path(cfg.results_dir or feats.path.parent / "sweep-results")
@@ -120,7 +121,7 @@ def run(cfg: SweepConfig) -> SweepResult:
     if feats.layer_choices:  # the layer dimension: every grid point on every (screened) layer choice
         choices = list(feats.layer_choices)
         if cfg.layer is None and 0 < cfg.screen_layers < len(choices):
-            screen = screen_layers(fits_on(sizes[0]), choices)
+            screen = screen_layers(fits_on(sizes[0]), choices, n_rows)
         if screen and all(np.isnan(v) for v in screen.values()):
             log.warning("the layer screen has no score (every screen fit failed); fitting the grid on every choice")
             screen = {}

@@ -388,7 +388,8 @@ def test_summaries_are_strict_json_and_a_readonly_store_still_sweeps(caches, tmp
 
 
 def test_the_log_names_the_layer_choices_the_grid_runs_on(caches, tmp_path, caplog):
-    sweep(caches["two_layers"], grid=TINY, layer="layer3,layer4", results_dir=tmp_path / "r", progress=False)
+    with caplog.at_level(logging.INFO, logger="featcache"):
+        sweep(caches["two_layers"], grid=TINY, layer="layer3,layer4", results_dir=tmp_path / "r", progress=False)
     line = next(r.getMessage() for r in caplog.records if "configurations on" in r.getMessage())
     assert "layer choice(s) layer3 (256 features), layer4 (512 features)" in line
 

@@ -182,9 +182,9 @@ SCREEN_GRID = {"svm": {"preprocess": "l2", "C": 10.0, "max_rows": 20000},
 SCREEN_TEXT = "an RBF SVM and a logistic path on l2-normalised features, ridge on standardized ones"
 
 
-def screen_layers(fits: Fits, choices: List[str]) -> Dict[str, float]:
-    """Each layer choice's best validation score over the screen's configurations, best first (stable)."""
-    n_rows = min(len(train) for train, _ in fits.scheme.folds)
+def screen_layers(fits: Fits, choices: List[str], n_rows: int) -> Dict[str, float]:
+    """Each layer choice's best validation score over the screen's configurations, best first (stable).
+    ``n_rows``: the rows the sweep's grid is expanded for (its ``max_rows``/``min_rows``), so the two agree."""
     probes = [dataclasses.replace(c, layer=choice) for choice in choices
               for c in grids.expand_grid(SCREEN_GRID, n_rows=n_rows)]
     fits.fit(probes, desc="layer screen")

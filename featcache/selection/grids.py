@@ -74,7 +74,8 @@ DEFAULT_GRID = """\
 # Copy it (python -m featcache.sweep --print-grid > grid.toml), edit, and pass --grid grid.toml.
 # A list is swept, a scalar is fixed; any constructor argument of the classifier may appear.
 # preprocess: none | standardize | l2 | pca:K | rbf:K (K Nystroem RBF-kernel features), chained with "+".
-# max_rows / min_rows: the table applies only when the sweep trains on at most / at least that many rows.
+# max_rows / min_rows: the table applies only when the pool (train+val rows, with their views) that the best is
+# refitted on has at most / at least that many rows.
 # [[name]] tables may repeat, for grids that differ per preprocessing.
 
 [[svm]]             # sklearn SVC, RBF kernel on unit-norm rows: the best single model on both measured sets

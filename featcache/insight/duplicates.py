@@ -2,12 +2,18 @@
 
 Feature-space neighbours propose candidate pairs; the pixels decide. Two different items of a plain class can be
 as close in feature space as a re-encoded copy of one image, so a pair counts only when the original files agree:
-the correlation of small grey thumbnails (``data.thumbnails``), taking the best over a few crops of either image so
-a slightly cropped copy still lines up, or the same bytes (SHA-256). The nearest neighbours of the thumbnails
-themselves propose candidates too: a JPEG re-encode of a small image can move its features more than its pixels.
+the correlation of small grey thumbnails (``data.thumbnails``) is at least the threshold (the best over a few
+crops of either image, so a slightly cropped copy still lines up), or, for a pair whose thumbnails correlate at
+least ``SCREEN``, the images match at native resolution once aligned (``align.aligned_residual`` at most
+``RESIDUAL``), or the bytes are the same (SHA-256). The nearest neighbours of the thumbnails (whole, and each crop
+against the whole others) propose candidates too: a JPEG re-encode or a crop of a small image can move its features
+more than its pixels.
 
-``DEFAULT_THRESHOLD`` was measured on MNIST with planted copies (scripts/bench_inspect.py): resized, re-encoded,
-cropped and brightened copies score at least 0.997; the closest pair of different digits 0.995.
+Measured with planted copies (scripts/bench_inspect.py): on MNIST, resized, re-encoded, cropped and brightened
+copies correlate at least 0.997, the closest different digits 0.995, hence ``DEFAULT_THRESHOLD``; on 8x8 digits a
+resized, 1-pixel-cropped or brightened copy correlates only 0.989-0.994 with its original while two different
+``1`` s reach 0.996, but aligned at native resolution such copies leave a residual of at most 0.002 and different
+digits at least 0.07 (MNIST: at least 0.18), hence ``RESIDUAL``.
 """
 from __future__ import annotations
 
@@ -16,13 +22,17 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
+from .align import aligned_residual
 from .data import Dataset, file_hashes, thumbnails
 from .neighbours import Neighbours, knn_array
 
-__all__ = ["find_duplicates", "clusters_of", "pixel_similarity", "DEFAULT_THRESHOLD", "PIXEL_K"]
+__all__ = ["find_duplicates", "clusters_of", "pixel_similarity", "DEFAULT_THRESHOLD", "RESIDUAL", "SCREEN", "PIXEL_K"]
 
 DEFAULT_THRESHOLD = 0.996  # pixel correlation (best crop) above which a candidate pair is a copy
+RESIDUAL = 0.02  # aligned residual (relative to the image's contrast) at or below which a pair is a copy
+SCREEN = 0.95  # thumbnail correlation a pair needs before its aligned residual is computed
 PIXEL_K = 10  # thumbnail neighbours per row added to the candidates
+CROP_K = 2  # neighbours of each crop of a row among the whole thumbnails, added to the candidates
 PAIR_CHUNK = 4096
 
 
@@ -72,8 +82,8 @@ def clusters_of(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def find_duplicates(ds: Dataset, nb: Neighbours, threshold: float = DEFAULT_THRESHOLD, pixel_k: int = PIXEL_K,
                     progress: Optional[Callable[[int], None]] = None):
     """Copies among the rows of ``ds``. Returns ``(pairs, clusters, notes)``: ``pairs`` a DataFrame (path_a,
-    path_b, split_a, split_b, similarity, exact, leak, cluster, feature_similarity, row_a, row_b), exact copies
-    first, then by similarity; ``clusters`` (cluster, size, splits, leak, paths); ``notes``, sentences for the
+    path_b, split_a, split_b, similarity, exact, residual, leak, cluster, feature_similarity, row_a, row_b; residual
+    is NaN where it was not computed), exact copies first, then by similarity; ``clusters`` (cluster, size, splits, leak, paths); ``notes``, sentences for the
     summary (missing files)."""
     n = len(ds)
     thumbs = thumbnails(list(ds.paths))
@@ -94,9 +104,11 @@ def find_duplicates(ds: Dataset, nb: Neighbours, threshold: float = DEFAULT_THRE
         fsim[(min(i, j), max(i, j))] = float(s)
     good = np.flatnonzero(ok)
     if len(good) > 1:
-        pidx, _ = knn_array(T[good, 0], pixel_k, rows=good)
-        a = np.concatenate([a, np.repeat(good, pidx.shape[1])])
-        b = np.concatenate([b, pidx.ravel()])
+        for v in range(T.shape[1]):  # the whole thumbnail, then each crop, against the whole thumbnails
+            pidx, _ = knn_array(T[good, 0], pixel_k if v == 0 else CROP_K, rows=good,
+                                queries=None if v == 0 else T[good, v])
+            a = np.concatenate([a, np.repeat(good, pidx.shape[1])])
+            b = np.concatenate([b, pidx.ravel()])
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     keep = (lo != hi) & (lo >= 0)
     pairs = np.unique(np.stack([lo[keep], hi[keep]], axis=1), axis=0) if keep.any() else np.empty((0, 2), np.int64)
@@ -109,14 +121,19 @@ def find_duplicates(ds: Dataset, nb: Neighbours, threshold: float = DEFAULT_THRE
     ha = np.array([hashes.get(p) for p in ds.paths[pairs[:, 0]]], dtype=object)
     hb = np.array([hashes.get(p) for p in ds.paths[pairs[:, 1]]], dtype=object)
     exact = np.array([x is not None and x == y for x, y in zip(ha, hb)], dtype=bool)
-    found = exact | (np.nan_to_num(sim, nan=-1.0) >= threshold)
-    pairs, sim, exact = pairs[found], sim[found], exact[found]
+    sim0 = np.nan_to_num(sim, nan=-1.0)
+    residual = np.full(len(pairs), np.nan)
+    check = (sim0 >= SCREEN) & ~exact
+    residual[check] = aligned_residual(list(ds.paths[pairs[check, 0]]), list(ds.paths[pairs[check, 1]]))
+    found = exact | (sim0 >= threshold) | (np.nan_to_num(residual, nan=np.inf) <= RESIDUAL)
+    pairs, sim, exact, residual = pairs[found], sim[found], exact[found], residual[found]
     sim[exact] = np.where(np.isnan(sim[exact]), 1.0, sim[exact])
     cluster = clusters_of(n, pairs[:, 0], pairs[:, 1])
     sa, sb = ds.split_of(pairs[:, 0]), ds.split_of(pairs[:, 1])
     table = pd.DataFrame({
         "path_a": ds.paths[pairs[:, 0]], "path_b": ds.paths[pairs[:, 1]], "split_a": sa, "split_b": sb,
-        "similarity": sim.astype(float), "exact": exact, "leak": (sa != sb) & (sa != "") & (sb != ""),
+        "similarity": sim.astype(float), "exact": exact, "residual": residual,
+        "leak": (sa != sb) & (sa != "") & (sb != ""),
         "cluster": cluster[pairs[:, 0]],
         "feature_similarity": [fsim.get((int(i), int(j)), np.nan) for i, j in pairs],
         "row_a": pairs[:, 0], "row_b": pairs[:, 1]})

@@ -201,12 +201,18 @@ def _installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def knn_array(X: np.ndarray, k: int, rows: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+def knn_array(X: np.ndarray, k: int, rows: Optional[np.ndarray] = None,
+              queries: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Exact top-k (cosine) of the rows of an in-memory matrix ``X`` among themselves, self excluded, in blocks
-    (never ``N x N``); ``rows`` names them (default ``0 .. N-1``) in the returned indices."""
-    X = np.asarray(X, dtype=np.float32)
-    norm = np.linalg.norm(X, axis=1, keepdims=True)
-    X = X / np.where(norm > 0, norm, 1.0)
+    (never ``N x N``); ``rows`` names them (default ``0 .. N-1``) in the returned indices. ``queries``, one row per
+    row of ``X`` (another view of it), are searched among ``X`` instead."""
+    def unit(M):
+        M = np.asarray(M, dtype=np.float32)
+        norm = np.linalg.norm(M, axis=1, keepdims=True)
+        return M / np.where(norm > 0, norm, 1.0)
+
+    X = unit(X)
+    Q = X if queries is None else unit(queries)
     rows = np.arange(len(X)) if rows is None else np.asarray(rows, dtype=np.int64)
     k = min(k, len(X) - 1)
     if k < 1:
@@ -215,6 +221,6 @@ def knn_array(X: np.ndarray, k: int, rows: Optional[np.ndarray] = None) -> Tuple
     idx = np.empty((len(X), k), dtype=np.int64)
     sim = np.empty((len(X), k), dtype=np.float32)
     for a in range(0, len(X), step):
-        pos, s = _search(X[a:a + step], np.arange(a, min(a + step, len(X))), lambda: iter([(0, X)]), k)
+        pos, s = _search(Q[a:a + step], np.arange(a, min(a + step, len(X))), lambda: iter([(0, X)]), k)
         idx[a:a + step], sim[a:a + step] = rows[pos], s
     return idx, sim

@@ -118,6 +118,8 @@ def test_a_class_with_one_image_falls_back_to_plain_kfold(tmp_path, make_image, 
         res = sweep(cache, grid=TINY, results_dir=tmp_path / "r", progress=False)
     assert "class blue has a single labelled row" in caplog.text
     assert res.scheme.startswith("5-fold CV") and (res.leaderboard["status"] == "ok").all()
+    held = sweep(cache, grid=TINY, val_fraction=0.3, results_dir=tmp_path / "r", progress=False, ensemble=0)
+    assert held.scheme.startswith("a 30% random hold-out")  # (not "stratified": it could not be)
 
 
 def test_rerun_fits_nothing_and_a_new_point_fits_only_itself(caches, tmp_path, caplog):

@@ -44,14 +44,17 @@ def _fit_residual(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     top, bot = y >= HI, y <= LO
     use = ~(top | bot)
     for _ in range(4):
-        w = use.astype(np.float64)
+        w = use.astype(np.float32)
         n = np.maximum(w.sum(1, keepdims=True), 1.0)
         mx, my = (w * x).sum(1, keepdims=True) / n, (w * y).sum(1, keepdims=True) / n
-        vx = (w * (x - mx) ** 2).sum(1, keepdims=True) / n
-        cxy = (w * (x - mx) * (y - my)).sum(1, keepdims=True) / n
+        dx = w * (x - mx)
+        vx, cxy = (dx * (x - mx)).sum(1, keepdims=True) / n, (dx * (y - my)).sum(1, keepdims=True) / n
         a = np.where(vx > 1e-6, cxy / np.maximum(vx, 1e-6), 1.0)
         p = a * x + (my - a * mx)
-        use = ~((top & (p >= HI)) | (bot & (p <= LO)))
+        again = ~((top & (p >= HI)) | (bot & (p <= LO)))
+        if (again == use).all():
+            break
+        use = again
     r = np.sqrt(((y - np.clip(p, 0, 255)) ** 2).mean(1)) / np.maximum(y.std(1), 1.0)
     return np.where((a[:, 0] >= GAIN[0]) & (a[:, 0] <= GAIN[1]), r, np.inf)
 
@@ -78,7 +81,7 @@ def aligned_residual(paths_a: Sequence[str], paths_b: Sequence[str]) -> np.ndarr
         if key not in resized:
             from PIL import Image
 
-            resized[key] = np.asarray(images[path].resize(size, Image.BILINEAR, box=box), np.float64).ravel()
+            resized[key] = np.asarray(images[path].resize(size, Image.BILINEAR, box=box), np.float32).ravel()
         return resized[key]
 
     for (sa, sb), rows in groups.items():

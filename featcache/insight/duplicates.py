@@ -83,8 +83,8 @@ def find_duplicates(ds: Dataset, nb: Neighbours, threshold: float = DEFAULT_THRE
                     progress: Optional[Callable[[int], None]] = None):
     """Copies among the rows of ``ds``. Returns ``(pairs, clusters, notes)``: ``pairs`` a DataFrame (path_a,
     path_b, split_a, split_b, similarity, exact, residual, leak, cluster, feature_similarity, row_a, row_b; residual
-    is NaN where it was not computed), exact copies first, then by similarity; ``clusters`` (cluster, size, splits, leak, paths); ``notes``, sentences for the
-    summary (missing files)."""
+    is NaN where it was not needed), exact copies first, then by similarity; ``clusters`` (cluster, size, splits,
+    leak, paths); ``notes``, sentences for the summary (missing files)."""
     n = len(ds)
     thumbs = thumbnails(list(ds.paths))
     if progress:
@@ -123,7 +123,7 @@ def find_duplicates(ds: Dataset, nb: Neighbours, threshold: float = DEFAULT_THRE
     exact = np.array([x is not None and x == y for x, y in zip(ha, hb)], dtype=bool)
     sim0 = np.nan_to_num(sim, nan=-1.0)
     residual = np.full(len(pairs), np.nan)
-    check = (sim0 >= SCREEN) & ~exact
+    check = (sim0 >= SCREEN) & (sim0 < threshold) & ~exact
     residual[check] = aligned_residual(list(ds.paths[pairs[check, 0]]), list(ds.paths[pairs[check, 1]]))
     found = exact | (sim0 >= threshold) | (np.nan_to_num(residual, nan=np.inf) <= RESIDUAL)
     pairs, sim, exact, residual = pairs[found], sim[found], exact[found], residual[found]

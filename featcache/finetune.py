@@ -181,7 +181,7 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
         if skipped:
             log.warning("the budget ran out: %d configuration(s) not trained: %s", len(skipped), "; ".join(skipped))
         configs = [c for c in configs if c in records]
-        board = leaderboard(configs, records, set(), keys, cfg.metric, node)
+        board = leaderboard(configs, records, set(), keys, cfg.metric, node, {c: len(train) for c in configs})
         ok = board[board["status"] == "ok"]
         if ok.empty:
             raise FeatcacheError(f"every configuration failed; the first error: {board['status'].iloc[0]}")

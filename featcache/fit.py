@@ -194,7 +194,7 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
                   "pred": tuned.val_pred.tolist()}
     row = {"stage": "finetune", "model": f"top after {node}, {tuned.best_params}",
            f"val_{cfg.metric}": best[f"val_{cfg.metric}"], "val_log_loss": best.get("val_log_loss"),
-           "fit_s": best.get("fit_s"), "train_rows": None}
+           "fit_s": best.get("fit_s"), "train_rows": best.get("train_rows")}
     stages["finetune"] = {"status": "done", "seconds": round(time.monotonic() - t, 1), "node": node,
                           "signature": signature, "scheme": tuned.scheme, "test": tuned.test_scores, "row": row,
                           "validation": validation}

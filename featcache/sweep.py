@@ -185,7 +185,7 @@ def run(cfg: SweepConfig) -> SweepResult:
     result = SweepResult(board, best, best_config, scheme.description, test_scores,
                          sum(f.n_fits for f in rungs.values()) + len(refitted),
                          sum(len(f.cached) for f in rungs.values()),
-                         [c.label() for f in rungs.values() for c in f.fitted], refitted, screen,
+                         list(dict.fromkeys(c.label() for f in rungs.values() for c in f.fitted)), refitted, screen,
                          best_config.layer or "+".join(feats.layers), skipped=skipped,
                          standard_error=scheme.standard_error(float(ok[f"val_{cfg.metric}"].iloc[0]))
                          if cfg.metric == "accuracy" else None,  # (binomial: for accuracy only)
@@ -296,9 +296,9 @@ def _write(cfg: SweepConfig, result: SweepResult, feats: Features, scheme: Schem
         y_true, y_pred, on = feats.y[seen], pred[seen], "validation" if scheme.kind != "cv" else "out-of-fold"
     summary = {"cache": str(feats.path), "fingerprint": feats.meta.fingerprint, "layers": feats.layers,
                "scheme": scheme.description, "metric": cfg.metric, "seed": cfg.seed, "best": best.identity(),
-               "test": result.test_scores, "layer_screen": result.layer_screen, "n_configurations": len(records),
-               "n_cached": result.n_cached, "n_fits": result.n_fits, "settings": settings_record(cfg),
-               "standard_error": result.standard_error, "skipped": result.skipped}
+               "test": result.test_scores, "layer_screen": result.layer_screen,
+               "n_configurations": len(result.leaderboard), "n_cached": result.n_cached, "n_fits": result.n_fits,
+               "settings": settings_record(cfg), "standard_error": result.standard_error, "skipped": result.skipped}
     return write_outputs(result.out, result.leaderboard, result.best, metadata, summary, "sweep.json",
                          plots=cfg.plots, plot_rows=by_clf, metric=cfg.metric,
                          confusion=(y_true, y_pred, feats.classes, f"{best.label()}\n({on})"))

@@ -47,6 +47,8 @@ def test_a_second_run_reuses_the_cache_the_sweep_and_the_fine_tuned_model(split_
     validation = stages["finetune"]["validation"]
     assert duel["rows"] == len(validation["rows"]) > 0 and duel["train_rows"] == len(validation["train_rows"])
     assert not set(validation["rows"]) & set(validation["train_rows"])
+    tuned_row = first.leaderboard[first.leaderboard["stage"] == "finetune"].iloc[0]
+    assert tuned_row["train_rows"] == len(validation["train_rows"])
     assert duel["winner"] == ("finetune" if duel["finetune_only"] > duel["sweep_only"] else "sweep")
     assert list(first.leaderboard["stage"][:2]) == ([duel["winner"], "sweep"] if duel["winner"] == "finetune"
                                                     else ["sweep", "finetune"])

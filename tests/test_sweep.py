@@ -445,6 +445,7 @@ def test_halving_finds_the_full_grids_best_with_fewer_fits(big_cache, tmp_path):
     assert len(halved.leaderboard) == len(full.leaderboard) == 12
     # Rows trained on, in all: 12 configurations on 2,267 rows and the best 4 on 6,800, vs 12 on 6,800.
     assert 12 * 2267 + 4 * 6800 < 0.7 * 12 * 6800 and halved.n_fits == 12 + 4 + 1
+    assert len(halved.fitted) == 12  # each configuration once, whatever the rungs it was fitted at
 
 
 def test_validation_is_sized_to_the_rows_and_never_sees_test_rows(big_cache):

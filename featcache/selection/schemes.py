@@ -85,7 +85,8 @@ def make_scheme(y: np.ndarray, pool_split: Optional[np.ndarray], names: Sequence
             n_splits=1, test_size=n_val, random_state=seed)
         folds = list(splitter.split(np.zeros(len(y)), y))
         ident = {"kind": "holdout", "fraction": val_fraction, "seed": seed, "stratified": stratified}
-        return Scheme("holdout", folds, ident, f"a {100 * val_fraction:.0f}% {'stratified' if stratified else 'random'} hold-out of {where} "
+        kind = "stratified" if stratified else "random"
+        return Scheme("holdout", folds, ident, f"a {100 * val_fraction:.0f}% {kind} hold-out of {where} "
                       f"({n_val} rows, seed {seed})" + (f"; chosen as {why}" if why else ""))
     k = cv
     if least >= k:

@@ -17,6 +17,9 @@ from PIL import Image, ImageEnhance
 import featcache
 from featcache.errors import FeatcacheError
 from featcache.insight import inspect
+from featcache.insight.align import aligned_residual
+from featcache.insight.data import thumbnails
+from featcache.insight.duplicates import DEFAULT_THRESHOLD, RESIDUAL
 from featcache.insight.labels import confident_learning, have_cleanlab, out_of_fold
 from featcache.insight.neighbours import brute_force_knn, exact_knn, knn
 
@@ -72,7 +75,8 @@ def test_planted_copies_and_leaks_are_found(digits):
     exact = res.duplicates[res.duplicates["exact"]]
     assert len(exact) == 1 and not exact["leak"].any()
     assert any(Path(p).name.startswith("twin_") for p in exact[["path_a", "path_b"]].iloc[0])
-    assert (res.duplicates["similarity"] >= 0.996).all()
+    copy = (res.duplicates["similarity"] >= DEFAULT_THRESHOLD) | (res.duplicates["residual"] <= RESIDUAL)
+    assert (copy | res.duplicates["exact"]).all()
     assert res.summary["leaks"]["pairs"] == 4 and res.summary["leaks"]["by_splits"] == {"test-train": 4}
     assert len(res.clusters) == 5 and set(res.clusters["size"]) == {2}
 
@@ -85,6 +89,32 @@ def test_clean_data_has_no_copies(digits):
     # them out
     loose = featcache.inspect(digits["clean"], only="duplicates", threshold=0.9, progress=False)
     assert len(loose.duplicates) > 0
+
+
+def test_edited_copies_of_an_8x8_image_match_once_aligned_and_lookalikes_do_not(tmp_path):
+    """scikit-learn's digits 1585 and 1648, two different 1s drawn alike, correlate as much as a resized or cropped
+    and brightened copy of one of them (16x16 thumbnails); aligned at native resolution, from files on disk, the
+    copies match and the other 1 does not."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    one, other = (Image.fromarray(np.round(d.images[i] * 255 / 16).astype(np.uint8)) for i in (1585, 1648))
+    images = {"one": one, "other": other,
+              "resized": ImageEnhance.Brightness(one.resize((12, 12), Image.BILINEAR)).enhance(1.3),
+              "cropped": ImageEnhance.Brightness(one.crop((1, 1, 8, 8))).enhance(1.3)}
+    paths = {}
+    for name, img in images.items():
+        paths[name] = str(tmp_path / f"{name}.png")
+        img.save(paths[name])
+    thumbs = thumbnails(list(paths.values()))
+
+    def corr(a, b):
+        return max((thumbs[paths[b]] @ thumbs[paths[a]][0]).max(), (thumbs[paths[a]] @ thumbs[paths[b]][0]).max())
+
+    assert corr("one", "other") > max(corr("one", "resized"), corr("one", "cropped")) > 0.95
+    res = aligned_residual([paths["one"]] * 3, [paths["resized"], paths["cropped"], paths["other"]])
+    assert res[0] <= RESIDUAL and res[1] <= RESIDUAL and res[2] > 2 * RESIDUAL
+    assert aligned_residual([paths["one"]], [str(tmp_path / "gone.png")])[0] == np.inf
 
 
 def test_blockwise_neighbours_equal_brute_force(tmp_path, feature_cache):

@@ -80,7 +80,8 @@ def _galleries(res, thumbs: _Thumbs) -> str:
     if len(res.duplicates.columns):
         tiles = []
         for _, r in res.leaks.head(GALLERY // 2).iterrows():
-            cap = f"{r.split_a}; {'same bytes' if r.exact else f'similarity {r.similarity:.4f}'}"
+            how = f"similarity {r.similarity:.4f}" + (f", aligned residual {r.residual:.3f}" if r.residual >= 0 else "")
+            cap = f"{r.split_a}; {'same bytes' if r.exact else how}"
             tiles.append('<div class="pair">' + _tile(thumbs, r.path_a, cap, "leak")
                          + _tile(thumbs, r.path_b, f"{r.split_b}") + "</div>")
         parts.append(_section("Leaks across splits", "copies of one image in different splits: every score "

@@ -105,10 +105,12 @@ def inspect(cache, out=None, only=None, threshold: Optional[float] = None, layer
             seed: int = 0, overwrite: bool = False, progress: bool = True) -> InspectResult:
     """Find duplicates and leaks, likely label errors, outliers and class confusion in a cache; draw the map.
 
-    ``only``: some of ``FINDINGS`` (a list or "a,b"); ``threshold``: pixel similarity above which a pair is a copy
-    (default ``duplicates.DEFAULT_THRESHOLD``); ``layer``: the features used (default the cache's last);
-    ``k``: neighbours per row; ``neighbours``: "auto", "exact", "faiss" or "hnswlib"; ``label_method``: "cleanlab"
-    or "featcache" (default cleanlab when installed); ``out``: write the CSVs, PNGs and ``index.html`` there.
+    ``only``: some of ``FINDINGS`` (a list or "a,b"); ``threshold``: thumbnail correlation at or above which a pair
+    is a copy (default ``duplicates.DEFAULT_THRESHOLD``; a pair that matches at native resolution once aligned, an
+    aligned residual at most ``duplicates.RESIDUAL``, is one whatever the threshold); ``layer``: the features used
+    (default the cache's last); ``k``: neighbours per row; ``neighbours``: "auto", "exact", "faiss" or "hnswlib";
+    ``label_method``: "cleanlab" or "featcache" (default cleanlab when installed); ``out``: write the CSVs, PNGs and
+    ``index.html`` there.
     """
     started = time.perf_counter()
     wanted = _findings(only)
@@ -218,7 +220,8 @@ def _summary(ds, wanted, res, nb, threshold, label_about, notes, timings, map_me
         d = res.duplicates
         s["duplicates"] = {"pairs": len(d), "exact_pairs": int(d["exact"].sum()), "clusters": len(res.clusters),
                            "rows_in_clusters": int(res.clusters["size"].sum()) if len(res.clusters) else 0,
-                           "threshold": _duplicates.DEFAULT_THRESHOLD if threshold is None else float(threshold)}
+                           "threshold": _duplicates.DEFAULT_THRESHOLD if threshold is None else float(threshold),
+                           "residual": _duplicates.RESIDUAL}
         by = {}
         for a, b in zip(res.leaks["split_a"], res.leaks["split_b"]):
             key = "-".join(sorted((a, b)))
@@ -246,7 +249,7 @@ def summary_lines(s: Dict) -> List[str]:
     if "duplicates" in s:
         d = s["duplicates"]
         lines.append(f"duplicates: {d['pairs']} pairs ({d['exact_pairs']} byte-identical) in {d['clusters']} "
-                     f"clusters, pixel similarity >= {d['threshold']}")
+                     f"clusters, pixel similarity >= {d['threshold']} or aligned residual <= {d['residual']}")
         by = ", ".join(f"{k} {v}" for k, v in sorted(s["leaks"]["by_splits"].items()))
         lines.append(f"LEAKS across splits: {s['leaks']['pairs']} pairs" + (f" ({by})" if by else ""))
     if "label_issues" in s:

@@ -43,7 +43,7 @@ def build_parser() -> Parser:
                    help="pixel similarity (correlation of 16x16 grey thumbnails, best over small crops) at or above "
                         "which a candidate pair is a copy (default: 0.996, measured on MNIST: resized, re-encoded, "
                         "cropped and brightened copies score >= 0.997, different digits of one class <= 0.995). A "
-                        "pair that correlates >= 0.95 and matches at native resolution once aligned (crop, scale, "
+                        "pair that correlates >= 0.97 and matches at native resolution once aligned (crop, scale, "
                         "brightness with clipping; residual <= 0.02 of its contrast) is a copy whatever the "
                         "threshold: on 8x8 digits such copies leave <= 0.002, different digits >= 0.07")
     p.add_argument("--layer", help="the cache layer whose features are used (default: the cache's last layer)")

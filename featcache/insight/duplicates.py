@@ -30,7 +30,7 @@ __all__ = ["find_duplicates", "clusters_of", "pixel_similarity", "DEFAULT_THRESH
 
 DEFAULT_THRESHOLD = 0.996  # pixel correlation (best crop) above which a candidate pair is a copy
 RESIDUAL = 0.02  # aligned residual (relative to the image's contrast) at or below which a pair is a copy
-SCREEN = 0.95  # thumbnail correlation a pair needs before its aligned residual is computed
+SCREEN = 0.97  # thumbnail correlation a pair needs before its aligned residual is computed (copies: >= 0.987)
 PIXEL_K = 10  # thumbnail neighbours per row added to the candidates
 CROP_K = 2  # neighbours of each crop of a row among the whole thumbnails, added to the candidates
 PAIR_CHUNK = 4096

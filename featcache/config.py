@@ -267,6 +267,7 @@ class FinetuneConfig(_Config):
     dropout: float = 0.0
     val_fraction: Optional[float] = None  # a stratified hold-out of train when the cache has no val split (0.2)
     budget: Optional[float] = None  # seconds: start no configuration after this (the first always trains)
+    refit: bool = True  # retrain the best on every train+val row for its best epoch count, as the sweep refits
     metric: str = "accuracy"
     seed: int = 0
     device: str = "auto"
@@ -288,6 +289,7 @@ class FinetuneConfig(_Config):
         "dropout": [Interval(Real, 0, 1, "left")],
         "val_fraction": [None, _FRACTION],
         "budget": [None, Interval(Real, 0, None, "neither")],
+        "refit": [bool],
         "metric": [Options(METRICS)],
         "seed": [Integral],
         "device": [DEVICE],

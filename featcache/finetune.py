@@ -160,10 +160,7 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
                 if deadline is not None and records and time.monotonic() > deadline:
                     skipped.append(config.label())  # out of time; the first configuration always runs
                     continue
-                est = TopClassifier(top=top, input_shape=shape, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
-                                    batch_size=cfg.batch_size, n_iter_no_change=cfg.patience, augment=cfg.augment,
-                                    dropout=cfg.dropout, random_state=cfg.seed, device=cfg.device,
-                                    precision=cfg.precision, **params)
+                est = _estimator(cfg, top, shape, params)
                 t = time.perf_counter()
                 try:
                     est.fit(acts[rows[train]], names[y[train]], X_val=acts[rows[stop]],
@@ -187,6 +184,15 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
             raise FeatcacheError(f"every configuration failed; the first error: {board['status'].iloc[0]}")
         best_config = next(c for c in configs if keys[c][:12] == ok["config_id"].iloc[0])
         best = models[best_config]
+        if cfg.refit and len(val):
+            fit_s = records[best_config]["fit_s"] * len(rows) / max(len(train), 1)
+            if deadline is None or time.monotonic() + fit_s <= deadline:
+                # As the sweep refits its best: every pool row (val too), for the epochs that were best.
+                log.info("refitting %s on %d rows for %d epochs", best_config.label(), len(rows), best.best_epoch_)
+                best = _estimator(cfg, top, shape, best_config.params, epochs=best.best_epoch_, early_stopping=False)
+                best.fit(acts[rows], names[y])
+            else:
+                skipped.append(f"refit of {best_config.label()} on train+val (about {fit_s:.0f} s; out of time)")
         test_scores, test_pred = None, None
         if len(test_rows):
             test_scores, test_pred = _scores(best, acts[test_rows], fs.y[test_rows], fs.classes)
@@ -203,6 +209,14 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
     finally:
         fs.close()
     return result
+
+
+def _estimator(cfg: FinetuneConfig, top, shape, params: dict, **changes) -> TopClassifier:
+    """The :class:`TopClassifier` of one configuration of ``cfg``'s grid (``changes`` override its settings)."""
+    settings = dict(top=top, input_shape=shape, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
+                    batch_size=cfg.batch_size, n_iter_no_change=cfg.patience, augment=cfg.augment, dropout=cfg.dropout,
+                    random_state=cfg.seed, device=cfg.device, precision=cfg.precision)
+    return TopClassifier(**{**settings, **params, **changes})
 
 
 def _stop_and_select(y: np.ndarray, val: np.ndarray, seed: int):

@@ -160,7 +160,7 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
     previous = (earlier or {}).get("stages", {}).get("finetune", {})
     signature = {"data": str(cfg.data), "model": str(cfg.model), "weights": cfg.weights, "image_size": cfg.image_size,
                  "train_blocks": [str(b) for b in cfg.train_blocks], "seed": cfg.seed, "metric": cfg.metric,
-                 "cache": stages["extract"]["cache"]}  # the cache path holds the data's fingerprint
+                 "refit": True, "cache": stages["extract"]["cache"]}  # the cache path holds the data's fingerprint
     reusable = (previous.get("status") == "done" and previous.get("signature") == signature
                 and (out / "finetune" / "finetune.json").is_file())
     left = deadline - time.monotonic()

@@ -254,3 +254,20 @@ def test_configurations_are_ranked_on_rows_they_were_not_stopped_on(cache, caplo
     with caplog.at_level(logging.INFO, logger="featcache"):
         finetune(cache["path"], "layer3", train_blocks=[0], epochs=2, progress=False)
     assert "3 rows stop each configuration's training early, 3 others rank the configurations" in caplog.text
+
+
+def test_the_best_is_refitted_on_train_and_val_for_its_best_epochs(cache, caplog):
+    """As the sweep refits its best: the saved model trained on every pool row, for the epochs that were best."""
+    import logging
+
+    kw = dict(train_blocks=[0, 1], epochs=3, patience=5, progress=False, precision="fp32")
+    with caplog.at_level(logging.INFO, logger="featcache"):
+        res = finetune(cache["path"], "layer3", **kw)
+    kept = finetune(cache["path"], "layer3", refit=False, **kw)
+    assert kept.best_params == res.best_params  # the same selection; only the final model differs
+    epochs = kept.best.best_epoch_
+    assert f"on 24 rows for {epochs} epochs" in caplog.text  # 6 + 2 images of 3 classes: train and val
+    assert res.best.n_epochs_ == epochs and len(res.best.validation_loss_curve_) == 0  # no early stopping
+    assert len(kept.train_rows) == 18 and len(kept.best.loss_curve_) == kept.best.n_epochs_
+    budgeted = finetune(cache["path"], "layer3", budget=1e-9, **kw)
+    assert any(s.startswith("refit of ") and s.endswith("out of time)") for s in budgeted.skipped)

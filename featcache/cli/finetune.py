@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..config import METRICS, TRAIN_PRECISIONS, FinetuneConfig
-from . import Parser, add_output_flags, add_run_flags, blocks_arg, config_from_args, run_cli
+from . import Parser, add_output_flags, add_run_flags, blocks_arg, config_from_args, duration_arg, run_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -59,6 +59,11 @@ def build_parser() -> Parser:
     p.add_argument("--val-fraction", type=float,
                    help="hold out this stratified fraction of train+val for early stopping and selection "
                         "(default: the cache's val split, else 0.2)")
+    p.add_argument("--no-refit", dest="refit", action="store_false",
+                   help="keep the best configuration as trained on train alone (default: retrain it on train+val "
+                        "for the epochs that were best, as the sweep refits its best, when --budget allows)")
+    p.add_argument("--budget", type=duration_arg, metavar="TIME",
+                   help="no configuration starts after this (90s, 15m, 1h; the first always trains)")
     p.add_argument("--metric", default="accuracy", choices=METRICS,
                    help="selection metric (default: accuracy; ties go to the lower log-loss)")
     p.add_argument("--seed", type=int, default=0,

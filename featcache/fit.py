@@ -2,10 +2,12 @@
 
 Cheapest first, so a small budget still returns a good model: extract the default layers (a cache hit when
 done before) → the default sweep (layer screen, measured grid, successive halving, ensemble), given what is
-left of the budget → fine-tune the top blocks from cached activations at the penultimate stage output, when
-the budget left covers its estimate (a stored earlier run is reused) → one leaderboard across the stages,
-ranked on validation; the winner's test score is reported once and its model copied to ``OUT/best.*``, which
-``featcache.predict`` uses. ``OUT/fit.json`` records each stage, its time and what was skipped and why.
+left of the budget → the sweep's best again on augmented views with test-time augmentation → fine-tune the top
+blocks from cached activations at the penultimate stage output (a stored earlier run is reused); each extra stage
+only when the budget left covers its estimate, and it replaces the best so far only when right on more of the same
+held-out images, trained on the same rows → one leaderboard across the stages; the winner's test score is
+reported once and its model copied to ``OUT/best.*``, which ``featcache.predict`` uses. ``OUT/fit.json`` records
+each stage, its time, how the stages compared and what was skipped and why.
 The command line is ``featcache.cli.fit``; ``python -m featcache.fit`` runs it.
 """
 from __future__ import annotations
@@ -42,7 +44,7 @@ class FitResult:
     """What :func:`fit` returns: the cross-stage leaderboard (best first), the winner and its test scores."""
 
     leaderboard: Any  # pandas DataFrame: stage, model, val_<metric>, train rows; test only for the winner
-    best_stage: str  # "sweep" or "finetune"
+    best_stage: str  # "sweep", "views" or "finetune"
     best_label: str
     test_scores: Optional[Dict[str, float]]
     model_path: Path  # OUT/best.skops or OUT/best.safetensors

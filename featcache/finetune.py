@@ -164,10 +164,12 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
                 t = time.perf_counter()
                 try:
                     est.fit(acts[rows[train]], names[y[train]], X_val=acts[rows[stop]],
-                            y_val=names[y[stop]])
+                            y_val=names[y[stop]], deadline=deadline)  # no epoch starts past the budget
                     scores, pred = _scores(est, acts[rows[val]], y[val], fs.classes)
+                    cut = deadline is not None and time.monotonic() > deadline and est.n_epochs_ < cfg.epochs
                     records[config] = {"scores": scores, "pred": pred, "fit_s": time.perf_counter() - t,
-                                       "note": f"{est.n_epochs_} epochs, best {est.best_epoch_}"}
+                                       "note": f"{est.n_epochs_} epochs, best {est.best_epoch_}"
+                                               + (" (stopped at the budget)" if cut else "")}
                     models[config] = est
                 except (ValueError, RuntimeError) as e:  # one failing configuration must not end the run
                     records[config] = {"error": f"{type(e).__name__}: {e}".splitlines()[0], "fit_s": 0.0}

@@ -271,3 +271,19 @@ def test_the_best_is_refitted_on_train_and_val_for_its_best_epochs(cache, caplog
     assert len(kept.train_rows) == 18 and len(kept.best.loss_curve_) == kept.best.n_epochs_
     budgeted = finetune(cache["path"], "layer3", budget=1e-9, **kw)
     assert any(s.startswith("refit of ") and s.endswith("out of time)") for s in budgeted.skipped)
+
+
+def test_no_epoch_starts_past_the_budget_and_the_best_so_far_is_kept(cache):
+    import time
+
+    from featcache.learn.top import TopClassifier
+
+    fs = featcache.load(cache["path"])
+    X, y = np.asarray(fs.features["layer3"][:]), np.asarray(fs.classes)[fs.y]
+    est = TopClassifier(top=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), epochs=50,
+                        n_iter_no_change=50, random_state=0, precision="fp32")
+    est.fit(X, y, deadline=time.monotonic())  # already past: one epoch, then stop
+    assert est.n_epochs_ == 1 and len(est.loss_curve_) == 1 and est.predict(X).shape == (len(y),)
+    res = finetune(cache["path"], "layer3", train_blocks=[1], epochs=50, patience=50, budget=1e-9, progress=False,
+                   precision="fp32")
+    assert res.leaderboard["note"].iloc[0] == "1 epochs, best 1 (stopped at the budget)"

@@ -8,6 +8,7 @@ shift train, as is usual when fine-tuning on small data; dropout applies only to
 from __future__ import annotations
 
 import copy
+import time
 from numbers import Integral, Real
 from typing import Dict, List
 
@@ -176,8 +177,11 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         xb = (xb if isinstance(xb, torch.Tensor) else self._tensor(xb)).to(device)
         return xb.contiguous(memory_format=torch.channels_last) if xb.ndim == 4 else xb
 
-    def fit(self, X, y, X_val=None, y_val=None):
-        """Train the top's last ``train_blocks`` blocks and the head on ``(X, y)``; returns ``self``."""
+    def fit(self, X, y, X_val=None, y_val=None, deadline=None):
+        """Train the top's last ``train_blocks`` blocks and the head on ``(X, y)``; returns ``self``.
+
+        ``deadline``: a ``time.monotonic()`` value after which no further epoch starts (a time budget; at least
+        one epoch always runs, and the best epoch so far is kept)."""
         self._validate_params()
         X, X_val = in_memory_if_small(X), in_memory_if_small(X_val)
         shape = tuple(X.shape[1:]) if len(X.shape) > 2 else self.input_shape
@@ -203,10 +207,10 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         device = resolve_device(self.device)
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
-            self._train(X, yi, train, val_X, yv, val_pos, rng, device)
+            self._train(X, yi, train, val_X, yv, val_pos, rng, device, deadline)
         return self
 
-    def _train(self, X, yi, train, val_X, yv, val_pos, rng, device) -> None:
+    def _train(self, X, yi, train, val_X, yv, val_pos, rng, device, deadline=None) -> None:
         self.precision_ = "bf16" if resolve_precision(self.precision, device) == "bf16" else "fp32"
         self.frozen_prefix_ = False  # whether frozen layers before the trained blocks ran once, not every epoch
         net = copy.deepcopy(self.top).to(device).eval()
@@ -258,14 +262,17 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
                 total += loss.item() * len(pos)
             self.loss_curve_.append(total / len(train))
             self.n_epochs_ = self.best_epoch_ = epoch
+            out_of_time = deadline is not None and time.monotonic() > deadline
             if y_val is None:
+                if out_of_time:
+                    break
                 continue
             val_loss = float(F.cross_entropy(self._logits(val_top, head, val_X, val_pos, device, self.precision_),
                                              y_val[val_pos]))
             self.validation_loss_curve_.append(val_loss)
             if stopping.update(val_loss, epoch, lambda: {
                     "head": copy.deepcopy(head.state_dict()),
-                    "top": {n: p.detach().clone() for n, p in params.items() if p.requires_grad}}):
+                    "top": {n: p.detach().clone() for n, p in params.items() if p.requires_grad}}) or out_of_time:
                 break
         if stopping.best_state is not None:
             self.best_epoch_ = stopping.best_epoch

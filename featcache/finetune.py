@@ -194,7 +194,7 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
                 best = _estimator(cfg, top, shape, best_config.params, epochs=best.best_epoch_, early_stopping=False)
                 best.fit(acts[rows], names[y])
             else:
-                skipped.append(f"refit of {best_config.label()} on train+val (about {fit_s:.0f} s; out of time)")
+                skipped.append(f"refit of {best_config.label()} on train+val, about {fit_s:.0f} s")
         test_scores, test_pred = None, None
         if len(test_rows):
             test_scores, test_pred = _scores(best, acts[test_rows], fs.y[test_rows], fs.classes)

@@ -166,7 +166,10 @@ def run(cfg: SweepConfig) -> SweepResult:
             raise FeatcacheError(f"the budget ({cfg.budget:.0f} s) ran out before any configuration was fitted; "
                                  "give a larger --budget")
         raise FeatcacheError(f"every configuration failed; the first error: {board['status'].iloc[0]}")
-    by_id = {keys[c][:12]: c for c in final}
+    # Candidates: every configuration validated on all the rows (the layer screen's fits on choices the grid left
+    # out too, when the screen ran on all the rows), all of them records of ``fits``.
+    whole = final + [c for c, (_, rows) in stopped.items() if rows == n_train and c not in final]
+    by_id = {keys[c][:12]: c for c in whole}
     top = [by_id[i] for i in ok["config_id"].iloc[: cfg.test_top] if i in by_id]
     if not top:
         raise FeatcacheError("no configuration trained on all the rows succeeded (the budget ran out, or every "
@@ -193,7 +196,7 @@ def run(cfg: SweepConfig) -> SweepResult:
     if cfg.out is not None:
         result.out = Path(cfg.out).expanduser()
         result.files = _write(cfg, result, feats.for_layer(best_config.layer), scheme,
-                              {c: fits.records[c] for c in final}, test_pred)
+                              {c: fits.records[c] for c in dict.fromkeys(final + [best_config])}, test_pred)
     return result
 
 

@@ -52,6 +52,7 @@ def test_a_second_run_reuses_the_cache_the_sweep_and_the_fine_tuned_model(split_
     assert duel["winner"] == ("finetune" if duel["finetune_only"] > duel["sweep_only"] else "sweep")
     assert list(first.leaderboard["stage"][:2]) == ([duel["winner"], "sweep"] if duel["winner"] == "finetune"
                                                     else ["sweep", "finetune"])
+    caplog.clear()  # (the first run's records too, when another test left the logger at INFO)
     with caplog.at_level(logging.INFO, logger="featcache"):
         again = featcache.fit(split_folder, tmp_path / "run", **kw)
     assert again.stages["sweep"]["n_fits"] == 0 and again.stages["sweep"]["n_cached"] > 0

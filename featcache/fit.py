@@ -228,8 +228,7 @@ def _duel(cache: Path, side, tta: bool, tuned: Optional[dict], seed: int) -> Opt
     (pipe, _, _), = fit_configs([side.best_config], X_train, y_train, seed, min(X_train.shape))
     pred, _ = views.predict(pipe, X[val], None if V is None else V[val], classes)
     side_right, tuned_right = pred == y[val], np.asarray(validation["pred"]) == y[val]
-    f_only, s_only = int((tuned_right & ~side_right).sum()), int((side_right & ~tuned_right).sum())
-    p = p_better(f_only, s_only)
+    f_only, s_only, p = _paired(tuned_right, side_right)
     return {"rows": len(val), "train_rows": len(train), "sweep": float(side_right.mean()),
             "finetune": float(tuned_right.mean()), "finetune_only": f_only, "sweep_only": s_only, "p_value": p,
             "winner": "finetune" if f_only > s_only else "sweep"}
@@ -280,8 +279,7 @@ def _views_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, dead
     both = (swept.val_pred >= 0) & (viewed.val_pred >= 0) & same
     truth = truth[both]
     new_right, old_right = viewed.val_pred[both] == truth, swept.val_pred[both] == truth
-    v_only, s_only = int((new_right & ~old_right).sum()), int((old_right & ~new_right).sum())
-    p = p_better(v_only, s_only)
+    v_only, s_only, p = _paired(new_right, old_right)
     duel = {"rows": int(both.sum()), "views": float(new_right.mean()) if both.any() else None,
             "sweep": float(old_right.mean()) if both.any() else None, "views_only": v_only, "sweep_only": s_only,
             "p_value": p, "winner": "views" if v_only > s_only else "sweep"}
@@ -292,6 +290,12 @@ def _views_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, dead
              "right only with views, %d only without; McNemar p=%.3f): the %s wins", cfg.views, duel["rows"],
              duel["views"] or 0.0, duel["sweep"] or 0.0, v_only, s_only, p, duel["winner"])
     return viewed
+
+
+def _paired(new_right: np.ndarray, old_right: np.ndarray):
+    """On the same rows: how many only the new model gets right, how many only the old one, and :func:`p_better`."""
+    new_only, old_only = int((new_right & ~old_right).sum()), int((old_right & ~new_right).sum())
+    return new_only, old_only, p_better(new_only, old_only)
 
 
 def p_better(only_new: int, only_old: int) -> float:

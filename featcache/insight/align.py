@@ -16,7 +16,7 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-from .data import CROPS, _open_grey
+from .data import CROPS, open_grey
 
 __all__ = ["aligned_residual", "GRID_MAX", "GAIN"]
 
@@ -65,7 +65,7 @@ def aligned_residual(paths_a: Sequence[str], paths_b: Sequence[str]) -> np.ndarr
     images: Dict[str, object] = {}
     for p in dict.fromkeys(list(paths_a) + list(paths_b)):
         try:
-            images[p] = _open_grey(p)
+            images[p] = open_grey(p)
             images[p].thumbnail((4 * GRID_MAX, 4 * GRID_MAX))  # a large photo is compared at 32 px anyway
         except (OSError, ValueError, SyntaxError):
             images[p] = None

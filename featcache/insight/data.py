@@ -21,7 +21,7 @@ from ..cache.layout import FEATURES, LABELS, PATHS, SPLIT, CacheMeta
 from ..cache.read import load
 from ..errors import FeatcacheError
 
-__all__ = ["Dataset", "open_dataset", "thumbnails", "file_hashes", "thumbnail_png", "THUMB"]
+__all__ = ["Dataset", "open_dataset", "open_grey", "thumbnails", "file_hashes", "thumbnail_png", "THUMB"]
 
 THUMB = 16  # side of the grey thumbnails the pixel check compares
 CROPS = (0.0, 0.06, 0.12)  # fractions cut off the sides when looking for a cropped copy (see thumbnails)
@@ -88,7 +88,7 @@ def open_dataset(cache, layer: Optional[str] = None) -> Dataset:
                    n_features=n_features, sha256=sha)
 
 
-def _open_grey(path: str):
+def open_grey(path: str):
     from PIL import Image, ImageOps
 
     img = Image.open(path)
@@ -111,7 +111,7 @@ def thumbnails(paths: Sequence[str], crops: Sequence[float] = CROPS) -> Dict[str
     out: Dict[str, Optional[np.ndarray]] = {}
     for p in dict.fromkeys(paths):
         try:
-            img = _open_grey(p)
+            img = open_grey(p)
             w, h = img.size
             vecs = []
             for a in crops:

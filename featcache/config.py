@@ -21,7 +21,7 @@ from .errors import ConflictError, FeatcacheError, ParameterError
 
 __all__ = ["ExtractConfig", "SweepConfig", "FinetuneConfig", "FitConfig", "FeatcacheError", "default_cache_dir",
            "DEFAULT_MODEL",
-           "DEVICE", "POOLS", "PRECISIONS", "DTYPES", "AUGMENTATIONS", "MAX_VIEWS", "METRICS", "BACKENDS",
+           "DEVICE", "POOLS", "PRECISIONS", "DTYPES", "AUGMENTATIONS", "MAX_VIEWS", "MAX_SCALE", "METRICS", "BACKENDS",
            "CLUSTER_BACKENDS"]
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -31,6 +31,7 @@ TRAIN_PRECISIONS = ("auto", "bf16", "fp32")
 DTYPES = ("float32", "float16")
 AUGMENTATIONS = ("flip", "crop", "color")
 MAX_VIEWS = 64
+MAX_SCALE = 2.0  # --scales: at most twice the crop (4x the compute of one pass)
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "log_loss")
 BACKENDS = ("loky", "threading", "ray", "dask")
 CLUSTER_BACKENDS = ("ray", "dask")
@@ -96,6 +97,7 @@ class ExtractConfig(_Config):
     gpu_decode: bool = False  # decode JPEGs with torchvision.io on the model's device (for GPU runs)
     views: int = 0  # augmented views per image, stored under views/<layer> beside the clean features
     augment: Sequence[str] = ("flip", "crop")  # how views are made: any of AUGMENTATIONS
+    scales: Sequence[float] = (1.0,)  # the network also runs on the crop resized by each; features concatenated
 
     device: str = "auto"
     batch_size: Union[int, str] = 64  # or "auto": the largest that fits on a GPU, 64 on a CPU
@@ -118,6 +120,7 @@ class ExtractConfig(_Config):
         "gpu_decode": [bool],
         "views": [Interval(Integral, 0, MAX_VIEWS)],
         "augment": [ListOf((Options(AUGMENTATIONS),))],
+        "scales": [ListOf((Interval(Real, 0, MAX_SCALE, "right"),), 1)],
         "device": [DEVICE],
         "batch_size": [_POSITIVE_INT, Options(("auto",))],
         "num_workers": [None, Interval(Integral, 0, None)],
@@ -136,6 +139,11 @@ class ExtractConfig(_Config):
             self._refuse("augment", f"a non-empty list of {', '.join(AUGMENTATIONS)} when views > 0")
         if self.views and self.gpu_decode:
             raise ConflictError("{views} are made with Pillow: drop {gpu_decode} to extract views")
+        if len(set(self.scales)) < len(self.scales):
+            self._refuse("scales", "each scale once")
+        if len(self.scales) > 1 and self.pool == "none":
+            raise ConflictError("{scales} concatenates pooled features: maps of different sizes cannot be joined; "
+                                "use one scale with {pool} none")
 
 
 @dataclass
@@ -214,6 +222,7 @@ class FitConfig(_Config):
     weights: str = "DEFAULT"
     image_size: Optional[int] = None
     cache_dir: Optional[Path] = None
+    scales: Sequence[float] = (1.0, 0.667)  # the scales stage: the network also at 2/3 of the size (1: skip it)
     views: int = 4  # augmented views per image for the views + TTA stage (0: skip it)
     augment: Sequence[str] = ("flip", "crop")  # how those views are made
     finetune: str = "auto"  # auto: when the budget left covers its estimate; always; never
@@ -231,6 +240,7 @@ class FitConfig(_Config):
         "budget": [Interval(Real, 0, None, "neither")],
         "image_size": [None, _POSITIVE_INT],
         "cache_dir": [None, str, os.PathLike],
+        "scales": [ListOf((Interval(Real, 0, MAX_SCALE, "right"),), 1)],
         "views": [Interval(Integral, 0, MAX_VIEWS)],
         "augment": [ListOf((Options(AUGMENTATIONS),), 1)],
         "finetune": [Options(("auto", "always", "never"))],

@@ -2,7 +2,8 @@
 
 Cheapest first, so a small budget still returns a good model: extract the default layers (a cache hit when
 done before) → the default sweep (layer screen, measured grid, successive halving, ensemble), given what is
-left of the budget → the sweep's best again on augmented views with test-time augmentation → fine-tune the top
+left of the budget → the best so far again with the network also at other scales (features joined) → again on
+augmented views with test-time augmentation → fine-tune the top
 blocks from cached activations at the penultimate stage output (a stored earlier run is reused); each extra stage
 only when the budget left covers its estimate, and it replaces the best so far only when right on more of the same
 held-out images, trained on the same rows → one leaderboard across the stages; the winner's test score is
@@ -44,7 +45,7 @@ class FitResult:
     """What :func:`fit` returns: the cross-stage leaderboard (best first), the winner and its test scores."""
 
     leaderboard: Any  # pandas DataFrame: stage, model, val_<metric>, train rows; test only for the winner
-    best_stage: str  # "sweep", "views" or "finetune"
+    best_stage: str  # "sweep", "scales", "views" or "finetune"
     best_label: str
     test_scores: Optional[Dict[str, float]]
     model_path: Path  # OUT/best.skops or OUT/best.safetensors
@@ -99,39 +100,41 @@ def run(cfg: FitConfig) -> FitResult:
                        "skipped": swept.skipped}
     skipped += [f"sweep: {label} (out of time)" for label in swept.skipped]
 
-    side, side_cache, side_stage = swept, Path(cache), "sweep"  # what fine-tuning must beat
-    viewed = _views_stage(cfg, extract_cfg, pass_s, deadline, swept, Path(cache), out, stages, skipped)
-    if viewed is not None:
-        vboard = viewed.leaderboard[viewed.leaderboard["status"] == "ok"]
-        vrow = dict(_sweep_row(vboard.iloc[0], cfg.metric), stage="views")
-        vrow["model"] += f" + {cfg.views} views, TTA"
-        wins = stages["views"]["vs_sweep"]["winner"] == "views"
+    lead = _Lead(swept, Path(cache), "sweep", extract_cfg)  # what the next stage must beat
+    tests = {"sweep": swept.test_scores}
+    for name in ("scales", "views"):  # cheapest first
+        variant = _variant_stage(name, cfg, lead, pass_s, deadline, out, stages, skipped)
+        if variant is None:
+            continue
+        tests[name] = variant.result.test_scores
+        vrow = dict(_sweep_row(_ok(variant.result).iloc[0], cfg.metric), stage=name)
+        vrow["model"] += (f" at scales {' '.join(f'{s:g}' for s in cfg.scales)}" if name == "scales"
+                          else f" + {cfg.views} views, TTA")
+        wins = stages[name]["vs_best"]["winner"] == name
         rows.insert(0 if wins else 1, vrow)
-        if wins:
-            side, side_cache, side_stage = viewed, Path(stages["views"]["cache"]), "views"
+        lead = variant if wins else lead
 
     tuned = _finetune_stage(cfg, extract_cfg, pass_s, deadline, earlier, out, stages, skipped)
-    against = f"{side_stage}: {side.best_config.label()}"
+    against = f"{lead.stage}: {lead.result.best_config.label()}"
     duel = (stages.get("finetune") or {}).get("vs_sweep")  # a reused fine-tuning run keeps its comparison
     if tuned is not None and (duel or {}).get("against") != against:
-        duel = _duel(side_cache, side, side_stage == "views", stages.get("finetune"), cfg.seed)
+        duel = _duel(lead.cache, lead.result, lead.tta, stages.get("finetune"), cfg.seed)
         duel = None if duel is None else dict(duel, against=against)
     if tuned is not None and duel is not None:
         stages["finetune"]["vs_sweep"] = duel
-        tuned = dict(tuned, same_rows=f"{duel['finetune']:.4f} vs the {side_stage}'s {duel['sweep']:.4f} on "
+        tuned = dict(tuned, same_rows=f"{duel['finetune']:.4f} vs the {lead.stage}'s {duel['sweep']:.4f} on "
                                       f"{duel['rows']}")
         log.info("fit: on the %d rows that ranked fine-tuning, the fine-tuned top %.4f vs the %s's best trained on "
                  "the same %d rows %.4f (%d right only by fine-tuning, %d only by the other; McNemar p=%.3f): %s",
-                 duel["rows"], duel["finetune"], side_stage, duel["train_rows"], duel["sweep"], duel["finetune_only"],
-                 duel["sweep_only"], duel["p_value"], f"the {duel['winner']} wins".replace("sweep", side_stage))
+                 duel["rows"], duel["finetune"], lead.stage, duel["train_rows"], duel["sweep"], duel["finetune_only"],
+                 duel["sweep_only"], duel["p_value"], f"the {duel['winner']} wins".replace("sweep", lead.stage))
     if tuned is not None:  # first when it beats the best so far on the same rows, else right after it
         rows.insert(0 if duel is not None and duel["winner"] == "finetune" else 1, tuned)
     board = pd.DataFrame(rows)
     board.insert(0, "rank", range(1, len(board) + 1))
     winner = board.iloc[0]
     source = out / winner["stage"]
-    test = {"sweep": swept.test_scores, "views": viewed.test_scores if viewed else None,
-            "finetune": stages.get("finetune", {}).get("test")}[winner["stage"]]
+    test = tests.get(winner["stage"]) if winner["stage"] != "finetune" else stages["finetune"].get("test")
     if test:
         board.loc[0, f"test_{cfg.metric}"] = test.get(cfg.metric)
     model_path = _publish(find_model(source), out)
@@ -234,62 +237,97 @@ def _duel(cache: Path, side, tta: bool, tuned: Optional[dict], seed: int) -> Opt
             "winner": "finetune" if f_only > s_only else "sweep"}
 
 
-def _views_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, deadline: float, swept, cache: Path,
-                 out: Path, stages: Dict[str, dict], skipped: List[str]):
-    """The sweep's best configuration(s) again, trained on ``cfg.views`` augmented views per image as well and
-    predicting with test-time augmentation, on the same folds; the views' sweep, or None when not tried."""
+@dataclass
+class _Lead:
+    """The best model so far: a sweep's result, the cache it ran on, the stage that made it, how that cache was
+    extracted and what one extraction with those settings costs, in passes of the plain model."""
+
+    result: Any  # SweepResult
+    cache: Path
+    stage: str
+    extract_cfg: ExtractConfig
+    passes: float = 1.0
+    tta: bool = False
+
+
+def _variant_stage(name: str, cfg: FitConfig, lead: _Lead, pass_s: float, deadline: float, out: Path,
+                   stages: Dict[str, dict], skipped: List[str]) -> Optional[_Lead]:
+    """The lead's best configuration(s) again on other features of the same images, on the same folds: ``scales``
+    (the network also at other sizes, features joined) or ``views`` (augmented views to train on, predicting
+    with test-time augmentation). The variant's lead, or None when not tried; ``stages[name]["vs_best"]`` says
+    which was right on more rows out of fold."""
     from .cache import load
     from .extraction import extract
     from .selection.features import pool_and_test
     from .sweep import sweep
 
-    if not cfg.views:
-        skipped.append("views: --views 0")
-        return None
-    best = swept.best_config
+    if name == "scales":
+        if len(cfg.scales) == 1:
+            skipped.append("scales: --scales 1")
+            return None
+        changes, tta, factor = {"scales": tuple(cfg.scales)}, False, len(cfg.scales)
+        passes = lead.passes * sum(s * s for s in cfg.scales)  # compute grows with the pixels
+        how, undo = f"the network at {len(cfg.scales)} scales", "--scales 1 skips it"
+        # a fit costs about the width of the rows: len(scales) times the features
+        fits_s = factor * float(_ok(lead.result)["fit_s"].iloc[0])
+    else:
+        if not cfg.views:
+            skipped.append("views: --views 0")
+            return None
+        changes, tta, factor = {"views": cfg.views, "augment": tuple(cfg.augment)}, True, 1 + cfg.views
+        passes = lead.passes * factor
+        how, undo = f"{cfg.views} augmented views per image", "--views 0 skips it"
+        fits_s = factor * factor * float(_ok(lead.result)["fit_s"].iloc[0])  # up to n^2 for kernel SVMs
+    best = lead.result.best_config
     members = best.params["members"] if best.classifier == "ensemble" else [
         {"classifier": best.classifier, "params": best.params, "preprocess": best.preprocess}]
     grid: Dict[str, list] = {}
     for m in members:  # one value per parameter, each as a one-item list (a list value is itself swept)
         grid.setdefault(m["classifier"], []).append({"preprocess": m["preprocess"],
                                                      **{k: [v] for k, v in m["params"].items()}})
-    ok = swept.leaderboard[swept.leaderboard["status"] == "ok"]
-    n = 1 + cfg.views  # images' worth of rows per image; fits cost up to n^2 as much (kernel SVMs)
-    estimate = n * pass_s + n * n * float(ok["fit_s"].iloc[0])
+    estimate = passes * pass_s + fits_s
     left = deadline - time.monotonic()
     if left < estimate:
-        skipped.append(f"views: estimated {estimate:.0f} s ({n} passes over the images at {pass_s:.0f} s and the "
-                       f"best configuration's fits on {n}x the rows), {max(left, 0):.0f} s of the budget left "
-                       f"(--budget; --views 0 skips it)")
+        skipped.append(f"{name}: estimated {estimate:.0f} s ({passes:.2g} passes over the images at {pass_s:.0f} s "
+                       f"and the best configuration's fits with {how}), {max(left, 0):.0f} s of the budget left "
+                       f"(--budget; {undo})")
         return None
     t = time.monotonic()
+    extract_cfg = lead.extract_cfg.replace(**changes)
     try:
-        vcache = extract(config=extract_cfg.replace(views=cfg.views, augment=tuple(cfg.augment)))
-        viewed = sweep(vcache, out=out / "views", overwrite=True, grid=grid, layer=swept.best_layer, tta=True,
-                       halving=False, screen_layers=0, ensemble=len(members) if len(members) > 1 else 0,
-                       budget=max(deadline - time.monotonic(), 1.0), seed=cfg.seed, n_jobs=cfg.n_jobs,
-                       metric=cfg.metric, progress=cfg.progress)
+        vcache = extract(config=extract_cfg)
+        variant = sweep(vcache, out=out / name, overwrite=True, grid=grid, layer=lead.result.best_layer, tta=tta,
+                        halving=False, screen_layers=0, ensemble=len(members) if len(members) > 1 else 0,
+                        budget=max(deadline - time.monotonic(), 1.0), seed=cfg.seed, n_jobs=cfg.n_jobs,
+                        metric=cfg.metric, progress=cfg.progress)
     except FeatcacheError as e:  # an extra, like fine-tuning
-        log.warning("fit: the views stage failed (%s); keeping the sweep's model", e)
-        skipped.append(f"views: failed ({e})")
+        log.warning("fit: the %s stage failed (%s); keeping the %s's model", name, e, lead.stage)
+        skipped.append(f"{name}: failed ({e})")
         return None
-    with load(cache, lazy=True) as a, load(vcache, lazy=True) as b:
+    with load(lead.cache, lazy=True) as a, load(vcache, lazy=True) as b:
         same = np.array_equal(a.paths, b.paths)  # the same images in the same order: the same folds
         truth = a.y[pool_and_test(a)[0]]
-    both = (swept.val_pred >= 0) & (viewed.val_pred >= 0) & same
+    both = (lead.result.val_pred >= 0) & (variant.val_pred >= 0) & same
     truth = truth[both]
-    new_right, old_right = viewed.val_pred[both] == truth, swept.val_pred[both] == truth
-    v_only, s_only, p = _paired(new_right, old_right)
-    duel = {"rows": int(both.sum()), "views": float(new_right.mean()) if both.any() else None,
-            "sweep": float(old_right.mean()) if both.any() else None, "views_only": v_only, "sweep_only": s_only,
-            "p_value": p, "winner": "views" if v_only > s_only else "sweep"}
-    stages["views"] = {"seconds": round(time.monotonic() - t, 1), "cache": str(vcache), "views": cfg.views,
-                       "augment": list(cfg.augment), "best": viewed.best_config.label(), "scheme": viewed.scheme,
-                       "test": viewed.test_scores, "vs_sweep": duel}
-    log.info("fit: with %d augmented views and TTA, out of fold on the same %d rows: %.4f vs the sweep's %.4f (%d "
-             "right only with views, %d only without; McNemar p=%.3f): the %s wins", cfg.views, duel["rows"],
-             duel["views"] or 0.0, duel["sweep"] or 0.0, v_only, s_only, p, duel["winner"])
-    return viewed
+    new_right, old_right = variant.val_pred[both] == truth, lead.result.val_pred[both] == truth
+    n_only, b_only, p = _paired(new_right, old_right)
+    duel = {"rows": int(both.sum()), "against": f"{lead.stage}: {best.label()}",
+            "new": float(new_right.mean()) if both.any() else None,
+            "best": float(old_right.mean()) if both.any() else None, "new_only": n_only, "best_only": b_only,
+            "p_value": p, "winner": name if n_only > b_only else lead.stage}
+    stages[name] = {"seconds": round(time.monotonic() - t, 1), "cache": str(vcache),
+                    **{k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()},
+                    "best": variant.best_config.label(), "scheme": variant.scheme, "test": variant.test_scores,
+                    "vs_best": duel}
+    log.info("fit: with %s, out of fold on the same %d rows: %.4f vs the %s's %.4f (%d right only with, %d only "
+             "without; McNemar p=%.3f): the %s wins", how, duel["rows"], duel["new"] or 0.0, lead.stage,
+             duel["best"] or 0.0, n_only, b_only, p, duel["winner"])
+    return _Lead(variant, Path(vcache), name, extract_cfg, passes, tta or lead.tta)
+
+
+def _ok(result):
+    """The rows of a sweep's leaderboard that trained."""
+    return result.leaderboard[result.leaderboard["status"] == "ok"]
 
 
 def _paired(new_right: np.ndarray, old_right: np.ndarray):

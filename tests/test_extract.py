@@ -83,6 +83,41 @@ def test_features_match_the_model_run_by_hand(split_folder, fast):
     np.testing.assert_allclose(fs.X[5], expected, rtol=1e-4, atol=1e-4)
 
 
+def test_scales_join_each_layer_over_the_model_run_at_other_sizes(split_folder, fast, tmp_path):
+    """--scales 1 0.5: the first half of each row is the plain features, the second the model on the same crop
+    resized to half (antialiased bilinear), run by hand; predict re-extracts at both scales."""
+    from featcache.decode import open_rgb, resize_center_crop
+
+    model = _counting_resnet()
+    fs = load(featcache.extract(split_folder, **{**fast, "model": model, "scales": [1.0, 0.5]}))
+    plain = load(featcache.extract(split_folder, **{**fast, "model": model}))
+    assert fs.path != plain.path and fs.meta["key"]["scales"] == [1.0, 0.5] and "scales" not in plain.meta["key"]
+    assert fs.X.shape == (20, 1024)
+    np.testing.assert_array_equal(fs.X[:, :512], plain.X)
+    img = resize_center_crop(open_rgb(split_folder / fs.paths[5], 37), 37, 32)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255 - mean) / std
+    x = torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
+    model.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        expected = model.eval()(x)[0].numpy()
+    np.testing.assert_allclose(fs.X[5, 512:], expected, rtol=1e-4, atol=1e-4)
+
+    named = load(featcache.extract(split_folder, **{**fast, "scales": [1.0, 0.5]}))  # predict can rebuild it
+    res = featcache.sweep(named.path, out=tmp_path / "s", grid={"logreg": {"preprocess": "l2", "C": [1.0]}},
+                          progress=False)
+    pred = featcache.predict(tmp_path / "s", split_folder, cache_dir=tmp_path / "new", progress=False)
+    assert list(pred["prediction"]) == list(res.best.predict(named.X))  # the same 1024 features, re-extracted
+
+    with pytest.raises(FeatcacheError, match=r"scales.*concatenates pooled features.*pool"):
+        featcache.extract(split_folder, **{**fast, "scales": [1.0, 0.5], "pool": "none"})
+    with pytest.raises(FeatcacheError, match=r"'scales' parameter of ExtractConfig must be each scale once"):
+        featcache.extract(split_folder, **{**fast, "scales": [1.0, 1.0]})
+    with pytest.raises(FeatcacheError, match=r"'scales' parameter of ExtractConfig must be a list of at least 1"):
+        featcache.extract(split_folder, **{**fast, "scales": [1.0, 3.0]})
+
+
 def test_cache_hit_runs_no_forward_pass(split_folder, fast):
     model = _counting_resnet()
     first = featcache.extract(split_folder, **{**fast, "model": model})
@@ -106,6 +141,7 @@ def test_every_change_that_alters_features_is_a_miss(split_folder, fast, make_im
         "precision": dict(precision="bf16"),
         "model": dict(model="resnet34"),
         "hash mode": dict(hash_content=True),
+        "scales": dict(scales=[1.0, 0.5]),
     }
     seen = {base}
     for what, change in variants.items():

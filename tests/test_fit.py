@@ -26,6 +26,7 @@ def test_a_tiny_budget_still_returns_a_model_and_says_what_it_skipped(split_fold
     assert res.model_path == out / "best.skops" and res.best_stage == "sweep"
     assert any(s.startswith("finetune: estimated") for s in res.skipped)  # no time left for fine-tuning
     assert any(s.startswith("views: estimated") for s in res.skipped)  # nor for augmented views
+    assert any(s.startswith("scales: estimated") for s in res.skipped)  # nor for other scales
     assert any(s.startswith("sweep: ") and s.endswith("(out of time)") for s in res.skipped)
     assert res.test_scores is not None and set(res.leaderboard["stage"]) == {"sweep"}
     state = json.loads((out / "fit.json").read_text())
@@ -39,9 +40,13 @@ def test_a_second_run_reuses_the_cache_the_sweep_and_the_fine_tuned_model(split_
     first = featcache.fit(split_folder, tmp_path / "run", **kw)
     stages = first.stages
     assert stages["finetune"]["node"] == "layer3" and stages["sweep"]["n_fits"] > 0
-    assert set(first.leaderboard["stage"]) == {"sweep", "views", "finetune"}
-    views = stages["views"]["vs_sweep"]  # the same val rows, with and without views
-    assert views["rows"] == 4 and views["winner"] == ("views" if views["views_only"] > views["sweep_only"] else "sweep")
+    assert set(first.leaderboard["stage"]) == {"sweep", "scales", "views", "finetune"}
+    scales = stages["scales"]["vs_best"]  # the same val rows, with and without the network at 2/3 of the size
+    assert scales["rows"] == 4 and scales["against"].startswith("sweep: ") and stages["scales"]["scales"] == [1, 0.667]
+    assert scales["winner"] == ("scales" if scales["new_only"] > scales["best_only"] else "sweep")
+    views = stages["views"]["vs_best"]  # and again with views, against the better of those two
+    assert views["rows"] == 4 and views["against"].startswith(scales["winner"] + ": ")
+    assert views["winner"] == ("views" if views["new_only"] > views["best_only"] else scales["winner"])
     assert first.leaderboard["test_accuracy"].notna().sum() == 1  # the winner's test score, once
     duel = stages["finetune"]["vs_sweep"]  # both trained on the same rows, scored on the same other images
     validation = stages["finetune"]["validation"]
@@ -50,13 +55,16 @@ def test_a_second_run_reuses_the_cache_the_sweep_and_the_fine_tuned_model(split_
     tuned_row = first.leaderboard[first.leaderboard["stage"] == "finetune"].iloc[0]
     assert tuned_row["train_rows"] == len(validation["train_rows"])
     assert duel["winner"] == ("finetune" if duel["finetune_only"] > duel["sweep_only"] else "sweep")
-    assert list(first.leaderboard["stage"][:2]) == ([duel["winner"], "sweep"] if duel["winner"] == "finetune"
-                                                    else ["sweep", "finetune"])
+    lead = views["winner"]  # the best before fine-tuning, which it had to beat
+    assert duel["against"].startswith(lead + ": ")
+    assert list(first.leaderboard["stage"][:2]) == (["finetune", lead] if duel["winner"] == "finetune"
+                                                    else [lead, "finetune"])
     caplog.clear()  # (the first run's records too, when another test left the logger at INFO)
     with caplog.at_level(logging.INFO, logger="featcache"):
         again = featcache.fit(split_folder, tmp_path / "run", **kw)
     assert again.stages["sweep"]["n_fits"] == 0 and again.stages["sweep"]["n_cached"] > 0
-    assert again.stages["views"]["vs_sweep"] == views and "refitting" not in caplog.text
+    assert again.stages["views"]["vs_best"] == views and again.stages["scales"]["vs_best"] == scales
+    assert "refitting" not in caplog.text
     assert "fine-tuning reused" in caplog.text and again.stages["finetune"] == stages["finetune"]
     assert again.best_label == first.best_label and again.test_scores == first.test_scores
     assert (tmp_path / "run" / f"best{again.model_path.suffix}").is_file()

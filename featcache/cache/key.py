@@ -37,7 +37,8 @@ def files_fingerprint(paths, manifest: dict) -> str:
 
 
 def key_parts(source, manifest: dict, backbone, layers: Sequence[str], pooling: str, precision: str,
-              dtype: str, decoder: str = "pillow", views: int = 0, augment: Sequence[str] = ()) -> dict:
+              dtype: str, decoder: str = "pillow", views: int = 0, augment: Sequence[str] = (),
+              scales: Sequence[float] = (1.0,)) -> dict:
     """What the features depend on, each part small enough to compare (files are hashed)."""
     parts = {
         "format_version": FORMAT_VERSION,
@@ -58,6 +59,8 @@ def key_parts(source, manifest: dict, backbone, layers: Sequence[str], pooling: 
     }
     if views:  # only then, so caches without views keep their keys
         parts["views"] = {"n": views, "augment": list(augment), "seeding": "blake2b(pixels, k)"}
+    if list(scales) != [1.0]:  # likewise
+        parts["scales"] = [float(s) for s in scales]
     return parts
 
 

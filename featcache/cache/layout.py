@@ -111,7 +111,7 @@ class CacheMeta:
 _JSON = ("layers", "class_names", "config", "key", "versions", "timings", "shard")
 
 # Parts of a cache's key that decide what its features mean (the files and labels may differ).
-FEATURE_PARTS = ("model", "weights_sha256", "pool", "preprocess", "precision", "dtype")
+FEATURE_PARTS = ("model", "weights_sha256", "pool", "preprocess", "precision", "dtype", "scales")
 
 
 def feature_identity(meta: CacheMeta) -> Dict[str, Any]:
@@ -135,5 +135,6 @@ def extract_settings(record: dict, views: bool = False) -> dict:
         "pool": record.get("pool", "avg"), "image_size": pre.get("crop_size"), "resize_size": pre.get("resize_size"),
         "mean": pre.get("mean"), "std": pre.get("std"), "precision": record.get("precision", "auto"),
         "dtype": record.get("dtype", "float32"), "hash_content": bool(record.get("hash_content", False)),
+        "scales": tuple(record.get("scales") or (1.0,)),
         **({"views": int(record.get("views", 0)), "augment": tuple(record.get("augment") or ())} if views else {}),
     }

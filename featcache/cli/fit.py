@@ -20,17 +20,18 @@ def build_parser() -> Parser:
         description="One command from labelled images to the best classifier featcache can give within --budget. "
                     "Cheapest first, so a small budget still returns a good model: (1) extract the default layers "
                     "(a cache hit when done before); (2) the default sweep (layer screen, measured grid, successive "
-                    "halving, an ensemble of the best), with what is left of the budget; (3) when the budget left "
-                    "covers its estimate, the sweep's best again on --views augmented views per image with "
-                    "test-time augmentation, on the same folds; (4) when the budget left covers 4 passes over the "
+                    "halving, an ensemble of the best), with what is left of the budget; then, each when the budget "
+                    "left covers its estimate, (3) the best so far again with the network also run at --scales "
+                    "(features joined), (4) again on --views augmented views per image with test-time "
+                    "augmentation, both on the same folds; (5) when the budget left covers 4 passes over the "
                     "images, fine-tune the top blocks from cached activations at the penultimate stage output. A "
                     "later stage replaces the best so far when it is right on more of the same held-out images, "
                     "both trained on the same rows (a tie keeps the cheaper; the log gives the chance of such a "
                     "lead, an exact McNemar p). One leaderboard across the stages; the winner is scored once on "
                     "test and copied to OUT/best.skops or OUT/best.safetensors for featcache.predict. OUT/fit.json "
                     "says what each stage took, how the stages compared and what was skipped and why; OUT/sweep/, "
-                    "OUT/views/ and OUT/finetune/ hold each stage's own outputs. A second run with the same --out "
-                    "reuses the caches, the sweeps' stored results and the fine-tuned model.",
+                    "OUT/scales/, OUT/views/ and OUT/finetune/ hold each stage's own outputs. A second run with the "
+                    "same --out reuses the caches, the sweeps' stored results and the fine-tuned model.",
         epilog="examples:\n"
                "  python -m featcache.fit --data photos/ --out runs/best\n"
                "  python -m featcache.fit --data photos/ --out runs/best --budget 5m --finetune never\n"
@@ -48,6 +49,10 @@ def build_parser() -> Parser:
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT, none, or a checkpoint file (default: DEFAULT)")
     p.add_argument("--image-size", type=int, help="crop size in pixels (default: the model's own)")
     p.add_argument("--cache-dir", type=Path, help=CACHE_DIR_HELP)
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.667], metavar="S",
+                   help="the scales stage: the network also runs on each image resized by these factors (up to 2) "
+                        "and the layers' features are joined; small images upscaled to the crop (digits, scans, "
+                        "thumbnails) gain most; 1 skips it (default: 1 0.667)")
     p.add_argument("--views", type=int, default=4, metavar="K",
                    help="augmented views per image for the views + TTA stage; 0 skips it (default: 4)")
     p.add_argument("--augment", nargs="+", choices=AUGMENTATIONS, default=["flip", "crop"],

@@ -131,7 +131,7 @@ def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:
     if len(labelled) == 1:
         log.warning("every labelled image is of one class (%s): fine for features, but a classifier (sweep, finetune) "
                     "needs at least 2 classes", source.class_names[labelled[0]])
-    fx = models.FeatureExtractor(backbone, plan.layers, cfg.pool).to(plan.device)
+    fx = models.FeatureExtractor(backbone, plan.layers, cfg.pool, cfg.scales).to(plan.device)
     shapes = probe_shapes(fx, plan.device, plan.precision, backbone.preprocess.crop_size)
     if cfg.batch_size == "auto":
         cfg = cfg.replace(batch_size=resolve_batch_size("auto", fx, plan.device, plan.precision,
@@ -139,6 +139,10 @@ def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:
         log.info("--batch-size auto: %d", cfg.batch_size)
     if cfg.views:  # --batch-size counts forward passes: each image brings 1 + views of them
         cfg = cfg.replace(batch_size=max(1, cfg.batch_size // (1 + cfg.views)))
+    if len(cfg.scales) > 1:
+        crop = backbone.preprocess.crop_size
+        log.info("--scales: the network runs at %s px; each layer's features are joined in that order",
+                 ", ".join(str(max(1, round(crop * s))) for s in cfg.scales))
     for layer, shape in shapes.items():
         log.info("layer %s -> %s features per image", layer, "x".join(map(str, shape)))
     datasets = {feature_path(k): s for k, s in shapes.items()}

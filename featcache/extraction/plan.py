@@ -75,7 +75,7 @@ def plan_extraction(cfg: ExtractConfig) -> Plan:
     manifest = source.manifest(cfg.hash_content)
     parts = key_parts(source, manifest, backbone, layers, cfg.pool, precision, cfg.dtype,
                             decoder="torchvision.io" if cfg.gpu_decode else "pillow", views=cfg.views,
-                            augment=cfg.augment)
+                            augment=cfg.augment, scales=cfg.scales)
     fingerprint = cache_key(parts)
     path = cache_path(cfg.resolved_cache_dir(), source.name, backbone.name, layers, fingerprint)
     return Plan(source, device, precision, backbone, layers, manifest, parts, fingerprint, path, shard)
@@ -112,8 +112,16 @@ def resolve_batch_size(batch_size, fx, device: torch.device, precision: str, cro
 
 def probe_shapes(fx: models.FeatureExtractor, device, precision, crop: int) -> Dict[str, tuple]:
     """Per-layer feature shapes from one dummy batch, before any image is decoded."""
-    with torch.inference_mode(), autocast(device, precision):
-        out = fx(torch.zeros(2, 3, crop, crop, dtype=torch.uint8, device=device))
+    try:
+        with torch.inference_mode(), autocast(device, precision):
+            out = fx(torch.zeros(2, 3, crop, crop, dtype=torch.uint8, device=device))
+    except (RuntimeError, AssertionError, ValueError) as e:
+        if len(fx.scales) == 1:
+            raise
+        sizes = ", ".join(f"{max(1, round(crop * s))} px" for s in fx.scales)
+        raise FeatcacheError(f"--scales {' '.join(f'{s:g}' for s in fx.scales)}: the model does not run at every "
+                             f"size ({sizes}): {str(e).splitlines()[0]}; models with a fixed input size (most vision "
+                             f"transformers) take one scale") from e
     return {k: tuple(v.shape[1:]) for k, v in out.items()}
 
 
@@ -132,6 +140,7 @@ def config_record(cfg: ExtractConfig, plan: Plan) -> dict:
         "gpu_decode": cfg.gpu_decode,
         "views": cfg.views,
         "augment": list(cfg.augment) if cfg.views else [],
+        "scales": [float(s) for s in cfg.scales],
         "batch_size": cfg.batch_size,
     }
 

@@ -1,7 +1,8 @@
 """Running the frozen model: uint8 images in, pooled features per layer out (stage: models).
 
 :class:`FeatureExtractor` wraps torchvision's ``create_feature_extractor`` with normalisation on the
-device and :func:`pool`; :func:`layer_table` is what ``extract --list-layers`` prints.
+device, :func:`pool` and, with ``scales``, the same images at other sizes; :func:`layer_table` is what
+``extract --list-layers`` prints.
 """
 from __future__ import annotations
 
@@ -43,14 +44,20 @@ def pool(x: torch.Tensor, how: str) -> torch.Tensor:
 
 
 class FeatureExtractor(nn.Module):
-    """uint8 images in, ``{layer: pooled features}`` out; normalisation runs on the model's device."""
+    """uint8 images in, ``{layer: pooled features}`` out; normalisation runs on the model's device.
 
-    def __init__(self, backbone: Backbone, layers: Sequence[str], pooling: str):
+    With ``scales`` (e.g. ``(1.0, 0.667)``) the network also runs on the normalised batch resized by each factor
+    (bilinear, antialiased) and each layer's pooled features are the concatenation over the scales, in order:
+    a small image upscaled to the model's size is often better seen at a smaller one, and the two views differ.
+    """
+
+    def __init__(self, backbone: Backbone, layers: Sequence[str], pooling: str, scales: Sequence[float] = (1.0,)):
         super().__init__()
         from torchvision.models.feature_extraction import create_feature_extractor
 
         self.layers = list(layers)
         self.pooling = pooling
+        self.scales = [float(s) for s in scales]
         pre = backbone.preprocess
         self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1) * 255.0)
@@ -61,8 +68,21 @@ class FeatureExtractor(nn.Module):
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         x = (images.float() - self.mean) / self.std
         x = x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+        per_scale = [self._pooled(self._resized(x, s)) for s in self.scales]
+        if len(per_scale) == 1:
+            return per_scale[0]
+        return {name: torch.cat([out[name].flatten(1) for out in per_scale], dim=1) for name in self.layers}
+
+    def _pooled(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         out = self.body(x)
         return {name: pool(out[name], self.pooling) for name in self.layers}
+
+    @staticmethod
+    def _resized(x: torch.Tensor, scale: float) -> torch.Tensor:
+        size = max(1, round(x.shape[-1] * scale))
+        if scale == 1.0 or size == x.shape[-1]:
+            return x
+        return nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def layer_table(backbone: Backbone, pooling: str, device: str = "cpu") -> List[dict]:

@@ -100,7 +100,7 @@ class FinetuneResult:
     skipped: List[str] = field(default_factory=list)  # configurations not trained when the budget ran out
     train_rows: Optional[np.ndarray] = None  # the cache rows the models trained on
     val_rows: Optional[np.ndarray] = None  # the cache rows the configurations were ranked on
-    val_pred: Optional[np.ndarray] = None  # the best one's predictions (class indices) on them
+    val_pred: Optional[np.ndarray] = None  # class indices on them, each by a configuration ranked on others
     out: Optional[Path] = None
     files: List[Path] = field(default_factory=list)
 
@@ -202,7 +202,8 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
                 board.loc[0, f"test_{name}"] = value
         result = FinetuneResult(board, best, best_config.params, test_scores, scheme.description, skipped=skipped,
                                 train_rows=rows[train], val_rows=rows[val],
-                                val_pred=np.asarray(records[best_config]["pred"]))
+                                val_pred=_crossfit_pred([records[c] for c in configs if "pred" in records[c]],
+                                                        y[val], cfg.seed))
         if cfg.out is not None:
             result.out = Path(cfg.out).expanduser()
             truth = (fs.y[test_rows], test_pred, "test") if test_pred is not None else \
@@ -235,6 +236,27 @@ def _stop_and_select(y: np.ndarray, val: np.ndarray, seed: int):
     log.info("validation: %d rows stop each configuration's training early, %d others rank the configurations",
              len(stop), len(select))
     return np.sort(stop), np.sort(select)
+
+
+def _crossfit_pred(records: List[dict], y: np.ndarray, seed: int) -> np.ndarray:
+    """Each ranking row's prediction by the configuration most accurate on the other half of the rows (stratified
+    halves). The best configuration's own predictions would flatter it on these rows, where it was picked among
+    several (the winner's curse): ``fit`` compares them with another stage's model, which was picked elsewhere."""
+    from sklearn.model_selection import StratifiedKFold
+
+    preds = np.asarray([r["pred"] for r in records])
+    if len(preds) == 1 or len(y) < 2:
+        return preds[0] if len(preds) else np.zeros(0, dtype=int)
+    counts = np.bincount(y)
+    if counts[counts > 0].min() >= 2:
+        halves = list(StratifiedKFold(2, shuffle=True, random_state=seed).split(y, y))
+    else:
+        a, b = np.array_split(np.random.default_rng(seed).permutation(len(y)), 2)
+        halves = [(a, b), (b, a)]
+    out = np.empty(len(y), dtype=preds.dtype)
+    for rank_on, predict_on in halves:
+        out[predict_on] = preds[int(np.argmax((preds[:, rank_on] == y[rank_on]).mean(axis=1)))][predict_on]
+    return out
 
 
 def _scores(est: TopClassifier, X, y_idx: np.ndarray, classes: Sequence[str]):

@@ -163,9 +163,10 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
         skipped.append("finetune: --finetune never")
         return None
     previous = (earlier or {}).get("stages", {}).get("finetune", {})
+    # What a stored run depends on (the cache path holds the data's fingerprint), and how it was done.
     signature = {"data": str(cfg.data), "model": str(cfg.model), "weights": cfg.weights, "image_size": cfg.image_size,
                  "train_blocks": [str(b) for b in cfg.train_blocks], "seed": cfg.seed, "metric": cfg.metric,
-                 "refit": True, "cache": stages["extract"]["cache"]}  # the cache path holds the data's fingerprint
+                 "refit": True, "compare": "cross-fitted", "cache": stages["extract"]["cache"]}
     reusable = (previous.get("status") == "done" and previous.get("signature") == signature
                 and (out / "finetune" / "finetune.json").is_file())
     left = deadline - time.monotonic()

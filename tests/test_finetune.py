@@ -287,3 +287,26 @@ def test_no_epoch_starts_past_the_budget_and_the_best_so_far_is_kept(cache):
     res = finetune(cache["path"], "layer3", train_blocks=[1], epochs=50, patience=50, budget=1e-9, progress=False,
                    precision="fp32")
     assert res.leaderboard["note"].iloc[0] == "1 epochs, best 1 (stopped at the budget)"
+
+
+
+def test_the_rows_that_compare_stages_are_predicted_by_a_configuration_ranked_on_other_rows():
+    """Each half of the ranking rows is predicted by the configuration more accurate on the other half: the best
+    configuration's own predictions would flatter fine-tuning on the rows where it was picked (the winner's curse)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from featcache.finetune import _crossfit_pred
+
+    y = np.repeat([0, 1], 20)
+    (h1, h2), _ = StratifiedKFold(2, shuffle=True, random_state=0).split(y, y)  # the halves it uses
+    a, b = 1 - y, 1 - y  # both wrong everywhere, then right on:
+    a[h1] = y[h1]  # A: all of the first half and 4 of the 20 rows of the second
+    a[h2[:4]] = y[h2[:4]]
+    b[h1[:10]] = y[h1[:10]]  # B: half of the first half and all of the second
+    b[h2] = y[h2]
+    assert (b == y).mean() == 0.75 > (a == y).mean() == 0.6  # B ranks first on all the rows
+    crossed = _crossfit_pred([{"pred": a}, {"pred": b}], y, seed=0)
+    np.testing.assert_array_equal(crossed[h2], a[h2])  # A won the first half, so it predicts the second
+    np.testing.assert_array_equal(crossed[h1], b[h1])  # and B, which won the second, the first
+    assert (crossed == y).mean() == 14 / 40  # not B's 0.75
+    np.testing.assert_array_equal(_crossfit_pred([{"pred": a}], y, seed=0), a)  # one configuration: its own

@@ -27,6 +27,7 @@ import numpy as np
 from ._util import atomic_write_text, json_text, make_callable, now_iso
 from .config import ExtractConfig, FitConfig
 from .errors import FeatcacheError
+from .learn import metrics
 from .selection.modelfile import SUFFIXES, find_model, read_metadata, sidecar_path
 from .selection.outputs import prepare_out
 
@@ -127,9 +128,11 @@ def run(cfg: FitConfig) -> FitResult:
         log.info("fit: on the %d rows that ranked fine-tuning, the fine-tuned top %.4f vs the %s's best trained on "
                  "the same %d rows %.4f (%d right only by fine-tuning, %d only by the other; McNemar p=%.3f): %s",
                  duel["rows"], duel["finetune"], lead.stage, duel["train_rows"], duel["sweep"], duel["finetune_only"],
-                 duel["sweep_only"], duel["p_value"], f"the {duel['winner']} wins".replace("sweep", lead.stage))
-    if tuned is not None:  # first when it beats the best so far on the same rows, else right after it
+                 duel["sweep_only"], duel["p_value"], f"{duel['winner']} wins".replace("sweep", lead.stage))
+    if tuned is not None:  # first when it beats the best so far on the same rows
         rows.insert(0 if duel is not None and duel["winner"] == "finetune" else 1, tuned)
+    # The winner first, the others by their validation score (each stage's own rows: see same_rows, fit.json).
+    rows[1:] = sorted(rows[1:], key=lambda r: -metrics.sort_key(cfg.metric, r[f"val_{cfg.metric}"]))
     board = pd.DataFrame(rows)
     board.insert(0, "rank", range(1, len(board) + 1))
     winner = board.iloc[0]
@@ -321,7 +324,7 @@ def _variant_stage(name: str, cfg: FitConfig, lead: _Lead, pass_s: float, deadli
                     "best": variant.best_config.label(), "scheme": variant.scheme, "test": variant.test_scores,
                     "vs_best": duel}
     log.info("fit: with %s, out of fold on the same %d rows: %.4f vs the %s's %.4f (%d right only with, %d only "
-             "without; McNemar p=%.3f): the %s wins", how, duel["rows"], duel["new"] or 0.0, lead.stage,
+             "without; McNemar p=%.3f): %s wins", how, duel["rows"], duel["new"] or 0.0, lead.stage,
              duel["best"] or 0.0, n_only, b_only, p, duel["winner"])
     return _Lead(variant, Path(vcache), name, extract_cfg, passes, tta or lead.tta)
 

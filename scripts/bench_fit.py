@@ -73,6 +73,17 @@ def run_dataset(name: str, work: Path, image_size: int, budget: str, skip) -> di
                       f"(bench_quality's best row: {BEST_OF_BENCH_QUALITY[name]:.3f}); best ({res.best_stage}): "
                       f"{res.best_label}; stages: " + ", ".join(f"{k} {v.get('seconds')} s"
                                                                 for k, v in res.stages.items()), flush=True)
+                for stage in ("scales", "views"):
+                    d = res.stages.get(stage, {}).get("vs_best")
+                    if d:
+                        print(f"[{name}]   {stage} vs {d['against']}, out of fold on {d['rows']} rows: {d['new']:.4f} "
+                              f"vs {d['best']:.4f} ({d['new_only']} vs {d['best_only']} right only by each): "
+                              f"{d['winner']}", flush=True)
+                d = res.stages.get("finetune", {}).get("vs_sweep")
+                if d:
+                    print(f"[{name}]   finetune vs {d['against']}, on its {d['rows']} ranking rows: "
+                          f"{d['finetune']:.4f} vs {d['sweep']:.4f} ({d['finetune_only']} vs {d['sweep_only']}): "
+                          f"{d['winner']}", flush=True)
                 for what in res.skipped:
                     print(f"[{name}]   skipped: {what}", flush=True)
             out["fit"] = runs

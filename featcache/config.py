@@ -254,6 +254,10 @@ class FitConfig(_Config):
         "progress": [bool],
     }
 
+    def _check_combinations(self) -> None:
+        if len(set(self.scales)) < len(self.scales):
+            self._refuse("scales", "each scale once")
+
 
 @dataclass
 class FinetuneConfig(_Config):

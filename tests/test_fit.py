@@ -77,6 +77,8 @@ def test_bad_input_is_a_clear_error(split_folder, tmp_path):
         featcache.fit(split_folder, tmp_path / "o", budget=-1)
     with pytest.raises(FeatcacheError, match=r"budget: '15x' is not a duration; use e.g. 90, 90s, 15m, 1h or 1h30m"):
         featcache.fit(split_folder, tmp_path / "o", budget="15x")
+    with pytest.raises(FeatcacheError, match=r"'scales' parameter of FitConfig must be each scale once"):
+        featcache.fit(split_folder, tmp_path / "o", scales=[1, 1])
     with pytest.raises(FeatcacheError, match=r"'finetune' parameter of FitConfig must be one of"):
         featcache.fit(split_folder, tmp_path / "o", finetune="sometimes")
     cli = subprocess.run([sys.executable, "-m", "featcache.fit", "--data", str(split_folder), "--out",

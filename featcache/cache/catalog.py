@@ -38,7 +38,7 @@ def _weights(record: dict) -> str:
 
 def list_caches(cache_dir: Path) -> List[dict]:
     """One record per ``.h5`` file in ``cache_dir``: what tells caches apart (dataset, model, weights, layers,
-    pool, dtype, views), rows, dims, size, dates, and whether it is finished."""
+    pool, dtype, views, scales), rows, dims, size, dates, and whether it is finished."""
     records = []
     for path in sorted(_cache_dir(cache_dir).glob("*.h5")):
         st = path.stat()
@@ -56,6 +56,7 @@ def list_caches(cache_dir: Path) -> List[dict]:
                     dataset=meta.dataset, model=meta.model, weights=_weights(meta.config),
                     layers="+".join(meta.layers), pool=meta.config.get("pool", ""),
                     dtype=meta.config.get("dtype", ""), views=int(meta.config.get("views", 0) or 0),
+                    scales=" ".join(f"{float(s):g}" for s in meta.config.get("scales") or [1.0]),
                     rows=int(meta.n_rows or 0),
                     dims="+".join(str(int(f[FEATURES][k].size // max(1, f[FEATURES][k].shape[0])))
                                   for k in meta.layers),

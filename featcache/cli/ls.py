@@ -19,8 +19,8 @@ __all__ = ["build_parser", "main", "format_table"]
 def build_parser() -> Parser:
     p = Parser(prog="python -m featcache.ls",
                description="List feature caches: what tells them apart (dataset, model, weights: RANDOM for "
-                           "--weights none, layers, pool, dtype, views), rows (N), feature size (D), file size, "
-                           "creation date and last use. Remove caches with featcache rm or featcache prune.")
+                           "--weights none, layers, pool, dtype, views, scales), rows (N), feature size (D), file "
+                           "size, creation date and last use. Remove caches with featcache rm or featcache prune.")
     p.add_argument("--cache-dir", type=Path,
                    help=CACHE_DIR_HELP)
     p.add_argument("--json", action="store_true", help="one JSON record per line instead of a table")
@@ -44,7 +44,7 @@ def _main(args) -> int:
     return 0
 
 
-LS_COLUMNS = ["dataset", "model", "weights", "layers", "pool", "dtype", "views", "rows", "dims", "size_mb",
+LS_COLUMNS = ["dataset", "model", "weights", "layers", "pool", "dtype", "views", "scales", "rows", "dims", "size_mb",
               "created", "last_used", "status", "path"]
 
 

@@ -141,9 +141,9 @@ class ExtractConfig(_Config):
             raise ConflictError("{views} are made with Pillow: drop {gpu_decode} to extract views")
         if len(set(self.scales)) < len(self.scales):
             self._refuse("scales", "each scale once")
-        if len(self.scales) > 1 and self.pool == "none":
-            raise ConflictError("{scales} concatenates pooled features: maps of different sizes cannot be joined; "
-                                "use one scale with {pool} none")
+        if [float(v) for v in self.scales] != [1.0] and self.pool == "none":
+            raise ConflictError("{scales} joins pooled features (maps of different sizes cannot be joined, and "
+                                "fine-tuning runs the network at its crop size): leave {scales} at 1 with {pool} none")
 
 
 @dataclass

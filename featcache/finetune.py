@@ -239,9 +239,10 @@ def _stop_and_select(y: np.ndarray, val: np.ndarray, seed: int):
 
 
 def _crossfit_pred(records: List[dict], y: np.ndarray, seed: int) -> np.ndarray:
-    """Each ranking row's prediction by the configuration most accurate on the other half of the rows (stratified
-    halves). The best configuration's own predictions would flatter it on these rows, where it was picked among
-    several (the winner's curse): ``fit`` compares them with another stage's model, which was picked elsewhere."""
+    """Each ranking row's prediction by the configuration most accurate (right on most rows, whatever the metric:
+    ``fit`` counts rows) on the other half of the rows (stratified halves). The best configuration's own
+    predictions would flatter it on these rows, where it was picked among several (the winner's curse), when ``fit``
+    compares them with another stage's model, picked by cross-validation over the whole pool."""
     from sklearn.model_selection import StratifiedKFold
 
     preds = np.asarray([r["pred"] for r in records])

@@ -109,14 +109,15 @@ def run(cfg: FitConfig) -> FitResult:
             continue
         tests[name] = variant.result.test_scores
         vrow = dict(_sweep_row(_ok(variant.result).iloc[0], cfg.metric), stage=name)
-        vrow["model"] += (f" at scales {' '.join(f'{s:g}' for s in cfg.scales)}" if name == "scales"
-                          else f" + {cfg.views} views, TTA")
+        vrow["model"] += (f" + {cfg.views} views, TTA" if name == "views" else "") + (
+            f" at scales {' '.join(f'{s:g}' for s in cfg.scales)}" if "scales" in (name, lead.stage) else "")
         wins = stages[name]["vs_best"]["winner"] == name
         rows.insert(0 if wins else 1, vrow)
         lead = variant if wins else lead
 
     tuned = _finetune_stage(cfg, extract_cfg, pass_s, deadline, earlier, out, stages, skipped)
-    against = f"{lead.stage}: {lead.result.best_config.label()}"
+    # What fine-tuning was compared with, down to the cache: a stored comparison is reused only against the same.
+    against = f"{lead.stage}: {lead.result.best_config.label()} ({lead.cache.name})"
     duel = (stages.get("finetune") or {}).get("vs_sweep")  # a reused fine-tuning run keeps its comparison
     if tuned is not None and (duel or {}).get("against") != against:
         duel = _duel(lead.cache, lead.result, lead.tta, stages.get("finetune"), cfg.seed)
@@ -194,7 +195,7 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
                          train_blocks=tuple(cfg.train_blocks), budget=max(deadline - time.monotonic(), 1.0),
                          seed=cfg.seed, metric=cfg.metric, device=cfg.device, progress=cfg.progress)
     except FeatcacheError as e:  # the sweep's model is kept: fine-tuning is an extra, not a condition
-        log.warning("fit: fine-tuning failed (%s); keeping the sweep's model", e)
+        log.warning("fit: fine-tuning failed (%s); keeping the best model so far", e)
         skipped.append(f"finetune: failed ({e})")
         return None
     skipped += [f"finetune: {label} (out of time)" for label in tuned.skipped]
@@ -266,7 +267,7 @@ def _variant_stage(name: str, cfg: FitConfig, lead: _Lead, pass_s: float, deadli
     from .sweep import sweep
 
     if name == "scales":
-        if len(cfg.scales) == 1:
+        if [float(v) for v in cfg.scales] == [1.0]:
             skipped.append("scales: --scales 1")
             return None
         changes, tta, factor = {"scales": tuple(cfg.scales)}, False, len(cfg.scales)

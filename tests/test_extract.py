@@ -110,7 +110,7 @@ def test_scales_join_each_layer_over_the_model_run_at_other_sizes(split_folder, 
     pred = featcache.predict(tmp_path / "s", split_folder, cache_dir=tmp_path / "new", progress=False)
     assert list(pred["prediction"]) == list(res.best.predict(named.X))  # the same 1024 features, re-extracted
 
-    with pytest.raises(FeatcacheError, match=r"scales.*concatenates pooled features.*pool"):
+    with pytest.raises(FeatcacheError, match=r"scales joins pooled features.*leave scales at 1 with pool none"):
         featcache.extract(split_folder, **{**fast, "scales": [1.0, 0.5], "pool": "none"})
     with pytest.raises(FeatcacheError, match=r"'scales' parameter of ExtractConfig must be each scale once"):
         featcache.extract(split_folder, **{**fast, "scales": [1.0, 1.0]})

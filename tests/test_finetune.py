@@ -289,7 +289,6 @@ def test_no_epoch_starts_past_the_budget_and_the_best_so_far_is_kept(cache):
     assert res.leaderboard["note"].iloc[0] == "1 epochs, best 1 (stopped at the budget)"
 
 
-
 def test_the_rows_that_compare_stages_are_predicted_by_a_configuration_ranked_on_other_rows():
     """Each half of the ranking rows is predicted by the configuration more accurate on the other half: the best
     configuration's own predictions would flatter fine-tuning on the rows where it was picked (the winner's curse)."""

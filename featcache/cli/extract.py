@@ -75,8 +75,8 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> None:
                    help="also run the network on each crop resized by these factors (up to 2) and join each "
                         "layer's pooled features over the scales, in order: e.g. --scales 1 0.667 at 96 px adds "
                         "a 64-px pass (0.44x the compute). Small images upscaled to the model's size (scans, "
-                        "digits, thumbnails) gain most; featcache.fit tries it and keeps it only when it wins "
-                        "(part of the key) (default: 1)")
+                        "digits, thumbnails) gain most; featcache.fit tries it and keeps it only when it wins; "
+                        "not with --pool none (part of the key) (default: 1)")
     p.add_argument("--cache-dir", type=Path,
                    help=CACHE_DIR_HELP)
 

@@ -77,12 +77,13 @@ def explain(cfg) -> List[str]:
 
     def distance(item):
         meta = item[1]
-        return (meta.dataset != source.name, sum(meta.key.get(k) != v for k, v in parts.items()))
+        return (meta.dataset != source.name, sum(meta.key.get(k) != parts.get(k) for k in {*parts, *meta.key}))
 
     path, meta = min(candidates, key=distance)
     old = meta.key
     lines = [f"cache miss; nearest cache: {path}"]
-    for k, v in parts.items():
+    for k in [*parts, *(k for k in old if k not in parts)]:  # a part only one side has (views, scales) differs too
+        v = parts.get(k)
         if old.get(k) == v:
             continue
         if k == "files":

@@ -116,7 +116,7 @@ def probe_shapes(fx: models.FeatureExtractor, device, precision, crop: int) -> D
         with torch.inference_mode(), autocast(device, precision):
             out = fx(torch.zeros(2, 3, crop, crop, dtype=torch.uint8, device=device))
     except (RuntimeError, AssertionError, ValueError) as e:
-        if len(fx.scales) == 1:
+        if fx.scales == [1.0]:
             raise
         sizes = ", ".join(f"{max(1, round(crop * s))} px" for s in fx.scales)
         raise FeatcacheError(f"--scales {' '.join(f'{s:g}' for s in fx.scales)}: the model does not run at every "

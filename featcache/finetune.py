@@ -41,7 +41,8 @@ from .selection.outputs import model_metadata, prepare_out, settings_record, wri
 from .selection.schemes import make_scheme
 from .selection.store import result_key
 
-__all__ = ["finetune", "run", "network", "Network", "FinetuneConfig", "FinetuneResult", "split_for"]
+__all__ = ["finetune", "run", "held_out_predictions", "network", "Network", "FinetuneConfig", "FinetuneResult",
+           "split_for"]
 
 log = logging.getLogger("featcache")
 
@@ -101,6 +102,7 @@ class FinetuneResult:
     train_rows: Optional[np.ndarray] = None  # the cache rows the models trained on
     val_rows: Optional[np.ndarray] = None  # the cache rows the configurations were ranked on
     val_pred: Optional[np.ndarray] = None  # class indices on them, each by a configuration ranked on others
+    best_epochs: Optional[int] = None  # the best configuration's early-stopped epoch count
     out: Optional[Path] = None
     files: List[Path] = field(default_factory=list)
 
@@ -203,7 +205,8 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
         result = FinetuneResult(board, best, best_config.params, test_scores, scheme.description, skipped=skipped,
                                 train_rows=rows[train], val_rows=rows[val],
                                 val_pred=_crossfit_pred([records[c] for c in configs if "pred" in records[c]],
-                                                        y[val], cfg.seed))
+                                                        y[val], cfg.seed),
+                                best_epochs=int(models[best_config].best_epoch_))
         if cfg.out is not None:
             result.out = Path(cfg.out).expanduser()
             truth = (fs.y[test_rows], test_pred, "test") if test_pred is not None else \
@@ -212,6 +215,30 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
     finally:
         fs.close()
     return result
+
+
+def held_out_predictions(cache, node: str, params: dict, epochs: int, folds, *, seed: int = 0,
+                         device: str = "auto", deadline: Optional[float] = None,
+                         fold_s: float = 0.0) -> List[np.ndarray]:
+    """Class indices on each fold's held-out rows by the configuration ``params`` trained on the fold's training
+    rows for ``epochs`` epochs (``folds``: ``(train_rows, held_out_rows)`` pairs of cache rows). ``fit`` compares
+    fine-tuning with another stage on these rows, far more than one hold-out gives. A fold starts only while the
+    time left covers the last one (the first: ``fold_s``), so the list may be shorter than ``folds``."""
+    cfg = FinetuneConfig(cache=Path(cache), from_layer=node, seed=seed, device=device, progress=False)
+    out: List[np.ndarray] = []
+    with load(cache, lazy=True) as fs:
+        top, _ = split_for(fs.meta, fs.path, node)
+        acts = Rows(fs.path, [node], maps=True)
+        names = np.asarray(fs.classes, dtype=object)
+        for train, held in folds:
+            if deadline is not None and time.monotonic() + fold_s > deadline:
+                break
+            t = time.monotonic()
+            est = _estimator(cfg, top, acts.shape[1:], params, epochs=epochs, early_stopping=False)
+            est.fit(acts[np.sort(train)], names[fs.y[np.sort(train)]])
+            out.append(_scores(est, acts[held], fs.y[held], fs.classes)[1])
+            fold_s = time.monotonic() - t
+    return out
 
 
 def _estimator(cfg: FinetuneConfig, top, shape, params: dict, **changes) -> TopClassifier:

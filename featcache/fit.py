@@ -31,7 +31,7 @@ from .learn import metrics
 from .selection.modelfile import SUFFIXES, find_model, read_metadata, sidecar_path
 from .selection.outputs import prepare_out
 
-__all__ = ["fit", "run", "FitConfig", "FitResult", "FINETUNE_COST"]
+__all__ = ["fit", "run", "FitConfig", "FitResult", "FINETUNE_COST", "FINETUNE_FOLDS"]
 
 log = logging.getLogger("featcache")
 
@@ -39,6 +39,9 @@ log = logging.getLogger("featcache")
 # activations at the split node, and training the first configuration (the last block) took about three more on
 # sklearn digits at 96 px (11 s and 30 s); later configurations start only while the budget lasts.
 FINETUNE_COST = 4.0
+# Fine-tuning's training rows fall in this many folds, each predicted by its best configuration trained without
+# them, to compare it with the best so far on most of the pool rather than on one small hold-out.
+FINETUNE_FOLDS = 4
 
 
 @dataclass
@@ -126,9 +129,9 @@ def run(cfg: FitConfig) -> FitResult:
         stages["finetune"]["vs_sweep"] = duel
         tuned = dict(tuned, same_rows=f"{duel['finetune']:.4f} vs the {lead.stage}'s {duel['sweep']:.4f} on "
                                       f"{duel['rows']}")
-        log.info("fit: on the %d rows that ranked fine-tuning, the fine-tuned top %.4f vs the %s's best trained on "
-                 "the same %d rows %.4f (%d right only by fine-tuning, %d only by the other; McNemar p=%.3f): %s",
-                 duel["rows"], duel["finetune"], lead.stage, duel["train_rows"], duel["sweep"], duel["finetune_only"],
+        log.info("fit: on %d held-out rows (%d folds), the fine-tuned top %.4f vs the %s's best trained on the same "
+                 "rows %.4f (%d right only by fine-tuning, %d only by the other; McNemar p=%.3f): %s", duel["rows"],
+                 duel.get("folds", 1), duel["finetune"], lead.stage, duel["sweep"], duel["finetune_only"],
                  duel["sweep_only"], duel["p_value"], f"{duel['winner']} wins".replace("sweep", lead.stage))
     if tuned is not None:  # first when it beats the best so far on the same rows
         rows.insert(0 if duel is not None and duel["winner"] == "finetune" else 1, tuned)
@@ -170,7 +173,7 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
     # What a stored run depends on (the cache path holds the data's fingerprint), and how it was done.
     signature = {"data": str(cfg.data), "model": str(cfg.model), "weights": cfg.weights, "image_size": cfg.image_size,
                  "train_blocks": [str(b) for b in cfg.train_blocks], "seed": cfg.seed, "metric": cfg.metric,
-                 "refit": True, "compare": "cross-fitted", "cache": stages["extract"]["cache"]}
+                 "refit": True, "compare": f"cross-fitted, {FINETUNE_FOLDS} folds", "cache": stages["extract"]["cache"]}
     reusable = (previous.get("status") == "done" and previous.get("signature") == signature
                 and (out / "finetune" / "finetune.json").is_file())
     left = deadline - time.monotonic()
@@ -200,8 +203,8 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
         return None
     skipped += [f"finetune: {label} (out of time)" for label in tuned.skipped]
     best = tuned.leaderboard.iloc[0]
-    validation = {"cache": str(activations), "train_rows": tuned.train_rows.tolist(), "rows": tuned.val_rows.tolist(),
-                  "pred": tuned.val_pred.tolist()}
+    folds = _finetune_folds(activations, node, tuned, cfg, deadline, float(best.get("fit_s") or 0.0))
+    validation = {"cache": str(activations), "folds": folds}
     row = {"stage": "finetune", "model": f"top after {node}, {tuned.best_params}",
            f"val_{cfg.metric}": best[f"val_{cfg.metric}"], "val_log_loss": best.get("val_log_loss"),
            "fit_s": best.get("fit_s"), "train_rows": best.get("train_rows")}
@@ -211,35 +214,71 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
     return row
 
 
+def _finetune_folds(activations: Path, node: str, tuned, cfg: FitConfig, deadline: float,
+                    fold_s: float) -> List[dict]:
+    """Fine-tuning's predictions on rows it did not train on, to compare it with the best so far: the rows that
+    ranked its configurations (each by the configuration that won the other half), then, while the budget lasts,
+    each of :data:`FINETUNE_FOLDS` folds of its training rows by the best configuration trained on every other row
+    of the pool for its best epoch count. One hold-out alone is too few rows to tell two good models apart."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    from .cache import load
+    from .finetune import held_out_predictions
+    from .selection.features import pool_and_test
+
+    folds = [{"train_rows": tuned.train_rows.tolist(), "rows": tuned.val_rows.tolist(),
+              "pred": tuned.val_pred.tolist()}]
+    train = np.asarray(tuned.train_rows)
+    if len(train) < 2 * FINETUNE_FOLDS or not tuned.best_epochs:
+        return folds
+    with load(activations, lazy=True) as fs:
+        pool, y = np.flatnonzero(pool_and_test(fs)[0]), fs.y
+    counts = np.bincount(y[train])
+    splitter = (StratifiedKFold if counts[counts > 0].min() >= FINETUNE_FOLDS else KFold)(
+        FINETUNE_FOLDS, shuffle=True, random_state=cfg.seed)
+    pairs = [(np.setdiff1d(pool, train[held]), np.sort(train[held])) for _, held in splitter.split(train, y[train])]
+    preds = held_out_predictions(activations, node, tuned.best_params, tuned.best_epochs, pairs, seed=cfg.seed,
+                                 device=cfg.device, deadline=deadline, fold_s=fold_s)
+    log.info("fit: fine-tuning held out %d more folds of its training rows (%d rows; %d folds out of time)",
+             len(preds), sum(len(h) for _, h in pairs[: len(preds)]), len(pairs) - len(preds))
+    return folds + [{"train_rows": t.tolist(), "rows": h.tolist(), "pred": p.tolist()}
+                    for (t, h), p in zip(pairs, preds)]
+
+
 def _duel(cache: Path, side, tta: bool, tuned: Optional[dict], seed: int) -> Optional[dict]:
-    """The best configuration of ``side`` (a sweep of ``cache``; with its views and TTA when ``tta``), trained on
-    the rows fine-tuning trained on, against the fine-tuned top on the rows that ranked it (neither saw them),
-    matched by path. None: the caches share no such rows."""
+    """The best configuration of ``side`` (a sweep of ``cache``; with its views and TTA when ``tta``) against the
+    fine-tuned top, fold by fold of :func:`_finetune_folds`: trained on the same rows, scored on the same others
+    (matched by path). None: the caches share no such rows."""
     from .cache import load
     from .learn import views
     from .selection.fitting import fit_configs
 
-    validation = (tuned or {}).get("validation")
-    if not validation:
+    folds = ((tuned or {}).get("validation") or {}).get("folds")
+    if not folds:
         return None
-    with load(validation["cache"], lazy=True) as fs:
+    with load(tuned["validation"]["cache"], lazy=True) as fs:
         tuned_paths = fs.paths
     with load(cache, lazy=True) as fs:
         row_of = {p: i for i, p in enumerate(fs.paths)}
-        train, val = ([row_of.get(tuned_paths[r], -1) for r in validation[k]] for k in ("train_rows", "rows"))
-        if min(train + val, default=-1) < 0:
+        mapped = [[np.asarray([row_of.get(tuned_paths[r], -1) for r in f[key]], dtype=int)
+                   for key in ("train_rows", "rows")] for f in folds]
+        if min(min(a.min(initial=0), b.min(initial=0)) for a, b in mapped) < 0:
             return None
         X, y, classes = fs.matrix(side.best_layer), fs.y, list(fs.classes)
         V = np.concatenate([np.asarray(fs.views[n][:], dtype=np.float32).reshape(len(fs), fs.views[n].shape[1], -1)
                             for n in side.best_layer.split("+")], axis=2) if tta else None
-    X_train, y_train = views.training_rows(X, V, np.asarray(classes, dtype=object)[y], np.asarray(train))
-    (pipe, _, _), = fit_configs([side.best_config], X_train, y_train, seed, min(X_train.shape))
-    pred, _ = views.predict(pipe, X[val], None if V is None else V[val], classes)
-    side_right, tuned_right = pred == y[val], np.asarray(validation["pred"]) == y[val]
+    side_right, tuned_right = [], []
+    for (train, val), fold in zip(mapped, folds):
+        X_train, y_train = views.training_rows(X, V, np.asarray(classes, dtype=object)[y], train)
+        (pipe, _, _), = fit_configs([side.best_config], X_train, y_train, seed, min(X_train.shape))
+        pred, _ = views.predict(pipe, X[val], None if V is None else V[val], classes)
+        side_right.append(pred == y[val])
+        tuned_right.append(np.asarray(fold["pred"]) == y[val])
+    side_right, tuned_right = np.concatenate(side_right), np.concatenate(tuned_right)
     f_only, s_only, p = _paired(tuned_right, side_right)
-    return {"rows": len(val), "train_rows": len(train), "sweep": float(side_right.mean()),
-            "finetune": float(tuned_right.mean()), "finetune_only": f_only, "sweep_only": s_only, "p_value": p,
-            "winner": "finetune" if f_only > s_only else "sweep"}
+    return {"rows": len(side_right), "folds": len(folds), "train_rows": len(mapped[0][0]),
+            "sweep": float(side_right.mean()), "finetune": float(tuned_right.mean()), "finetune_only": f_only,
+            "sweep_only": s_only, "p_value": p, "winner": "finetune" if f_only > s_only else "sweep"}
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 
 import featcache
 from featcache.config import FeatcacheError
-from featcache.fit import p_better
+from featcache.fit import FINETUNE_FOLDS, p_better
 
 SMALL = dict(model="resnet18", weights="none", image_size=32)  # a real network, seeded weights, tiny inputs
 
@@ -49,11 +49,15 @@ def test_a_second_run_reuses_the_cache_the_sweep_and_the_fine_tuned_model(split_
     assert views["winner"] == ("views" if views["new_only"] > views["best_only"] else scales["winner"])
     assert first.leaderboard["test_accuracy"].notna().sum() == 1  # the winner's test score, once
     duel = stages["finetune"]["vs_sweep"]  # both trained on the same rows, scored on the same other images
-    validation = stages["finetune"]["validation"]
-    assert duel["rows"] == len(validation["rows"]) > 0 and duel["train_rows"] == len(validation["train_rows"])
-    assert not set(validation["rows"]) & set(validation["train_rows"])
+    folds = stages["finetune"]["validation"]["folds"]  # the rows that ranked it, then folds of its training rows
+    assert duel["folds"] == len(folds) == 1 + FINETUNE_FOLDS and duel["train_rows"] == len(folds[0]["train_rows"])
+    assert duel["rows"] == sum(len(f["rows"]) for f in folds)
+    for fold in folds:  # never scored on a row it trained on
+        assert fold["rows"] and not set(fold["rows"]) & set(fold["train_rows"])
+    held = [r for f in folds[1:] for r in f["rows"]]
+    assert sorted(held) == sorted(folds[0]["train_rows"])  # each of its training rows held out once
     tuned_row = first.leaderboard[first.leaderboard["stage"] == "finetune"].iloc[0]
-    assert tuned_row["train_rows"] == len(validation["train_rows"])
+    assert tuned_row["train_rows"] == len(folds[0]["train_rows"])
     assert duel["winner"] == ("finetune" if duel["finetune_only"] > duel["sweep_only"] else "sweep")
     lead = views["winner"]  # the best before fine-tuning, which it had to beat
     assert duel["against"].startswith(lead + ": ")

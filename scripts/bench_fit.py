@@ -81,9 +81,10 @@ def run_dataset(name: str, work: Path, image_size: int, budget: str, skip) -> di
                               f"{d['winner']}", flush=True)
                 d = res.stages.get("finetune", {}).get("vs_sweep")
                 if d:
-                    print(f"[{name}]   finetune vs {d['against']}, on its {d['rows']} ranking rows: "
-                          f"{d['finetune']:.4f} vs {d['sweep']:.4f} ({d['finetune_only']} vs {d['sweep_only']}): "
-                          f"{d['winner']}", flush=True)
+                    lead = d["against"].split(":")[0]  # the duel's "sweep" side is the best before fine-tuning
+                    print(f"[{name}]   finetune vs {d['against']}, on {d['rows']} held-out rows ({d.get('folds', 1)} "
+                          f"folds): {d['finetune']:.4f} vs {d['sweep']:.4f} ({d['finetune_only']} vs "
+                          f"{d['sweep_only']}): {d['winner'].replace('sweep', lead)}", flush=True)
                 for what in res.skipped:
                     print(f"[{name}]   skipped: {what}", flush=True)
             out["fit"] = runs

@@ -25,7 +25,8 @@ def build_parser() -> Parser:
                     "(features joined), (4) again on --views augmented views per image with test-time "
                     "augmentation, both on the same folds; (5) when the budget left covers 4 passes over the "
                     "images, fine-tune the top blocks from cached activations at the penultimate stage output. A "
-                    "later stage replaces the best so far when it is right on more of the same held-out images, "
+                    "later stage replaces the best so far when it is right on more of the same held-out images (for "
+                    "fine-tuning: its ranking rows and 4 folds of its training rows), "
                     "both trained on the same rows (a tie keeps the cheaper; the log gives the chance of such a "
                     "lead, an exact McNemar p). One leaderboard across the stages; the winner is scored once on "
                     "test and copied to OUT/best.skops or OUT/best.safetensors for featcache.predict. OUT/fit.json "
@@ -47,7 +48,8 @@ def build_parser() -> Parser:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"the frozen network (default: {DEFAULT_MODEL}; see "
                                                           f"python -m featcache.extract --help)")
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT, none, or a checkpoint file (default: DEFAULT)")
-    p.add_argument("--image-size", type=int, help="crop size in pixels (default: the model's own)")
+    p.add_argument("--image-size", type=int, help="crop size in pixels (default: the model's own; images far "
+                                                   "smaller than it, such as 8-28 px digits, do better at 64-96)")
     p.add_argument("--cache-dir", type=Path, help=CACHE_DIR_HELP)
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.667], metavar="S",
                    help="the scales stage: the network also runs on each image resized by these factors (up to 2) "

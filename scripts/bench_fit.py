@@ -91,12 +91,18 @@ def run_dataset(name: str, work: Path, image_size: int, budget: str, skip) -> di
     return out
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def dataset_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every benchmark on bench_quality's datasets shares: --dataset and --work."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=sorted(bench_quality.DATASETS), action="append",
                    help="dataset(s) to run (default: both)")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "featcache-bench-quality",
                    help="where the PNG datasets are written once (default: shared with bench_quality)")
+    return p
+
+
+def main() -> int:
+    p = dataset_parser(__doc__)
     p.add_argument("--image-size", type=int, default=96, help="crop size (default: 96, as bench_quality)")
     p.add_argument("--budget", default="15m", help="fit's --budget (default: 15m)")
     p.add_argument("--skip", nargs="*", default=[], choices=["sweep", "fit"], help="parts to skip")

@@ -11,7 +11,6 @@ refitted on train and scored on test. Wall time is the extraction's.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -41,11 +40,7 @@ def measure(data: Path, cache_dir: Path, image_size: int, scales) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=sorted(bench_quality.DATASETS), action="append",
-                   help="dataset(s) to run (default: both)")
-    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "featcache-bench-quality",
-                   help="where the PNG datasets are written once (default: shared with bench_quality)")
+    p = bench_fit.dataset_parser(__doc__)
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128, 224], help="single-scale crop sizes")
     p.add_argument("--image-size", type=int, default=96, help="the crop for --scales 1 0.667 (default: 96)")
     args = p.parse_args()

@@ -237,8 +237,12 @@ def _finetune_folds(activations: Path, node: str, tuned, cfg: FitConfig, deadlin
     splitter = (StratifiedKFold if counts[counts > 0].min() >= FINETUNE_FOLDS else KFold)(
         FINETUNE_FOLDS, shuffle=True, random_state=cfg.seed)
     pairs = [(np.setdiff1d(pool, train[held]), np.sort(train[held])) for _, held in splitter.split(train, y[train])]
-    preds = held_out_predictions(activations, node, tuned.best_params, tuned.best_epochs, pairs, seed=cfg.seed,
-                                 device=cfg.device, deadline=deadline, fold_s=fold_s)
+    try:
+        preds = held_out_predictions(activations, node, tuned.best_params, tuned.best_epochs, pairs, seed=cfg.seed,
+                                     device=cfg.device, deadline=deadline, fold_s=fold_s)
+    except (FeatcacheError, ValueError, RuntimeError) as e:  # the ranking rows still compare the stages
+        log.warning("fit: fine-tuning's extra folds failed (%s); comparing on its ranking rows only", e)
+        return folds
     log.info("fit: fine-tuning held out %d more folds of its training rows (%d rows; %d folds out of time)",
              len(preds), sum(len(h) for _, h in pairs[: len(preds)]), len(pairs) - len(preds))
     return folds + [{"train_rows": t.tolist(), "rows": h.tolist(), "pred": p.tolist()}

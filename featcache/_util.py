@@ -20,7 +20,7 @@ from typing import Iterator
 __all__ = ["parse_duration", "human_size", "sha256_json", "file_sha256", "atomic_path", "atomic_write_text",
            "fsync_dir",
            "orphan_temporaries", "pid_alive", "json_text", "now_iso", "library_versions", "featcache_version",
-           "package_versions", "make_callable"]
+           "package_versions", "make_callable", "plain_scales"]
 
 
 def human_size(n: float) -> str:
@@ -200,3 +200,8 @@ def make_callable(module_name: str, function) -> None:
             return target()(*args, **kwargs)
 
     sys.modules[module_name].__class__ = CallableModule
+
+
+def plain_scales(scales) -> bool:
+    """Whether ``--scales`` is the plain single pass at the crop size (``1``): no extra sizes, no extra key part."""
+    return [float(v) for v in scales] == [1.0]

@@ -14,7 +14,7 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from ._util import parse_duration
+from ._util import parse_duration, plain_scales
 from ._validation import Interval, Matches, Options, validate_params
 from ._validation import Sequence as ListOf
 from .errors import ConflictError, FeatcacheError, ParameterError
@@ -141,7 +141,7 @@ class ExtractConfig(_Config):
             raise ConflictError("{views} are made with Pillow: drop {gpu_decode} to extract views")
         if len(set(self.scales)) < len(self.scales):
             self._refuse("scales", "each scale once")
-        if [float(v) for v in self.scales] != [1.0] and self.pool == "none":
+        if not plain_scales(self.scales) and self.pool == "none":
             raise ConflictError("{scales} joins pooled features (maps of different sizes cannot be joined, and "
                                 "fine-tuning runs the network at its crop size): leave {scales} at 1 with {pool} none")
 

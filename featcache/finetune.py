@@ -235,7 +235,8 @@ def held_out_predictions(cache, node: str, params: dict, epochs: int, folds, *, 
                 break
             t = time.monotonic()
             est = _estimator(cfg, top, acts.shape[1:], params, epochs=epochs, early_stopping=False)
-            est.fit(acts[np.sort(train)], names[fs.y[np.sort(train)]])
+            train = np.sort(train)
+            est.fit(acts[train], names[fs.y[train]])
             out.append(_scores(est, acts[held], fs.y[held], fs.classes)[1])
             fold_s = time.monotonic() - t
     return out

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ._util import atomic_write_text, json_text, make_callable, now_iso
+from ._util import atomic_write_text, json_text, make_callable, now_iso, plain_scales
 from .config import ExtractConfig, FitConfig
 from .errors import FeatcacheError
 from .learn import metrics
@@ -310,7 +310,7 @@ def _variant_stage(name: str, cfg: FitConfig, lead: _Lead, pass_s: float, deadli
     from .sweep import sweep
 
     if name == "scales":
-        if [float(v) for v in cfg.scales] == [1.0]:
+        if plain_scales(cfg.scales):
             skipped.append("scales: --scales 1")
             return None
         changes, tta, factor = {"scales": tuple(cfg.scales)}, False, len(cfg.scales)

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from .._util import library_versions, package_versions, sha256_json
+from .._util import library_versions, package_versions, plain_scales, sha256_json
 from .layout import FORMAT_VERSION, PARTIAL_SUFFIX
 
 __all__ = ["cache_key", "key_parts", "files_fingerprint", "cache_path", "partial_path", "partials_of", "lock_path",
@@ -59,7 +59,7 @@ def key_parts(source, manifest: dict, backbone, layers: Sequence[str], pooling: 
     }
     if views:  # only then, so caches without views keep their keys
         parts["views"] = {"n": views, "augment": list(augment), "seeding": "blake2b(pixels, k)"}
-    if list(scales) != [1.0]:  # likewise
+    if not plain_scales(scales):  # likewise
         parts["scales"] = [float(s) for s in scales]
     return parts
 

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .. import models
+from .._util import plain_scales
 from ..cache import cache_key, cache_path, key_parts
 from ..config import ExtractConfig
 from ..errors import FeatcacheError
@@ -116,7 +117,7 @@ def probe_shapes(fx: models.FeatureExtractor, device, precision, crop: int) -> D
         with torch.inference_mode(), autocast(device, precision):
             out = fx(torch.zeros(2, 3, crop, crop, dtype=torch.uint8, device=device))
     except (RuntimeError, AssertionError, ValueError) as e:
-        if fx.scales == [1.0]:
+        if plain_scales(fx.scales):
             raise
         sizes = ", ".join(f"{max(1, round(crop * s))} px" for s in fx.scales)
         raise FeatcacheError(f"--scales {' '.join(f'{s:g}' for s in fx.scales)}: the model does not run at every "

@@ -20,7 +20,7 @@ from typing import Iterator
 __all__ = ["parse_duration", "human_size", "sha256_json", "file_sha256", "atomic_path", "atomic_write_text",
            "fsync_dir",
            "orphan_temporaries", "pid_alive", "json_text", "now_iso", "library_versions", "featcache_version",
-           "package_versions", "make_callable", "plain_scales"]
+           "package_versions", "make_callable", "plain_scales", "cpu_flags"]
 
 
 def human_size(n: float) -> str:
@@ -200,6 +200,22 @@ def make_callable(module_name: str, function) -> None:
             return target()(*args, **kwargs)
 
     sys.modules[module_name].__class__ = CallableModule
+
+
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags (``avx2``, ``avx512_bf16``, ``amx_bf16``...) from ``/proc/cpuinfo``; empty elsewhere."""
+    global _CPU_FLAGS
+    if _CPU_FLAGS is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            text = ""
+        line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+        _CPU_FLAGS = frozenset(line.partition(":")[2].split())
+    return _CPU_FLAGS
+
+
+_CPU_FLAGS = None
 
 
 def plain_scales(scales) -> bool:

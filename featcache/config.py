@@ -20,13 +20,13 @@ from ._validation import Sequence as ListOf
 from .errors import ConflictError, FeatcacheError, ParameterError
 
 __all__ = ["ExtractConfig", "SweepConfig", "FinetuneConfig", "FitConfig", "FeatcacheError", "default_cache_dir",
-           "DEFAULT_MODEL",
-           "DEVICE", "POOLS", "PRECISIONS", "DTYPES", "AUGMENTATIONS", "MAX_VIEWS", "MAX_SCALE", "METRICS", "BACKENDS",
-           "CLUSTER_BACKENDS"]
+           "DEFAULT_MODEL", "DEVICE", "POOLS", "PRECISIONS", "ENGINES", "DTYPES", "AUGMENTATIONS", "MAX_VIEWS",
+           "MAX_SCALE", "METRICS", "BACKENDS", "CLUSTER_BACKENDS"]
 
 DEFAULT_MODEL = "efficientnet_lite0"
 POOLS = ("avg", "max", "gem", "flatten", "cls", "none")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+ENGINES = ("auto", "torch", "onnxruntime", "openvino")
 TRAIN_PRECISIONS = ("auto", "bf16", "fp32")
 DTYPES = ("float32", "float16")
 AUGMENTATIONS = ("flip", "crop", "color")
@@ -100,6 +100,9 @@ class ExtractConfig(_Config):
     scales: Sequence[float] = (1.0,)  # the network also runs on the crop resized by each; features concatenated
 
     device: str = "auto"
+    # what runs the network: torch, or a CPU engine (ONNX Runtime, OpenVINO) whose fp32 features agree with torch's
+    # and share its key; auto = the fastest measured here (extraction.engine)
+    engine: str = "auto"
     batch_size: Union[int, str] = 64  # or "auto": the largest that fits on a GPU, 64 on a CPU
     num_workers: Optional[int] = None  # None = chosen from the CPU count
     streams: Optional[int] = None  # batches in flight on the model at once; None = 2 on a CPU, 1 on a GPU
@@ -122,6 +125,7 @@ class ExtractConfig(_Config):
         "augment": [ListOf((Options(AUGMENTATIONS),))],
         "scales": [ListOf((Interval(Real, 0, MAX_SCALE, "right"),), 1)],
         "device": [DEVICE],
+        "engine": [Options(ENGINES)],
         "batch_size": [_POSITIVE_INT, Options(("auto",))],
         "num_workers": [None, Interval(Integral, 0, None)],
         "streams": [None, _POSITIVE_INT],
@@ -141,6 +145,8 @@ class ExtractConfig(_Config):
             raise ConflictError("{views} are made with Pillow: drop {gpu_decode} to extract views")
         if len(set(self.scales)) < len(self.scales):
             self._refuse("scales", "each scale once")
+        if self.precision == "int8" and self.engine == "torch":
+            raise ConflictError("{precision} int8 runs on a CPU engine (onnxruntime or openvino), not {engine} torch")
         if not plain_scales(self.scales) and self.pool == "none":
             raise ConflictError("{scales} joins pooled features (maps of different sizes cannot be joined, and "
                                 "fine-tuning runs the network at its crop size): leave {scales} at 1 with {pool} none")

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from . import models
+from ._malloc import tune_allocator
 from ._util import make_callable
 from .cache import FeatureSet, Rows, load
 from .cache.layout import CacheMeta, extract_settings
@@ -120,6 +121,7 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
     from tqdm.auto import tqdm
 
     cfg.validate()
+    tune_allocator()
     if cfg.out is not None:  # before any training: an unwritable or occupied --out fails now
         prepare_out(cfg.out, cfg.overwrite)
     fs = load(cfg.cache, lazy=True)

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ._malloc import tune_allocator
 from ._util import atomic_write_text, json_text, make_callable, now_iso, plain_scales
 from .config import ExtractConfig, FitConfig
 from .errors import FeatcacheError
@@ -75,6 +76,7 @@ def run(cfg: FitConfig) -> FitResult:
     from .sweep import sweep
 
     cfg.validate()
+    tune_allocator()
     start = time.monotonic()
     deadline = start + cfg.budget
     out = Path(cfg.out).expanduser()

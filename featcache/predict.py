@@ -16,6 +16,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from ._malloc import tune_allocator
 from ._util import make_callable
 from .cache import load
 from .cache.layout import FEATURE_PARTS, CacheMeta, extract_settings, feature_identity
@@ -105,6 +106,7 @@ def predict(model, data, *, out=None, proba: bool = True, cache_dir=None, device
     """
     import pandas as pd
 
+    tune_allocator()
     model_path = Path(model).expanduser()
     metadata = read_metadata(model_path)  # checks the file before the (slow) extraction
     spec = needs_trust(metadata)

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ._malloc import tune_allocator
 from ._util import make_callable
 from .config import SweepConfig
 from .errors import FeatcacheError
@@ -79,6 +80,7 @@ def sweep(cache, **settings) -> SweepResult:
 def run(cfg: SweepConfig) -> SweepResult:
     """The sweep for one :class:`SweepConfig` (what :func:`sweep` and the CLI call)."""
     cfg.validate()
+    tune_allocator()
     deadline = None if cfg.budget is None else time.monotonic() + cfg.budget
     if cfg.out is not None:  # before any fit: an unwritable or occupied --out fails now, not after the work
         prepare_out(cfg.out, cfg.overwrite)

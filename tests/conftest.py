@@ -310,9 +310,10 @@ def digits_dir() -> Path:
 
 
 # Settings that make a real extraction take a second or two on a CPU: a torchvision ResNet-18 with
-# seeded random weights (no download), 32-px inputs, decoding in the main process, no progress bar.
+# seeded random weights (no download), 32-px inputs, decoding in the main process, torch (not a CPU engine, whose
+# first export costs seconds; tests/test_engines.py runs those), no progress bar.
 FAST_SETTINGS = dict(model="resnet18", weights="none", image_size=32, num_workers=0, batch_size=8,
-                     precision="fp32", progress=False)
+                     precision="fp32", engine="torch", progress=False)
 
 
 @pytest.fixture

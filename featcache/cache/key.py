@@ -38,8 +38,9 @@ def files_fingerprint(paths, manifest: dict) -> str:
 
 def key_parts(source, manifest: dict, backbone, layers: Sequence[str], pooling: str, precision: str,
               dtype: str, decoder: str = "pillow", views: int = 0, augment: Sequence[str] = (),
-              scales: Sequence[float] = (1.0,)) -> dict:
-    """What the features depend on, each part small enough to compare (files are hashed)."""
+              scales: Sequence[float] = (1.0,), engine: Optional[dict] = None) -> dict:
+    """What the features depend on, each part small enough to compare (files are hashed). ``engine`` is the part an
+    engine adds when its features are its own (int8, OpenVINO's bf16); engines that agree with torch add nothing."""
     parts = {
         "format_version": FORMAT_VERSION,
         "files": files_fingerprint(source.paths, manifest),
@@ -61,6 +62,8 @@ def key_parts(source, manifest: dict, backbone, layers: Sequence[str], pooling: 
         parts["views"] = {"n": views, "augment": list(augment), "seeding": "blake2b(pixels, k)"}
     if not plain_scales(scales):  # likewise
         parts["scales"] = [float(s) for s in scales]
+    if engine:
+        parts["engine"] = dict(engine)
     return parts
 
 

@@ -136,5 +136,7 @@ def extract_settings(record: dict, views: bool = False) -> dict:
         "mean": pre.get("mean"), "std": pre.get("std"), "precision": record.get("precision", "auto"),
         "dtype": record.get("dtype", "float32"), "hash_content": bool(record.get("hash_content", False)),
         "scales": tuple(record.get("scales") or (1.0,)),
+        # features only one engine makes (int8, OpenVINO's bf16) come from that engine again
+        **({"engine": record["engine"]} if record.get("engine_key") else {}),
         **({"views": int(record.get("views", 0)), "augment": tuple(record.get("augment") or ())} if views else {}),
     }

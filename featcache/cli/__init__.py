@@ -15,6 +15,7 @@ import os
 import sys
 from typing import Optional
 
+from .._malloc import tune_allocator
 from ..errors import ConflictError, FeatcacheError, ParameterError
 
 __all__ = ["CACHE_DIR_HELP", "Parser", "run_cli", "setup_logging", "config_from_args", "flag_of", "add_run_flags",
@@ -111,6 +112,7 @@ def _for_cli(e: FeatcacheError, parser) -> str:
 
 def run_cli(main_fn, argv=None, parser: Optional[argparse.ArgumentParser] = None) -> int:
     """Shared CLI wrapper: user errors are one line on stderr and exit 2; ``--debug`` shows tracebacks."""
+    tune_allocator()  # before torch allocates anything (featcache._malloc)
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "quiet", False))
     try:

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..config import AUGMENTATIONS, DEFAULT_MODEL, DTYPES, POOLS, PRECISIONS, ExtractConfig
+from ..config import AUGMENTATIONS, DEFAULT_MODEL, DTYPES, ENGINES, POOLS, PRECISIONS, ExtractConfig
 from ..errors import FeatcacheError
 from . import CACHE_DIR_HELP, Parser, add_run_flags, config_from_args, run_cli
 
@@ -55,8 +55,16 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean, 0..1")
     p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std, 0..1")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="compute precision; auto = bf16 on GPUs and CPUs that run it fast, fp16 on older "
-                        "GPUs, else fp32 (part of the cache key) (default: auto)")
+                   help="compute precision; auto = fp32 on a CPU with a CPU engine installed (exact, and as fast as "
+                        "torch's bf16 or faster), else bf16 on GPUs and CPUs that run it natively, fp16 on older GPUs, "
+                        "else fp32; int8 = quantised after training, calibrated on 128 of your images, on a CPU "
+                        "engine only (opt-in: its features drift from fp32's) (part of the cache key) (default: auto)")
+    p.add_argument("--engine", default="auto", choices=ENGINES,
+                   help="what runs the network: torch, or on a CPU onnxruntime / openvino (pip install "
+                        "'featcache[cpu-fast]'), exported to ONNX once and kept in the cache folder. Their fp32 "
+                        "features agree with torch's (checked on your images before any row is written; an engine that "
+                        "disagrees is not used) and share its cache key. auto = the fastest measured here, torch on a "
+                        "GPU or for runs too short to repay the export (default: auto)")
     p.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="storage type of the features; float16 halves the file (default: float32)")
     p.add_argument("--hash-content", action="store_true",
@@ -111,7 +119,8 @@ def build_parser() -> Parser:
                         "always 1 with --num-workers 0)")
     p.add_argument("--strict", action="store_true",
                    help="decode every file before extracting and refuse the dataset if any cannot be read "
-                        "(default: skip bad files, record them under failed/ in the cache)")
+                        "(default: skip bad files, record them under failed/ in the cache); also refuse "
+                        "--precision bf16 on a CPU that only emulates it (default: a warning)")
     p.add_argument("--decode-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="an image taking longer than this to decode counts as failed; 0 = no limit (default: 60)")
     p.add_argument("--list-layers", action="store_true",

@@ -18,13 +18,15 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from .. import models
+from .._malloc import tune_allocator
 from .._util import human_size, library_versions, now_iso, orphan_temporaries
 from ..cache import CacheMeta, CacheWriter, find_reusable, is_hit, load, lock_path, partial_path, publish
 from ..cache.layout import feature_path, views_path
 from ..cache.write import recover_finished
 from ..config import ExtractConfig
 from ..errors import FeatcacheError
-from .loader import DecodeDataset, default_num_workers, make_loader
+from .engine import choose_engine
+from .loader import DecodeDataset, default_num_workers, make_loader, workers_and_streams
 from .plan import CPU_BATCH_SIZE, Plan, config_record, plan_extraction, probe_shapes, resolve_batch_size
 from .run import run as run_batches
 
@@ -41,6 +43,7 @@ def extract(data=None, *, config: Optional[ExtractConfig] = None, **settings) ->
     ``extract("photos/", model="resnet50", layers=["layer3", "layer4"], pool="avg")``.
     Two processes extracting the same cache at once: one waits, then finds the other's result.
     """
+    tune_allocator()
     cfg = (config or ExtractConfig()).replace(**settings)
     if data is not None:
         cfg = cfg.replace(data=data)
@@ -153,11 +156,11 @@ def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:
     row_bytes = sum(int(np.prod(s)) for s in datasets.values()) * np.dtype(cfg.dtype).itemsize
     log.info("%d images, %s per image, about %s in all; precision %s on %s",
              len(source), human_size(row_bytes), human_size(row_bytes * len(source)), plan.precision, plan.device)
+    partial = partial_path(path, plan.shard)
     meta = CacheMeta(config=config_record(cfg, plan), key=plan.parts, layers=list(plan.layers),
                      class_names=list(source.class_names), dataset=source.name,
                      data_root=str(source.root) if source.root else "", model=backbone.name,
                      versions=library_versions("featcache", "torch", "torchvision", "h5py", "numpy", "python"))
-    partial = partial_path(path, plan.shard)
     try:
         reuse = None if partial.exists() else find_reusable(path.parent, plan.parts, source, plan.manifest)
         writer = CacheWriter(path, source, plan.manifest, datasets, cfg.dtype, plan.fingerprint, meta, reuse,
@@ -168,7 +171,11 @@ def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:
         if resumed:
             log.info("resuming: %d rows already done", resumed + writer.reused)
         try:
-            timings = run_batches(cfg, plan, fx, writer)
+            choice = choose_engine(cfg, backbone, fx, (plan.engine, plan.precision, plan.engine_key), source,
+                                   len(writer.remaining) * (1 + cfg.views), workers_and_streams(cfg, plan.device)[1])
+            if choice.why:
+                log.info("%s", choice.why)
+            timings = {**run_batches(cfg, plan, choice.runner, writer), "engine": choice.name}
             created = CacheMeta(created=now_iso(), timings=timings).to_attrs(only=("created", "timings"))
             if plan.shard is None:
                 n_rows, failed = writer.finish(created)

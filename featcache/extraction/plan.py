@@ -17,8 +17,9 @@ from .._util import plain_scales
 from ..cache import cache_key, cache_path, key_parts
 from ..config import ExtractConfig
 from ..errors import FeatcacheError
-from ..runtime import autocast, resolve_device, resolve_precision
+from ..runtime import autocast, resolve_device
 from ..sources import Source, open_source
+from .engine import plan_engine
 
 __all__ = ["Plan", "plan_extraction", "distributed_shard", "resolve_batch_size", "probe_shapes", "list_layers",
            "config_record", "CPU_BATCH_SIZE"]
@@ -38,6 +39,8 @@ class Plan:
     fingerprint: str
     path: Path
     shard: Optional[Tuple[int, int]] = None  # (rank, world size) under torchrun
+    engine: str = "torch"  # torch, a CPU engine, or auto (measured when the run starts: extraction.engine)
+    engine_key: Optional[dict] = None  # what the engine adds to the key (int8, OpenVINO's bf16), else None
 
 
 def distributed_shard() -> Optional[Tuple[int, int]]:
@@ -67,7 +70,7 @@ def plan_extraction(cfg: ExtractConfig) -> Plan:
     shard = distributed_shard()
     if shard and device.type == "cuda" and device.index is None:  # one GPU per rank, never all on cuda:0
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    precision = resolve_precision(cfg.precision, device)
+    engine, precision, engine_key = plan_engine(cfg, device)
     backbone = models.load_backbone(cfg)
     nodes = models.graph_node_names(backbone.module)
     # Presets (--layer last2) become node names here, so the cache key names the layers themselves.
@@ -76,10 +79,11 @@ def plan_extraction(cfg: ExtractConfig) -> Plan:
     manifest = source.manifest(cfg.hash_content)
     parts = key_parts(source, manifest, backbone, layers, cfg.pool, precision, cfg.dtype,
                             decoder="torchvision.io" if cfg.gpu_decode else "pillow", views=cfg.views,
-                            augment=cfg.augment, scales=cfg.scales)
+                            augment=cfg.augment, scales=cfg.scales, engine=engine_key)
     fingerprint = cache_key(parts)
     path = cache_path(cfg.resolved_cache_dir(), source.name, backbone.name, layers, fingerprint)
-    return Plan(source, device, precision, backbone, layers, manifest, parts, fingerprint, path, shard)
+    return Plan(source, device, precision, backbone, layers, manifest, parts, fingerprint, path, shard, engine,
+                engine_key)
 
 
 CPU_BATCH_SIZE = 64  # CPU throughput is flat beyond a few dozen images per batch
@@ -127,6 +131,7 @@ def probe_shapes(fx: models.FeatureExtractor, device, precision, crop: int) -> D
 
 
 def config_record(cfg: ExtractConfig, plan: Plan) -> dict:
+    """What the cache records of its settings (the engine that ran is in its timings)."""
     return {
         "data": str(cfg.data) if isinstance(cfg.data, (str, os.PathLike)) else type(cfg.data).__name__,
         "model": plan.backbone.name,
@@ -136,6 +141,8 @@ def config_record(cfg: ExtractConfig, plan: Plan) -> dict:
         "pool": cfg.pool,
         "preprocess": plan.backbone.preprocess.to_dict(),
         "precision": plan.precision,
+        "engine": plan.engine,
+        "engine_key": plan.engine_key,
         "dtype": cfg.dtype,
         "hash_content": cfg.hash_content,
         "gpu_decode": cfg.gpu_decode,

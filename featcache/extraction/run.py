@@ -22,17 +22,10 @@ from ..cache import CacheWriter, RowBlock
 from ..cache.layout import feature_path, views_path
 from ..config import ExtractConfig
 from ..runtime import autocast, torch_threads
-from .loader import DecodeDataset, ResilientBatches, default_num_workers, to_device_batch
+from .loader import DecodeDataset, ResilientBatches, to_device_batch, workers_and_streams
 from .plan import Plan
 
-__all__ = ["run", "default_streams"]
-
-
-def default_streams(device: torch.device) -> int:
-    """Batches in flight on the model. On a CPU, two streams of half the intra-op threads each: a decode
-    worker that takes a core from one stream leaves the other running, where one stream's parallel ops all
-    wait for the thread that lost its core (measured on 2 cores: 270-320 vs 237 img/s; README, Performance)."""
-    return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 else 1
+__all__ = ["run"]
 
 
 class _WriterThread(threading.Thread):
@@ -151,12 +144,11 @@ class Streams:
 
 
 def run(cfg: ExtractConfig, plan: Plan, fx, writer: CacheWriter) -> dict:
-    """Decode in workers, run the model in ``streams`` threads, write in order from one writer thread."""
+    """Decode in workers, run the model (``fx``: torch's module or an engine's runner) in ``streams`` threads, write
+    in order from one writer thread."""
     device = plan.device
     rows = writer.remaining
-    num_workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(device)
-    # Without workers the consuming thread decodes, and only the main thread can time a decode out (SIGALRM).
-    n_streams = 1 if num_workers == 0 else (cfg.streams or default_streams(device))
+    num_workers, n_streams = workers_and_streams(cfg, device)
     dataset = DecodeDataset(plan.source, plan.backbone.preprocess, rows, cfg.decode_timeout,
                             raw_jpegs=cfg.gpu_decode, views=cfg.views, augment=cfg.augment)
     batches = ResilientBatches(dataset, cfg, device, num_workers)

@@ -79,8 +79,10 @@ class FeatureExtractor(nn.Module):
 
     @staticmethod
     def _resized(x: torch.Tensor, scale: float) -> torch.Tensor:
+        if scale == 1.0:
+            return x
         size = max(1, round(x.shape[-1] * scale))
-        if scale == 1.0 or size == x.shape[-1]:
+        if size == x.shape[-1]:
             return x
         return nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 

@@ -145,7 +145,10 @@ def now_iso() -> str:
 
 
 def library_versions(*names: str) -> dict:
-    """``{name: version}`` of featcache, python, or any importable package (local tags such as ``+cpu`` dropped)."""
+    """``{name: version}`` of featcache, python, or any package (local tags such as ``+cpu`` dropped), read from
+    its installed metadata (so torch's version does not import torch), else from the module."""
+    from importlib import metadata
+
     out = {}
     for name in names:
         if name == "python":
@@ -153,7 +156,11 @@ def library_versions(*names: str) -> dict:
         elif name == "featcache":
             out[name] = featcache_version()
         else:
-            out[name] = str(importlib.import_module(name).__version__).split("+")[0]
+            try:
+                version = metadata.version(name)
+            except metadata.PackageNotFoundError:  # a module without distribution metadata (a source build)
+                version = str(importlib.import_module(name).__version__)
+            out[name] = version.split("+")[0]
     return out
 
 

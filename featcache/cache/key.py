@@ -1,25 +1,37 @@
 """The cache key: what the stored features depend on, hashed into a fingerprint, and the file names it gives.
 
-Stage: cache. Imports ``layout`` and ``_util``; torch and torchvision only for their versions, inside
-:func:`key_parts`. Changing what enters the key changes every fingerprint: bump ``FORMAT_VERSION`` or
-say why not.
+Stage: cache. Imports ``layout`` and ``_util``; torch's and torchvision's versions come from their installed
+metadata, so computing a key imports neither. Changing what enters the key changes every fingerprint: bump
+``FORMAT_VERSION`` or say why not.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from .._util import library_versions, package_versions, plain_scales, sha256_json
 from .layout import FORMAT_VERSION, PARTIAL_SUFFIX
 
-__all__ = ["cache_key", "key_parts", "files_fingerprint", "cache_path", "partial_path", "partials_of", "lock_path",
-           "FEATURES_VERSION"]
+__all__ = ["ModelIdentity", "cache_key", "key_parts", "files_fingerprint", "cache_path", "partial_path",
+           "partials_of", "lock_path", "FEATURES_VERSION"]
 
 # featcache's own code that changes feature values: decoding and RGB conversion (``decode``), resizing and
 # cropping, normalisation and pooling (``models.extractor``), augmented views. Bump it with any change there, so
 # no cache made by the old code is reused (tests/test_decode.py pins the decoded pixels of this version).
 FEATURES_VERSION = 1
+
+
+@dataclass
+class ModelIdentity:
+    """What the key knows of a model: its name, its weights' checksum, its preprocessing (``Preprocess.to_dict()``)
+    and the versions of the code that builds it. ``models.Backbone.identity()`` makes one."""
+
+    name: str
+    weights_sha256: str
+    preprocess: dict
+    code: dict = field(default_factory=dict)
 
 
 def cache_key(parts: dict) -> str:
@@ -36,7 +48,7 @@ def files_fingerprint(paths, manifest: dict) -> str:
     return sha256_json({"paths": list(paths), **manifest})
 
 
-def key_parts(source, manifest: dict, backbone, layers: Sequence[str], pooling: str, precision: str,
+def key_parts(source, manifest: dict, model: ModelIdentity, layers: Sequence[str], pooling: str, precision: str,
               dtype: str, decoder: str = "pillow", views: int = 0, augment: Sequence[str] = (),
               scales: Sequence[float] = (1.0,), engine: Optional[dict] = None) -> dict:
     """What the features depend on, each part small enough to compare (files are hashed). ``engine`` is the part an
@@ -47,16 +59,16 @@ def key_parts(source, manifest: dict, backbone, layers: Sequence[str], pooling: 
         "labels": sha256_json({"labels": source.labels.tolist(), "splits": source.splits,
                                 "classes": source.class_names}),
         "n_files": len(source),
-        "model": backbone.name,
-        "weights_sha256": backbone.weights_sha256,
+        "model": model.name,
+        "weights_sha256": model.weights_sha256,
         "layers": list(layers),
         "pool": pooling,
-        "preprocess": backbone.preprocess.to_dict(),
+        "preprocess": dict(model.preprocess),
         "precision": precision,
         "dtype": dtype,
         "decoder": decoder,
         "versions": {**library_versions("torch", "torchvision"), **package_versions("pillow"),
-                     **getattr(backbone, "code", {}), "featcache_features": FEATURES_VERSION},
+                     **model.code, "featcache_features": FEATURES_VERSION},
     }
     if views:  # only then, so caches without views keep their keys
         parts["views"] = {"n": views, "augment": list(augment), "seeding": "blake2b(pixels, k)"}

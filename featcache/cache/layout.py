@@ -111,7 +111,7 @@ class CacheMeta:
 _JSON = ("layers", "class_names", "config", "key", "versions", "timings", "shard")
 
 # Parts of a cache's key that decide what its features mean (the files and labels may differ).
-FEATURE_PARTS = ("model", "weights_sha256", "pool", "preprocess", "precision", "dtype", "scales")
+FEATURE_PARTS = ("model", "weights_sha256", "pool", "preprocess", "precision", "dtype", "scales", "engine")
 
 
 def feature_identity(meta: CacheMeta) -> Dict[str, Any]:

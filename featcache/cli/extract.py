@@ -137,10 +137,10 @@ def extract_config(args: argparse.Namespace, **changes) -> ExtractConfig:
 def _main(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..extraction import extract, list_layers
-
     cfg = extract_config(args, progress=not (args.no_progress or args.quiet))
     if args.list_layers:
+        from ..extraction import list_layers
+
         rows = list_layers(cfg)
         itemsize = np.dtype(cfg.dtype).itemsize
         width = max(len(r["layer"]) for r in rows)
@@ -157,7 +157,15 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if not args.data:
         raise FeatcacheError("--data is required (an image folder or a CSV file); see --help")
-    path = extract(config=cfg)
+    from ..cache.hit import accept_hit, find_hit
+
+    found, source, manifest = find_hit(cfg)  # a hit found without torch: nothing else is imported
+    if found is not None:
+        path = accept_hit(cfg, found)
+    else:
+        from ..extraction.job import extract_missing
+
+        path = extract_missing(cfg, source, manifest)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one path on stdout
         print(path)
     return 0

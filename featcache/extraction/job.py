@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from .. import models
 from .._malloc import tune_allocator
 from .._util import human_size, library_versions, now_iso, orphan_temporaries
-from ..cache import CacheMeta, CacheWriter, find_reusable, is_hit, load, lock_path, partial_path, publish
+from ..cache import CacheMeta, CacheWriter, find_reusable, is_hit, lock_path, partial_path, publish
+from ..cache.hit import accept_hit, find_hit, refuse_undecodable
 from ..cache.layout import feature_path, views_path
 from ..cache.write import recover_finished
 from ..config import ExtractConfig
@@ -30,7 +31,7 @@ from .loader import DecodeDataset, default_num_workers, make_loader, workers_and
 from .plan import CPU_BATCH_SIZE, Plan, config_record, plan_extraction, probe_shapes, resolve_batch_size
 from .run import run as run_batches
 
-__all__ = ["extract"]
+__all__ = ["extract", "extract_missing"]
 
 log = logging.getLogger("featcache")
 
@@ -49,12 +50,19 @@ def extract(data=None, *, config: Optional[ExtractConfig] = None, **settings) ->
         cfg = cfg.replace(data=data)
     if isinstance(cfg.layers, str):
         cfg = cfg.replace(layers=[cfg.layers])
-    plan = plan_extraction(cfg)
+    found, source, manifest = find_hit(cfg)  # without torch or the model, when an earlier run left a record
+    return accept_hit(cfg, found) if found is not None else extract_missing(cfg, source, manifest)
+
+
+def extract_missing(cfg: ExtractConfig, source=None, manifest: Optional[dict] = None) -> Path:
+    """:func:`extract` once :func:`~featcache.cache.hit.find_hit` found nothing: plan with the model (reusing the
+    source and manifest it read), then a hit after all, or the extraction."""
+    plan = plan_extraction(cfg, source, manifest)
     if plan.shard and plan.shard[0] != 0:  # one log and one progress bar: rank 0's
         log.setLevel(logging.WARNING)
         cfg = cfg.replace(progress=False)
     if plan.shard is None and is_hit(plan.path, plan.fingerprint):  # no lock: a read-only cache folder works
-        return _hit(cfg, plan)
+        return accept_hit(cfg, plan.path)
     lock_file = lock_path(plan.path)
     if plan.shard and plan.shard[0]:
         lock_file = lock_file.with_name(lock_file.name + f".rank{plan.shard[0]}")
@@ -72,7 +80,7 @@ def extract(data=None, *, config: Optional[ExtractConfig] = None, **settings) ->
         if plan.shard is None and recover_finished(plan.path, plan.fingerprint):
             log.info("finished the cache an interrupted run had completed: %s", plan.path)
         if _decide_hit(plan):  # another process finished it while this one waited
-            return _hit(cfg, plan)
+            return accept_hit(cfg, plan.path)
         for orphan in orphan_temporaries(plan.path):  # a publish killed half-way, by a process now gone
             log.info("removing %s, left by a run that was killed while publishing", orphan.name)
             orphan.unlink(missing_ok=True)
@@ -97,24 +105,6 @@ def _decide_hit(plan: Plan) -> bool:
     return bool(decision[0])
 
 
-def _hit(cfg: ExtractConfig, plan: Plan) -> Path:
-    """A finished cache for these settings: no forward pass. ``--strict`` holds here too: a cache that skipped
-    files is refused, naming them, as a fresh extraction of the same files would be."""
-    log.info("cache hit: %s (no forward pass)", plan.path)
-    if cfg.strict:
-        with load(plan.path, lazy=True) as fs:
-            _refuse(fs.failed, "skipped when this cache was extracted")
-    return plan.path
-
-
-def _refuse(bad, why: str) -> None:
-    """``--strict``: one error naming the files that cannot be decoded (the first ten)."""
-    if bad:
-        listing = "; ".join(f"{p} ({r})" for p, r in bad[:10])
-        listing += f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise FeatcacheError(f"--strict: {len(bad)} file(s) cannot be decoded ({why}): {listing}")
-
-
 def _refuse_bad_files(cfg: ExtractConfig, plan: Plan) -> None:
     """``--strict``: decode every file first and refuse the dataset, naming the bad ones."""
     rows = np.arange(len(plan.source))
@@ -125,7 +115,7 @@ def _refuse_bad_files(cfg: ExtractConfig, plan: Plan) -> None:
     for _, reasons, _ in tqdm(loader, desc="check", unit="batch", disable=not cfg.progress, file=sys.stderr):
         bad += [(plan.source.paths[i + k], r) for k, r in enumerate(reasons) if r]
         i += len(reasons)
-    _refuse(bad, "nothing was extracted")
+    refuse_undecodable(bad, "nothing was extracted")
 
 
 def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:

@@ -15,6 +15,7 @@ import torch
 from .. import models
 from .._util import plain_scales
 from ..cache import cache_key, cache_path, key_parts
+from ..cache.hit import remember
 from ..config import ExtractConfig
 from ..errors import FeatcacheError
 from ..runtime import autocast, resolve_device
@@ -62,10 +63,12 @@ def distributed_shard() -> Optional[Tuple[int, int]]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def plan_extraction(cfg: ExtractConfig) -> Plan:
-    """Resolve inputs, model, layers and precision, and compute the cache key and path."""
+def plan_extraction(cfg: ExtractConfig, source: Optional[Source] = None, manifest: Optional[dict] = None) -> Plan:
+    """Resolve inputs, model, layers and precision, and compute the cache key and path (``source`` and its
+    ``manifest``, when given, were read already). What was resolved from the model is written down, so the next
+    cache hit with these settings needs no torch (:mod:`featcache.cache.hit`)."""
     cfg.validate()
-    source = open_source(cfg.data)
+    source = source if source is not None else open_source(cfg.data)
     device = resolve_device(cfg.device)
     shard = distributed_shard()
     if shard and device.type == "cuda" and device.index is None:  # one GPU per rank, never all on cuda:0
@@ -76,12 +79,14 @@ def plan_extraction(cfg: ExtractConfig) -> Plan:
     # Presets (--layer last2) become node names here, so the cache key names the layers themselves.
     layers = (models.resolve_layers(list(cfg.layers), backbone, nodes) if cfg.layers
               else models.default_layers(backbone, nodes))
-    manifest = source.manifest(cfg.hash_content)
-    parts = key_parts(source, manifest, backbone, layers, cfg.pool, precision, cfg.dtype,
+    manifest = manifest if manifest is not None else source.manifest(cfg.hash_content)
+    parts = key_parts(source, manifest, backbone.identity(), layers, cfg.pool, precision, cfg.dtype,
                             decoder="torchvision.io" if cfg.gpu_decode else "pillow", views=cfg.views,
                             augment=cfg.augment, scales=cfg.scales, engine=engine_key)
     fingerprint = cache_key(parts)
     path = cache_path(cfg.resolved_cache_dir(), source.name, backbone.name, layers, fingerprint)
+    if shard is None:
+        remember(cfg, backbone.identity(), layers, precision, engine, engine_key, backbone.weights_file)
     return Plan(source, device, precision, backbone, layers, manifest, parts, fingerprint, path, shard, engine,
                 engine_key)
 

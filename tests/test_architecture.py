@@ -118,6 +118,20 @@ def test_light_commands_import_neither_torch_nor_sklearn(what, split_folder, fas
     assert run.stdout.strip().splitlines()[-1] == "HEAVY", run.stdout
 
 
+def test_a_cache_hit_imports_neither_torch_nor_the_model(split_folder, fast, tmp_path):
+    """The second extract with the same settings finds its cache from the record the first left (cache/hit.py)."""
+    argv = ["--data", str(split_folder), "--cache-dir", str(fast["cache_dir"]), "--model", "resnet18", "--weights",
+            "none", "--image-size", "32", "--precision", "fp32", "--engine", "torch", "-q"]
+    code = ("import sys; from featcache.cli.extract import main; rc = main(sys.argv[1:])\n"
+            "print('HEAVY', ','.join(sorted({'torch', 'torchvision', 'sklearn'} & set(sys.modules))))")
+    first = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300, cwd=REPO)
+    second = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout.splitlines()[0] == second.stdout.splitlines()[0]  # the same cache's path
+    assert first.stdout.splitlines()[-1].startswith("HEAVY torch")  # the first run planned with the model
+    assert second.stdout.splitlines()[-1].strip() == "HEAVY", second.stdout
+
+
 @pytest.mark.skipif(shutil.which("ruff") is None and not (Path(sys.executable).parent / "ruff").exists(),
                     reason="ruff is not installed (pip install -e '.[dev]' brings it)")
 def test_ruff_is_clean():

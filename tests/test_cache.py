@@ -320,3 +320,25 @@ def test_a_finish_killed_before_its_rename_is_completed_by_the_next_run(tmp_path
     assert not recover_finished(final, "another fingerprint") and not final.exists()
     assert recover_finished(final, "fp") and not w.partial.exists()
     assert load(final).X[:, 0].tolist() == list(range(6))
+
+
+def test_a_hit_without_torch_never_serves_a_stale_key(split_folder, fast, tmp_path):
+    """The record that lets a hit skip the model (cache/hit.py) stands only for what it was made from: a checkpoint
+    rewritten in place gives another key, found by the full path, never the old cache."""
+    import torch
+    import torchvision
+
+    from featcache.cache.hit import find_hit
+    from featcache.config import ExtractConfig
+
+    ckpt = tmp_path / "w.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), ckpt)
+    settings = {**fast, "weights": str(ckpt)}
+    first = featcache.extract(split_folder, **settings)
+    cfg = ExtractConfig(data=split_folder, **settings)
+    assert find_hit(cfg)[0] == first  # remembered: found without the model
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), ckpt)  # other weights, same path
+    assert find_hit(cfg)[0] is None
+    second = featcache.extract(split_folder, **settings)
+    assert second != first and find_hit(cfg)[0] == second

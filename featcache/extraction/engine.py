@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -177,7 +178,7 @@ def choose_engine(cfg: ExtractConfig, backbone: models.Backbone, fx, planned: Tu
         if precision == "int8":
             onnx = _quantized(onnx, folder, source, backbone.preprocess)
     except Exception as e:  # noqa: BLE001 - whatever the exporter cannot do, torch still can
-        why = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        why = _said(e)
         if key_part is not None:  # bf16 on OpenVINO, int8: features only that engine makes
             raise FeatcacheError(f"--engine {engine} --precision {precision}: the network does not export to ONNX "
                                  f"({why}); use --engine torch") from e
@@ -185,6 +186,12 @@ def choose_engine(cfg: ExtractConfig, backbone: models.Backbone, fx, planned: Tu
     candidates = list(engines.installed_engines()) if engine == "auto" else [engine]
     measured = _measure(fx, onnx, folder, candidates, precision, images, streams, timed=engine == "auto")
     return _pick(fx, engine, precision, key_part, measured, onnx, folder, streams, threads)
+
+
+def _said(e: BaseException) -> str:
+    """An exception in one plain line for the log (the exporter's messages span pages, in colour)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
 def _quantized(onnx: Path, folder: Path, source, pre: models.Preprocess) -> Path:
@@ -227,7 +234,7 @@ def _measure(fx, onnx: Path, folder: Path, candidates, precision: str, images: t
             if timed:
                 record[entry]["img_s"] = round(_rate(runner, batch, streams), 1)
         except Exception as e:  # noqa: BLE001 - an engine that cannot run this graph is left out, saying why
-            record[entry] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+            record[entry] = {"error": _said(e)}
         try:
             atomic_write_text(record_path, json_text(record, indent=1))
         except OSError:
@@ -255,9 +262,12 @@ def _pick(fx, engine: str, precision: str, key_part, measured: dict, onnx: Path,
         return EngineChoice(engine, precision, runner(engine), f"engine {engine} at {precision} ({said(engine)}; its "
                                                               f"own cache key)", (m["cosine"], m["max_abs"]), measured)
     if engine != "auto":
-        if engine in failed or not agrees(measured[engine]):
-            what = failed.get(engine) or said(engine)
-            return EngineChoice("torch", precision, fx, f"engine torch: {engine}'s features are not torch's ({what})")
+        if engine in failed:
+            return EngineChoice("torch", precision, fx, f"engine torch: {engine} cannot run this network "
+                                                        f"({failed[engine]})")
+        if not agrees(measured[engine]):
+            return EngineChoice("torch", precision, fx, f"engine torch: {engine}'s features are not torch's "
+                                                        f"({said(engine)})")
         return EngineChoice(engine, precision, runner(engine), f"engine {engine} ({said(engine)})",
                             (measured[engine]["cosine"], measured[engine]["max_abs"]), measured)
     eligible = {n: m for n, m in measured.items() if n == "torch" or ("img_s" in m and agrees(m))}

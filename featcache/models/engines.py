@@ -77,7 +77,9 @@ def export_onnx(fx: FeatureExtractor, crop: int, path: Path) -> None:
     with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
         torch.onnx.export(_Outputs(fx).eval(), (example,), str(tmp), dynamo=True, external_data=False,
-                          input_names=["images"], output_names=list(fx.layers), verbose=False,
+                          # outputs in layer order, under names no node of the graph has (a node may be "relu")
+                          input_names=["images"], output_names=[f"featcache_out{i}" for i in range(len(fx.layers))],
+                          verbose=False,
                           dynamic_shapes=({0: Dim("batch", min=1, max=1 << 16)},))
     os.replace(tmp, path)
 

@@ -145,11 +145,11 @@ def test_cache_key_format_is_unchanged():
     manifest = {"size": [10, 20], "mtime_ns": [1, 2], "sha256": None}
     bb = Backbone("resnet18", None, Preprocess(224, 256), "none", "ab" * 32)
     pinned = {"torch": "2.0.0", "torchvision": "0.15.0"}
-    parts = key_parts(src, manifest, bb, ["layer3", "layer4"], "avg", "bf16", "float32")
+    parts = key_parts(src, manifest, bb.identity(), ["layer3", "layer4"], "avg", "bf16", "float32")
     assert set(parts["versions"]) == {"torch", "torchvision", "pillow", "featcache_features"}
     assert cache_key({**parts, "versions": pinned}) == \
         "9e2f200f604537c968ca31601d66c2e30a1425acce866db73317e1d30e1b12df"
-    parts = key_parts(src, manifest, bb, ["layer4"], "none", "fp32", "float16", decoder="torchvision.io", views=2,
+    parts = key_parts(src, manifest, bb.identity(), ["layer4"], "none", "fp32", "float16", decoder="torchvision.io", views=2,
                       augment=("flip",))
     assert cache_key({**parts, "versions": pinned}) == \
         "2849d879bd8376ebfe3bb3a95e88b6f46cdecd5119e8d1015c55295ccaf98e16"
@@ -192,14 +192,14 @@ def test_featcache_feature_code_and_libraries_enter_the_key(monkeypatch):
     src = Source(name="toy", root=Path("/x"), paths=["a.png"], labels=np.array([0]), class_names=["a"])
     manifest = {"size": [1], "mtime_ns": [1], "sha256": None}
     bb = Backbone("m", None, Preprocess(), "none", "ab", code={"efficientnet-lite-pytorch": "0.1"})
-    base = cache_key(key_parts(src, manifest, bb, ["l"], "avg", "fp32", "float32"))
-    versions = key_parts(src, manifest, bb, ["l"], "avg", "fp32", "float32")["versions"]
+    base = cache_key(key_parts(src, manifest, bb.identity(), ["l"], "avg", "fp32", "float32"))
+    versions = key_parts(src, manifest, bb.identity(), ["l"], "avg", "fp32", "float32")["versions"]
     assert versions["efficientnet-lite-pytorch"] == "0.1" and versions["featcache_features"] == key.FEATURES_VERSION
     monkeypatch.setattr(key, "FEATURES_VERSION", key.FEATURES_VERSION + 1)
-    assert cache_key(key_parts(src, manifest, bb, ["l"], "avg", "fp32", "float32")) != base
+    assert cache_key(key_parts(src, manifest, bb.identity(), ["l"], "avg", "fp32", "float32")) != base
     monkeypatch.undo()
     bb.code = {"efficientnet-lite-pytorch": "0.2"}
-    assert cache_key(key_parts(src, manifest, bb, ["l"], "avg", "fp32", "float32")) != base
+    assert cache_key(key_parts(src, manifest, bb.identity(), ["l"], "avg", "fp32", "float32")) != base
 
 
 def test_content_hashes_not_dates_key_a_hash_content_cache(split_folder, fast):

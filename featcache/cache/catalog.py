@@ -36,9 +36,15 @@ def _weights(record: dict) -> str:
     return "RANDOM" if weights.startswith("none") else ("pretrained" if weights else "?")
 
 
+def _precision(key: dict) -> str:
+    """The key's precision, with the engine whose own numbers they are (int8, OpenVINO's bf16)."""
+    engine = (key or {}).get("engine")
+    return str((key or {}).get("precision", "")) + (f" ({engine['name']})" if engine else "")
+
+
 def list_caches(cache_dir: Path) -> List[dict]:
     """One record per ``.h5`` file in ``cache_dir``: what tells caches apart (dataset, model, weights, layers,
-    pool, dtype, views, scales), rows, dims, size, dates, and whether it is finished."""
+    pool, precision, dtype, views, scales), rows, dims, size, dates, and whether it is finished."""
     records = []
     for path in sorted(_cache_dir(cache_dir).glob("*.h5")):
         st = path.stat()
@@ -55,6 +61,7 @@ def list_caches(cache_dir: Path) -> List[dict]:
                     status="complete" if meta.complete else "incomplete",
                     dataset=meta.dataset, model=meta.model, weights=_weights(meta.config),
                     layers="+".join(meta.layers), pool=meta.config.get("pool", ""),
+                    precision=_precision(meta.key),
                     dtype=meta.config.get("dtype", ""), views=int(meta.config.get("views", 0) or 0),
                     scales=" ".join(f"{float(s):g}" for s in meta.config.get("scales") or [1.0]),
                     rows=int(meta.n_rows or 0),

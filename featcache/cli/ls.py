@@ -19,7 +19,8 @@ __all__ = ["build_parser", "main", "format_table"]
 def build_parser() -> Parser:
     p = Parser(prog="python -m featcache.ls",
                description="List feature caches: what tells them apart (dataset, model, weights: RANDOM for "
-                           "--weights none, layers, pool, dtype, views, scales), rows (N), feature size (D), file "
+                           "--weights none, layers, pool, precision with the engine for int8 and OpenVINO's bf16, "
+                           "dtype, views, scales), rows (N), feature size (D), file "
                            "size, creation date and last use. Remove caches with featcache rm or featcache prune.")
     p.add_argument("--cache-dir", type=Path,
                    help=CACHE_DIR_HELP)
@@ -44,8 +45,8 @@ def _main(args) -> int:
     return 0
 
 
-LS_COLUMNS = ["dataset", "model", "weights", "layers", "pool", "dtype", "views", "scales", "rows", "dims", "size_mb",
-              "created", "last_used", "status", "path"]
+LS_COLUMNS = ["dataset", "model", "weights", "layers", "pool", "precision", "dtype", "views", "scales", "rows", "dims",
+              "size_mb", "created", "last_used", "status", "path"]
 
 
 def format_table(records, cols) -> str:

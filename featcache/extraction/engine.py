@@ -10,7 +10,8 @@ CPU engine is installed (exact, and the same cache on every machine), else bf16 
 
 ``--engine auto`` on a CPU times torch and every installed engine on the same batch, the way the run calls them (one
 call per stream, all streams at once), and runs the fastest that agrees. The exported graph and what was measured live
-in ``<cache dir>/engines/<graph>/`` and are reused; a run too short to repay the first export runs torch.
+in ``<cache dir>/engines/<graph>/`` and are reused; a run of fewer than :data:`SHORT_RUN` images runs torch unless
+its graph was exported before.
 """
 from __future__ import annotations
 
@@ -35,16 +36,14 @@ from ..models import engines
 from ..runtime import autocast, resolve_precision, torch_threads
 
 __all__ = ["EngineChoice", "plan_engine", "choose_engine", "check_images", "ENGINE_FORMAT", "CALIBRATION_IMAGES",
-           "EXPORT_PAYS_S", "SHORT_RUN"]
+           "SHORT_RUN"]
 
 log = logging.getLogger("featcache")
 
 ENGINE_FORMAT = 1  # what the engines folder holds and how it is measured: bump to measure again
 CALIBRATION_IMAGES = 128  # int8: images of the user's own that calibrate the activation ranges
-# --engine auto exports the graph only for a run that torch would take longer than this: exporting EfficientNet-Lite0
-# took 6-7 s, and the engine then runs it 2-3x faster (once exported, any run uses it).
-EXPORT_PAYS_S = 30.0
-# Runs of fewer images than this are not even timed for it: torch runs them.
+# --engine auto exports a graph for a run of at least this many images (forward passes): exporting EfficientNet-Lite0
+# took 6-7 s, and an engine then runs it 2-3x faster than torch; once exported, a run of any size uses it.
 SHORT_RUN = 512
 _CHECK_IMAGES = 14  # the user's images in the agreement check (plus a noise image and a gradient)
 _TIMING_BATCH = 32  # images per call when engines are timed against each other
@@ -161,16 +160,11 @@ def choose_engine(cfg: ExtractConfig, backbone: models.Backbone, fx, planned: Tu
     folder = _work_dir(cfg, backbone, fx)
     onnx = folder / "model.onnx"
     if engine == "auto" and not onnx.exists() and rows < SHORT_RUN:
-        return EngineChoice("torch", precision, fx, f"engine torch: {rows} images are too few to repay exporting the "
-                                                    f"network for a CPU engine")
+        return EngineChoice("torch", precision, fx, f"engine torch: {rows} forward passes are too few to repay "
+                                                    f"exporting the network for a CPU engine (it pays from "
+                                                    f"{SHORT_RUN})")
     threads = torch.get_num_threads()
     images = check_images(source, backbone.preprocess)
-    if engine == "auto" and not onnx.exists():
-        torch_rate = _rate(fx, images, streams, precision)
-        if rows / torch_rate < EXPORT_PAYS_S:
-            return EngineChoice("torch", precision, fx, f"engine torch: this run takes about {rows / torch_rate:.0f} s "
-                                                        f"in torch, less than exporting the network for a CPU engine "
-                                                        f"costs the first time")
     try:
         if not onnx.exists():
             log.info("exporting the network to ONNX once, for the CPU engines (%s)", folder)

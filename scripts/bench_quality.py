@@ -17,6 +17,8 @@ Rows, each timed end to end on the same images (extraction included where there 
 3. multi-layer probe: ``extract --layer last3`` (one pass) + the same grid over each layer and concatenation;
 4. featcache defaults: ``extract`` + ``sweep`` with no flags (what a new user gets: the last three stages, the
    layer screen, the default grid on the best two layer choices);
+   ``int8``: the same on features extracted at ``--precision int8`` (quantised after training, calibrated on 128
+   of the images), with their drift from the fp32 features (cosine per row, over all layers joined);
 5. dense head on cached augmented views: ``extract --views K --augment crop`` + ``sweep`` of the dense head;
 6. top blocks trained from cached activations (``featcache.finetune``, via scripts/bench_finetune.py), and
 7. the same partial fine-tune run the usual way, the frozen bottom run every epoch (same epochs): for the time.
@@ -41,12 +43,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = ("raw", "last", "multi", "defaults", "views", "finetune")
+ROWS = ("raw", "last", "multi", "defaults", "int8", "views", "finetune")
 LABELS = {
     "raw": "raw pixels, logistic regression",
     "last": "linear probe, last layer",
     "multi": "best multi-layer probe (last3)",
     "defaults": "featcache defaults (extract + sweep)",
+    "int8": "featcache defaults, features at --precision int8",
     "views": "dense head, cached augmented views",
     "finetune": "top blocks from cached activations",
     "finetune_e2e": "partial fine-tune, bottom every epoch",
@@ -139,6 +142,20 @@ def extract_and_sweep(root: Path, cache_dir: Path, extract_kw: dict, sweep_kw: d
             "val_accuracy": float(board["val_accuracy"].iloc[0]), "detail": detail, "n_configs": len(board)}
 
 
+def int8_row(root: Path, cache_dir: Path, size: dict) -> dict:
+    """The default sweep on int8 features, and how far those features are from fp32's on the same rows."""
+    import featcache
+
+    fp32 = featcache.load(featcache.extract(root, cache_dir=cache_dir, progress=False, precision="fp32", **size))
+    r = extract_and_sweep(root, cache_dir, {**size, "precision": "int8"}, {})
+    int8 = featcache.load(featcache.extract(root, cache_dir=cache_dir, progress=False, precision="int8", **size))
+    a, b = fp32.X.astype(np.float64), int8.X.astype(np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    r["detail"] += f"; drift from fp32: cosine min {cos.min():.4f}, median {np.median(cos):.4f}"
+    r.update(cosine_min=float(cos.min()), cosine_median=float(np.median(cos)))
+    return r
+
+
 def finetune_rows(root: Path, node: str, epochs: int, image_size: int):
     """Rows 6 and 7 through scripts/bench_finetune.py (the finetune engineer's benchmark), when it is there."""
     script = REPO / "scripts" / "bench_finetune.py"
@@ -175,6 +192,7 @@ def run_dataset(name: str, rows, work: Path, image_size: int, views: int, epochs
             "multi": lambda: extract_and_sweep(root, cache_dir / "multi", {**size, "layers": ["last3"]},
                                                {"grid": LOGREG_GRID, "screen_layers": 0}),
             "defaults": lambda: extract_and_sweep(root, cache_dir / "defaults", size, {}),
+            "int8": lambda: int8_row(root, cache_dir / "int8", size),
             "views": lambda: extract_and_sweep(root, cache_dir / "views",
                                                {**size, "layers": ["last1"], "views": views,
                                                 "augment": ("crop",)},

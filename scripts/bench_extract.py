@@ -375,38 +375,48 @@ def engine_table(args, folder: Path, native_bf16: bool) -> dict:
 
 
 def end_to_end(args, sets: dict, table: dict) -> list:
-    say("\n== featcache end to end (files -> HDF5, --engine auto, default precision), steady img/s ==")
+    """featcache end to end against the fastest fp32 engine's model-only rate, in alternating rounds (the machine's
+    speed drifts by 15% and more over minutes here): each round measures that engine alone, then featcache, and the
+    ratio of the two is taken per round."""
+    say("\n== featcache end to end (files -> HDF5, --engine auto, default precision), steady img/s, in rounds that "
+        "each also time the fastest fp32 engine alone ==")
     rows = []
     cache_dir = args.workdir / "e2e-cache"
     for name, folder in sets.items():
         for size in args.sizes:
             fp32 = {k: v for k, v in table.items() if k[0] == size and k[2] == "fp32"}
-            fastest = max(fp32.items(), key=lambda kv: kv[1]["img_s"]) if fp32 else None
-            dec = measure({"what": "decode", "size": size, "folder": str(folder)})
-            runs = [measure({"what": "extract", "size": size, "folder": str(folder), "cache_dir": str(cache_dir)})
-                    for _ in range(args.rounds)]
-            ok = [r for r in runs if "steady_img_s" in r]
-            if not ok:
-                say(f"{name}, {size} px: failed: {runs[-1].get('error')}")
+            if not fp32:
                 continue
-            steady = statistics.median(r["steady_img_s"] for r in ok)
-            r = ok[-1]
-            line = (f"{name:<22} {size:>4} px  featcache {steady:>7.1f} img/s steady (rounds "
-                    f"{', '.join(str(x['steady_img_s']) for x in ok)}; whole run {r['img_s']}), engine {r['engine']} "
-                    f"{r['precision']}, user {r['user_s']} s sys {r['sys_s']} s; decode alone {dec.get('img_s')} img/s")
-            say(line)
-            row = {"set": name, "size": size, "steady_img_s": steady, "runs": ok, "decode_img_s": dec.get("img_s")}
-            if fastest:
-                (_, engine, _), best = fastest
-                ratio = steady / best["img_s"]
-                bound = 1 / (1 / best["img_s"] + 1 / dec["img_s"]) if dec.get("img_s") else float("nan")
-                verdict = "PASS" if ratio >= TARGET_VS_ENGINE else "MISS"
-                say(f"{'':<22} {size:>4} px  {verdict}: featcache / fastest fp32 engine model only ({engine}, "
-                    f"{best['img_s']:.0f} img/s) = {ratio:.2f} (target >= {TARGET_VS_ENGINE}); two cores that decode "
-                    f"and run the model in turn reach at most {bound:.0f} img/s = {bound / best['img_s']:.2f}")
-                row.update(fastest_engine=engine, fastest_img_s=best["img_s"], ratio=round(ratio, 3),
-                           bound_ratio=round(bound / best["img_s"], 3), passed=ratio >= TARGET_VS_ENGINE)
-            rows.append(row)
+            (_, engine, _), best = max(fp32.items(), key=lambda kv: kv[1]["img_s"])
+            dec = measure({"what": "decode", "size": size, "folder": str(folder)})
+            rounds = []
+            for _ in range(args.rounds):
+                alone = measure({"what": "model", "size": size, "engine": engine, "precision": "fp32",
+                                 "streams": best["streams"], "folder": str(folder), "batches": args.batches(size),
+                                 **export_graphs(args, folder, size)})
+                run = measure({"what": "extract", "size": size, "folder": str(folder), "cache_dir": str(cache_dir)})
+                if "img_s" in alone and run.get("steady_img_s"):
+                    rounds.append({"engine_alone": alone["img_s"], **run,
+                                   "ratio": round(run["steady_img_s"] / alone["img_s"], 3)})
+            if not rounds:
+                say(f"{name}, {size} px: failed: {run.get('error') or alone.get('error')}")
+                continue
+            ratio = statistics.median(r["ratio"] for r in rounds)
+            last = rounds[-1]
+            say(f"{name:<22} {size:>4} px  featcache (engine {last['engine']} {last['precision']}) steady img/s / "
+                f"{engine} alone: " + ", ".join(f"{r['steady_img_s']:.0f}/{r['engine_alone']:.0f}" for r in rounds)
+                + f"; user {last['user_s']} s sys {last['sys_s']} s")
+            # decode: one worker's images per second; two cores that share decode and model reach at most this
+            alone = statistics.median(r["engine_alone"] for r in rounds)
+            bound = 1 / (1 / alone + 1 / (2 * dec["img_s"])) if dec.get("img_s") else float("nan")
+            verdict = "PASS" if ratio >= TARGET_VS_ENGINE else "MISS"
+            say(f"{'':<22} {size:>4} px  {verdict}: featcache / {engine} alone = {ratio:.2f} (median of rounds; target "
+                f">= {TARGET_VS_ENGINE}). Decoding takes one core {1e3 / dec['img_s']:.2f} ms per image "
+                f"({dec['img_s']:.0f} img/s with one worker): on {os.cpu_count()} cores shared with the model the "
+                f"most is {bound:.0f} img/s = {bound / alone:.2f} of the engine alone")
+            rows.append({"set": name, "size": size, "fastest_engine": engine, "rounds": rounds, "ratio": ratio,
+                         "decode_img_s": dec.get("img_s"), "bound_ratio": round(bound / alone, 3),
+                         "passed": ratio >= TARGET_VS_ENGINE})
     return rows
 
 
@@ -500,7 +510,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.workdir = args.workdir.expanduser()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    args.batches = lambda size: 12 if size <= 128 else 4  # timed batches per stream in the model-only runs
+    args.batches = lambda size: 24 if size <= 128 else 6  # timed batches per stream in the model-only runs
     return args
 
 

@@ -55,9 +55,9 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean, 0..1")
     p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std, 0..1")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="compute precision; auto = fp32 on a CPU with a CPU engine installed (exact, and as fast as "
-                        "torch's bf16 or faster), else bf16 on GPUs and CPUs that run it natively, fp16 on older GPUs, "
-                        "else fp32; int8 = quantised after training, calibrated on 128 of your images, on a CPU "
+                   help="compute precision; auto = fp32 on a CPU with a CPU engine installed (exact; faster than "
+                        "torch's bf16 where measured), else bf16 on GPUs and CPUs that run it natively, fp16 on older "
+                        "GPUs, else fp32; int8 = quantised after training, calibrated on 128 of your images, on a CPU "
                         "engine only (opt-in: its features drift from fp32's) (part of the cache key) (default: auto)")
     p.add_argument("--engine", default="auto", choices=ENGINES,
                    help="what runs the network: torch, or on a CPU onnxruntime / openvino (pip install "

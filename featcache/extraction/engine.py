@@ -20,7 +20,7 @@ import logging
 import re
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -58,8 +58,6 @@ class EngineChoice:
     precision: str
     runner: object
     why: str = ""  # one line for the log
-    agreement: Optional[Tuple[float, float]] = None  # (min cosine, max abs diff) against torch
-    measured: dict = field(default_factory=dict)
 
 
 def plan_engine(cfg: ExtractConfig, device: torch.device) -> Tuple[str, str, Optional[dict]]:
@@ -76,11 +74,11 @@ def plan_engine(cfg: ExtractConfig, device: torch.device) -> Tuple[str, str, Opt
         raise FeatcacheError(f"engine {engine!r} is not installed: pip install 'featcache[cpu-fast]' "
                              f"(installed: {', '.join(installed) or 'none'})")
     if precision == "int8":
+        if "onnxruntime" not in installed:
+            raise FeatcacheError("--precision int8 quantises the network with ONNX Runtime, which is not installed: "
+                                 "pip install 'featcache[cpu-fast]'")
         if engine == "auto":
-            engine = next((e for e in _INT8_ORDER if e in installed), None)
-            if engine is None:
-                raise FeatcacheError("--precision int8 runs on ONNX Runtime or OpenVINO, and neither is installed: "
-                                     "pip install 'featcache[cpu-fast]'")
+            engine = next(e for e in _INT8_ORDER if e in installed)
         calibration = {"images": CALIBRATION_IMAGES, "pick": "evenly spaced", "method": "static QDQ, minmax, "
                        "per-channel int8 weights", "quantizer": library_versions("onnxruntime")["onnxruntime"]}
         return engine, "int8", {"name": engine, "version": installed[engine], "precision": "int8",
@@ -252,9 +250,8 @@ def _pick(fx, engine: str, precision: str, key_part, measured: dict, onnx: Path,
     if key_part is not None:  # the engine's own numbers: used as they are, the key says so
         if engine in failed:
             raise FeatcacheError(f"--engine {engine} --precision {precision}: {failed[engine]}; use --engine torch")
-        m = measured[engine]
         return EngineChoice(engine, precision, runner(engine), f"engine {engine} at {precision} ({said(engine)}; its "
-                                                              f"own cache key)", (m["cosine"], m["max_abs"]), measured)
+                                                              f"own cache key)")
     if engine != "auto":
         if engine in failed:
             return EngineChoice("torch", precision, fx, f"engine torch: {engine} cannot run this network "
@@ -262,8 +259,7 @@ def _pick(fx, engine: str, precision: str, key_part, measured: dict, onnx: Path,
         if not agrees(measured[engine]):
             return EngineChoice("torch", precision, fx, f"engine torch: {engine}'s features are not torch's "
                                                         f"({said(engine)})")
-        return EngineChoice(engine, precision, runner(engine), f"engine {engine} ({said(engine)})",
-                            (measured[engine]["cosine"], measured[engine]["max_abs"]), measured)
+        return EngineChoice(engine, precision, runner(engine), f"engine {engine} ({said(engine)})")
     eligible = {n: m for n, m in measured.items() if n == "torch" or ("img_s" in m and agrees(m))}
     best = max(eligible, key=lambda n: eligible[n]["img_s"])
     table = ", ".join(f"{n} {m['img_s']:.0f}" + ("" if n in eligible else " (disagrees)")
@@ -271,6 +267,5 @@ def _pick(fx, engine: str, precision: str, key_part, measured: dict, onnx: Path,
     left_out = f"; left out: {', '.join(f'{n} ({why})' for n, why in failed.items())}" if failed else ""
     why = f"engine {best} (img/s measured here: {table}{left_out})"
     if best == "torch":
-        return EngineChoice("torch", precision, fx, why, measured=measured)
-    return EngineChoice(best, precision, runner(best), why + f"; {said(best)}",
-                        (measured[best]["cosine"], measured[best]["max_abs"]), measured)
+        return EngineChoice("torch", precision, fx, why)
+    return EngineChoice(best, precision, runner(best), why + f"; {said(best)}")

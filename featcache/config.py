@@ -226,7 +226,8 @@ class FitConfig(_Config):
     budget: float = 900.0  # seconds for the whole run: no stage or fit starts after it
     model: Any = DEFAULT_MODEL
     weights: str = "DEFAULT"
-    image_size: Optional[int] = None
+    # "auto": from the images (featcache.sizing: small images screened at a few sizes); None: the model's own
+    image_size: Union[int, str, None] = "auto"
     cache_dir: Optional[Path] = None
     scales: Sequence[float] = (1.0, 0.667)  # the scales stage: the network also at 2/3 of the size (1: skip it)
     views: int = 4  # augmented views per image for the views + TTA stage (0: skip it)
@@ -244,7 +245,7 @@ class FitConfig(_Config):
     _parameter_constraints = {
         "out": [str, os.PathLike],
         "budget": [Interval(Real, 0, None, "neither")],
-        "image_size": [None, _POSITIVE_INT],
+        "image_size": [None, _POSITIVE_INT, Options(("auto",))],
         "cache_dir": [None, str, os.PathLike],
         "scales": [ListOf((Interval(Real, 0, MAX_SCALE, "right"),), 1)],
         "views": [Interval(Integral, 0, MAX_VIEWS)],

@@ -31,6 +31,7 @@ from .errors import FeatcacheError
 from .learn import metrics
 from .selection.modelfile import SUFFIXES, find_model, read_metadata, sidecar_path
 from .selection.outputs import prepare_out
+from .sizing import choose_image_size
 
 __all__ = ["fit", "run", "FitConfig", "FitResult", "FINETUNE_COST", "FINETUNE_FOLDS"]
 
@@ -84,7 +85,8 @@ def run(cfg: FitConfig) -> FitResult:
     prepare_out(out, overwrite=cfg.overwrite or earlier is not None)  # fit's own folder: a rerun reuses it
     stages: Dict[str, dict] = {}
     skipped: List[str] = []
-    extract_cfg = ExtractConfig(data=cfg.data, model=cfg.model, weights=cfg.weights, image_size=cfg.image_size,
+    image_size, stages["image_size"] = choose_image_size(cfg, out, (earlier or {}).get("stages", {}).get("image_size"))
+    extract_cfg = ExtractConfig(data=cfg.data, model=cfg.model, weights=cfg.weights, image_size=image_size,
                                 device=cfg.device, cache_dir=cfg.cache_dir, progress=cfg.progress)
 
     t = time.monotonic()
@@ -173,7 +175,8 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
         return None
     previous = (earlier or {}).get("stages", {}).get("finetune", {})
     # What a stored run depends on (the cache path holds the data's fingerprint), and how it was done.
-    signature = {"data": str(cfg.data), "model": str(cfg.model), "weights": cfg.weights, "image_size": cfg.image_size,
+    signature = {"data": str(cfg.data), "model": str(cfg.model), "weights": cfg.weights,
+                 "image_size": extract_cfg.image_size,
                  "train_blocks": [str(b) for b in cfg.train_blocks], "seed": cfg.seed, "metric": cfg.metric,
                  "refit": True, "compare": f"cross-fitted, {FINETUNE_FOLDS} folds", "cache": stages["extract"]["cache"]}
     reusable = (previous.get("status") == "done" and previous.get("signature") == signature

@@ -19,7 +19,7 @@ from .._malloc import tune_allocator
 from ..errors import ConflictError, FeatcacheError, ParameterError
 
 __all__ = ["CACHE_DIR_HELP", "Parser", "run_cli", "setup_logging", "config_from_args", "flag_of", "add_run_flags",
-           "add_output_flags", "blocks_arg", "duration_arg"]
+           "add_output_flags", "blocks_arg", "duration_arg", "int_or_auto"]
 
 log = logging.getLogger("featcache")
 
@@ -66,6 +66,16 @@ def blocks_arg(text: str):
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0 or all, got {text!r}") from None
+
+
+def int_or_auto(text: str):
+    """argparse type for ``--batch-size``, ``--image-size``: a positive integer (checked by the config), or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
 
 
 def duration_arg(text: str) -> float:

@@ -11,22 +11,13 @@ from typing import Optional, Sequence
 
 from ..config import AUGMENTATIONS, DEFAULT_MODEL, DTYPES, ENGINES, POOLS, PRECISIONS, ExtractConfig
 from ..errors import FeatcacheError
-from . import CACHE_DIR_HELP, Parser, add_run_flags, config_from_args, run_cli
+from . import CACHE_DIR_HELP, Parser, add_run_flags, config_from_args, int_or_auto, run_cli
 
 __all__ = ["add_extract_arguments", "build_parser", "main", "extract_config"]
 
 
 def _augmentations(text: str):
     return tuple(a.strip() for a in text.split(",") if a.strip())
-
-
-def _batch_size(text: str):
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
 
 
 def add_extract_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,7 +98,7 @@ def build_parser() -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_extract_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--batch-size", type=_batch_size, default=64,
+    p.add_argument("--batch-size", type=int_or_auto, default=64,
                    help="images per forward pass, or auto = the largest that fits on the GPU (64 on a CPU) "
                         "(default: 64)")
     p.add_argument("--num-workers", type=int,

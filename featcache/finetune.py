@@ -36,7 +36,7 @@ from .learn import metrics
 from .learn.top import TopClassifier, top_blocks
 from .selection.features import pool_and_test
 from .selection.grids import Config
-from .selection.leaderboard import leaderboard
+from .selection.leaderboard import crossfit_pred, leaderboard
 from .selection.modelfile import load_model
 from .selection.outputs import model_metadata, prepare_out, settings_record, write_outputs
 from .selection.schemes import make_scheme
@@ -206,8 +206,8 @@ def run(cfg: FinetuneConfig) -> FinetuneResult:
                 board.loc[0, f"test_{name}"] = value
         result = FinetuneResult(board, best, best_config.params, test_scores, scheme.description, skipped=skipped,
                                 train_rows=rows[train], val_rows=rows[val],
-                                val_pred=_crossfit_pred([records[c] for c in configs if "pred" in records[c]],
-                                                        y[val], cfg.seed),
+                                val_pred=crossfit_pred([records[c]["pred"] for c in configs if "pred" in records[c]],
+                                                       y[val], cfg.seed),
                                 best_epochs=int(models[best_config].best_epoch_))
         if cfg.out is not None:
             result.out = Path(cfg.out).expanduser()
@@ -266,28 +266,6 @@ def _stop_and_select(y: np.ndarray, val: np.ndarray, seed: int):
     log.info("validation: %d rows stop each configuration's training early, %d others rank the configurations",
              len(stop), len(select))
     return np.sort(stop), np.sort(select)
-
-
-def _crossfit_pred(records: List[dict], y: np.ndarray, seed: int) -> np.ndarray:
-    """Each ranking row's prediction by the configuration most accurate (right on most rows, whatever the metric:
-    ``fit`` counts rows) on the other half of the rows (stratified halves). The best configuration's own
-    predictions would flatter it on these rows, where it was picked among several (the winner's curse), when ``fit``
-    compares them with another stage's model, picked by cross-validation over the whole pool."""
-    from sklearn.model_selection import StratifiedKFold
-
-    preds = np.asarray([r["pred"] for r in records])
-    if len(preds) == 1 or len(y) < 2:
-        return preds[0] if len(preds) else np.zeros(0, dtype=int)
-    counts = np.bincount(y)
-    if counts[counts > 0].min() >= 2:
-        halves = list(StratifiedKFold(2, shuffle=True, random_state=seed).split(y, y))
-    else:
-        a, b = np.array_split(np.random.default_rng(seed).permutation(len(y)), 2)
-        halves = [(a, b), (b, a)]
-    out = np.empty(len(y), dtype=preds.dtype)
-    for rank_on, predict_on in halves:
-        out[predict_on] = preds[int(np.argmax((preds[:, rank_on] == y[rank_on]).mean(axis=1)))][predict_on]
-    return out
 
 
 def _scores(est: TopClassifier, X, y_idx: np.ndarray, classes: Sequence[str]):

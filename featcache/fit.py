@@ -25,13 +25,14 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ._malloc import tune_allocator
-from ._util import atomic_write_text, json_text, make_callable, now_iso, plain_scales
+from ._util import atomic_write_text, json_text, make_callable, now_iso
 from .config import ExtractConfig, FitConfig
 from .errors import FeatcacheError
 from .learn import metrics
 from .selection.modelfile import SUFFIXES, find_model, read_metadata, sidecar_path
 from .selection.outputs import prepare_out
 from .sizing import choose_image_size
+from .variants import Lead, held_out, ok_rows, paired, pool_truth, variant_stage
 
 __all__ = ["fit", "run", "FitConfig", "FitResult", "FINETUNE_COST", "FINETUNE_FOLDS"]
 
@@ -103,19 +104,29 @@ def run(cfg: FitConfig) -> FitResult:
     ok = board[board["status"] == "ok"]
     whole = ok[ok["train_rows"] == ok["train_rows"].max()]  # not the ones successive halving stopped early
     rows = [_sweep_row(r, cfg.metric) for _, r in whole.head(cfg.top).iterrows()]
+    held = held_out(swept)
+    truth = pool_truth(Path(cache))
+    crossfit = float((held[held >= 0] == truth[held >= 0]).mean()) if (held >= 0).any() else None
     stages["sweep"] = {"seconds": round(time.monotonic() - t, 1), "scheme": swept.scheme,
                        "best": swept.best_config.label(), "n_fits": swept.n_fits, "n_cached": swept.n_cached,
-                       "skipped": swept.skipped}
+                       "skipped": swept.skipped, "best_of": swept.candidates, "crossfit_accuracy": crossfit}
+    if rows:  # the best's validation score is the best of many on the same rows: say so, and what cross-fitting gives
+        rows[0]["val_note"] = f"best of {swept.candidates} on these rows" + (
+            f"; cross-fitted accuracy {crossfit:.4f}" if crossfit is not None else "")
+    log.info("fit: the sweep's best validates at %s %.4f, the best of %d configurations on the same rows "
+             "(cross-fitted, each half predicted by the best on the other: accuracy %s)", cfg.metric,
+             rows[0][f"val_{cfg.metric}"] if rows else float("nan"), swept.candidates,
+             f"{crossfit:.4f}" if crossfit is not None else "-")
     skipped += [f"sweep: {label} (out of time)" for label in swept.skipped]
 
-    lead = _Lead(swept, Path(cache), "sweep", extract_cfg)  # what the next stage must beat
-    tests = {"sweep": swept.test_scores}
+    lead = Lead(swept, Path(cache), "sweep", extract_cfg)  # what the next stage must beat
+    tests = {"sweep": swept.test_scores}  # each stage's best on test: only the winner's is reported
     for name in ("scales", "views"):  # cheapest first
-        variant = _variant_stage(name, cfg, lead, pass_s, deadline, out, stages, skipped)
+        variant = variant_stage(name, cfg, lead, pass_s, deadline, out, stages, skipped)
         if variant is None:
             continue
         tests[name] = variant.result.test_scores
-        vrow = dict(_sweep_row(_ok(variant.result).iloc[0], cfg.metric), stage=name)
+        vrow = dict(_sweep_row(ok_rows(variant.result).iloc[0], cfg.metric), stage=name)
         vrow["model"] += (f" + {cfg.views} views, TTA" if name == "views" else "") + (
             f" at scales {' '.join(f'{s:g}' for s in cfg.scales)}" if "scales" in (name, lead.stage) else "")
         wins = stages[name]["vs_best"]["winner"] == name
@@ -145,7 +156,7 @@ def run(cfg: FitConfig) -> FitResult:
     board.insert(0, "rank", range(1, len(board) + 1))
     winner = board.iloc[0]
     source = out / winner["stage"]
-    test = tests.get(winner["stage"]) if winner["stage"] != "finetune" else stages["finetune"].get("test")
+    test = tests.get(winner["stage"]) if winner["stage"] != "finetune" else _finetune_test(out)
     if test:
         board.loc[0, f"test_{cfg.metric}"] = test.get(cfg.metric)
     model_path = _publish(find_model(source), out)
@@ -214,7 +225,7 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
            f"val_{cfg.metric}": best[f"val_{cfg.metric}"], "val_log_loss": best.get("val_log_loss"),
            "fit_s": best.get("fit_s"), "train_rows": best.get("train_rows")}
     stages["finetune"] = {"status": "done", "seconds": round(time.monotonic() - t, 1), "node": node,
-                          "signature": signature, "scheme": tuned.scheme, "test": tuned.test_scores, "row": row,
+                          "signature": signature, "scheme": tuned.scheme, "row": row,
                           "validation": validation}
     return row
 
@@ -284,118 +295,10 @@ def _duel(cache: Path, side, tta: bool, tuned: Optional[dict], seed: int) -> Opt
         side_right.append(pred == y[val])
         tuned_right.append(np.asarray(fold["pred"]) == y[val])
     side_right, tuned_right = np.concatenate(side_right), np.concatenate(tuned_right)
-    f_only, s_only, p = _paired(tuned_right, side_right)
+    f_only, s_only, p = paired(tuned_right, side_right)
     return {"rows": len(side_right), "folds": len(folds), "train_rows": len(mapped[0][0]),
             "sweep": float(side_right.mean()), "finetune": float(tuned_right.mean()), "finetune_only": f_only,
             "sweep_only": s_only, "p_value": p, "winner": "finetune" if f_only > s_only else "sweep"}
-
-
-@dataclass
-class _Lead:
-    """The best model so far: a sweep's result, the cache it ran on, the stage that made it, how that cache was
-    extracted and what one extraction with those settings costs, in passes of the plain model."""
-
-    result: Any  # SweepResult
-    cache: Path
-    stage: str
-    extract_cfg: ExtractConfig
-    passes: float = 1.0
-    tta: bool = False
-
-
-def _variant_stage(name: str, cfg: FitConfig, lead: _Lead, pass_s: float, deadline: float, out: Path,
-                   stages: Dict[str, dict], skipped: List[str]) -> Optional[_Lead]:
-    """The lead's best configuration(s) again on other features of the same images, on the same folds: ``scales``
-    (the network also at other sizes, features joined) or ``views`` (augmented views to train on, predicting
-    with test-time augmentation). The variant's lead, or None when not tried; ``stages[name]["vs_best"]`` says
-    which was right on more rows out of fold."""
-    from .cache import load
-    from .extraction import extract
-    from .selection.features import pool_and_test
-    from .sweep import sweep
-
-    if name == "scales":
-        if plain_scales(cfg.scales):
-            skipped.append("scales: --scales 1")
-            return None
-        changes, tta, factor = {"scales": tuple(cfg.scales)}, False, len(cfg.scales)
-        passes = lead.passes * sum(s * s for s in cfg.scales)  # compute grows with the pixels
-        how, undo = f"the network at {len(cfg.scales)} scales", "--scales 1 skips it"
-        # a fit costs about the width of the rows: len(scales) times the features
-        fits_s = factor * float(_ok(lead.result)["fit_s"].iloc[0])
-    else:
-        if not cfg.views:
-            skipped.append("views: --views 0")
-            return None
-        changes, tta, factor = {"views": cfg.views, "augment": tuple(cfg.augment)}, True, 1 + cfg.views
-        passes = lead.passes * factor
-        how, undo = f"{cfg.views} augmented views per image", "--views 0 skips it"
-        fits_s = factor * factor * float(_ok(lead.result)["fit_s"].iloc[0])  # up to n^2 for kernel SVMs
-    best = lead.result.best_config
-    members = best.params["members"] if best.classifier == "ensemble" else [
-        {"classifier": best.classifier, "params": best.params, "preprocess": best.preprocess}]
-    grid: Dict[str, list] = {}
-    for m in members:  # one value per parameter, each as a one-item list (a list value is itself swept)
-        grid.setdefault(m["classifier"], []).append({"preprocess": m["preprocess"],
-                                                     **{k: [v] for k, v in m["params"].items()}})
-    estimate = passes * pass_s + fits_s
-    left = deadline - time.monotonic()
-    if left < estimate:
-        skipped.append(f"{name}: estimated {estimate:.0f} s ({passes:.2g} passes over the images at {pass_s:.0f} s "
-                       f"and the best configuration's fits with {how}), {max(left, 0):.0f} s of the budget left "
-                       f"(--budget; {undo})")
-        return None
-    t = time.monotonic()
-    extract_cfg = lead.extract_cfg.replace(**changes)
-    try:
-        vcache = extract(config=extract_cfg)
-        variant = sweep(vcache, out=out / name, overwrite=True, grid=grid, layer=lead.result.best_layer, tta=tta,
-                        halving=False, screen_layers=0, ensemble=len(members) if len(members) > 1 else 0,
-                        budget=max(deadline - time.monotonic(), 1.0), seed=cfg.seed, n_jobs=cfg.n_jobs,
-                        metric=cfg.metric, progress=cfg.progress)
-    except FeatcacheError as e:  # an extra, like fine-tuning
-        log.warning("fit: the %s stage failed (%s); keeping the %s's model", name, e, lead.stage)
-        skipped.append(f"{name}: failed ({e})")
-        return None
-    with load(lead.cache, lazy=True) as a, load(vcache, lazy=True) as b:
-        same = np.array_equal(a.paths, b.paths)  # the same images in the same order: the same folds
-        truth = a.y[pool_and_test(a)[0]]
-    both = (lead.result.val_pred >= 0) & (variant.val_pred >= 0) & same
-    truth = truth[both]
-    new_right, old_right = variant.val_pred[both] == truth, lead.result.val_pred[both] == truth
-    n_only, b_only, p = _paired(new_right, old_right)
-    duel = {"rows": int(both.sum()), "against": f"{lead.stage}: {best.label()}",
-            "new": float(new_right.mean()) if both.any() else None,
-            "best": float(old_right.mean()) if both.any() else None, "new_only": n_only, "best_only": b_only,
-            "p_value": p, "winner": name if n_only > b_only else lead.stage}
-    stages[name] = {"seconds": round(time.monotonic() - t, 1), "cache": str(vcache),
-                    **{k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()},
-                    "best": variant.best_config.label(), "scheme": variant.scheme, "test": variant.test_scores,
-                    "vs_best": duel}
-    log.info("fit: with %s, out of fold on the same %d rows: %.4f vs the %s's %.4f (%d right only with, %d only "
-             "without; McNemar p=%.3f): %s wins", how, duel["rows"], duel["new"] or 0.0, lead.stage,
-             duel["best"] or 0.0, n_only, b_only, p, duel["winner"])
-    return _Lead(variant, Path(vcache), name, extract_cfg, passes, tta or lead.tta)
-
-
-def _ok(result):
-    """The rows of a sweep's leaderboard that trained."""
-    return result.leaderboard[result.leaderboard["status"] == "ok"]
-
-
-def _paired(new_right: np.ndarray, old_right: np.ndarray):
-    """On the same rows: how many only the new model gets right, how many only the old one, and :func:`p_better`."""
-    new_only, old_only = int((new_right & ~old_right).sum()), int((old_right & ~new_right).sum())
-    return new_only, old_only, p_better(new_only, old_only)
-
-
-def p_better(only_new: int, only_old: int) -> float:
-    """One-sided exact McNemar test: how likely a model right on ``only_new`` rows where another is wrong, and
-    wrong on ``only_old`` where it is right, would be at least this far ahead if both were equally good."""
-    from scipy.stats import binomtest
-
-    n = only_new + only_old
-    return float(binomtest(only_new, n, 0.5, alternative="greater").pvalue) if n else 1.0
 
 
 def _pass_seconds(cache: Path) -> float:
@@ -406,6 +309,14 @@ def _pass_seconds(cache: Path) -> float:
         timings, n = fs.meta.timings or {}, len(fs)
     rows, seconds = timings.get("rows") or 0, timings.get("total_s") or 0.0
     return seconds * n / rows if rows else seconds
+
+
+def _finetune_test(out: Path) -> Optional[dict]:
+    """The fine-tuned top's test scores, from its own run's record (fit.json keeps only the winner's)."""
+    try:
+        return json.loads((out / "finetune" / "finetune.json").read_text(encoding="utf-8")).get("test")
+    except (OSError, ValueError):
+        return None
 
 
 def _publish(model: Path, out: Path) -> Path:

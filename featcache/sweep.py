@@ -33,7 +33,7 @@ from .selection.features import Features, load_features
 from .selection.fitting import SCREEN_TEXT, Fits, fit_configs, scorer, screen_layers
 from .selection.grids import Config
 from .selection.halving import record_score, rung_scheme, rung_sizes, successive_halving
-from .selection.leaderboard import leaderboard
+from .selection.leaderboard import crossfit_pred, leaderboard
 from .selection.modelfile import load_model, save_model
 from .selection.outputs import model_metadata, prepare_out, settings_record, write_outputs
 from .selection.schemes import Scheme, make_scheme
@@ -62,6 +62,10 @@ class SweepResult:
     skipped: List[str] = field(default_factory=list)  # configurations left unfitted when the budget ran out
     standard_error: Optional[float] = None  # of the best validation score (binomial, over the validation rows)
     val_pred: Optional[np.ndarray] = None  # the best's out-of-fold class index per pool row; -1: never validated
+    # The same rows predicted cross-fitted: each half by the configuration most accurate on the other half, so a
+    # comparison on them does not flatter the best (picked among ``candidates`` on these very rows); -1 as above.
+    crossfit_pred: Optional[np.ndarray] = None
+    candidates: int = 0  # configurations ranked on all the rows: the best validation score is the best of these
     out: Optional[Path] = None
     files: List[Path] = field(default_factory=list)
 
@@ -194,12 +198,26 @@ def run(cfg: SweepConfig) -> SweepResult:
                          best_config.layer or "+".join(feats.layers), skipped=skipped,
                          standard_error=scheme.standard_error(float(ok[f"val_{cfg.metric}"].iloc[0]))
                          if cfg.metric == "accuracy" else None,  # (binomial: for accuracy only)
-                         val_pred=np.asarray(fits.records[best_config]["pred"]))
+                         val_pred=np.asarray(fits.records[best_config]["pred"]),
+                         crossfit_pred=_crossfit(fits, [c for c in whole if keys[c][:12] in set(ok["config_id"])],
+                                                 feats.y, cfg.seed),
+                         candidates=sum(keys[c][:12] in set(ok["config_id"]) for c in whole))
     if cfg.out is not None:
         result.out = Path(cfg.out).expanduser()
         result.files = _write(cfg, result, feats.for_layer(best_config.layer), scheme,
                               {c: fits.records[c] for c in dict.fromkeys(final + [best_config])}, test_pred)
     return result
+
+
+def _crossfit(fits: Fits, candidates: List[Config], y: np.ndarray, seed: int) -> np.ndarray:
+    """The rows every candidate validated, each predicted by the candidate most accurate on the other half of them
+    (``selection.leaderboard.crossfit_pred``); -1 elsewhere."""
+    preds = np.asarray([fits.records[c]["pred"] for c in candidates])
+    out = np.full(len(y), -1, dtype=np.int64)
+    rows = np.flatnonzero((preds >= 0).all(axis=0))
+    if len(rows):
+        out[rows] = crossfit_pred(preds[:, rows], y[rows], seed)
+    return out
 
 
 def _ensemble(cfg: SweepConfig, fits: Fits, final: List[Config]) -> Optional[Config]:

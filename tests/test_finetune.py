@@ -294,7 +294,7 @@ def test_the_rows_that_compare_stages_are_predicted_by_a_configuration_ranked_on
     configuration's own predictions would flatter fine-tuning on the rows where it was picked (the winner's curse)."""
     from sklearn.model_selection import StratifiedKFold
 
-    from featcache.finetune import _crossfit_pred
+    from featcache.selection.leaderboard import crossfit_pred
 
     y = np.repeat([0, 1], 20)
     (h1, h2), _ = StratifiedKFold(2, shuffle=True, random_state=0).split(y, y)  # the halves it uses
@@ -304,8 +304,8 @@ def test_the_rows_that_compare_stages_are_predicted_by_a_configuration_ranked_on
     b[h1[:10]] = y[h1[:10]]  # B: half of the first half and all of the second
     b[h2] = y[h2]
     assert (b == y).mean() == 0.75 > (a == y).mean() == 0.6  # B ranks first on all the rows
-    crossed = _crossfit_pred([{"pred": a}, {"pred": b}], y, seed=0)
+    crossed = crossfit_pred([a, b], y, seed=0)
     np.testing.assert_array_equal(crossed[h2], a[h2])  # A won the first half, so it predicts the second
     np.testing.assert_array_equal(crossed[h1], b[h1])  # and B, which won the second, the first
     assert (crossed == y).mean() == 14 / 40  # not B's 0.75
-    np.testing.assert_array_equal(_crossfit_pred([{"pred": a}], y, seed=0), a)  # one configuration: its own
+    np.testing.assert_array_equal(crossfit_pred([a], y, seed=0), a)  # one configuration: its own

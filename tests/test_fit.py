@@ -10,7 +10,8 @@ import pytest
 
 import featcache
 from featcache.config import FeatcacheError
-from featcache.fit import FINETUNE_FOLDS, p_better
+from featcache.fit import FINETUNE_FOLDS
+from featcache.variants import p_better
 
 SMALL = dict(model="resnet18", weights="none", image_size=32)  # a real network, seeded weights, tiny inputs
 
@@ -49,6 +50,12 @@ def test_a_second_run_reuses_the_cache_the_sweep_and_the_fine_tuned_model(split_
     assert views["rows"] == 4 and views["against"].startswith(scales["winner"] + ": ")
     assert views["winner"] == ("views" if views["new_only"] > views["best_only"] else scales["winner"])
     assert first.leaderboard["test_accuracy"].notna().sum() == 1  # the winner's test score, once
+    state = json.loads((tmp_path / "run" / "fit.json").read_text())
+    assert state["best"]["test"] == first.test_scores  # ... and in fit.json only there
+    assert not [name for name, stage in state["stages"].items() if "test" in stage]
+    assert stages["sweep"]["best_of"] > 1 and 0 <= stages["sweep"]["crossfit_accuracy"] <= 1
+    sweep_rows = first.leaderboard[first.leaderboard["stage"] == "sweep"]
+    assert sweep_rows["val_note"].iloc[0].startswith(f"best of {stages['sweep']['best_of']} on these rows")
     duel = stages["finetune"]["vs_sweep"]  # both trained on the same rows, scored on the same other images
     folds = stages["finetune"]["validation"]["folds"]  # the rows that ranked it, then folds of its training rows
     assert duel["folds"] == len(folds) == 1 + FINETUNE_FOLDS and duel["train_rows"] == len(folds[0]["train_rows"])

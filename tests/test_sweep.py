@@ -520,3 +520,27 @@ def test_under_a_budget_the_unit_that_always_runs_is_the_callers_first():
     knn15 = next(c for c in configs if c.classifier == "knn" and c.params["n_neighbors"] == 15)
     assert _tasks(configs, 2)[0][0][0].classifier == "dense"  # no budget: slow units first
     assert [t[0] for t in _tasks(configs, 2, lead=knn15)[:2]] == [[knn15], [knn15]]  # both folds of the lead
+
+
+def test_the_best_is_compared_cross_fitted_and_says_how_many_it_was_picked_from(feature_cache, tmp_path):
+    """The rows the sweep validated, each predicted by the configuration most accurate on the other half of them: the
+    best's own predictions would flatter it where it was picked among ``candidates`` (fit compares stages on them)."""
+    import numpy as np
+
+    from featcache.selection.leaderboard import crossfit_pred
+
+    cache = feature_cache(tmp_path / "c.h5", n=600)
+    res = sweep(cache, classifiers=["logreg"], cv=3, halving=False, ensemble=0, reuse=False, progress=False)
+    board = res.leaderboard
+    assert res.candidates == int(((board["status"] == "ok") & (board["train_rows"] == board["train_rows"].max())).sum())
+    assert res.candidates > 1
+    np.testing.assert_array_equal(res.crossfit_pred >= 0, res.val_pred >= 0)
+    with featcache.load(cache, lazy=True) as fs:
+        from featcache.selection.features import pool_and_test
+
+        y = fs.y[pool_and_test(fs)[0]]
+    rows = res.val_pred >= 0
+    crossed, own = (res.crossfit_pred[rows] == y[rows]).mean(), (res.val_pred[rows] == y[rows]).mean()
+    # cross-fitted <= the most accurate candidate's own (up to a row: the best is ranked on fold means)
+    assert crossed <= own + 1 / rows.sum()
+    assert crossfit_pred([res.val_pred[rows]], y[rows], seed=0).tolist() == res.val_pred[rows].tolist()

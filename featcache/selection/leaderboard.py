@@ -11,7 +11,7 @@ import numpy as np
 
 from ..learn import metrics
 
-__all__ = ["leaderboard", "format_leaderboard", "swept_params", "best_per_layer", "by_layer_text"]
+__all__ = ["leaderboard", "format_leaderboard", "swept_params", "best_per_layer", "by_layer_text", "crossfit_pred"]
 
 
 def leaderboard(configs, records, cached, keys, metric: str, layers: str = "", train_rows=None):
@@ -90,3 +90,25 @@ def format_leaderboard(board, limit: int = 20, metric: str = "accuracy") -> str:
     if len(board) > limit:
         text += f"\n... {len(board) - limit} more rows in leaderboard.csv (--top N shows more)"
     return text
+
+
+def crossfit_pred(preds, y: np.ndarray, seed: int) -> np.ndarray:
+    """Each row's prediction by the configuration most accurate (right on most rows, whatever the metric: ``fit``
+    counts rows) on the other half of the rows (stratified halves). ``preds``: one row of class indices per
+    configuration ranked on these rows. The best configuration's own predictions would flatter it on the rows where
+    it was picked among several (the winner's curse), when ``fit`` compares it with another stage's model."""
+    from sklearn.model_selection import StratifiedKFold
+
+    preds = np.asarray(preds)
+    if len(preds) == 1 or len(y) < 2:
+        return preds[0] if len(preds) else np.zeros(0, dtype=int)
+    counts = np.bincount(y)
+    if counts[counts > 0].min() >= 2:
+        halves = list(StratifiedKFold(2, shuffle=True, random_state=seed).split(y, y))
+    else:
+        a, b = np.array_split(np.random.default_rng(seed).permutation(len(y)), 2)
+        halves = [(a, b), (b, a)]
+    out = np.empty(len(y), dtype=preds.dtype)
+    for rank_on, predict_on in halves:
+        out[predict_on] = preds[int(np.argmax((preds[:, rank_on] == y[rank_on]).mean(axis=1)))][predict_on]
+    return out

@@ -11,8 +11,8 @@ SMALL = dict(model="resnet18", weights="none", finetune="never", views=0, scales
 
 
 def test_candidate_sizes_stay_below_the_models_own():
-    assert candidate_sizes(28, 224) == [32, 64, 96, 128]  # MNIST's 28 px rounds to 32
-    assert candidate_sizes(8, 224) == [32, 64, 96, 128]
+    assert candidate_sizes(28, 224) == [48, 64, 96, 128]  # MNIST's 28 px, at least 48
+    assert candidate_sizes(8, 224) == [48, 64, 96, 128]
     assert candidate_sizes(100, 224) == [64, 96, 128]
     assert candidate_sizes(150, 224) == [64, 96, 128, 144]
     assert candidate_sizes(100, 112) == [64, 96]
@@ -24,7 +24,7 @@ def test_small_images_get_the_size_that_validates_best(split_folder, tmp_path):
     res = featcache.fit(split_folder, out, budget=600, cache_dir=tmp_path / "c", **SMALL)
     record = res.stages["image_size"]
     assert record["native"] == 24 and record["model"] == 224
-    assert set(record["screened"]) == {"32", "64", "96", "128"} and record["rows"] == 16  # never a test image
+    assert set(record["screened"]) == {"48", "64", "96", "128"} and record["rows"] == 16  # never a test image
     best = max(record["screened"].values())
     assert record["chosen"] == min(int(s) for s, v in record["screened"].items() if v == best)  # a tie: the smaller
     with featcache.load(res.cache, lazy=True) as fs:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ._malloc import tune_allocator
 from ._util import atomic_write_text, json_text, make_callable, now_iso
+from .budget import FOLDS, plan_finetune, train_seconds_per_row
 from .config import ExtractConfig, FitConfig
 from .errors import FeatcacheError
 from .learn import metrics
@@ -34,17 +35,13 @@ from .selection.outputs import prepare_out
 from .sizing import choose_image_size
 from .variants import Lead, held_out, ok_rows, paired, pool_truth, variant_stage
 
-__all__ = ["fit", "run", "FitConfig", "FitResult", "FINETUNE_COST", "FINETUNE_FOLDS"]
+__all__ = ["fit", "run", "FitConfig", "FitResult", "FINETUNE_FOLDS"]
 
 log = logging.getLogger("featcache")
 
-# Fine-tuning's cost before its first model exists, in passes of the model over the images: one pass extracts the
-# activations at the split node, and training the first configuration (the last block) took about three more on
-# sklearn digits at 96 px (11 s and 30 s); later configurations start only while the budget lasts.
-FINETUNE_COST = 4.0
 # Fine-tuning's training rows fall in this many folds, each predicted by its best configuration trained without
 # them, to compare it with the best so far on most of the pool rather than on one small hold-out.
-FINETUNE_FOLDS = 4
+FINETUNE_FOLDS = FOLDS
 
 
 @dataclass
@@ -192,12 +189,6 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
                  "refit": True, "compare": f"cross-fitted, {FINETUNE_FOLDS} folds", "cache": stages["extract"]["cache"]}
     reusable = (previous.get("status") == "done" and previous.get("signature") == signature
                 and (out / "finetune" / "finetune.json").is_file())
-    left = deadline - time.monotonic()
-    estimate = FINETUNE_COST * pass_s
-    if not reusable and cfg.finetune == "auto" and left < estimate:
-        skipped.append(f"finetune: estimated {estimate:.0f} s ({FINETUNE_COST:g} passes over the images at "
-                       f"{pass_s:.0f} s each), {max(left, 0):.0f} s of the budget left (--budget; --finetune always)")
-        return None
     if reusable:
         stages["finetune"] = previous
         log.info("fit: fine-tuning reused from %s", out / "finetune")
@@ -208,30 +199,55 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
 
     t = time.monotonic()
     try:
-        node = models.stage_outputs(models.load_backbone(extract_cfg))[-2].name
+        backbone = models.load_backbone(extract_cfg)
+        node = models.stage_outputs(backbone)[-2].name
+        plan = _finetune_plan(cfg, backbone, node, Path(stages["extract"]["cache"]), pass_s, deadline)
+        if isinstance(plan, str):
+            skipped.append(f"finetune: {plan} (--budget; --finetune always)")
+            return None
+        log.info("fit: fine-tuning plan: %s (estimated %.0f s of the %.0f s left)", plan.what, plan.estimate_s,
+                 deadline - time.monotonic())
         activations = extract(config=extract_cfg.replace(layers=[node], pool="none", dtype="float16"))
-        tuned = finetune(activations, node, out=out / "finetune", overwrite=True,
-                         train_blocks=tuple(cfg.train_blocks), budget=max(deadline - time.monotonic(), 1.0),
-                         seed=cfg.seed, metric=cfg.metric, device=cfg.device, progress=cfg.progress)
+        tuned = finetune(activations, node, out=out / "finetune", overwrite=True, train_blocks=plan.train_blocks,
+                         epochs=plan.epochs, budget=max(deadline - time.monotonic(), 1.0), seed=cfg.seed,
+                         metric=cfg.metric, device=cfg.device, progress=cfg.progress)
     except FeatcacheError as e:  # the sweep's model is kept: fine-tuning is an extra, not a condition
         log.warning("fit: fine-tuning failed (%s); keeping the best model so far", e)
         skipped.append(f"finetune: failed ({e})")
         return None
     skipped += [f"finetune: {label} (out of time)" for label in tuned.skipped]
     best = tuned.leaderboard.iloc[0]
-    folds = _finetune_folds(activations, node, tuned, cfg, deadline, float(best.get("fit_s") or 0.0))
+    folds = _finetune_folds(activations, node, tuned, cfg, deadline, float(best.get("fit_s") or 0.0), plan.folds)
     validation = {"cache": str(activations), "folds": folds}
     row = {"stage": "finetune", "model": f"top after {node}, {tuned.best_params}",
            f"val_{cfg.metric}": best[f"val_{cfg.metric}"], "val_log_loss": best.get("val_log_loss"),
            "fit_s": best.get("fit_s"), "train_rows": best.get("train_rows")}
     stages["finetune"] = {"status": "done", "seconds": round(time.monotonic() - t, 1), "node": node,
-                          "signature": signature, "scheme": tuned.scheme, "row": row,
+                          "signature": signature, "scheme": tuned.scheme, "row": row, "plan": plan.record(),
                           "validation": validation}
     return row
 
 
+def _finetune_plan(cfg: FitConfig, backbone, node: str, cache: Path, pass_s: float, deadline: float):
+    """What fine-tuning can do in the budget left (:func:`featcache.budget.plan_finetune`, its epoch cost measured
+    here), or why not, as a string; ``--finetune always`` runs the full grid whatever the estimate."""
+    from .cache import load
+    from .selection.features import pool_and_test
+
+    with load(cache, lazy=True) as fs:
+        pool = pool_and_test(fs)[0]
+        split = fs.split
+    holdout = int((split[pool] == "val").sum()) if split is not None and (split[pool] == "val").any() else None
+    per_row = train_seconds_per_row(backbone, node, backbone.preprocess.crop_size, cfg.device, cfg.seed)
+    plan, why = plan_finetune(cfg.train_blocks, int(pool.sum()), holdout, pass_s, per_row,
+                              deadline - time.monotonic())
+    if plan is None and cfg.finetune == "always":
+        plan, _ = plan_finetune(cfg.train_blocks, int(pool.sum()), holdout, pass_s, per_row, float("inf"))
+    return plan if plan is not None else f"estimated {why}"
+
+
 def _finetune_folds(activations: Path, node: str, tuned, cfg: FitConfig, deadline: float,
-                    fold_s: float) -> List[dict]:
+                    fold_s: float, extra: bool = True) -> List[dict]:
     """Fine-tuning's predictions on rows it did not train on, to compare it with the best so far: the rows that
     ranked its configurations (each by the configuration that won the other half), then, while the budget lasts,
     each of :data:`FINETUNE_FOLDS` folds of its training rows by the best configuration trained on every other row
@@ -245,7 +261,7 @@ def _finetune_folds(activations: Path, node: str, tuned, cfg: FitConfig, deadlin
     folds = [{"train_rows": tuned.train_rows.tolist(), "rows": tuned.val_rows.tolist(),
               "pred": tuned.val_pred.tolist()}]
     train = np.asarray(tuned.train_rows)
-    if len(train) < 2 * FINETUNE_FOLDS or not tuned.best_epochs:
+    if not extra or len(train) < 2 * FINETUNE_FOLDS or not tuned.best_epochs:  # (a large hold-out is enough)
         return folds
     with load(activations, lazy=True) as fs:
         pool, y = np.flatnonzero(pool_and_test(fs)[0]), fs.y

@@ -1,0 +1,47 @@
+"""What fit's budget buys (featcache/budget.py): fine-tuning costed from a measured epoch, with a one-configuration
+plan where the full grid does not fit, and no extra folds when the hold-out is large."""
+from __future__ import annotations
+
+import featcache
+from featcache.budget import BIG_HOLDOUT, FULL_EPOCHS, MIN_EPOCHS, plan_finetune, train_seconds_per_row
+
+
+def test_the_epoch_cost_is_measured_on_the_real_top():
+    from featcache import models
+    from featcache.config import ExtractConfig
+
+    backbone = models.load_backbone(ExtractConfig(model="resnet18", weights="none", image_size=64))
+    node = models.stage_outputs(backbone)[-2].name
+    per_row = train_seconds_per_row(backbone, node, 64)
+    assert 0 < per_row < 1.0  # one epoch of layer4 + head over 64 rows of 256x4x4 activations, per row
+
+
+def test_a_large_pool_gets_one_configuration_and_no_extra_folds():
+    """60,000 rows at 1 ms per training row and 60 s per pass: the grid of two configurations does not fit in 15
+    minutes, one configuration for a few epochs does, and its 12,000-row hold-out needs no extra folds."""
+    plan, _ = plan_finetune((1, "all"), 60_000, None, pass_s=60.0, per_row_s=1e-3, left_s=600.0)
+    assert plan is not None and plan.train_blocks == ("all",) and not plan.folds
+    assert MIN_EPOCHS <= plan.epochs < FULL_EPOCHS and plan.estimate_s <= 600.0
+    assert abs(plan.epoch_s - 48.0) < 1e-9 and abs(plan.activation_s - 66.0) < 1e-9  # 48,000 training rows
+    one_more = plan_finetune((1, "all"), 60_000, None, 60.0, 1e-3, plan.estimate_s + plan.epoch_s * 1.25 + 60)[0]
+    assert one_more.epochs == plan.epochs + 1  # the budget buys epochs, one at a time
+
+
+def test_a_small_pool_keeps_the_grid_and_its_folds():
+    plan, _ = plan_finetune((1, "all"), 1_500, None, pass_s=3.0, per_row_s=1e-3, left_s=600.0)
+    assert plan.train_blocks == (1, "all") and plan.epochs == FULL_EPOCHS and plan.folds  # a 300-row hold-out
+    big_val, _ = plan_finetune((1, "all"), 10_000, BIG_HOLDOUT, pass_s=10.0, per_row_s=1e-4, left_s=600.0)
+    assert not big_val.folds
+
+
+def test_no_time_for_even_two_epochs_says_what_it_would_cost():
+    plan, why = plan_finetune((1, "all"), 60_000, None, pass_s=60.0, per_row_s=1e-3, left_s=100.0)
+    assert plan is None and "the activation pass 66 s" in why and "epochs of 48 s" in why
+
+
+def test_fit_records_the_plan_it_ran(split_folder, tmp_path):
+    res = featcache.fit(split_folder, tmp_path / "run", cache_dir=tmp_path / "c", progress=False, model="resnet18",
+                        weights="none", image_size=32, views=0, scales=(1.0,), train_blocks=[1])
+    plan = res.stages["finetune"]["plan"]
+    assert plan["train_blocks"] == [1] and plan["epochs"] == FULL_EPOCHS and plan["folds"]
+    assert plan["epoch_s"] > 0 and plan["estimate_s"] > plan["activation_s"]

@@ -17,8 +17,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["FinetunePlan", "plan_finetune", "train_seconds_per_row", "BIG_HOLDOUT", "FULL_EPOCHS", "MIN_EPOCHS",
-           "FOLDS"]
+__all__ = ["FinetunePlan", "plan_finetune", "train_seconds_per_row", "forecast", "BIG_HOLDOUT", "FULL_EPOCHS",
+           "MIN_EPOCHS", "FOLDS"]
 
 log = logging.getLogger("featcache")
 
@@ -97,3 +97,31 @@ def plan_finetune(train_blocks: Sequence, pool_rows: int, holdout_rows: Optional
                   f"{MIN_EPOCHS} epochs of {epoch_s:.0f} s each over {train} rows, measured, and the refit"
                   f"{', and extra folds' if folds else ''}), {max(left_s, 0):.0f} s of the budget left; "
                   f"{full:.0f} s for the full grid")
+
+
+def forecast(extract_cfg, n_images: int, budget_s: float, scales: Sequence[float], views: int) -> dict:
+    """Before a cold extraction: how long it will take, from one timed batch of the network as torch runs it (an
+    upper bound: a CPU engine, when one runs, is faster), and what the budget left after it buys: the scales and
+    views stages cost passes of the network over the images (their fits come on top)."""
+    import torch
+
+    from . import models
+    from .runtime import autocast, resolve_precision
+
+    backbone = models.load_backbone(extract_cfg.replace(weights="none"))  # the speed does not depend on weights
+    layers = models.default_layers(backbone, models.graph_node_names(backbone.module))
+    fx = models.FeatureExtractor(backbone, layers, "avg").eval()
+    crop = backbone.preprocess.crop_size
+    batch = torch.zeros(32, 3, crop, crop, dtype=torch.uint8)
+    precision = resolve_precision("auto", torch.device("cpu"))
+    with torch.inference_mode(), autocast(torch.device("cpu"), precision):
+        fx(batch)  # warm-up
+        t = time.perf_counter()
+        fx(batch)
+        per_image = (time.perf_counter() - t) / len(batch)
+    extract_s = n_images * per_image
+    left = budget_s - extract_s
+    scales_s = extract_s * sum(s * s for s in scales) if len(scales) > 1 else 0.0
+    views_s = extract_s * (1 + views) if views else 0.0
+    return {"images": n_images, "size": crop, "extract_s": round(extract_s, 1), "left_s": round(left, 1),
+            "scales_passes_s": round(scales_s, 1), "views_passes_s": round(views_s, 1)}

@@ -26,7 +26,7 @@ import numpy as np
 
 from ._malloc import tune_allocator
 from ._util import atomic_write_text, json_text, make_callable, now_iso
-from .budget import FOLDS, plan_finetune, train_seconds_per_row
+from .budget import FOLDS, forecast, plan_finetune, train_seconds_per_row
 from .config import ExtractConfig, FitConfig
 from .errors import FeatcacheError
 from .learn import metrics
@@ -87,6 +87,7 @@ def run(cfg: FitConfig) -> FitResult:
     extract_cfg = ExtractConfig(data=cfg.data, model=cfg.model, weights=cfg.weights, image_size=image_size,
                                 device=cfg.device, cache_dir=cfg.cache_dir, progress=cfg.progress)
 
+    _announce(cfg, extract_cfg, deadline, stages)
     t = time.monotonic()
     cache = extract(config=extract_cfg)
     extract_s = time.monotonic() - t
@@ -135,7 +136,7 @@ def run(cfg: FitConfig) -> FitResult:
     against = f"{lead.stage}: {lead.result.best_config.label()} ({lead.cache.name})"
     duel = (stages.get("finetune") or {}).get("vs_sweep")  # a reused fine-tuning run keeps its comparison
     if tuned is not None and (duel or {}).get("against") != against:
-        duel = _duel(lead.cache, lead.result, lead.tta, stages.get("finetune"), cfg.seed)
+        duel = _duel(lead.cache, lead.result, lead.tta, stages.get("finetune"), cfg.seed, deadline)
         duel = None if duel is None else dict(duel, against=against)
     if tuned is not None and duel is not None:
         stages["finetune"]["vs_sweep"] = duel
@@ -165,6 +166,32 @@ def run(cfg: FitConfig) -> FitResult:
              "stages": stages, "skipped": skipped, "settings": {k: str(v) for k, v in vars(cfg).items()}}
     atomic_write_text(out / "fit.json", json_text(state, indent=2))
     return result
+
+
+def _announce(cfg: FitConfig, extract_cfg: ExtractConfig, deadline: float, stages: Dict[str, dict]) -> None:
+    """Before extracting features that are not cached: say how long that will take and what the budget then buys."""
+    from .cache.hit import find_hit
+
+    found, source, _ = find_hit(extract_cfg)
+    if found is not None:
+        return
+    if source is None:
+        from .sources import open_source
+
+        source = open_source(extract_cfg.data)
+    left = deadline - time.monotonic()
+    f = forecast(extract_cfg, len(source), left, cfg.scales, cfg.views)
+    stages["forecast"] = f
+    parts = ["the sweep: what is left after it"]
+    for name, cost in (("scales", f["scales_passes_s"]), ("views", f["views_passes_s"])):
+        if cost:
+            parts.append(f"{name}: {cost:.0f} s of network passes" + (" (will not fit)" if cost > f["left_s"] else ""))
+    log.info("fit: extracting %d images at %d px will take about %.0f s (timed on one batch in torch; a CPU engine "
+             "is faster), leaving %.0f s of the %.0f s budget for %s; fine-tuning is costed once the features "
+             "exist", f["images"], f["size"], f["extract_s"], max(f["left_s"], 0), cfg.budget, "; ".join(parts))
+    if f["left_s"] <= 0:
+        log.warning("fit: the extraction alone is estimated at %.0f s, over the budget (%.0f s): it runs anyway (no "
+                    "model without features), and the stages after it are skipped", f["extract_s"], cfg.budget)
 
 
 def _sweep_row(r, metric: str) -> dict:
@@ -281,10 +308,11 @@ def _finetune_folds(activations: Path, node: str, tuned, cfg: FitConfig, deadlin
                     for (t, h), p in zip(pairs, preds)]
 
 
-def _duel(cache: Path, side, tta: bool, tuned: Optional[dict], seed: int) -> Optional[dict]:
+def _duel(cache: Path, side, tta: bool, tuned: Optional[dict], seed: int, deadline: float) -> Optional[dict]:
     """The best configuration of ``side`` (a sweep of ``cache``; with its views and TTA when ``tta``) against the
     fine-tuned top, fold by fold of :func:`_finetune_folds`: trained on the same rows, scored on the same others
-    (matched by path). None: the caches share no such rows."""
+    (matched by path); no fold after the first starts past ``deadline`` (the comparison then counts the folds done).
+    None: the caches share no such rows."""
     from .cache import load
     from .learn import views
     from .selection.fitting import fit_configs
@@ -305,14 +333,19 @@ def _duel(cache: Path, side, tta: bool, tuned: Optional[dict], seed: int) -> Opt
                             for n in side.best_layer.split("+")], axis=2) if tta else None
     side_right, tuned_right = [], []
     for (train, val), fold in zip(mapped, folds):
+        if side_right and time.monotonic() > deadline:
+            log.info("fit: the comparison with fine-tuning stops at %d of %d folds (the budget)", len(side_right),
+                     len(folds))
+            break
         X_train, y_train = views.training_rows(X, V, np.asarray(classes, dtype=object)[y], train)
         (pipe, _, _), = fit_configs([side.best_config], X_train, y_train, seed, min(X_train.shape))
         pred, _ = views.predict(pipe, X[val], None if V is None else V[val], classes)
         side_right.append(pred == y[val])
         tuned_right.append(np.asarray(fold["pred"]) == y[val])
+    done = len(side_right)
     side_right, tuned_right = np.concatenate(side_right), np.concatenate(tuned_right)
     f_only, s_only, p = paired(tuned_right, side_right)
-    return {"rows": len(side_right), "folds": len(folds), "train_rows": len(mapped[0][0]),
+    return {"rows": len(side_right), "folds": done, "train_rows": len(mapped[0][0]),
             "sweep": float(side_right.mean()), "finetune": float(tuned_right.mean()), "finetune_only": f_only,
             "sweep_only": s_only, "p_value": p, "winner": "finetune" if f_only > s_only else "sweep"}
 

@@ -20,7 +20,7 @@ from ._util import plain_scales
 from .config import ExtractConfig, FitConfig
 from .errors import FeatcacheError
 
-__all__ = ["Lead", "variant_stage", "held_out", "ok_rows", "paired", "p_better", "pool_truth"]
+__all__ = ["Lead", "variant_stage", "held_out", "ok_rows", "paired", "p_better", "pool_truth", "exact_kernel_rows"]
 
 log = logging.getLogger("featcache")
 
@@ -73,6 +73,11 @@ def variant_stage(name: str, cfg: FitConfig, lead: Lead, pass_s: float, deadline
     for m in members:  # one value per parameter, each as a one-item list (a list value is itself swept)
         grid.setdefault(m["classifier"], []).append({"preprocess": m["preprocess"],
                                                      **{k: [v] for k, v in m["params"].items()}})
+    rows = int(factor * (np.asarray(lead.result.val_pred) >= 0).sum() if name == "views" else 0)
+    if any(m["classifier"] == "svm" for m in members) and rows > exact_kernel_rows():
+        skipped.append(f"views: an exact kernel SVM on {rows} rows (every pool image and its views; its fit time grows "
+                       f"with the rows squared, and the default grid stops it at {exact_kernel_rows()}); {undo}")
+        return None
     estimate = passes * pass_s + fits_s
     left = deadline - time.monotonic()
     if left < estimate:
@@ -113,6 +118,13 @@ def variant_stage(name: str, cfg: FitConfig, lead: Lead, pass_s: float, deadline
              "without; McNemar p=%.3f): %s wins", how, duel["rows"], duel["new"] or 0.0, lead.stage,
              duel["best"] or 0.0, n_only, b_only, p, duel["winner"])
     return Lead(variant, Path(vcache), name, extract_cfg, passes, tta or lead.tta)
+
+
+def exact_kernel_rows() -> int:
+    """The most training rows the default grid gives an exact kernel SVM (its ``max_rows``; beyond, Nystroem)."""
+    from .selection.grids import read_grid
+
+    return int(read_grid(None)["svm"][0]["max_rows"])
 
 
 def held_out(result) -> np.ndarray:

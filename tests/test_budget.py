@@ -2,8 +2,18 @@
 plan where the full grid does not fit, and no extra folds when the hold-out is large."""
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 import featcache
 from featcache.budget import BIG_HOLDOUT, FULL_EPOCHS, MIN_EPOCHS, plan_finetune, train_seconds_per_row
+
+
+@pytest.fixture(autouse=True)
+def logs_reach_caplog(monkeypatch):
+    """The command line stops featcache's log at its own handler; tests run after a CLI test in this process."""
+    monkeypatch.setattr(logging.getLogger("featcache"), "propagate", True)
 
 
 def test_the_epoch_cost_is_measured_on_the_real_top():
@@ -45,3 +55,26 @@ def test_fit_records_the_plan_it_ran(split_folder, tmp_path):
     plan = res.stages["finetune"]["plan"]
     assert plan["train_blocks"] == [1] and plan["epochs"] == FULL_EPOCHS and plan["folds"]
     assert plan["epoch_s"] > 0 and plan["estimate_s"] > plan["activation_s"]
+
+
+def test_a_budgeted_sweep_keeps_time_to_refit_its_best():
+    """The best so far (by the metric, not the slowest) decides the reserve: one fold's fit, scaled to the refit."""
+    from featcache.selection.fitting import refit_reserve
+
+    records = {"fast, best": {"scores": {"accuracy": 0.9}, "fit_s": 10.0},
+               "slow, worse": {"scores": {"accuracy": 0.8}, "fit_s": 100.0},
+               "failed": {"error": "ValueError: x", "fit_s": 0.0}}
+    assert refit_reserve(records, "accuracy", 5, 1.5625) == 2.0 * 1.5625  # 10 s over 5 folds; (5/4 rows)^2
+    assert refit_reserve({}, "accuracy", 5, 1.0) == 0.0
+
+
+def test_before_a_cold_extraction_fit_says_how_long_it_will_take(split_folder, tmp_path, caplog):
+    kw = dict(cache_dir=tmp_path / "c", progress=False, model="resnet18", weights="none", image_size=32,
+              finetune="never", scales=(1.0,), views=2)
+    with caplog.at_level(logging.INFO, logger="featcache"):
+        first = featcache.fit(split_folder, tmp_path / "run", **kw)
+    f = first.stages["forecast"]
+    assert f["images"] == 20 and f["size"] == 32 and f["extract_s"] > 0 and f["views_passes_s"] > f["extract_s"]
+    assert "fit: extracting 20 images at 32 px will take about" in caplog.text
+    again = featcache.fit(split_folder, tmp_path / "run", **kw)  # the features are cached: nothing to forecast
+    assert "forecast" not in again.stages

@@ -34,6 +34,13 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+
+@pytest.fixture(autouse=True)
+def logs_reach_caplog(monkeypatch):
+    """The command line stops featcache's log at its own handler; tests run after a CLI test in this process."""
+    monkeypatch.setattr(logging.getLogger("featcache"), "propagate", True)
+
+
 def test_fp32_engines_agree_with_torch_and_share_its_cache_key(class_folder, tmp_path, caplog):
     """EfficientNet-Lite0's real ImageNet weights: each engine writes the same cache (same key, same file name) as
     torch, with features at a cosine >= AGREEMENT; the graph is exported once and reused."""

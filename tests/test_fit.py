@@ -32,7 +32,7 @@ def test_a_tiny_budget_still_returns_a_model_and_says_what_it_skipped(split_fold
     assert all(s.endswith("(out of time)") for s in res.skipped if s.startswith("sweep: "))
     assert res.test_scores is not None and set(res.leaderboard["stage"]) == {"sweep"}
     state = json.loads((out / "fit.json").read_text())
-    assert state["skipped"] == res.skipped and set(state["stages"]) == {"image_size", "extract", "sweep"}
+    assert state["skipped"] == res.skipped and set(state["stages"]) == {"image_size", "forecast", "extract", "sweep"}
     predictions = featcache.predict(out, split_folder, progress=False)
     assert len(predictions) == 20 and set(predictions["prediction"]) <= {"a", "b"}
 

@@ -27,7 +27,7 @@ from .grids import Config
 from .schemes import Scheme
 from .store import ResultStore, config_key
 
-__all__ = ["fit_configs", "Fits", "screen_layers", "SCREEN_GRID", "SCREEN_TEXT", "scorer"]
+__all__ = ["fit_configs", "Fits", "screen_layers", "SCREEN_GRID", "SCREEN_TEXT", "scorer", "refit_reserve"]
 
 log = logging.getLogger("featcache")
 
@@ -202,7 +202,8 @@ def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records,
                  deadline: Optional[float] = None) -> int:
     """Fit every (configuration, fold) not in the store, in parallel; store each config when complete.
 
-    Past ``deadline`` no task starts (those running finish) but the first configuration's; returns the fits done.
+    No task starts (those running finish) but the first configuration's once ``deadline``, less the time the best so
+    far would take to refit on all the rows (:func:`refit_reserve`), has passed; returns the fits done.
     """
     if not todo:
         return 0
@@ -222,9 +223,12 @@ def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records,
             log.info("%d task(s) on %s, %d at a time", len(tasks), cfg.backend, session.workers)
         width = {c.layer: len(range(feats.X.shape[1])[feats.columns(c.layer)]) for c in todo}
         shared = cfg.backend == "threading"  # tasks are threads of this process: limits are set once, here
+        scale = (len(feats.y) / min(len(tr) for tr, _ in scheme.folds)) ** 2  # a refit's rows, squared: kernel SVMs
+
         def calls():  # joblib takes tasks from this generator as workers free up: the deadline stops it
             for i, (unit, f) in enumerate(tasks):  # (after the first unit's folds: every call fits something)
-                if deadline is not None and i >= len(scheme.folds) and time.monotonic() > deadline:
+                if deadline is not None and i >= len(scheme.folds) and \
+                        time.monotonic() > deadline - refit_reserve(records, cfg.metric, len(scheme.folds), scale):
                     return
                 yield delayed(_run_task)(unit, X, V, y, folds[2 * f], folds[2 * f + 1], feats.columns(unit[0].layer),
                                          len(feats.classes), cfg.seed, min(max_components, width[unit[0].layer]),
@@ -246,6 +250,16 @@ def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records,
         finally:
             bar.close()
     return done
+
+
+def refit_reserve(records: Dict[Config, dict], metric: str, n_folds: int, scale: float) -> float:
+    """Seconds to keep, under a budget, for refitting the best configuration so far on every row: one fold's fit
+    time (its record sums ``n_folds``) times ``scale`` (the rows of the refit over a fold's, squared)."""
+    scored = [r for r in records.values() if (r.get("scores") or {}).get(metric) is not None]
+    if not scored:
+        return 0.0
+    best = max(scored, key=lambda r: metrics.sort_key(metric, r["scores"][metric]))
+    return best["fit_s"] / max(n_folds, 1) * scale
 
 
 def _combine(folds: List[dict], scheme: Scheme, n_rows: int) -> dict:

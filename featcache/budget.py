@@ -123,5 +123,5 @@ def forecast(extract_cfg, n_images: int, budget_s: float, scales: Sequence[float
     left = budget_s - extract_s
     scales_s = extract_s * sum(s * s for s in scales) if len(scales) > 1 else 0.0
     views_s = extract_s * (1 + views) if views else 0.0
-    return {"images": n_images, "size": crop, "extract_s": round(extract_s, 1), "left_s": round(left, 1),
-            "scales_passes_s": round(scales_s, 1), "views_passes_s": round(views_s, 1)}
+    return {"images": n_images, "size": crop, "extract_s": round(extract_s, 3), "left_s": round(left, 1),
+            "scales_passes_s": round(scales_s, 3), "views_passes_s": round(views_s, 3)}

@@ -43,6 +43,8 @@ __all__ = ["sweep", "run", "SweepConfig", "SweepResult"]
 
 log = logging.getLogger("featcache")
 
+ENSEMBLE_BAG = 20  # the configurations (best calibrated log-loss first) greedy ensemble selection draws from
+
 
 @dataclass
 class SweepResult:
@@ -163,7 +165,7 @@ def run(cfg: SweepConfig) -> SweepResult:
             if last is not None:
                 stopped[c] = last
     out_of_time = deadline is not None and time.monotonic() > deadline
-    ensemble = None if out_of_time or cfg.out_of_core else _ensemble(cfg, fits, final)  # (members do not stream)
+    ensemble = None if out_of_time or cfg.out_of_core else _ensemble(cfg, fits, final, feats.y)  # (no streaming)
     final += [ensemble] if ensemble is not None and ensemble in fits.records else []
     board, keys = _board(cfg, fits, final, stopped, rungs, "+".join(feats.layers), n_train)
     ok = board[board["status"] == "ok"]
@@ -180,7 +182,9 @@ def run(cfg: SweepConfig) -> SweepResult:
     if not top:
         raise FeatcacheError("no configuration trained on all the rows succeeded (the budget ran out, or every "
                              "one failed); give a larger --budget, or --no-halving")
-    refits, refitted = _refit_top(cfg, top, feats, base, store)
+    temperatures = {c: fits.records[c]["temperature"] for c in top
+                    if fits.records.get(c, {}).get("oof_kind") == "decision"}
+    refits, refitted = _refit_top(cfg, top, feats, base, store, temperatures)
     for config, (_, test, _) in refits.items():
         if test:
             row = board.index[board["config_id"] == keys[config][:12]][0]
@@ -220,20 +224,38 @@ def _crossfit(fits: Fits, candidates: List[Config], y: np.ndarray, seed: int) ->
     return out
 
 
-def _ensemble(cfg: SweepConfig, fits: Fits, final: List[Config]) -> Optional[Config]:
-    """The soft vote of the best configuration of each classifier on the best one's layer choice (fitted)."""
-    ranked = sorted((c for c in final if "error" not in fits.records[c]),
+def _ensemble(cfg: SweepConfig, fits: Fits, final: List[Config], y: np.ndarray) -> Optional[Config]:
+    """A weighted soft vote of calibrated members (``learn.ensemble``) on the best configuration's layer choice, its
+    weights chosen greedily on the members' out-of-fold probabilities, at most ``cfg.ensemble`` members. Its record
+    comes from those same out-of-fold rows: no fit (members are fitted at the refit, if it wins)."""
+    from .learn import calibration
+    from .learn.ensemble import greedy_weights
+
+    ranked = sorted((c for c in final if fits.records[c].get("oof") is not None),
                     key=lambda c: record_score(fits.records[c], cfg.metric), reverse=True)
-    if cfg.ensemble < 2 or not ranked:
+    if cfg.ensemble < 2 or len(ranked) < 2:
         return None
-    members: Dict[str, Config] = {}
-    for c in ranked:
-        if c.layer == ranked[0].layer and c.classifier not in members:
-            members[c.classifier] = c
-    if len(members) < 2:
+    bag = [c for c in ranked if c.layer == ranked[0].layer]
+    rows = np.flatnonzero(np.all([np.asarray(fits.records[c]["pred"]) >= 0 for c in bag], axis=0))
+    probas = [calibration.calibrated(fits.records[c]["oof_kind"], fits.records[c]["oof"][rows],
+                                     fits.records[c]["temperature"]) for c in bag]
+    order = np.argsort([-record_score({"scores": metrics.scores(y[rows], p.argmax(1), p, p.shape[1])}, "log_loss")
+                        for p in probas], kind="stable")[:ENSEMBLE_BAG]  # the best by calibrated log-loss
+    weights = greedy_weights([probas[i] for i in order], y[rows], max_members=cfg.ensemble)
+    chosen = [(bag[i], w) for i, w in zip(order, weights) if w > 0]
+    if len(chosen) < 2:
+        log.info("ensemble: greedy selection kept one configuration (%s); no ensemble", chosen[0][0].label())
         return None
-    config = grids.ensemble_config(list(members.values())[: cfg.ensemble], ranked[0].layer)
-    fits.fit([config], desc="ensemble")
+    config = grids.ensemble_config([c for c, _ in chosen], ranked[0].layer, [w for _, w in chosen],
+                                   [fits.records[c]["temperature"] for c, _ in chosen])
+    proba = sum(w * probas[bag.index(c)] for c, w in chosen)
+    pred = np.full(len(y), -1, dtype=np.int64)
+    pred[rows] = proba.argmax(axis=1)
+    fits.keys[config] = config_key(fits.base, config, fits.scheme.identity)
+    fits.records[config] = {"scores": metrics.scores(y[rows], pred[rows], proba, proba.shape[1]),
+                            "fit_s": sum(fits.records[c]["fit_s"] for c, _ in chosen), "pred": pred.tolist(),
+                            "note": "weights chosen greedily on out-of-fold log-loss (no fit)"}
+    log.info("ensemble: %s", config.label())
     return config
 
 
@@ -265,8 +287,11 @@ def _streamable(configs: List[Config], default_grid: bool) -> List[Config]:
     return configs
 
 
-def _refit_top(cfg: SweepConfig, top: List[Config], feats: Features, base: dict, store: ResultStore):
-    """Refit the top configurations on the whole pool, score test once; reuse stored refits."""
+def _refit_top(cfg: SweepConfig, top: List[Config], feats: Features, base: dict, store: ResultStore,
+               temperatures: Dict[Config, float]):
+    """Refit the top configurations on the whole pool, score test once; reuse stored refits. A configuration with
+    decision scores only (``temperatures``) is refitted inside a one-member :class:`SoftVoting` with its temperature,
+    so the saved model's probabilities are the calibrated ones its log-loss was measured on."""
     names = np.asarray(feats.classes, dtype=object)
     y_names = names[feats.y]
     has_test = feats.X_test is not None
@@ -274,7 +299,8 @@ def _refit_top(cfg: SweepConfig, top: List[Config], feats: Features, base: dict,
     everything = feats
     for config in top:
         feats = everything.for_layer(config.layer)
-        key = config_key(base, config, {"kind": "refit"})
+        calibrated = {"temperature": temperatures[config]} if config in temperatures else {}
+        key = config_key(base, config, {"kind": "refit", **calibrated})
         record, path = store.get(key), store.model_path(key)
         if record is not None and path is not None and path.is_file():
             try:
@@ -285,7 +311,15 @@ def _refit_top(cfg: SweepConfig, top: List[Config], feats: Features, base: dict,
                             type(e).__name__, e)
         log.info("refitting %s on %d rows", config.label(), len(feats.y))
         X, y = views.training_rows(feats.X, feats.V, y_names, np.arange(len(y_names)))
-        (pipe, _, _), = fit_configs([config], X, y, cfg.seed, min(X.shape))
+        if config in temperatures and isinstance(X, np.ndarray):  # (streamed rows: the plain fit, which streams)
+            from sklearn.pipeline import Pipeline
+
+            from .learn.ensemble import SoftVoting
+
+            pipe = Pipeline([("clf", SoftVoting([("m0", config.pipeline(cfg.seed, min(X.shape)))], weights=[1.0],
+                                                temperatures=[temperatures[config]]))]).fit(X, y)
+        else:
+            (pipe, _, _), = fit_configs([config], X, y, cfg.seed, min(X.shape))
         refitted.append(config.label())
         test, test_pred = None, None
         if has_test:

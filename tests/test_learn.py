@@ -124,3 +124,28 @@ def test_logistic_path_falls_back_to_sklearn_for_other_solvers():
         ref = LogisticRegression(C=C, solver="liblinear").fit(X, y)
         assert est.get_params()["warm_start"] is False
         assert np.allclose(est.coef_, ref.coef_, atol=1e-3)
+
+
+def test_a_temperature_calibrates_overconfident_scores_and_greedy_weights_keep_the_useful_members():
+    """learn.calibration and learn.ensemble on scores made to order: an SVM-like scorer ten times too sure of itself
+    is cooled (T > 1, lower log-loss); greedy selection keeps a perfect member alone, and mixes two that err on
+    different rows."""
+    from featcache.learn.calibration import calibrated, fit_temperature
+    from featcache.learn.ensemble import _log_loss, greedy_weights
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    logits = rng.normal(0, 1, (600, 3))
+    logits[np.arange(600), y] += 1.5  # right about 70% of the time...
+    scores = 10 * logits  # ...and far too sure
+    t = fit_temperature("decision", scores, y)
+    assert 5 < t < 20
+    assert _log_loss(calibrated("decision", scores, t), y) < _log_loss(calibrated("decision", scores, 1.0), y)
+    perfect = np.eye(3)[y] * 0.98 + 0.01
+    assert greedy_weights([calibrated("decision", logits, 1.0), perfect], y).tolist() == [0.0, 1.0]
+    a, b = np.full((600, 3), 0.1), np.full((600, 3), 0.1)
+    half = np.arange(600) < 300
+    a[half, y[half]], b[~half, y[~half]] = 0.8, 0.8  # each right on its half, unsure elsewhere
+    a[~half] = b[half] = 1 / 3
+    w = greedy_weights([a, b], y)
+    assert w[0] > 0 and w[1] > 0 and abs(w.sum() - 1) < 1e-12

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import metrics
 
-__all__ = ["training_rows", "predict"]
+__all__ = ["training_rows", "predict", "decision_scores"]
 
 
 def training_rows(X: np.ndarray, V: Optional[np.ndarray], y: np.ndarray, rows: np.ndarray
@@ -41,7 +41,7 @@ def predict(estimator, X: np.ndarray, V: Optional[np.ndarray], labels: Sequence
         proba = np.mean([proba] + [metrics.full_proba(estimator, b, labels) for b in batches[1:]], axis=0)
         return proba.argmax(axis=1), proba
     if hasattr(estimator, "decision_function"):
-        score = np.mean([_scores(estimator, b, labels) for b in batches], axis=0)
+        score = np.mean([decision_scores(estimator, b, labels) for b in batches], axis=0)
         return score.argmax(axis=1), None
     votes = np.zeros((len(X), len(labels)))
     for b in batches:
@@ -49,7 +49,7 @@ def predict(estimator, X: np.ndarray, V: Optional[np.ndarray], labels: Sequence
     return votes.argmax(axis=1), None
 
 
-def _scores(estimator, X: np.ndarray, labels: Sequence) -> np.ndarray:
+def decision_scores(estimator, X: np.ndarray, labels: Sequence) -> np.ndarray:
     """``decision_function`` with one column per label (binary problems give one signed column)."""
     d = estimator.decision_function(X)
     classes = list(estimator.classes_)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..cache import Rows
 from ..config import SweepConfig
-from ..learn import metrics, streaming, views
+from ..learn import calibration, metrics, streaming, views
 from . import backends, grids
 from .features import Features
 from .grids import Config
@@ -88,8 +88,10 @@ def _run_task(configs: List[Config], X, V, y, train, val, columns, n_classes: in
             results = []
             for pipe, seconds, note in fitted:
                 pred, proba = views.predict(scorer(pipe, X_val), X_val, V_val, range(n_classes))
+                kind, oof = calibration.class_scores(scorer(pipe, X_val), X_val, V_val, range(n_classes))
                 results.append({"scores": metrics.scores(y_val, pred, proba, n_classes), "pred": pred.tolist(),
-                                "fit_s": seconds, "note": note})
+                                "fit_s": seconds, "note": note, "oof_kind": kind,
+                                "oof": None if oof is None else oof.astype(np.float32)})
             return results
         except Exception as e:  # one bad configuration must not end the sweep
             return [{"error": f"{type(e).__name__}: {e}".splitlines()[0], "fit_s": 0.0} for _ in configs]
@@ -242,7 +244,7 @@ def _fit_missing(cfg, todo, feats, scheme, max_components, store, keys, records,
                 for config, result in zip(unit, results):
                     per_config[config].append({**result, "fold": f})
                     if len(per_config[config]) == len(scheme.folds):
-                        records[config] = _combine(per_config[config], scheme, len(feats.y))
+                        records[config] = _combine(per_config[config], scheme, feats.y)
                         if "error" not in records[config]:  # failures are retried next time
                             store.put(keys[config], records[config])
                         bar.update(1)
@@ -262,14 +264,27 @@ def refit_reserve(records: Dict[Config, dict], metric: str, n_folds: int, scale:
     return best["fit_s"] / max(n_folds, 1) * scale
 
 
-def _combine(folds: List[dict], scheme: Scheme, n_rows: int) -> dict:
-    """One record per configuration: mean (and std) of the fold scores, the out-of-fold predictions."""
+def _combine(folds: List[dict], scheme: Scheme, y: np.ndarray) -> dict:
+    """One record per configuration: mean (and std) of the fold scores, the out-of-fold predictions, and the
+    out-of-fold class scores (``oof``, NaN on rows never validated) with the temperature that calibrates them
+    (``learn.calibration``); a classifier with decision scores only gets its calibrated log-loss."""
     errors = [f["error"] for f in folds if "error" in f]
     if errors:
         return {"error": errors[0], "fit_s": 0.0}
-    pred = np.full(n_rows, -1, dtype=np.int64)
+    pred = np.full(len(y), -1, dtype=np.int64)
     for f in folds:
         pred[scheme.folds[f["fold"]][1]] = f["pred"]
     notes = sorted({f["note"] for f in folds if f["note"]})
-    return {"scores": metrics.average([f["scores"] for f in folds]), "fit_s": sum(f["fit_s"] for f in folds),
-            "note": "; ".join(notes), "pred": pred.tolist()}
+    record = {"scores": metrics.average([f["scores"] for f in folds]), "fit_s": sum(f["fit_s"] for f in folds),
+              "note": "; ".join(notes), "pred": pred.tolist()}
+    kind = folds[0].get("oof_kind")
+    if kind is not None and all(f.get("oof") is not None for f in folds):
+        oof = np.full((len(y), folds[0]["oof"].shape[1]), np.nan, dtype=np.float32)
+        for f in folds:
+            oof[scheme.folds[f["fold"]][1]] = f["oof"]
+        seen = pred >= 0
+        record.update(oof=oof, oof_kind=kind, temperature=calibration.fit_temperature(kind, oof[seen], y[seen]))
+        if kind == "decision":  # its log-loss, from the calibrated probabilities of every validated row
+            proba = calibration.calibrated(kind, oof[seen], record["temperature"])
+            record["scores"]["log_loss"] = metrics.scores(y[seen], pred[seen], proba, oof.shape[1])["log_loss"]
+    return record

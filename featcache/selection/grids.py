@@ -190,9 +190,11 @@ class Config:
         return ident
 
     def params_text(self) -> str:
-        if self.classifier == "ensemble":  # its members, as "svm(C=10) on l2 + logreg(C=100) on l2"
-            return " + ".join(Config(m["classifier"], json.dumps(m["params"], sort_keys=True), m["preprocess"]).label()
-                              for m in self.params["members"])
+        if self.classifier == "ensemble":  # its members, as "0.6 svm(C=10) on l2 + 0.4 logreg(C=100) on l2"
+            weights = self.params.get("weights") or [None] * len(self.params["members"])
+            members = [Config(m["classifier"], json.dumps(m["params"], sort_keys=True), m["preprocess"])
+                       for m in self.params["members"]]
+            return " + ".join((f"{w:g} " if w is not None else "") + m.label() for m, w in zip(members, weights))
         return ", ".join(f"{k}={_short(v)}" for k, v in self.params.items())
 
     def label(self) -> str:
@@ -217,7 +219,10 @@ class Config:
             members = [(f"m{i}", Config(m["classifier"], json.dumps(m["params"], sort_keys=True),
                                         m["preprocess"]).pipeline(seed, max_components))
                        for i, m in enumerate(self.params["members"])]
-            return Pipeline(steps + [("clf", CLASSIFIERS["ensemble"].make().set_params(estimators=members))])
+            voting = CLASSIFIERS["ensemble"].make().set_params(estimators=members,
+                                                              weights=self.params.get("weights"),
+                                                              temperatures=self.params.get("temperatures"))
+            return Pipeline(steps + [("clf", voting)])
         return Pipeline(steps + [("clf", self.estimator(seed))])
 
     def path_group(self) -> Optional[Tuple[str, str, str, str]]:
@@ -277,10 +282,16 @@ def read_grid(source) -> dict:
     return grid
 
 
-def ensemble_config(members: List[Config], layer: str = "") -> Config:
-    """The soft vote of ``members`` (configurations on one layer choice) as a configuration of its own."""
+def ensemble_config(members: List[Config], layer: str = "", weights: Optional[List[float]] = None,
+                    temperatures: Optional[List[float]] = None) -> Config:
+    """The soft vote of ``members`` (configurations on one layer choice) as a configuration of its own, with each
+    member's weight and calibrating temperature when given (``learn.ensemble``)."""
     spec = [{"classifier": m.classifier, "params": m.params, "preprocess": m.preprocess} for m in members]
-    return Config("ensemble", json.dumps({"members": spec}, sort_keys=True), "none", layer)
+    params = {"members": spec}
+    if weights is not None:
+        params.update(weights=[round(float(w), 4) for w in weights],
+                      temperatures=[round(float(t), 4) for t in temperatures])
+    return Config("ensemble", json.dumps(params, sort_keys=True), "none", layer)
 
 
 def expand_grid(grid: dict, only: Optional[List[str]] = None, n_rows: Optional[int] = None) -> List[Config]:

@@ -1,4 +1,5 @@
-"""The result store: one small JSON record per fitted configuration, so a rerun fits nothing.
+"""The result store: one small JSON record per fitted configuration (and its out-of-fold class scores beside it, as
+``.npy``), so a rerun fits nothing.
 
 Stage: selection. Records are keyed by (cache fingerprint, layers, configuration, validation scheme, seed,
 library versions) and :data:`RESULTS_VERSION`: bump it with any change to code that changes fitted results
@@ -13,7 +14,9 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from .._util import atomic_write_text, library_versions
+import numpy as np
+
+from .._util import atomic_path, atomic_write_text, library_versions
 from .grids import Config
 
 __all__ = ["RESULTS_VERSION", "ResultStore", "result_key", "config_key", "result_versions"]
@@ -21,7 +24,8 @@ __all__ = ["RESULTS_VERSION", "ResultStore", "result_key", "config_key", "result
 log = logging.getLogger("featcache")
 
 # 2: the streaming shuffle buffer and the in-memory reading of cached activations changed (0.1.0's results)
-RESULTS_VERSION = 2
+# 3: records keep out-of-fold class scores and a calibrating temperature; decision-score classifiers get a log-loss
+RESULTS_VERSION = 3
 
 
 def result_versions() -> dict:
@@ -69,12 +73,25 @@ class ResultStore:
             record = json.loads((self.dir / f"{key[:32]}.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        return record if record.get("key") == key and record.get("format") == RESULTS_VERSION else None
+        if record.get("key") != key or record.get("format") != RESULTS_VERSION:
+            return None
+        if record.get("oof_kind"):
+            try:
+                record["oof"] = np.load(self.dir / f"{key[:32]}.oof.npy").astype(np.float32)
+            except (OSError, ValueError):
+                return None  # the scores are part of the record: refit rather than use half of it
+        return record
 
     def put(self, key: str, record: dict) -> None:
         if not self.writable:
             return
-        atomic_write_text(self.dir / f"{key[:32]}.json", json.dumps({**record, "key": key, "format": RESULTS_VERSION}))
+        oof = record.get("oof")
+        if oof is not None:  # first, so a record on disk always has its scores
+            with atomic_path(self.dir / f"{key[:32]}.oof.npy") as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, np.asarray(oof, dtype=np.float16))
+        text = json.dumps({**{k: v for k, v in record.items() if k != "oof"}, "key": key, "format": RESULTS_VERSION})
+        atomic_write_text(self.dir / f"{key[:32]}.json", text)
 
     def model_path(self, key: str) -> Optional[Path]:
         """Where a refitted model is kept (None when nothing can be kept)."""

@@ -2,8 +2,13 @@
 plan where the full grid does not fit, and no extra folds when the hold-out is large."""
 from __future__ import annotations
 
+import json
 import logging
+import time
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 import featcache
@@ -55,6 +60,40 @@ def test_fit_records_the_plan_it_ran(split_folder, tmp_path):
     plan = res.stages["finetune"]["plan"]
     assert plan["train_blocks"] == [1] and plan["epochs"] == FULL_EPOCHS and plan["folds"]
     assert plan["epoch_s"] > 0 and plan["estimate_s"] > plan["activation_s"]
+    # The comparison with fine-tuning retrains the best so far once per fold: past the deadline no fold after the
+    # first starts, and it counts the rows of the folds it did.
+    from featcache.fit import _duel
+
+    cache = Path(res.stages["extract"]["cache"])
+    swept = featcache.sweep(cache, grid={"logreg": {"C": [1.0]}}, progress=False)
+    folds = res.stages["finetune"]["validation"]["folds"]
+    assert len(folds) > 1
+    late = _duel(cache, swept, False, res.stages["finetune"], 0, deadline=time.monotonic() - 1)
+    full = _duel(cache, swept, False, res.stages["finetune"], 0, deadline=time.monotonic() + 600)
+    assert late["folds"] == 1 and late["rows"] == len(folds[0]["rows"])
+    assert full["folds"] == len(folds) and full["rows"] == sum(len(f["rows"]) for f in folds)
+
+
+def test_views_never_give_an_exact_kernel_svm_more_rows_than_the_default_grid_does(tmp_path):
+    """An RBF SVM's fit grows faster than its rows squared: the views stage refuses (1+K)x the pool beyond the
+    default grid's exact-kernel limit, before extracting anything, and says why."""
+    from featcache.config import ExtractConfig, FitConfig
+    from featcache.selection.grids import Config
+    from featcache.sweep import SweepResult
+    from featcache.variants import Lead, exact_kernel_rows, variant_stage
+
+    pool = exact_kernel_rows() // 5 + 1  # with 4 views: 5x the pool, just past the limit
+    best = Config("svm", json.dumps({"C": 10.0}), "l2")
+    board = pd.DataFrame({"status": ["ok"], "fit_s": [1.0]})
+    result = SweepResult(board, None, best, "5-fold", None, 0, 0, val_pred=np.zeros(pool, dtype=int))
+    cfg = FitConfig(data=tmp_path, out=tmp_path / "out", views=4)
+    lead = Lead(result, tmp_path / "none.h5", "sweep", ExtractConfig(data=tmp_path))
+    stages, skipped = {}, []
+    assert variant_stage("views", cfg, lead, 1.0, time.monotonic() + 3600, tmp_path, stages, skipped) is None
+    assert skipped == [f"views: an exact kernel SVM on {5 * pool} rows (every pool image and its views; its fit "
+                       f"time grows with the rows squared, and the default grid stops it at {exact_kernel_rows()}); "
+                       "--views 0 skips it"]
+    assert not stages and not (tmp_path / "views").exists()
 
 
 def test_a_budgeted_sweep_keeps_time_to_refit_its_best():

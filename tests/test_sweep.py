@@ -554,3 +554,15 @@ def test_the_best_is_compared_cross_fitted_and_says_how_many_it_was_picked_from(
     # cross-fitted <= the most accurate candidate's own (up to a row: the best is ranked on fold means)
     assert crossed <= own + 1 / rows.sum()
     assert crossfit_pred([res.val_pred[rows]], y[rows], seed=0).tolist() == res.val_pred[rows].tolist()
+
+
+def test_log_loss_can_pick_a_kernel_svm_from_its_calibrated_scores(caches, tmp_path):
+    """An SVM's decision scores, calibrated by a temperature out of fold, have a log-loss: ranked by it like the
+    probabilistic classifiers, it can win (with a NaN it could never be best)."""
+    grid = {"svm": {"preprocess": "l2", "C": [10.0]}, "logreg": {"preprocess": "standardize", "C": [1e-4]}}
+    res = sweep(caches["split"], grid=grid, metric="log_loss", results_dir=tmp_path / "r", ensemble=0,
+                progress=False)
+    board = res.leaderboard.set_index("classifier")
+    assert np.isfinite(board.loc["svm", "val_log_loss"]) and 0 < board.loc["svm", "val_log_loss"]
+    assert res.best_config.classifier == "svm"  # logistic regression this regularised is close to uniform
+    assert board.loc["svm", "val_log_loss"] < board.loc["logreg", "val_log_loss"]

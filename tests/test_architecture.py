@@ -151,3 +151,21 @@ def test_one_entry_point_for_every_command():
     ls = subprocess.run([sys.executable, "-m", "featcache", "ls", "--help"], capture_output=True, text=True,
                         timeout=60, cwd=REPO)
     assert ls.returncode == 0 and "--cache-dir" in ls.stdout
+
+
+def test_dependency_floors_are_past_known_code_execution_bugs_in_loading_files():
+    """torch.load's weights_only bypass (CVE-2025-32434) is fixed in torch 2.6, skops' (CVE-2025-54412/54413) in
+    0.12: pyproject.toml must not allow older releases."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    deps = {r.name: r.specifier for r in map(Requirement, tomllib.loads(
+        (REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"])}
+    for name, first_fixed in {"torch": "2.6", "torchvision": "0.21", "skops": "0.12"}.items():
+        allowed_below = [v for v in ("0.1", "0.10", "0.11.9", "0.17", "0.20.1", "2.2", "2.5.1")
+                         if Version(v) < Version(first_fixed) and deps[name].contains(v)]
+        assert not allowed_below, f"{name}{deps[name]} allows {allowed_below}"

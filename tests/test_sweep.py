@@ -566,3 +566,13 @@ def test_log_loss_can_pick_a_kernel_svm_from_its_calibrated_scores(caches, tmp_p
     assert np.isfinite(board.loc["svm", "val_log_loss"]) and 0 < board.loc["svm", "val_log_loss"]
     assert res.best_config.classifier == "svm"  # logistic regression this regularised is close to uniform
     assert board.loc["svm", "val_log_loss"] < board.loc["logreg", "val_log_loss"]
+
+
+def test_a_result_key_changes_with_scipy_whose_solvers_fit_the_models():
+    """lbfgs (logistic regression, the dense head's calibration) is scipy's: a stored result fitted under another
+    scipy release is not reused."""
+    from importlib import metadata
+
+    from featcache.selection.store import result_versions
+
+    assert result_versions()["scipy"] == metadata.version("scipy")

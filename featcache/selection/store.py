@@ -30,7 +30,7 @@ RESULTS_VERSION = 3
 
 def result_versions() -> dict:
     """The versions a fitted result depends on (in result keys and model metadata)."""
-    return {**library_versions("featcache", "sklearn", "torch", "numpy"), "featcache_results": RESULTS_VERSION}
+    return {**library_versions("featcache", "sklearn", "scipy", "torch", "numpy"), "featcache_results": RESULTS_VERSION}
 
 
 def result_key(parts: dict) -> str:

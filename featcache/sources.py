@@ -88,13 +88,13 @@ def is_image_file(path: Path) -> bool:
 class _Walk:
     """Lists images under the folders of one dataset, following symbolic links but never into the same real
     folder twice (a link cycle such as ``cat/loop -> ..`` adds nothing), never up to the dataset's root or an
-    ancestor of it, and never into another split or class folder; a file reached by two paths is one row."""
+    ancestor of it, and never into another split or class folder (:func:`_one_row_per_file` then makes a file
+    reached by two paths one row)."""
 
     def __init__(self, root: Path, fences: List[Path]):
         self.root = os.path.realpath(root)
         self.fences = {os.path.realpath(p) for p in fences}  # split and class folders
-        self.visited: set = set()
-        self.files: dict = {}  # real path -> the first path it was found at
+        self.visited: set = set()  # real folders listed for the current class folder
         self.current = ""  # the real path of the folder being listed
 
     def _skip(self, real: str) -> bool:
@@ -107,7 +107,7 @@ class _Walk:
         """Images under ``folder`` (recursively), skipping hidden files and folders, sorted."""
         found = []
         self.current = os.path.realpath(folder)
-        self.visited.add(self.current)
+        self.visited = {self.current}  # per class folder: two classes linking one outside folder is a conflict
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
             keep = []
             for d in sorted(dirnames):
@@ -123,15 +123,57 @@ class _Walk:
             dirnames[:] = keep
             for name in sorted(filenames):
                 path = Path(dirpath) / name
-                if not is_image_file(path):
-                    continue
-                real = os.path.realpath(path)
-                if real in self.files:
-                    log.info("%s is the same file as %s (a link): one row", path, self.files[real])
-                    continue
-                self.files[real] = path
-                found.append(path)
+                if is_image_file(path):
+                    found.append(path)
         return sorted(found)
+
+
+def _file_id(path: Path):
+    """What makes two paths one file: its device and inode (hard links and symbolic links alike); a path that
+    cannot be read stays its own (reading it fails later, naming it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ("unreadable", str(path))
+    return (st.st_dev, st.st_ino)
+
+
+def _one_row_per_file(rows: list, root: Path, where: str) -> list:
+    """``rows`` (path, class, split) with every file once, with the class and split of its real place: a link to
+    an image of another class or split does not relabel it; a file that two classes or splits hold at their own
+    places (hard links, or links from outside) is an error naming both paths."""
+    real_root = os.path.realpath(root)
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault(_file_id(row[0]), []).append(row)
+    kept = []
+    for group in groups.values():
+        if len(group) == 1:
+            kept.append(group[0])
+            continue
+        group.sort(key=lambda r: r[0].as_posix())
+        home = [r for r in group
+                if os.path.realpath(r[0]) == os.path.join(real_root, r[0].relative_to(root).as_posix())]
+        claims = home or group  # no copy at its real place: every path's folder claims it
+        a = claims[0]
+        b = next((r for r in claims[1:] if r[1:] != a[1:]), None)
+        if b is not None:
+            raise FeatcacheError(
+                f"{where}: {a[0]} and {b[0]} are the same file (a link), in {_place(a)} and {_place(b)}; an image "
+                "has one class and one split: remove one of them (or copy the file if both are meant)")
+        for r in group:
+            if r is not a:
+                how = "the same file as" if r[1:] == a[1:] else f"a link from {_place(r)} to"
+                (log.info if r[1:] == a[1:] else log.warning)(
+                    "%s is %s %s: one row, in %s (its real place)", r[0], how, a[0], _place(a))
+        kept.append(a)
+    return kept
+
+
+def _place(row) -> str:
+    _, cls, split = row
+    return " ".join(x for x in (f"split {split}" if split else "", f"class {cls}" if cls is not None else "") if x) \
+        or "the dataset"
 
 
 def _visible_dirs(folder: Path) -> List[Path]:
@@ -173,16 +215,14 @@ def from_folder(root: Path) -> Source:
             if not classes:
                 raise FeatcacheError(f"split folder {root / name} has no class subfolders with images")
         class_names = sorted({c for classes in per_split.values() for c in classes})
-        rows = [(p, class_names.index(c), s) for s, classes in per_split.items()
-                for c, images in classes.items() for p in images]
+        rows = [(p, c, s) for s, classes in per_split.items() for c, images in classes.items() for p in images]
     else:
         classes = _class_folders(root, str(root), walk)
-        if classes:
-            class_names = sorted(classes)
-            rows = [(p, class_names.index(c), None) for c, images in classes.items() for p in images]
-        else:
-            class_names = []
-            rows = [(p, UNLABELLED, None) for p in walk.images(root)]
+        class_names = sorted(classes)
+        rows = [(p, c, None) for c, images in classes.items() for p in images] if classes else \
+            [(p, None, None) for p in walk.images(root)]
+    rows = [(p, class_names.index(c) if c is not None else UNLABELLED, s)
+            for p, c, s in _one_row_per_file(rows, root, str(root))]
     if not rows:
         raise FeatcacheError(
             f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, any case)")
@@ -209,7 +249,8 @@ def from_csv(csv_path: Path) -> Source:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = [c.strip() for c in (reader.fieldnames or [])]
-            records = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+            records = [{k.strip(): (v or "").strip() for k, v in r.items() if k} | {"line": reader.line_num}
+                       for r in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise FeatcacheError(f"cannot read CSV {csv_path}: {e}") from e
     missing = [c for c in ("path", "label") if c not in columns]
@@ -233,23 +274,46 @@ def from_csv(csv_path: Path) -> Source:
     if bad_split:
         raise FeatcacheError(
             f"{csv_path}: split must be one of {', '.join(SPLIT_NAMES)}; found {sorted(set(bad_split))[:5]}")
-    seen = set()
-    for r in records:
-        key = Path(r["path"]).as_posix()
-        if key in seen:
-            raise FeatcacheError(f"{csv_path}: {key} is listed twice; each file must appear once")
-        seen.add(key)
+    records = _one_line_per_file(records, root, csv_path)
     class_names = sorted({r["label"] for r in records if r["label"] != ""}, key=_sort_key)
-    records.sort(key=lambda r: Path(r["path"]).as_posix())
+    records.sort(key=lambda r: r["path"])
     return Source(
         name=csv_path.resolve().parent.name + "-" + csv_path.stem,
         root=root,
-        paths=[Path(r["path"]).as_posix() for r in records],
+        paths=[r["path"] for r in records],
         labels=np.array([class_names.index(r["label"]) if r["label"] != "" else UNLABELLED for r in records],
                         dtype=np.int64),
         class_names=class_names,
         splits=[r["split"] for r in records] if has_split else None,
     )
+
+
+def _one_line_per_file(records: list, root: Path, csv_path: Path) -> list:
+    """The CSV's lines with every file once: paths normalised (``a/../a/x.png`` is ``a/x.png``) and files matched
+    by identity (a link is its target); a file listed twice with another label or split is an error naming both
+    lines, an identical repeat is one row and a note."""
+    first: dict = {}
+    kept = []
+    for r in records:
+        r["path"] = Path(os.path.normpath(r["path"])).as_posix()
+        key = _file_id(root / r["path"])
+        if key not in first:
+            first[key] = r
+            kept.append(r)
+            continue
+        was = first[key]
+        same = was["label"] == r["label"] and was.get("split") == r.get("split")
+        if not same:
+            raise FeatcacheError(
+                f"{csv_path}: line {was['line']} ({was['path']}: {_listing(was)}) and line {r['line']} ({r['path']}: "
+                f"{_listing(r)}) are the same file; an image has one label and one split: remove one of the lines")
+        log.warning("%s: line %d lists the same file as line %d (%s), with the same label%s: one row", csv_path,
+                    r["line"], was["line"], was["path"], " and split" if "split" in r else "")
+    return kept
+
+
+def _listing(r: dict) -> str:
+    return f"label {r['label'] or '(none)'}" + (f", split {r['split']}" if "split" in r else "")
 
 
 def from_dataset(dataset, name: Optional[str] = None) -> Source:

@@ -50,7 +50,7 @@ def test_unlabelled_folder(unlabelled_folder):
     ("file,label\na.png,x\n", "lacks column(s) path"),
     ("path,label\nmissing.png,x\n", "do not exist"),
     ("path,label,split\nimg.png,x,training\n", "split must be one of"),
-    ("path,label\nimg.png,x\nimg.png,y\n", "listed twice"),
+    ("path,label\nimg.png,x\nimg.png,y\n", "line 2 (img.png: label x) and line 3 (img.png: label y) are the same file"),
     ("path,label\n", "no rows"),
 ])
 def test_csv_errors_name_the_problem(tmp_path, make_image, content, message):
@@ -168,3 +168,81 @@ def test_a_link_into_another_class_or_split_never_relabels_its_images(tmp_path, 
     src = open_source(root)
     assert sorted(src.paths) == sorted(f"{s}/{c}/{f}" for s in ("train", "test") for c in ("cat", "dog")
                                        for f in ("a.png", "sub/b.png"))
+
+
+def test_one_real_file_is_one_row_with_the_class_of_its_real_place(tmp_path, make_image, caplog):
+    """A file link from class a to class b's image (``a/z.png -> ../b/x.png``) once gave one row labelled a and
+    lost ``b/x.png``; a hard link within one folder gave two rows. Real links on disk."""
+    import logging
+    import os
+
+    root = tmp_path / "photos"
+    for k, cls in enumerate(("a", "b")):
+        for i in range(3):
+            make_image(root / cls / f"x{i}.png", k, i)
+    os.symlink("../b/x0.png", root / "a" / "z.png")  # a symbolic link into another class
+    os.link(root / "a" / "x1.png", root / "a" / "hard.png")  # a hard link in the same folder
+    with caplog.at_level(logging.INFO, logger="featcache"):
+        src = open_source(root)
+    got = dict(zip(src.paths, (src.class_names[i] for i in src.labels)))
+    every = {f"{c}/x{i}.png": c for c in ("a", "b") for i in range(3)}
+    assert got == {"a/hard.png": "a", **{p: c for p, c in every.items() if p != "a/x1.png"}}  # x1 = hard: one row
+    assert "a/z.png is a link from class a to" in caplog.text and "b/x0.png: one row, in class b" in caplog.text
+
+
+@pytest.mark.parametrize("layout", ["hard link across classes", "hard link across splits",
+                                    "two classes link one outside folder"])
+def test_two_classes_or_splits_holding_one_file_is_an_error_naming_both(tmp_path, make_image, layout):
+    import os
+
+    root = tmp_path / "photos"
+    if layout == "hard link across splits":
+        for split in ("train", "test"):
+            make_image(root / split / "a" / "x.png", 0, 0 if split == "train" else 1)
+        os.link(root / "train" / "a" / "x.png", root / "test" / "a" / "same.png")
+        both = ("train/a/x.png", "test/a/same.png")
+    else:
+        for k, cls in enumerate(("a", "b")):
+            make_image(root / cls / "x.png", k, 0)
+        if layout == "hard link across classes":
+            os.link(root / "a" / "x.png", root / "b" / "same.png")
+            both = ("a/x.png", "b/same.png")
+        else:
+            make_image(tmp_path / "outside" / "o.png", 0, 9)
+            os.symlink(tmp_path / "outside", root / "a" / "ext")
+            os.symlink(tmp_path / "outside", root / "b" / "ext")
+            both = ("a/ext/o.png", "b/ext/o.png")
+    with pytest.raises(FeatcacheError, match="are the same file") as e:
+        open_source(root)
+    assert all(str(root / p) in str(e.value) for p in both), str(e.value)
+
+
+@pytest.mark.parametrize("second", ["a/../a/x.png", "./a//x.png", "sub/x2.png (a link)", "a/x2.png (a hard link)"])
+def test_a_csv_listing_one_file_twice_under_another_label_or_split_is_an_error(tmp_path, make_image, second):
+    """``a/x.png,cat,train`` with ``a/../a/x.png,dog,test`` (or a link to it) once kept the same image in train as
+    a cat and in test as a dog."""
+    import os
+
+    make_image(tmp_path / "a" / "x.png", 0, 0)
+    make_image(tmp_path / "a" / "y.png", 1, 1)
+    spelled = second.split(" ")[0]
+    if "(a link)" in second:
+        (tmp_path / "sub").mkdir()
+        os.symlink("../a/x.png", tmp_path / "sub" / "x2.png")
+    elif "hard" in second:
+        os.link(tmp_path / "a" / "x.png", tmp_path / "a" / "x2.png")
+    (tmp_path / "data.csv").write_text(f"path,label,split\na/x.png,cat,train\na/y.png,cat,train\n{spelled},dog,test\n")
+    with pytest.raises(FeatcacheError, match=r"line 2 \(a/x.png: label cat, split train\) and line 4 "):
+        open_source(tmp_path / "data.csv")
+
+
+def test_identical_repeats_in_a_csv_are_one_row_with_a_note(tmp_path, make_image, caplog):
+    import logging
+
+    make_image(tmp_path / "a" / "x.png", 0, 0)
+    make_image(tmp_path / "a" / "y.png", 1, 1)
+    (tmp_path / "data.csv").write_text("path,label\n./a/x.png,cat\na/y.png,dog\na/../a/x.png,cat\n")
+    with caplog.at_level(logging.WARNING, logger="featcache"):
+        src = open_source(tmp_path / "data.csv")
+    assert src.paths == ["a/x.png", "a/y.png"] and [src.class_names[i] for i in src.labels] == ["cat", "dog"]
+    assert "line 4 lists the same file as line 2 (a/x.png), with the same label: one row" in caplog.text

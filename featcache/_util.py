@@ -1,4 +1,5 @@
-"""Small helpers every stage shares, one definition each (stage: none; imports only the standard library).
+"""Small helpers every stage shares, one definition each (stage: none; imports the standard library and
+``errors``).
 
 Sizes for humans, hashes of JSON and files, atomic file writes (data fsynced before the rename),
 library versions, and the callable-module trick behind ``featcache.extract(...)``.
@@ -12,15 +13,20 @@ import importlib
 import json
 import math
 import os
+import re
+import stat
 import sys
+import tempfile
 import types
 from pathlib import Path
 from typing import Iterator
 
+from .errors import FeatcacheError
+
 __all__ = ["parse_duration", "human_size", "sha256_json", "file_sha256", "atomic_path", "atomic_write_text",
-           "fsync_dir",
-           "orphan_temporaries", "pid_alive", "json_text", "now_iso", "library_versions", "featcache_version",
-           "package_versions", "make_callable", "plain_scales", "cpu_flags"]
+           "same_file", "create_new", "fsync_dir", "orphan_temporaries", "orphans_in", "pid_alive", "json_text",
+           "now_iso", "library_versions", "featcache_version", "package_versions", "make_callable", "plain_scales",
+           "cpu_flags"]
 
 
 def human_size(n: float) -> str:
@@ -65,19 +71,43 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
     Readers see the old file or the new one, never half of one; a failed block leaves no temporary file. The data
     is fsynced before the rename and the folder after it, so after a power cut the name points at complete data.
-    A process killed inside the block leaves ``.<name>.<pid>.tmp``: :func:`orphan_temporaries` finds it.
+    The temporary file is created new (``O_EXCL``, never through a link) under a name no one can guess
+    (``.<name>.<pid>.<random>.tmp``), and it must still be that file at the rename: in a shared folder no one
+    can plant a link there to make the cache point elsewhere. A process killed inside the block leaves it:
+    :func:`orphan_temporaries` finds it.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    tmp, made = Path(name), os.fstat(fd)
+    os.close(fd)
     try:
         yield tmp
+        same_file(tmp, made)
         with open(tmp, "rb+") as f:  # the data reaches the disk before the name points at it
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # unlink removes a link itself, never what it points at
         raise
     fsync_dir(path.parent)
+
+
+def same_file(path: Path, made: os.stat_result) -> None:
+    """Refuse to publish ``path`` unless it is still the regular file created as ``made`` (not a link, not another
+    file put in its place by someone with write access to the folder)."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (made.st_dev, made.st_ino):
+        raise FeatcacheError(f"{path} was replaced while featcache wrote it (by a link or another file): refusing to "
+                             "publish it; check who else writes to this folder")
+
+
+def create_new(path: Path) -> os.stat_result:
+    """Create ``path`` as a new empty file, never through a link (``O_EXCL | O_NOFOLLOW``); its identity."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -94,15 +124,24 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+_TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?P<pid>\d+)(?:\.[^.]+)?\.tmp$")  # .<name>.<pid>[.<random>].tmp
+
+
 def orphan_temporaries(path: Path) -> list:
     """The temporary files :func:`atomic_path` left for ``path`` in processes that no longer run (on this host)."""
     path = Path(path)
-    orphans = []
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            orphans.append(tmp)
-    return orphans
+    return [tmp for tmp in orphans_in(path.parent) if _TEMPORARY.match(tmp.name)["name"] == path.name]
+
+
+def orphans_in(folder: Path) -> list:
+    """Every temporary file :func:`atomic_path` left in ``folder`` in a process that no longer runs (a publish
+    killed between its last fsync and its rename), sorted."""
+    found = []
+    for tmp in sorted(Path(folder).glob(".*.tmp")):
+        m = _TEMPORARY.match(tmp.name)
+        if m and not pid_alive(int(m["pid"])):
+            found.append(tmp)
+    return found
 
 
 def pid_alive(pid: int) -> bool:

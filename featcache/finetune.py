@@ -28,7 +28,7 @@ from torch import nn
 from . import models
 from ._malloc import tune_allocator
 from ._util import make_callable
-from .cache import FeatureSet, Rows, load
+from .cache import FeatureSet, Rows, in_use, load
 from .cache.layout import CacheMeta, extract_settings
 from .config import ExtractConfig, FinetuneConfig
 from .errors import FeatcacheError
@@ -117,10 +117,16 @@ def finetune(cache, from_layer: str, **settings) -> FinetuneResult:
 
 
 def run(cfg: FinetuneConfig) -> FinetuneResult:
-    """The fine-tuning run for one :class:`FinetuneConfig` (what :func:`finetune` and the CLI call)."""
+    """The fine-tuning run for one :class:`FinetuneConfig` (what :func:`finetune` and the CLI call); the cache is
+    marked in use meanwhile, so ``rm`` and ``prune`` leave it alone."""
+    cfg.validate()
+    with in_use(cfg.cache):
+        return _run(cfg)
+
+
+def _run(cfg: FinetuneConfig) -> FinetuneResult:
     from tqdm.auto import tqdm
 
-    cfg.validate()
     tune_allocator()
     if cfg.out is not None:  # before any training: an unwritable or occupied --out fails now
         prepare_out(cfg.out, cfg.overwrite)

@@ -25,6 +25,7 @@ import numpy as np
 
 from ._malloc import tune_allocator
 from ._util import make_callable
+from .cache.use import in_use
 from .config import SweepConfig
 from .errors import FeatcacheError
 from .learn import metrics, streaming, views
@@ -84,8 +85,14 @@ def sweep(cache, **settings) -> SweepResult:
 
 
 def run(cfg: SweepConfig) -> SweepResult:
-    """The sweep for one :class:`SweepConfig` (what :func:`sweep` and the CLI call)."""
+    """The sweep for one :class:`SweepConfig` (what :func:`sweep` and the CLI call); the cache is marked in use
+    meanwhile, so ``rm`` and ``prune`` leave it alone."""
     cfg.validate()
+    with in_use(cfg.cache):
+        return _run(cfg)
+
+
+def _run(cfg: SweepConfig) -> SweepResult:
     tune_allocator()
     deadline = None if cfg.budget is None else time.monotonic() + cfg.budget
     if cfg.out is not None:  # before any fit: an unwritable or occupied --out fails now, not after the work

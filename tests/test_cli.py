@@ -74,3 +74,61 @@ def test_rm_and_prune(split_folder, tmp_path):
     assert partial.exists()  # never pruned: a run may be writing it
     bad = _run("rm", partial)
     assert bad.returncode == 2 and "not a finished cache file" in bad.stderr
+
+
+def test_rm_refuses_a_cache_a_running_sweep_uses_and_the_sweep_survives_a_forced_rm(feature_cache, tmp_path):
+    """A real sweep in a second process: ``rm`` refuses its cache while it trains; ``rm --force`` removes it and its
+    result store, and the sweep goes on, making the store again (it once died on FileNotFoundError)."""
+    import fcntl
+
+    from featcache.cache.use import use_path
+
+    (tmp_path / "c").mkdir()
+    cache = feature_cache(tmp_path / "c" / "busy.h5", n=3000, dim=64)
+    store = tmp_path / "c" / "sweep-results" / featcache.load(cache).meta.fingerprint[:16]
+    code = ("import featcache; featcache.sweep(%r, grid={'svm': {'C': [0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100]}},"
+            " n_jobs=1, halving=False, ensemble=0, screen_layers=0, progress=False)" % str(cache))
+    sweep = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:  # until the sweep holds its cache (a shared lock that an exclusive probe cannot get)
+            assert sweep.poll() is None and time.time() < deadline
+            if use_path(cache).exists():
+                with open(use_path(cache), "rb") as f:
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        break
+            time.sleep(0.05)
+        while not any(store.glob("*.json")):  # and has kept a result
+            assert sweep.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        refused = _run("rm", cache)
+        assert refused.returncode == 2 and "is in use by a running process (a sweep or fine-tuning)" in refused.stderr
+        assert cache.exists() and store.exists()
+        forced = _run("rm", "--force", cache)
+        assert forced.returncode == 0 and not cache.exists(), forced.stderr
+        _, err = sweep.communicate(timeout=240)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, err
+    assert "was removed while this sweep ran" in err and "made it again" in err and any(store.glob("*.json"))
+
+
+def test_ls_shows_and_prune_removes_what_a_killed_publish_left(split_folder, tmp_path):
+    """A process killed between its last fsync and its rename leaves ``.<cache>.<pid>.<random>.tmp``, the size of
+    the cache: once its pid is gone, ``ls`` lists it and ``prune`` removes it (a real killed process's pid)."""
+    a, _ = _caches(split_folder, tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = a.with_name(f".{a.name}.{dead.pid}.k3x9q2zz.tmp")
+    orphan.write_bytes(a.read_bytes())
+    live = a.with_name(f".{a.name}.{os.getpid()}.abcdefgh.tmp")  # this process is alive: not an orphan
+    live.write_bytes(b"still publishing")
+    listed = [json.loads(line) for line in _run("ls", "--cache-dir", tmp_path / "c", "--json").stdout.splitlines()]
+    orphans = [r for r in listed if r["status"].startswith("orphan")]
+    assert [r["path"] for r in orphans] == [str(orphan)]
+    pruned = _run("prune", "--cache-dir", tmp_path / "c", "--older-than", "365")
+    assert pruned.returncode == 0 and "removed 0 cache(s)" in pruned.stdout
+    assert "removed 1 temporary file(s) left by processes killed while publishing" in pruned.stdout
+    assert not orphan.exists() and live.exists() and a.exists()

@@ -9,16 +9,19 @@ or scikit-learn (torch's version enters the key through ``key_parts``, imported 
 - ``write``: :class:`CacheWriter` (partial file, resume counter) and :func:`publish` (atomic rename)
 - ``read``: :func:`load` -> :class:`FeatureSet`; ``rows``: :class:`Rows` for data larger than memory
 - ``verify`` and ``catalog``: checking one cache, listing a cache directory
+- ``use``: :func:`in_use`, what a running sweep holds so that ``rm`` and ``prune`` leave its cache alone
 """
 from .catalog import list_caches
 from .key import cache_key, cache_path, key_parts, lock_path, partial_path, partials_of
 from .layout import FORMAT_VERSION, PARTIAL_SUFFIX, CacheMeta
 from .read import FeatureSet, incomplete_message, is_hit, load, read_meta
 from .rows import Rows, available_memory, minibatches
+from .use import in_use
 from .verify import verify
 from .write import CacheWriter, Reuse, RowBlock, find_reusable, publish
 
 __all__ = ["CacheMeta", "CacheWriter", "FORMAT_VERSION", "FeatureSet", "PARTIAL_SUFFIX", "Reuse", "RowBlock", "Rows",
+           "in_use",
            "available_memory", "cache_key", "cache_path", "find_reusable", "incomplete_message", "is_hit", "key_parts",
            "list_caches", "load", "lock_path", "minibatches", "partial_path", "partials_of", "publish", "read_meta",
            "verify"]

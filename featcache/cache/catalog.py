@@ -1,24 +1,27 @@
 """The caches in a cache directory: listing them (``ls``), and removing them by name, age, size or disuse.
 
-Stage: cache. Imports h5py only. A cache's last use is recorded by every cache hit and load
+Stage: cache. Imports h5py and filelock. A cache's last use is recorded by every cache hit and load
 (``read.used_stamp``, best effort: a read-only folder keeps the last one recorded); a cache never used since it
 was made was last used when it was made.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import h5py
 
-from .._util import human_size
+from .._util import human_size, orphans_in
 from ..errors import FeatcacheError
 from .layout import FEATURES, PARTIAL_SUFFIX, CacheMeta
 from .read import incomplete_message, used_stamp
+from .use import for_removal
 
-__all__ = ["list_caches", "select_for_pruning", "remove_caches", "results_dir_of", "describe_freed", "last_used"]
+__all__ = ["list_caches", "select_for_pruning", "remove_caches", "remove_orphans", "results_dir_of", "describe_freed",
+           "last_used"]
 
 DAY = 86400.0
 
@@ -46,7 +49,8 @@ def list_caches(cache_dir: Path) -> List[dict]:
     """One record per ``.h5`` file in ``cache_dir``: what tells caches apart (dataset, model, weights, layers,
     pool, precision, dtype, views, scales), rows, dims, size, dates, and whether it is finished."""
     records = []
-    for path in sorted(_cache_dir(cache_dir).glob("*.h5")):
+    cache_dir = _cache_dir(cache_dir)
+    for path in sorted(cache_dir.glob("*.h5")):
         st = path.stat()
         rec = {"path": str(path), "size_mb": round(st.st_size / 2**20, 2),
                "last_used": time.strftime("%Y-%m-%d", time.localtime(last_used(path)))}
@@ -71,7 +75,27 @@ def list_caches(cache_dir: Path) -> List[dict]:
         except (OSError, KeyError, ValueError) as e:
             rec.update(status=f"unreadable ({e})")
         records.append(rec)
+    for tmp in orphans_in(cache_dir):
+        st = tmp.stat()
+        records.append({"path": str(tmp), "size_mb": round(st.st_size / 2**20, 2),
+                        "last_used": time.strftime("%Y-%m-%d", time.localtime(st.st_mtime)),
+                        "status": "orphan: left by a process killed while publishing; featcache prune removes it"})
     return records
+
+
+def remove_orphans(cache_dir: Path, dry_run: bool = False) -> Tuple[int, int]:
+    """Delete the temporary files that processes killed while publishing left in ``cache_dir`` (their pid is
+    gone, so no one finishes them); returns how many and their bytes."""
+    n = freed = 0
+    for tmp in orphans_in(_cache_dir(cache_dir)):
+        try:
+            size = tmp.stat().st_size
+            if not dry_run:
+                tmp.unlink()
+        except FileNotFoundError:  # another prune, or the next run of that cache, was first
+            continue
+        n, freed = n + 1, freed + size
+    return n, freed
 
 
 def last_used(path: Path) -> float:
@@ -108,8 +132,9 @@ def select_for_pruning(cache_dir: Path, older_than_days: Optional[float] = None,
     return chosen
 
 
-def remove_caches(paths: Sequence[Path], dry_run: bool = False) -> int:
-    """Delete finished caches (and their default result stores); returns the bytes freed (or that would be)."""
+def remove_caches(paths: Sequence[Path], dry_run: bool = False, force: bool = False) -> int:
+    """Delete finished caches (and their default result stores); returns the bytes freed (or that would be). A
+    cache a running process uses (:mod:`.use`) is refused, and nothing removed, unless ``force``."""
     checked = []
     for path in map(Path, paths):  # every path first: a bad one removes nothing
         if path.name.endswith(PARTIAL_SUFFIX) or not path.is_file():
@@ -123,15 +148,16 @@ def remove_caches(paths: Sequence[Path], dry_run: bool = False) -> int:
             raise FeatcacheError(f"{path} is not a featcache cache (no fingerprint attribute); nothing was removed")
         checked.append((path, meta))
     freed = 0
-    for path, meta in checked:
-        store = results_dir_of(path, meta.fingerprint)
-        size = path.stat().st_size + (sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
-                                      if store.is_dir() else 0)
-        freed += size
-        if not dry_run:
-            path.unlink()
-            used_stamp(path).unlink(missing_ok=True)
-            shutil.rmtree(store, ignore_errors=True)
+    with contextlib.nullcontext() if dry_run else for_removal([p for p, _ in checked], force):
+        for path, meta in checked:
+            store = results_dir_of(path, meta.fingerprint)
+            size = path.stat().st_size + (sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+                                          if store.is_dir() else 0)
+            freed += size
+            if not dry_run:
+                path.unlink()
+                used_stamp(path).unlink(missing_ok=True)
+                shutil.rmtree(store, ignore_errors=True)
     return freed
 
 

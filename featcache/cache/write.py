@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
-from .._util import atomic_path, fsync_dir
+from .._util import atomic_path, create_new, fsync_dir
 from ..errors import FeatcacheError
 from .key import lock_path, partial_path, partials_of
 from .layout import (
@@ -105,6 +105,7 @@ class CacheWriter:
         return self.todo[self.rows_done:]
 
     def _open_or_create(self, source, manifest, meta: CacheMeta, reuse) -> h5py.File:
+        refuse_link(self.partial)
         if self.partial.exists():
             try:
                 f = h5py.File(self.partial, "r+")
@@ -115,6 +116,11 @@ class CacheWriter:
                 pass  # unreadable leftovers of another run: start over
             self.partial.unlink()
         self.partial.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            create_new(self.partial)  # never through a link planted at this (predictable) name
+        except FileExistsError as e:
+            raise FeatcacheError(f"{self.partial} appeared while featcache was creating it (another program writes "
+                                 "to this folder); run the command again") from e
         f = h5py.File(self.partial, "w")
         try:
             self._create_layout(f, source, manifest, meta, reuse)
@@ -297,10 +303,20 @@ def _finish_in_place(path: Path, partial: Path, all_paths, keep: np.ndarray, cre
         _write_listing(f, all_paths, keep, [])
         f.flush()
         del f["progress"]  # its bytes stay unused inside the file (HDF5 does not shrink): ~0.2 KB per row
+    refuse_link(partial)
     with open(partial, "rb+") as raw:
         os.fsync(raw.fileno())
     os.replace(partial, path)
     fsync_dir(path.parent)
+
+
+def refuse_link(partial: Path) -> None:
+    """A partial file that is a symbolic link was planted by someone else (featcache creates them new, never through
+    a link): refuse it rather than write through it or publish it as the cache."""
+    if os.path.islink(partial):
+        raise FeatcacheError(f"{partial} is a symbolic link (to {os.readlink(partial)}), not a file featcache made: "
+                             "refusing to write through it or publish it; remove the link (and check who else writes "
+                             "to this folder)")
 
 
 def recover_finished(path: Path, fingerprint: str) -> bool:
@@ -316,6 +332,7 @@ def recover_finished(path: Path, fingerprint: str) -> bool:
         return False
     if not (meta.complete and meta.fingerprint == fingerprint and whole):
         return False
+    refuse_link(partial)
     with open(partial, "rb+") as raw:
         os.fsync(raw.fileno())
     os.replace(partial, path)

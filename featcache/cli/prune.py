@@ -9,7 +9,8 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..cache.catalog import describe_freed, remove_caches, select_for_pruning
+from .._util import human_size
+from ..cache.catalog import describe_freed, remove_caches, remove_orphans, select_for_pruning
 from ..config import default_cache_dir
 from . import CACHE_DIR_HELP, Parser, add_run_flags, run_cli
 
@@ -30,7 +31,9 @@ def parse_size(text: str) -> int:
 def build_parser() -> Parser:
     p = Parser(prog="featcache prune",
                description="Delete finished caches that match every criterion given, with their sweeps' result "
-                           "stores. Unfinished (partial) files are never touched: a run may still be writing them. "
+                           "stores, and the temporary files left by processes killed while publishing a cache. "
+                           "Unfinished (partial) files are never touched: a run may still be writing them; nor is a "
+                           "cache a running process uses (without --force). "
                            "A cache's last use is updated by every cache hit and load.",
                epilog="examples:\n"
                       "  featcache prune --unused-days 30            # not used for a month\n"
@@ -44,18 +47,25 @@ def build_parser() -> Parser:
     p.add_argument("--larger-than", type=parse_size, metavar="SIZE", help="files larger than SIZE (e.g. 500MB)")
     p.add_argument("--all", action="store_true", help="every finished cache")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    p.add_argument("--force", action="store_true", help="remove caches a running sweep, fine-tuning or "
+                   "extraction uses too (refused otherwise; the run then goes on without the result store)")
     add_run_flags(p)
     return p
 
 
 def _main(args) -> int:
-    chosen = select_for_pruning(args.cache_dir or default_cache_dir(), args.older_than, args.unused_days,
+    cache_dir = args.cache_dir or default_cache_dir()
+    chosen = select_for_pruning(cache_dir, args.older_than, args.unused_days,
                                 args.larger_than, everything=args.all)
     for rec in chosen:
         print(f"{'would remove' if args.dry_run else 'removing'} {rec['path']} ({rec['size_mb']} MB, "
               f"last used {rec['last_used']})")
-    freed = remove_caches([rec["path"] for rec in chosen], dry_run=args.dry_run)
+    freed = remove_caches([rec["path"] for rec in chosen], dry_run=args.dry_run, force=args.force)
     print(describe_freed(len(chosen), freed, args.dry_run))
+    n, orphan_bytes = remove_orphans(cache_dir, dry_run=args.dry_run)
+    if n:
+        print(f"{'would remove' if args.dry_run else 'removed'} {n} temporary file(s) left by processes killed while "
+              f"publishing, {human_size(orphan_bytes)}")
     return 0
 
 

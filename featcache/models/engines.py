@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import os
 import sys
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._util import package_versions
+from .._util import atomic_path, package_versions
 from ..config import ENGINES
 from ..errors import FeatcacheError
 from .extractor import FeatureExtractor
@@ -73,15 +74,13 @@ def export_onnx(fx: FeatureExtractor, crop: int, path: Path) -> None:
     from torch.export import Dim
 
     example = torch.zeros(2, 3, crop, crop, dtype=torch.uint8)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+    with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
         torch.onnx.export(_Outputs(fx).eval(), (example,), str(tmp), dynamo=True, external_data=False,
                           # outputs in layer order, under names no node of the graph has (a node may be "relu")
                           input_names=["images"], output_names=[f"featcache_out{i}" for i in range(len(fx.layers))],
                           verbose=False,
                           dynamic_shapes=({0: Dim("batch", min=1, max=1 << 16)},))
-    os.replace(tmp, path)
 
 
 def quantize_int8(onnx_path: Path, out_path: Path, images: np.ndarray) -> None:
@@ -97,18 +96,16 @@ def quantize_int8(onnx_path: Path, out_path: Path, images: np.ndarray) -> None:
         def get_next(self):
             return next(self.batches, None)
 
-    pre = out_path.with_name(f".{out_path.name}.{os.getpid()}.pre.onnx")
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    fd, pre = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".pre.onnx")  # scratch
+    os.close(fd)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        with atomic_path(out_path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
             warnings.simplefilter("ignore")
-            quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-            quantize_static(str(pre), str(tmp), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            quant_pre_process(str(onnx_path), pre, skip_symbolic_shape=True)
+            quantize_static(pre, str(tmp), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        os.replace(tmp, out_path)
     finally:
-        pre.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
+        os.unlink(pre)
 
 
 class EngineRunner:

@@ -82,9 +82,26 @@ class ResultStore:
                 return None  # the scores are part of the record: refit rather than use half of it
         return record
 
+    def _there(self) -> bool:
+        """The store's folder, made again when it vanished (``rm --force`` while the sweep ran): a sweep never dies
+        on its store; when it cannot be made, the sweep goes on without keeping its fits."""
+        if self.writable and not self.dir.is_dir():
+            self.writable = self._can_write()
+            log.warning("the result store %s was removed while this sweep ran (featcache rm/prune --force?): %s",
+                        self.dir, "made it again" if self.writable else "going on without keeping this sweep's fits")
+        return self.writable
+
     def put(self, key: str, record: dict) -> None:
-        if not self.writable:
-            return
+        for last in (False, True):
+            if not self._there():
+                return
+            try:
+                return self._write(key, record)
+            except FileNotFoundError:  # removed between the check and the write: once more
+                if last:
+                    raise
+
+    def _write(self, key: str, record: dict) -> None:
         oof = record.get("oof")
         if oof is not None:  # first, so a record on disk always has its scores
             with atomic_path(self.dir / f"{key[:32]}.oof.npy") as tmp:
@@ -95,4 +112,4 @@ class ResultStore:
 
     def model_path(self, key: str) -> Optional[Path]:
         """Where a refitted model is kept (None when nothing can be kept)."""
-        return self.dir / f"{key[:32]}.skops" if self.writable else None
+        return self.dir / f"{key[:32]}.skops" if self._there() else None

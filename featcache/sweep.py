@@ -94,6 +94,7 @@ def run(cfg: SweepConfig) -> SweepResult:
 
 def _run(cfg: SweepConfig) -> SweepResult:
     tune_allocator()
+    backends.remove_stale_scratch()  # what killed sweeps left in shared memory
     deadline = None if cfg.budget is None else time.monotonic() + cfg.budget
     if cfg.out is not None:  # before any fit: an unwritable or occupied --out fails now, not after the work
         prepare_out(cfg.out, cfg.overwrite)
@@ -101,7 +102,8 @@ def _run(cfg: SweepConfig) -> SweepResult:
     grid, only = grids.read_grid(cfg.grid), list(cfg.classifiers) or None
     grids.expand_grid(grid, only)  # every table checked now, before the features are read
     feats = load_features(cfg.cache, cfg.layer, cfg.views, cfg.out_of_core, cfg.block_rows,
-                          shared_copy=cfg.backend == "loky" and (None if cfg.n_jobs is None else cfg.n_jobs != 1))
+                          shared_copy=cfg.backend == "loky" and (None if cfg.n_jobs is None else cfg.n_jobs != 1),
+                          tasks=backends.local_tasks(cfg.backend, cfg.n_jobs))
     if cfg.tta and feats.V is None:
         raise FeatcacheError("--tta needs augmented views in the cache; extract with --views K "
                              "(and do not pass --no-views)")

@@ -153,10 +153,13 @@ def test_features_larger_than_memory_are_refused_with_the_way_out(cache, tmp_pat
     from featcache.sweep import sweep
 
     monkeypatch.setattr(features, "available_memory", lambda: 100_000)  # less than 2,400 x 32 x 4 bytes
-    with pytest.raises(FeatcacheError, match=r"the features need 600\.0 KB \(2 copies of 300\.0 KB while loading "
+    # as read, the pool/test rows, and one task's training rows with their preprocessed copy
+    with pytest.raises(FeatcacheError, match=r"the features need 1\.2 MB \(4 copies of 300\.0 KB while loading "
                                              r"and fitting\) but 97\.7 KB of memory is available; "
                                              r"rerun with --out-of-core"):
         sweep(cache, grid=STREAM_GRID, reuse=False)
+    with pytest.raises(FeatcacheError, match=r"\(7 copies of 300\.0 KB"):  # + the workers' shared copy, 2 tasks
+        sweep(cache, grid=STREAM_GRID, reuse=False, n_jobs=2)
     res = sweep(cache, grid={"sgd": {"max_iter": 3}}, out_of_core=True, reuse=False, progress=False)
     assert res.leaderboard["status"].tolist() == ["ok"]
 

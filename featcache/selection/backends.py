@@ -22,7 +22,8 @@ from .._util import pid_alive
 from ..config import BACKENDS, CLUSTER_BACKENDS
 from ..errors import FeatcacheError
 
-__all__ = ["BACKENDS", "CLUSTER_BACKENDS", "Session", "session", "require", "fetch", "remove_stale_scratch"]
+__all__ = ["BACKENDS", "CLUSTER_BACKENDS", "Session", "session", "require", "fetch", "remove_stale_scratch",
+           "local_tasks"]
 
 
 # From this many feature values (rows x columns; 2M = 1,400 rows of 1,432 floats) parallel workers repay their
@@ -70,6 +71,14 @@ def session(backend: str, address: Optional[str], n_jobs: Optional[int], n_tasks
         stack.enter_context(parallel_config(backend=backend, n_jobs=workers, **backend_args))
         # Ray's joblib backend cannot hand results back one by one, only all together at the end.
         yield Session(workers, threads, arrays, "list" if backend == "ray" else "generator")
+
+
+def local_tasks(backend: str, n_jobs: Optional[int]) -> int:
+    """At most how many tasks run at once on this machine (each holds its own preprocessed training rows); a
+    cluster's run on its nodes."""
+    if backend in CLUSTER_BACKENDS or n_jobs is None and backend != "loky":
+        return 1
+    return (os.cpu_count() or 1) if n_jobs in (None, -1) else max(1, int(n_jobs))
 
 
 def require(backend: str) -> None:
@@ -145,7 +154,6 @@ def _memmap(X: np.ndarray):
     """``X`` as a read-only memmap for loky workers: one copy in the page cache, none per task. The folder's
     name holds this process's id, so a later sweep can tell it was left by a sweep that was killed."""
     scratch = _scratch_dir(X.nbytes)
-    remove_stale_scratch(Path(scratch or tempfile.gettempdir()))
     with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=scratch) as tmp:
         path = Path(tmp) / "X.npy"
         np.save(path, X)
@@ -155,11 +163,14 @@ def _memmap(X: np.ndarray):
 SCRATCH_PREFIX = "featcache-sweep-"
 
 
-def remove_stale_scratch(folder: Path) -> List[Path]:
+def remove_stale_scratch() -> List[Path]:
     """Delete the memmap folders of sweeps whose process is gone (a ``kill -9`` skips the clean-up), featcache's
-    and joblib's own (``joblib_memmapping_folder_<pid>_...``); a live sweep's are kept. Returns those removed."""
+    and joblib's own (``joblib_memmapping_folder_<pid>_...``), in /dev/shm and the temporary folder; a live sweep's
+    are kept. Every sweep calls it as it starts, whatever its backend. Returns those removed."""
     removed = []
-    for path in list(folder.glob(f"{SCRATCH_PREFIX}*")) + list(folder.glob("joblib_memmapping_folder_*")):
+    folders = {Path(f) for f in ("/dev/shm", tempfile.gettempdir()) if os.path.isdir(f)}
+    for path in [p for folder in sorted(folders) for pattern in (f"{SCRATCH_PREFIX}*", "joblib_memmapping_folder_*")
+                 for p in folder.glob(pattern)]:
         digits = path.name.split("-")[2] if path.name.startswith(SCRATCH_PREFIX) else path.name.split("_")[3]
         if path.is_dir() and digits.isdigit() and not pid_alive(int(digits)):
             shutil.rmtree(path, ignore_errors=True)

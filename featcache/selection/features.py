@@ -71,11 +71,12 @@ def pool_and_test(fs: FeatureSet) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_core: bool = False,
-                  block_rows: Optional[int] = None, shared_copy: Optional[bool] = False) -> Features:
+                  block_rows: Optional[int] = None, shared_copy: Optional[bool] = False, tasks: int = 1) -> Features:
     """Read only the layer(s) the sweep needs (and their augmented views), split off pool and test rows.
 
     ``out_of_core``: read no features now; ``X`` and ``X_test`` are :class:`streaming.Rows` views of the file.
     ``shared_copy``: whether loky workers will share a copy (None: when the features are large enough for workers).
+    ``tasks``: how many fits may run at once here, each with its own training rows and their preprocessed copy.
     """
     fs = load(path, lazy=True)
     try:
@@ -92,10 +93,12 @@ def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_
         if not out_of_core:
             per_copy = len(fs) * sum(dims.values()) * 4 * (1 + (fs.views[layers[0]].shape[1] if use_views else 0))
             # Copies held at once: the layers as read, their side-by-side matrix (several layers), the pool/test
-            # rows taken from it, and the memmap the loky workers share (in /dev/shm: memory too).
+            # rows taken from it, the memmap the loky workers share (in /dev/shm: memory too), and in every task
+            # running at once its training rows and their preprocessed copy (at most the whole width each).
             if shared_copy is None:  # n_jobs None: workers (and their shared copy) only for large features
                 shared_copy = per_copy // 4 >= AUTO_PARALLEL_VALUES
-            _check_memory(per_copy, 1 + (len(layers) > 1) + 1 + shared_copy)
+                tasks = tasks if shared_copy else 1
+            _check_memory(per_copy, 1 + (len(layers) > 1) + 1 + shared_copy + 2 * tasks)
             blocks = [np.asarray(fs.features[name][:], dtype=np.float32).reshape(len(fs), -1) for name in layers]
         if use_views:
             k = fs.views[layers[0]].shape[1]

@@ -140,3 +140,24 @@ def test_a_cache_published_while_the_ranks_start_is_one_decision(tmp_path, make_
     assert proc.returncode == 0, err
     assert out.strip().splitlines() == [str(path)] and "cache hit" in err
     assert not list(cache.glob("*.partial.h5"))
+
+
+def test_a_file_touched_while_the_ranks_plan_gives_one_cache(tmp_path, make_image):
+    """A second process keeps touching one image (a new mtime every few milliseconds) while two ranks start: ranks
+    that listed the files themselves saw different times, computed different keys and wrote parts of different
+    caches, and rank 0 failed at publish. Rank 0 lists them once for every rank."""
+    data = _folder(tmp_path / "data", make_image, n=6)
+    victim = data / "c0" / "img_000.png"
+    cache = tmp_path / "c"
+    toucher = subprocess.Popen([sys.executable, "-c", "import os, time\nt = 1_000_000_000\nwhile True:\n"
+                                f"    t += 1\n    os.utime({str(victim)!r}, (t, t))\n    time.sleep(0.003)\n"])
+    try:
+        proc = _torchrun(data, cache)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        toucher.kill()
+        toucher.wait()
+    assert proc.returncode == 0, err
+    caches = sorted(cache.glob("*.h5"))
+    assert [str(p) for p in caches] == out.strip().splitlines()[-1:] and not list(cache.glob("*.partial.h5"))
+    assert len(load(caches[0]).paths) == 18  # every decodable image, once

@@ -68,9 +68,11 @@ def plan_extraction(cfg: ExtractConfig, source: Optional[Source] = None, manifes
     ``manifest``, when given, were read already). What was resolved from the model is written down, so the next
     cache hit with these settings needs no torch (:mod:`featcache.cache.hit`)."""
     cfg.validate()
+    shard = distributed_shard()
+    if shard is not None and isinstance(cfg.data, (str, os.PathLike)):  # a Dataset: each rank hashes its own
+        source, manifest = _listing_of_rank0(cfg, shard)
     source = source if source is not None else open_source(cfg.data)
     device = resolve_device(cfg.device)
-    shard = distributed_shard()
     if shard and device.type == "cuda" and device.index is None:  # one GPU per rank, never all on cuda:0
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     engine, precision, engine_key = plan_engine(cfg, device)
@@ -89,6 +91,26 @@ def plan_extraction(cfg: ExtractConfig, source: Optional[Source] = None, manifes
         remember(cfg, backbone.identity(), layers, precision, engine, engine_key, backbone.weights_file)
     return Plan(source, device, precision, backbone, layers, manifest, parts, fingerprint, path, shard, engine,
                 engine_key)
+
+
+def _listing_of_rank0(cfg: ExtractConfig, shard: Tuple[int, int]) -> Tuple[Source, dict]:
+    """Under torchrun, rank 0 lists the files and reads their sizes and times (or hashes them), and every rank
+    plans from that one listing: ranks listing for themselves get different keys when a file changes between
+    their looks, and write parts of different caches. A mistake in the data fails every rank with rank 0's
+    message, never leaving the others waiting."""
+    import torch.distributed as dist
+
+    listing: list = [None]
+    if shard[0] == 0:
+        try:
+            source = open_source(cfg.data)
+            listing = [(source, source.manifest(cfg.hash_content))]
+        except FeatcacheError as e:
+            listing = [e]
+    dist.broadcast_object_list(listing, src=0)
+    if isinstance(listing[0], FeatcacheError):
+        raise listing[0]
+    return listing[0]
 
 
 CPU_BATCH_SIZE = 64  # CPU throughput is flat beyond a few dozen images per batch

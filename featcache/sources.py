@@ -11,6 +11,9 @@ import csv
 import hashlib
 import logging
 import os
+import queue
+import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
@@ -50,11 +53,12 @@ class Source:
     def file_path(self, i: int) -> Path:
         return self.root / self.paths[i]
 
-    def manifest(self, hash_content: bool = False) -> dict:
-        """What the cache key needs to know about the inputs: each file's identity and state."""
+    def manifest(self, hash_content: bool = False, timeout: Optional[float] = None) -> dict:
+        """What the cache key needs to know about the inputs: each file's identity and state. ``hash_content``:
+        each file's sha256, read in a helper thread given ``timeout`` seconds a file (``--decode-timeout``)."""
         if self.dataset is not None:
             return {"dataset": type(self.dataset).__qualname__, "content_sha256": self.digest}
-        sizes, mtimes, digests = [], [], []
+        sizes, mtimes, regular = [], [], []
         for rel in self.paths:
             path = self.root / rel
             try:
@@ -63,9 +67,45 @@ class Source:
                 raise FeatcacheError(f"cannot read {path}: {e.strerror}") from e
             sizes.append(st.st_size)
             mtimes.append(st.st_mtime_ns)
-            if hash_content:
-                digests.append(file_sha256(path))
-        return {"size": sizes, "mtime_ns": mtimes, "sha256": digests or None}
+            regular.append(stat.S_ISREG(st.st_mode))
+        digests = _content_digests([self.root / rel for rel in self.paths], regular, timeout) if hash_content else None
+        return {"size": sizes, "mtime_ns": mtimes, "sha256": digests}
+
+
+def _content_digests(paths: List[Path], regular: List[bool], timeout: Optional[float]) -> List[str]:
+    """Each file's sha256, read by a daemon thread the caller waits on for at most ``timeout`` seconds a file. A
+    file that is not a regular one (a FIFO, a device: opening it may never return) is not opened, and one whose
+    read outlasts the timeout (a hung network mount) is given up, its thread left behind: each gets a note in
+    place of a hash, and decoding then fails that file alone and records it under ``failed/``."""
+    out: List[str] = []
+    jobs: Optional[queue.Queue] = None
+    for path, is_file in zip(paths, regular):
+        if not is_file:
+            log.warning("%s is not a regular file (a FIFO or a device?): not hashed, and it will fail to decode", path)
+            out.append("not a regular file")
+            continue
+        if jobs is None:  # a fresh thread with its own queues: a stuck one keeps the old ones
+            jobs, results = queue.Queue(), queue.Queue()
+            threading.Thread(target=_hash_worker, args=(jobs, results), daemon=True).start()
+        jobs.put(path)
+        try:
+            out.append(results.get(timeout=timeout))
+        except queue.Empty:
+            log.warning("%s: no answer after %g s of reading it to hash it (--decode-timeout): not hashed, left to "
+                        "fail on decoding", path, timeout)
+            out.append(f"no answer in {timeout:g} s")
+            jobs = None
+    if jobs is not None:
+        jobs.put(None)
+    return out
+
+
+def _hash_worker(jobs: queue.Queue, results: queue.Queue) -> None:
+    for path in iter(jobs.get, None):
+        try:
+            results.put(file_sha256(path))
+        except OSError as e:
+            results.put(f"unreadable: {e.strerror or e}")
 
 
 def _read_dataset(dataset, n: int):

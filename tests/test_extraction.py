@@ -372,3 +372,18 @@ def test_a_hung_read_with_gpu_decode_fails_alone(tmp_path, make_image, fast):
                                                 "decode_timeout": 1.0})
     fs = load(path)
     assert len(fs) == 4 and [p for p, _ in fs.failed] == ["a/stuck.jpg"] and "longer than 1 s" in fs.failed[0][1]
+
+
+def test_hashing_content_never_blocks_on_a_fifo(split_folder, tmp_path):
+    """A FIFO named like an image (a real one: opening it for reading waits for a writer that never comes) once
+    hung ``--hash-content`` forever. It fails alone, recorded under ``failed/``, and the run finishes."""
+    fifo = split_folder / "train" / "a" / "pipe.png"
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, "-m", "featcache.extract", "--data", str(split_folder), "--cache-dir",
+                        str(tmp_path / "c"), "--model", "resnet18", "--weights", "none", "--image-size", "32",
+                        "--num-workers", "0", "--engine", "torch", "--hash-content", "--decode-timeout", "2",
+                        "--no-progress"], capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    fs = featcache.load(r.stdout.strip().splitlines()[-1])
+    assert len(fs) == 20 and [p for p, _ in fs.failed] == ["train/a/pipe.png"]
+    assert "pipe.png is not a regular file" in r.stderr

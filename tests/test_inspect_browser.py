@@ -66,3 +66,32 @@ def test_report_renders_in_chromium(tmp_path):
     taken = _chromium(f"--screenshot={shot}", "--window-size=1280,2400", page.as_uri())
     assert taken.returncode == 0 and shot.stat().st_size > 10_000, taken.stderr[-2000:]
     print(f"screenshot of the report: {shot}")
+
+
+HOSTILE = ["one<!--<script", "x\"><img src=x onerror=\"document.body.setAttribute('data-pwned','1')\">", "@@data@@"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install -y chromium), so "
+                                             "the report cannot be opened in a real browser here")
+def test_hostile_class_and_file_names_stay_text_in_the_report(tmp_path, make_image):
+    """Class folders named to break the page (``one<!--<script`` once hid the inline data's closing tag from the
+    parser: no data-ready, no error shown), to inject markup, or to be a template slot; a file name too."""
+    root = tmp_path / "data"
+    for k, name in enumerate(HOSTILE):
+        for i in range(10):
+            file = f"<b>{i}</b>&amp.png" if i == 0 else f"img_{i}.png"
+            make_image(root / name / file, k, i, size=(40, 40))
+    cache = featcache.extract(root, **FAST_SETTINGS, cache_dir=tmp_path / "cache")
+    out = tmp_path / "report"
+    run = subprocess.run([sys.executable, "-m", "featcache", "inspect", str(cache), "--out", str(out),
+                          "--no-progress"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    dom = _chromium("--dump-dom", (out / "index.html").resolve().as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    assert re.search(r'<body[^>]*data-ready="1"', html), "the page's script did not run to the end"
+    errors = re.search(r'<pre id="js-errors">(.*?)</pre>', html, re.S)
+    assert errors is not None and errors.group(1).strip() == "", errors.group(1) if errors else html[:500]
+    assert not re.search(r"<body[^>]*data-pwned", html) and '<img src="x"' not in html  # no element, no handler
+    assert re.search(r'<canvas id="map"[^>]*data-points="30"', html), "the map's data did not survive"
+    assert "one&lt;!--&lt;script" in html and "&lt;b&gt;0&lt;/b&gt;&amp;amp.png" in html  # shown as text

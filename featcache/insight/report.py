@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -81,14 +82,14 @@ def _galleries(res, thumbs: _Thumbs) -> str:
         tiles = []
         for _, r in res.leaks.head(GALLERY // 2).iterrows():
             how = f"similarity {r.similarity:.4f}" + (f", aligned residual {r.residual:.3f}" if r.residual >= 0 else "")
-            cap = f"{r.split_a}; {'same bytes' if r.exact else how}"
+            cap = f"{html.escape(str(r.split_a))}; {'same bytes' if r.exact else how}"
             tiles.append('<div class="pair">' + _tile(thumbs, r.path_a, cap, "leak")
-                         + _tile(thumbs, r.path_b, f"{r.split_b}") + "</div>")
+                         + _tile(thumbs, r.path_b, html.escape(str(r.split_b))) + "</div>")
         parts.append(_section("Leaks across splits", "copies of one image in different splits: every score "
                               "measured on the held-out split is inflated by them", "".join(tiles), len(res.leaks)))
         tiles = []
         for _, c in res.clusters.head(12).iterrows():
-            members = "".join(_tile(thumbs, p, f"{s or ''}") for p, s in
+            members = "".join(_tile(thumbs, p, html.escape(str(s or ""))) for p, s in
                               zip(c.paths[:8], [""] * min(8, len(c.paths))))
             more = f'<span class="more">+{c["size"] - 8} more</span>' if c["size"] > 8 else ""
             tiles.append(f'<div class="cluster"><h3>cluster {c.cluster}: {c["size"]} copies'
@@ -106,8 +107,9 @@ def _galleries(res, thumbs: _Thumbs) -> str:
     if len(res.outliers.columns):
         flagged = res.outliers[res.outliers["outlier"]]
         shown = flagged if len(flagged) else res.outliers.head(12)
-        tiles = [_tile(thumbs, r.path, f"{html.escape(str(r.label))} {r.split}, distance {r.score:.3f} "
-                                       f"(z {r.z:.1f})", "outlier") for _, r in shown.head(GALLERY).iterrows()]
+        tiles = [_tile(thumbs, r.path, f"{html.escape(str(r.label))} {html.escape(str(r.split))}, "
+                                       f"distance {r.score:.3f} (z {r.z:.1f})", "outlier")
+                 for _, r in shown.head(GALLERY).iterrows()]
         about = "rows far from their nearest neighbours in feature space" + \
             ("" if len(flagged) else "; none flagged, the farthest shown")
         parts.append(_section("Outliers", about, "".join(tiles), len(flagged)))
@@ -136,10 +138,19 @@ def _img(path: Path) -> str:
 
 
 def _fill(template: str, **parts: str) -> str:
-    """``template`` with each ``@@name@@`` replaced (CSS and JS keep their braces)."""
-    for name, text in parts.items():
-        template = template.replace(f"@@{name}@@", text)
-    return template
+    """``template`` with each ``@@name@@`` replaced (CSS and JS keep their braces), in one pass: a part that
+    holds ``@@data@@`` (a class named so) is never filled in turn."""
+    return re.sub(r"@@(\w+)@@", lambda m: parts.get(m.group(1), m.group(0)), template)
+
+
+def script_json(obj) -> str:
+    """``obj`` as JSON safe inside an inline ``<script>``: ``<``, ``>`` and ``&`` as ``\\u`` escapes (so no name
+    can close the element or open a comment such as ``<!--<script``, which hides the rest from the parser), and
+    the two line separators JavaScript once refused in strings."""
+    text = json.dumps(obj)
+    for ch in "<>&\u2028\u2029":
+        text = text.replace(ch, f"\\u{ord(ch):04x}")
+    return text
 
 
 def write_report(res, ds: Dataset, out: Path, y=None, proba=None) -> Path:
@@ -177,7 +188,7 @@ def write_report(res, ds: Dataset, out: Path, y=None, proba=None) -> Path:
                     'point for its thumbnail and path.</p><div id="map-wrap"><canvas id="map" width="860" '
                     'height="640"></canvas><div id="tip"></div></div><details><summary>static PNG</summary>'
                     + _img(out / "map.png") + "</details></section>")
-        data = json.dumps(_map_data(res, thumbs, ds.classes)).replace("</", "<\\/")
+        data = script_json(_map_data(res, thumbs, ds.classes))
     else:
         data = "null"
     page = _fill(PAGE, title=html.escape(f"featcache inspect: {ds.cache.name}"), style=STYLE,

@@ -211,3 +211,24 @@ def test_the_result_store_keeps_no_pickles(trained):
     assert refits and not list((trained["root"] / "r").rglob("*.joblib"))
     for path in refits:
         assert load_model(path).pipeline is not None
+
+
+def test_a_small_model_file_cannot_ask_for_a_huge_network(tmp_path):
+    """A 10 KB model file whose DenseHead hyperparameters declare 131,072 inputs and hidden units (64 GiB of
+    weights) once made loading build that network before any weight was compared: refused from the shapes alone,
+    with nothing allocated (torch's meta device), and the peak memory of this process barely moves."""
+    import resource
+
+    from featcache.learn.dense import DenseHead
+
+    rng = np.random.default_rng(0)
+    head = DenseHead(hidden_layer_sizes=(8,), epochs=2).fit(rng.random((40, 4)).astype(np.float32),
+                                                             np.arange(40) % 2)
+    head.n_features_in_, head.hidden_layer_sizes = 131_072, (131_072,)  # the crafted hyperparameters
+    forged = _forge(tmp_path / "huge.skops", head, {"classes": ["0", "1"]})
+    assert forged.stat().st_size < 20_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(FeatcacheError, match=r"refusing to load .*huge\.skops: DenseHead: the stored weights .* are "
+                                             r"not the shapes its hyperparameters declare"):
+        load_model(forged)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KB: under 200 MB more

@@ -240,6 +240,15 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         weights = state.pop("module_weights_", None)
         super().__setstate__(state)
         if weights is not None:  # the same architecture from the hyperparameters, then the weights
+            # Shapes first, on torch's meta device (nothing allocated): a 10 KB file whose hyperparameters declare
+            # 131,072 inputs and hidden units would otherwise ask for 64 GiB before any weight is compared.
+            with torch.device("meta"):
+                declared = {k: tuple(v.shape) for k, v in
+                            self._build(int(self.n_features_in_), len(self.classes_)).state_dict().items()}
+            stored = {k: tuple(np.shape(v)) for k, v in weights.items()}
+            if declared != stored:
+                raise ValueError(f"DenseHead: the stored weights {stored} are not the shapes its hyperparameters "
+                                 f"declare {declared}: a damaged or crafted model file")
             module = self._build(self.n_features_in_, len(self.classes_))
             module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
             self.module_ = module.eval()

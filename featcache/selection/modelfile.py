@@ -153,7 +153,11 @@ def load_model(path, trust_model_code: bool = False) -> SavedModel:
     if foreign:
         raise FeatcacheError(f"refusing to load {path}: it holds types featcache does not trust "
                              f"({', '.join(foreign[:5])}); featcache writes only scikit-learn and featcache types")
-    return SavedModel(path, sio.load(path, trusted=list(untrusted)), metadata)
+    try:
+        model = sio.load(path, trusted=list(untrusted))
+    except (ValueError, TypeError, KeyError) as e:  # e.g. weights that are not the shapes the model declares
+        raise FeatcacheError(f"refusing to load {path}: {e}") from e
+    return SavedModel(path, model, metadata)
 
 
 def _load_top(path: Path, info: dict, trust_model_code: bool):

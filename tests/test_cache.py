@@ -241,8 +241,8 @@ def test_rows_reach_the_disk_before_the_counter_that_vouches_for_them(tmp_path, 
         events.append(("fsync", w.rows_done))
         real_fsync(fd)
 
-    monkeypatch.setattr(write.os, "fsync", recording_fsync)
     w = CacheWriter(tmp_path / "c.h5", _source(10), {}, {"features/f": (3,)}, "float32", "fp", ATTRS)
+    monkeypatch.setattr(write.os, "fsync", recording_fsync)
     for lo in range(0, 10, 2):
         w.append(_block(lo, lo + 2))
     w.flush()
@@ -388,3 +388,30 @@ def test_temporary_files_are_new_unguessable_and_still_ours_at_the_rename(tmp_pa
     dead = tmp_path / ".e.h5.999999999.x1y2.tmp"  # a pid no process has
     dead.write_bytes(b"half")
     assert orphan_temporaries(tmp_path / "e.h5") == [dead]
+
+
+def test_reused_rows_reach_the_disk_before_anything_vouches_for_them(tmp_path, monkeypatch):
+    """Rows copied from an older cache are done (not in the to-do list) once the partial's layout is whole: they must
+    be fsynced first. A power cut cannot be made in a test, so the fsync helper is wrapped to record, at each call,
+    what the file holds; the reused rows must be synced before the counter that marks the layout whole exists."""
+    from featcache.cache import write
+    from featcache.cache.layout import ROWS_DONE
+    from featcache.cache.write import Reuse
+
+    old = tmp_path / "old.h5"
+    w = CacheWriter(old, _source(6), {}, {"features/f": (3,)}, "float32", "fp0", ATTRS)
+    w.append(_block(0, 6))
+    w.finish({})
+    seen = []
+    real = write._fsync
+
+    def recording(f):
+        seen.append((ROWS_DONE in f, float(f["features/f"][1, 0]) if "features/f" in f else None))
+        real(f)
+
+    monkeypatch.setattr(write, "_fsync", recording)
+    reuse = Reuse(old, np.array([1, 2]), np.array([1, 2]))
+    w = CacheWriter(tmp_path / "new.h5", _source(6), {}, {"features/f": (3,)}, "float32", "fp1", ATTRS, reuse=reuse)
+    assert w.reused == 2 and list(w.remaining) == [0, 3, 4, 5]
+    assert seen[0] == (False, 1.0)  # the reused row 1 synced while nothing vouched for it yet
+    w.close()

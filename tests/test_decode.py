@@ -37,3 +37,92 @@ def test_decoded_pixels_are_pinned_to_the_features_version(tmp_path):
     assert FEATURES_VERSION in DECODED, f"record the checksum of FEATURES_VERSION {FEATURES_VERSION}"
     assert h.hexdigest() == DECODED[FEATURES_VERSION], (
         "decoded pixels changed: bump featcache.cache.key.FEATURES_VERSION and record the new checksum")
+
+
+# FEATURES_VERSION -> features of the images above through the whole path (decoding, normalisation, the shipped
+# EfficientNet-Lite0, pooling, a second scale, augmented views): every layer's 6 values of each image and of its
+# first view (3 first and 3 last: with two scales, one of each). Compared with a tolerance (fp32 convolutions
+# differ in the last bits between CPUs).
+FEATURES = {1: {
+    'avg+scales _blocks.4': [
+        [15.6481, -2.19216, 1.29864, -1.30924, -2.64973, -3.75135],
+        [15.5343, -2.40942, 0.70232, 0.86819, -2.30913, -1.66431],
+        [9.42768, -5.51132, 0.41443, -3.7114, -1.47843, -1.59101],
+        [8.54087, -5.68478, -0.01034, -4.53587, -0.68166, 0.07991]],
+    'avg+scales _blocks.4 view0': [
+        [15.3888, -2.93342, 1.51924, -0.14712, -3.41451, -4.75319],
+        [14.1278, -2.81697, 2.17963, -0.72575, 1.03418, -2.99444],
+        [8.4726, -1.71308, 1.80555, -5.5804, -0.31169, 0.12958],
+        [8.49832, -5.07992, 0.98966, -3.94259, 0.45889, 0.45176]],
+    'avg+scales _blocks.10': [
+        [-3.67224, 1.83119, -1.82823, 2.34366, 3.19296, 3.12183],
+        [-3.1766, 1.62425, -0.78696, 4.74547, 1.69177, 7.98979],
+        [-3.01347, -0.23554, -1.12165, 1.28559, -3.1852, 2.60931],
+        [-2.99787, -0.69889, -2.43593, 0.18414, -1.44072, -0.02984]],
+    'avg+scales _blocks.10 view0': [
+        [-2.34971, 0.41928, -1.56099, 0.40352, 5.00089, 1.44049],
+        [-2.32519, 0.76586, -0.92992, 1.69409, 3.75033, 7.24279],
+        [-1.09031, 0.26836, 0.83737, -0.02036, -2.77253, 2.01541],
+        [-3.32909, -1.17753, -1.20223, 0.46827, -1.51214, -3.02823]],
+    'avg+scales _swish_1': [
+        [0.41779, 0, 0, 0, 0, 0],
+        [0.53652, 0, 0.29441, 0, 0, 0],
+        [0.39791, 0, 1.67662, 0, 0, 0],
+        [1.03721, 0, 0.61648, 0, 0, 0]],
+    'avg+scales _swish_1 view0': [
+        [0.91608, 0, 0.04516, 0, 0, 0],
+        [0.54909, 0, 0, 0, 0, 0],
+        [0.31792, 0, 0, 0, 0, 0],
+        [1.70125, 0, 0.55468, 0, 0, 0]],
+    'max _blocks.4': [
+        [32.2654, 11.2058, 12.2731, 9.6372, 12.1841, 14.199],
+        [30.7804, 9.2065, 12.5343, 13.7665, 14.4993, 15.4473],
+        [22.0146, 8.76113, 16.4748, 7.6046, 8.36808, 14.6192],
+        [22.2825, 11.1999, 17.7841, 1.52141, 14.979, 13.1509]],
+    'max _blocks.10': [
+        [2.33117, 6.72017, 3.82584, 7.14794, 9.84091, 7.56206],
+        [1.39625, 6.66056, 4.89315, 7.36821, 9.45972, 8.10604],
+        [0.80388, 6.998, 4.20399, 6.93042, 5.47031, 5.8873],
+        [0.70552, 3.7479, 1.99513, 6.35346, 2.01563, 9.05623]],
+    'max _swish_1': [
+        [1.03484, 0, 0, 0, 1.03476, 0],
+        [1.3322, 0, 0.3787, 0, 0, 0],
+        [0.8852, 0, 2.00644, 0.18599, 0, 0],
+        [1.38104, 0, 0.85026, 0, 0, 0]],
+}}
+
+
+def _golden_features(tmp_path):
+    import featcache
+
+    for path in _images(tmp_path):
+        (tmp_path / "imgs" / "x").mkdir(parents=True, exist_ok=True)
+        path.rename(tmp_path / "imgs" / "x" / path.name)
+    common = dict(image_size=64, engine="torch", precision="fp32", num_workers=0, progress=False,
+                  cache_dir=tmp_path / "c")
+    avg = featcache.load(featcache.extract(tmp_path / "imgs", scales=(1.0, 0.5), views=2, augment=("flip", "crop"),
+                                           **common))
+    peak = featcache.load(featcache.extract(tmp_path / "imgs", pool="max", **common))
+    rows = {}
+    for tag, fs in (("avg+scales", avg), ("max", peak)):
+        for layer in fs.layers:
+            x = np.asarray(fs.features[layer][:], dtype=np.float64)
+            rows[f"{tag} {layer}"] = np.c_[x[:, :3], x[:, -3:]]  # with scales, the last 3 are the second scale's
+            if layer in fs.views:
+                v = np.asarray(fs.views[layer][:, 0], dtype=np.float64)
+                rows[f"{tag} {layer} view0"] = np.c_[v[:, :3], v[:, -3:]]
+    return rows
+
+
+def test_features_are_pinned_to_the_features_version(tmp_path):
+    """Normalisation, pooling, scales and views are part of the features too: a change that moves them fails here
+    until FEATURES_VERSION is bumped (and the new values recorded)."""
+    got = _golden_features(tmp_path)
+    assert FEATURES.get(FEATURES_VERSION) is not None, (
+        f"record the features of FEATURES_VERSION {FEATURES_VERSION}: "
+        + repr({k: np.round(v, 5).tolist() for k, v in got.items()}))
+    want = FEATURES[FEATURES_VERSION]
+    assert sorted(got) == sorted(want)
+    for name, values in want.items():
+        np.testing.assert_allclose(got[name], values, rtol=2e-3, atol=2e-4, err_msg=(
+            f"{name}: features changed; bump featcache.cache.key.FEATURES_VERSION and record the new values"))

@@ -161,8 +161,9 @@ class CacheWriter:
         f.create_dataset(TODO, data=np.flatnonzero((ok == 0) & mine).astype(np.int64))
         f.create_dataset(OK, data=ok)
         f.create_dataset(REASONS, data=np.zeros(self.n, dtype=f"S{REASON_BYTES}"))
+        _fsync(f)  # the reused rows reach the disk before anything vouches for them
         f.create_dataset(ROWS_DONE, data=np.int64(0))  # last: its presence says the layout is whole
-        f.flush()
+        _fsync(f)
 
     def append(self, block: RowBlock) -> None:
         self._pending.append(block)
@@ -203,8 +204,7 @@ class CacheWriter:
     def _sync(self) -> None:
         """Flush HDF5's buffers and fsync the file: after a power cut the counter never vouches for rows the disk
         does not hold (a flush alone only reaches the operating system's cache)."""
-        self.file.flush()
-        os.fsync(self.file.id.get_vfd_handle())
+        _fsync(self.file)
 
     def close(self) -> None:
         if self.file.id.valid:
@@ -273,6 +273,11 @@ def publish(path: Path, partials: List[Tuple[Path, Optional[Tuple[int, int]]]], 
         _close_all(files)
     _remove_partials(path, [p for p, _ in partials])
     return len(keep), failed
+
+
+def _fsync(f: h5py.File) -> None:
+    f.flush()
+    os.fsync(f.id.get_vfd_handle())
 
 
 def _write_listing(out: h5py.File, all_paths, keep: np.ndarray, failed) -> None:

@@ -59,7 +59,8 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="storage type of the features; float16 halves the file (default: float32)")
     p.add_argument("--hash-content", action="store_true",
-                   help="key the cache on each file's SHA-256 instead of its size and modification time")
+                   help="key the cache on each file's SHA-256 instead of its size and modification time (a FIFO "
+                        "or device is never opened; a read outlasting --decode-timeout is given up: that file fails)")
     p.add_argument("--gpu-decode", action="store_true",
                    help="decode JPEGs in batches on the model's device with torchvision.io (nvJPEG on a GPU) "
                         "instead of Pillow in the workers; for GPU runs that are decode-bound (part of the key)")

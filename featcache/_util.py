@@ -93,12 +93,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def same_file(path: Path, made: os.stat_result) -> None:
-    """Refuse to publish ``path`` unless it is still the regular file created as ``made`` (not a link, not another
-    file put in its place by someone with write access to the folder)."""
+    """Refuse to publish ``path`` unless it is still a regular file of ours (not a link, not a file someone else put
+    in its place). Writers may replace the file they were given (safetensors does), so ownership is what counts,
+    not the inode: ``made`` is the file as created."""
     st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (made.st_dev, made.st_ino):
-        raise FeatcacheError(f"{path} was replaced while featcache wrote it (by a link or another file): refusing to "
-                             "publish it; check who else writes to this folder")
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != made.st_uid:
+        raise FeatcacheError(f"{path} was replaced while featcache wrote it (by a link or another user's file): "
+                             "refusing to publish it; check who else writes to this folder")
 
 
 def create_new(path: Path) -> os.stat_result:

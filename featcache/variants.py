@@ -9,6 +9,7 @@ picked among many configurations on these very rows, is not flattered by them.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,7 @@ def variant_stage(name: str, cfg: FitConfig, lead: Lead, pass_s: float, deadline
         passes = lead.passes * sum(s * s for s in cfg.scales)  # compute grows with the pixels
         how, undo = f"the network at {len(cfg.scales)} scales", "--scales 1 skips it"
         # a fit costs about the width of the rows: len(scales) times the features
-        fits_s = factor * float(ok_rows(lead.result)["fit_s"].iloc[0])
+        fits_s = factor * _fits_seconds(lead.result)
     else:
         if not cfg.views:
             skipped.append("views: --views 0")
@@ -69,7 +70,7 @@ def variant_stage(name: str, cfg: FitConfig, lead: Lead, pass_s: float, deadline
         # a kernel SVM's fit grows faster than the rows squared: on MNIST-5k's 20,000 rows with views, 616 s where
         # (1+K)^2 times the lead's fits said 250 s (measured; a busy machine); others grow with the rows
         svm = best.classifier == "svm" or any(m["classifier"] == "svm" for m in best.params.get("members", []))
-        fits_s = factor ** (2.5 if svm else 1.0) * float(ok_rows(lead.result)["fit_s"].iloc[0])
+        fits_s = factor ** (2.5 if svm else 1.0) * _fits_seconds(lead.result)
     members = best.params["members"] if best.classifier == "ensemble" else [
         {"classifier": best.classifier, "params": best.params, "preprocess": best.preprocess}]
     grid: Dict[str, list] = {}
@@ -92,6 +93,12 @@ def variant_stage(name: str, cfg: FitConfig, lead: Lead, pass_s: float, deadline
     extract_cfg = lead.extract_cfg.replace(**changes)
     try:
         vcache = extract(config=extract_cfg)
+        left = deadline - time.monotonic()
+        if left < fits_s:  # the extraction took longer than its estimate: no fits that would overrun the budget
+            skipped.append(f"{name}: its features were extracted in {time.monotonic() - t:.0f} s, after which the "
+                           f"best configuration's fits (estimated {fits_s:.0f} s) no longer fit the {max(left, 0):.0f} "
+                           f"s of the budget left (--budget; {undo})")
+            return None
         variant = sweep(vcache, out=out / name, overwrite=True, grid=grid, layer=lead.result.best_layer, tta=tta,
                         halving=False, screen_layers=0, ensemble=len(members) if len(members) > 1 else 0,
                         budget=max(deadline - time.monotonic(), 1.0), seed=cfg.seed, n_jobs=cfg.n_jobs,
@@ -121,6 +128,15 @@ def variant_stage(name: str, cfg: FitConfig, lead: Lead, pass_s: float, deadline
              "without; McNemar p=%.3f): %s wins", how, duel["rows"], duel["new"] or 0.0, lead.stage,
              duel["best"] or 0.0, n_only, b_only, p, duel["winner"])
     return Lead(variant, Path(vcache), name, extract_cfg, passes, tta or lead.tta)
+
+
+def _fits_seconds(result) -> float:
+    """What the best configuration's fits took in ``result`` (its folds, summed) plus its refit on every row: one
+    fold's fit scaled by the rows (k/(k-1) of a fold's), or 1.25 times a hold-out's."""
+    fit_s = float(ok_rows(result)["fit_s"].iloc[0])
+    folds = re.match(r"(\d+)-fold", result.scheme or "")
+    k = int(folds.group(1)) if folds else 1
+    return fit_s * (1.0 + (1.0 / (k - 1) if k > 1 else 1.25))
 
 
 def exact_kernel_rows() -> int:

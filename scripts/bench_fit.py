@@ -224,6 +224,9 @@ def at_scale(work: Path, rows: int, budget: str) -> dict:
     from featcache._util import parse_duration
 
     data = scaled_set(work, rows)
+    handler = logging.StreamHandler(sys.stderr)  # fit's own account of each stage's estimate and decision
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logging.getLogger("featcache").addHandler(handler)
     logging.getLogger("featcache").setLevel(logging.INFO)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:

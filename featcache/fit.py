@@ -270,7 +270,7 @@ def _finetune_plan(cfg: FitConfig, backbone, node: str, cache: Path, pass_s: flo
                               deadline - time.monotonic())
     if plan is None and cfg.finetune == "always":
         plan, _ = plan_finetune(cfg.train_blocks, int(pool.sum()), holdout, pass_s, per_row, float("inf"))
-    return plan if plan is not None else f"estimated {why}"
+    return plan if plan is not None else why
 
 
 def _finetune_folds(activations: Path, node: str, tuned, cfg: FitConfig, deadline: float,

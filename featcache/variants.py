@@ -82,6 +82,10 @@ def variant_stage(name: str, cfg: FitConfig, lead: Lead, pass_s: float, deadline
         skipped.append(f"views: an exact kernel SVM on {rows} rows (every pool image and its views; its fit time grows "
                        f"with the rows squared, and the default grid stops it at {exact_kernel_rows()}); {undo}")
         return None
+    short = _memory_short(lead, factor, cfg.n_jobs)
+    if short:
+        skipped.append(f"{name}: {short} ({undo})")
+        return None
     estimate = passes * pass_s + fits_s
     left = deadline - time.monotonic()
     if left < estimate:
@@ -128,6 +132,26 @@ def variant_stage(name: str, cfg: FitConfig, lead: Lead, pass_s: float, deadline
              "without; McNemar p=%.3f): %s wins", how, duel["rows"], duel["new"] or 0.0, lead.stage,
              duel["best"] or 0.0, n_only, b_only, p, duel["winner"])
     return Lead(variant, Path(vcache), name, extract_cfg, passes, tta or lead.tta)
+
+
+def _memory_short(lead: Lead, factor: int, n_jobs) -> str:
+    """Why the variant's sweep would not fit in memory (its features are ``factor`` times the lead's: more columns
+    or more rows), before anything is extracted; "" when it fits or memory is unknown."""
+    from ._util import human_size
+    from .cache import available_memory, load
+    from .selection.backends import local_tasks
+    from .selection.features import copies_held
+
+    layers = lead.result.best_layer.split("+") if lead.result.best_layer else None
+    with load(lead.cache, lazy=True) as fs:
+        names = layers or [fs.layers[-1]]
+        per_copy = factor * len(fs) * 4 * sum(int(np.prod(fs.features[n].shape[1:])) for n in names)
+    copies = copies_held(len(names) > 1, True, local_tasks("loky", n_jobs))
+    available = available_memory()
+    if available is None or per_copy * copies <= available:
+        return ""
+    return (f"its sweep would hold about {human_size(per_copy * copies)} ({copies} copies of {human_size(per_copy)} "
+            f"of features), {human_size(available)} of memory is available")
 
 
 def _fits_seconds(result) -> float:

@@ -117,3 +117,29 @@ def test_before_a_cold_extraction_fit_says_how_long_it_will_take(split_folder, t
     assert "fit: extracting 20 images at 32 px will take about" in caplog.text
     again = featcache.fit(split_folder, tmp_path / "run", **kw)  # the features are cached: nothing to forecast
     assert "forecast" not in again.stages
+
+
+def test_a_variant_whose_sweep_cannot_fit_in_memory_is_skipped_before_extracting(tmp_path, feature_cache,
+                                                                                 monkeypatch):
+    """At 60,000 rows, 4 views made 3.2 GB of features that the sweep then refused for memory (3 minutes of
+    extraction wasted): the copies the variant's sweep would hold are checked first. The machine's memory cannot
+    be made smaller in a test, so the probe of available memory is patched."""
+    import featcache.cache
+    from featcache.config import ExtractConfig, FitConfig
+    from featcache.selection.grids import Config
+    from featcache.sweep import SweepResult
+    from featcache.variants import Lead, variant_stage
+
+    cache = feature_cache(tmp_path / "lead.h5", n=1000, dim=32)  # 128 KB of features
+    best = Config("logreg", json.dumps({"C": 1.0}), "standardize")
+    board = pd.DataFrame({"status": ["ok"], "fit_s": [1.0]})
+    result = SweepResult(board, None, best, "5-fold CV", None, 0, 0, best_layer="synthetic",
+                         val_pred=np.zeros(850, dtype=int))
+    lead = Lead(result, cache, "sweep", ExtractConfig(data=tmp_path))
+    monkeypatch.setattr(featcache.cache, "available_memory", lambda: 2_000_000)  # 2 MB
+    stages, skipped = {}, []
+    cfg = FitConfig(data=tmp_path, out=tmp_path / "out", views=4, n_jobs=1)
+    assert variant_stage("views", cfg, lead, 1.0, time.monotonic() + 3600, tmp_path, stages, skipped) is None
+    assert skipped == ["views: its sweep would hold about 3.1 MB (5 copies of 625.0 KB of features), 1.9 MB of "
+                       "memory is available (--views 0 skips it)"]
+    assert not stages and not (tmp_path / "views").exists()

@@ -20,7 +20,7 @@ from ..errors import FeatcacheError
 from ..learn.streaming import STREAMING_CLASSIFIERS
 from .backends import AUTO_PARALLEL_VALUES
 
-__all__ = ["Features", "load_features", "layer_choices", "pool_and_test"]
+__all__ = ["Features", "load_features", "layer_choices", "pool_and_test", "copies_held"]
 
 log = logging.getLogger("featcache")
 
@@ -92,13 +92,10 @@ def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_
                                  + (" and add --no-views" if use_views else ""))
         if not out_of_core:
             per_copy = len(fs) * sum(dims.values()) * 4 * (1 + (fs.views[layers[0]].shape[1] if use_views else 0))
-            # Copies held at once: the layers as read, their side-by-side matrix (several layers), the pool/test
-            # rows taken from it, the memmap the loky workers share (in /dev/shm: memory too), and in every task
-            # running at once its training rows and their preprocessed copy (at most the whole width each).
             if shared_copy is None:  # n_jobs None: workers (and their shared copy) only for large features
                 shared_copy = per_copy // 4 >= AUTO_PARALLEL_VALUES
                 tasks = tasks if shared_copy else 1
-            _check_memory(per_copy, 1 + (len(layers) > 1) + 1 + shared_copy + 2 * tasks)
+            _check_memory(per_copy, copies_held(len(layers) > 1, shared_copy, tasks))
             blocks = [np.asarray(fs.features[name][:], dtype=np.float32).reshape(len(fs), -1) for name in layers]
         if use_views:
             k = fs.views[layers[0]].shape[1]
@@ -136,6 +133,14 @@ def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_
         V_test=V[test] if V is not None and test.any() else None,
         classes=list(fs.classes), layers=layers, layer_dims=dims, meta=fs.meta, path=Path(fs.path),
         layer_choices=_choice_columns(choices, layers, dims) if len(choices) > 1 else {})
+
+
+def copies_held(several_layers: bool, shared_copy: bool, tasks: int) -> int:
+    """How many copies of its features a sweep holds at once: the layers as read, their side-by-side matrix
+    (several layers), the pool/test rows taken from it, the memmap the loky workers share (in /dev/shm: memory
+    too), and in every task running at once its training rows and their preprocessed copy (at most the whole width
+    each)."""
+    return 1 + int(several_layers) + 1 + int(shared_copy) + 2 * tasks
 
 
 def _check_memory(per_copy: int, copies: int) -> None:

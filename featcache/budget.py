@@ -17,6 +17,10 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from .cache import available_memory
+from .selection.backends import local_tasks
+from .selection.features import copies_held
+
 __all__ = ["FinetunePlan", "plan_finetune", "train_seconds_per_row", "forecast", "BIG_HOLDOUT", "FULL_EPOCHS",
            "MIN_EPOCHS", "FOLDS"]
 
@@ -99,10 +103,12 @@ def plan_finetune(train_blocks: Sequence, pool_rows: int, holdout_rows: Optional
                   f"{full:.0f} s for the full grid")
 
 
-def forecast(extract_cfg, n_images: int, budget_s: float, scales: Sequence[float], views: int) -> dict:
+def forecast(extract_cfg, n_images: int, budget_s: float, scales: Sequence[float], views: int,
+             n_jobs: Optional[int] = None) -> dict:
     """Before a cold extraction: how long it will take, from one timed batch of the network as torch runs it (an
     upper bound: a CPU engine, when one runs, is faster), and what the budget left after it buys: the scales and
-    views stages cost passes of the network over the images (their fits come on top)."""
+    views stages cost passes of the network over the images (their fits come on top), and memory for the copies
+    of their wider or (1+K)x features that their sweeps hold (``*_memory``, against ``memory_available``)."""
     import torch
 
     from . import models
@@ -117,11 +123,17 @@ def forecast(extract_cfg, n_images: int, budget_s: float, scales: Sequence[float
     with torch.inference_mode(), autocast(torch.device("cpu"), precision):
         fx(batch)  # warm-up
         t = time.perf_counter()
-        fx(batch)
+        out = fx(batch)
         per_image = (time.perf_counter() - t) / len(batch)
     extract_s = n_images * per_image
     left = budget_s - extract_s
     scales_s = extract_s * sum(s * s for s in scales) if len(scales) > 1 else 0.0
     views_s = extract_s * (1 + views) if views else 0.0
+    # every layer side by side, the widest choice a sweep can make; its copies as selection.features counts them
+    row_bytes = 4 * sum(int(v[0].numel()) for v in out.values())
+    copies = copies_held(len(layers) > 1, True, local_tasks("loky", n_jobs))
     return {"images": n_images, "size": crop, "extract_s": round(extract_s, 3), "left_s": round(left, 1),
-            "scales_passes_s": round(scales_s, 3), "views_passes_s": round(views_s, 3)}
+            "scales_passes_s": round(scales_s, 3), "views_passes_s": round(views_s, 3),
+            "scales_memory": n_images * row_bytes * len(scales) * copies if len(scales) > 1 else 0,
+            "views_memory": n_images * row_bytes * (1 + views) * copies if views else 0,
+            "memory_available": available_memory()}

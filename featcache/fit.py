@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ._malloc import tune_allocator
-from ._util import atomic_write_text, json_text, make_callable, now_iso
+from ._util import atomic_write_text, human_size, json_text, make_callable, now_iso
 from .budget import FOLDS, forecast, plan_finetune, train_seconds_per_row
 from .config import ExtractConfig, FitConfig
 from .errors import FeatcacheError
@@ -180,12 +180,18 @@ def _announce(cfg: FitConfig, extract_cfg: ExtractConfig, deadline: float, stage
 
         source = open_source(extract_cfg.data)
     left = deadline - time.monotonic()
-    f = forecast(extract_cfg, len(source), left, cfg.scales, cfg.views)
+    f = forecast(extract_cfg, len(source), left, cfg.scales, cfg.views, cfg.n_jobs)
     stages["forecast"] = f
     parts = ["the sweep: what is left after it"]
-    for name, cost in (("scales", f["scales_passes_s"]), ("views", f["views_passes_s"])):
-        if cost:
-            parts.append(f"{name}: {cost:.0f} s of network passes" + (" (will not fit)" if cost > f["left_s"] else ""))
+    memory = f["memory_available"]
+    for name in ("scales", "views"):
+        cost, need = f[f"{name}_passes_s"], f[f"{name}_memory"]
+        if not cost:
+            continue
+        why = ("will not fit in the time" if cost > f["left_s"] else
+               f"will not fit in memory: about {human_size(need)}, {human_size(memory)} available"
+               if memory is not None and need > memory else "")
+        parts.append(f"{name}: {cost:.0f} s of network passes" + (f" ({why})" if why else ""))
     log.info("fit: extracting %d images at %d px will take about %.0f s (timed on one batch in torch; a CPU engine "
              "is faster), leaving %.0f s of the %.0f s budget for %s; fine-tuning is costed once the features "
              "exist", f["images"], f["size"], f["extract_s"], max(f["left_s"], 0), cfg.budget, "; ".join(parts))

@@ -114,6 +114,8 @@ def test_before_a_cold_extraction_fit_says_how_long_it_will_take(split_folder, t
         first = featcache.fit(split_folder, tmp_path / "run", **kw)
     f = first.stages["forecast"]
     assert f["images"] == 20 and f["size"] == 32 and f["extract_s"] > 0 and f["views_passes_s"] > f["extract_s"]
+    # resnet18's default layers (layer2-4: 128 + 256 + 512 floats a row), 3x the rows with 2 views, in copies
+    assert f["views_memory"] % (20 * 3 * 4 * 896) == 0 and f["views_memory"] > 0 and f["memory_available"] > 0
     assert "fit: extracting 20 images at 32 px will take about" in caplog.text
     again = featcache.fit(split_folder, tmp_path / "run", **kw)  # the features are cached: nothing to forecast
     assert "forecast" not in again.stages

@@ -91,7 +91,8 @@ def run_dataset(name: str, work: Path, image_size: int, budget: str, skip, fit_s
                       f"(bench_quality's best row: {BEST_OF_BENCH_QUALITY.get(name, float('nan')):.3f}); best "
                       f"({res.best_stage}, {res.stages['image_size'].get('chosen') or 'model'} px): "
                       f"{res.best_label}; stages: " + ", ".join(f"{k} {v.get('seconds')} s"
-                                                                for k, v in res.stages.items()), flush=True)
+                                                                for k, v in res.stages.items() if "seconds" in v),
+                      flush=True)
                 for stage in ("scales", "views"):
                     d = res.stages.get(stage, {}).get("vs_best")
                     if d:

@@ -24,9 +24,9 @@ from typing import Iterator
 from .errors import FeatcacheError
 
 __all__ = ["parse_duration", "human_size", "sha256_json", "file_sha256", "atomic_path", "atomic_write_text",
-           "same_file", "create_new", "fsync_dir", "orphan_temporaries", "orphans_in", "pid_alive", "json_text",
-           "now_iso", "library_versions", "featcache_version", "package_versions", "make_callable", "plain_scales",
-           "cpu_flags"]
+           "same_file", "create_new", "refuse_link", "fsync_dir", "orphan_temporaries", "orphans_in", "pid_alive",
+           "json_text", "now_iso", "library_versions", "featcache_version", "package_versions", "make_callable",
+           "plain_scales", "cpu_flags"]
 
 
 def human_size(n: float) -> str:
@@ -100,6 +100,15 @@ def same_file(path: Path, made: os.stat_result) -> None:
     if not stat.S_ISREG(st.st_mode) or st.st_uid != made.st_uid:
         raise FeatcacheError(f"{path} was replaced while featcache wrote it (by a link or another user's file): "
                              "refusing to publish it; check who else writes to this folder")
+
+
+def refuse_link(path: Path) -> None:
+    """A file featcache makes (a partial cache) that is a symbolic link was planted by someone else: featcache
+    creates them new, never through a link. Refuse it rather than write through it or publish it."""
+    if os.path.islink(path):
+        raise FeatcacheError(f"{path} is a symbolic link (to {os.readlink(path)}), not a file featcache made: "
+                             "refusing to write through it or publish it; remove the link (and check who else writes "
+                             "to this folder)")
 
 
 def create_new(path: Path) -> os.stat_result:

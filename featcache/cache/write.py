@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
-from .._util import atomic_path, create_new, fsync_dir
+from .._util import atomic_path, create_new, fsync_dir, refuse_link
 from ..errors import FeatcacheError
 from .key import lock_path, partial_path, partials_of
 from .layout import (
@@ -313,15 +313,6 @@ def _finish_in_place(path: Path, partial: Path, all_paths, keep: np.ndarray, cre
         os.fsync(raw.fileno())
     os.replace(partial, path)
     fsync_dir(path.parent)
-
-
-def refuse_link(partial: Path) -> None:
-    """A partial file that is a symbolic link was planted by someone else (featcache creates them new, never through
-    a link): refuse it rather than write through it or publish it as the cache."""
-    if os.path.islink(partial):
-        raise FeatcacheError(f"{partial} is a symbolic link (to {os.readlink(partial)}), not a file featcache made: "
-                             "refusing to write through it or publish it; remove the link (and check who else writes "
-                             "to this folder)")
 
 
 def recover_finished(path: Path, fingerprint: str) -> bool:

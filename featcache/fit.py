@@ -33,7 +33,7 @@ from .learn import metrics
 from .selection.modelfile import SUFFIXES, find_model, read_metadata, sidecar_path
 from .selection.outputs import prepare_out
 from .sizing import choose_image_size
-from .variants import Lead, held_out, ok_rows, paired, pool_truth, variant_stage
+from .variants import Lead, fold_seconds, held_out, ok_rows, paired, pool_truth, variant_stage
 
 __all__ = ["fit", "run", "FitConfig", "FitResult", "FINETUNE_FOLDS"]
 
@@ -131,7 +131,9 @@ def run(cfg: FitConfig) -> FitResult:
         rows.insert(0 if wins else 1, vrow)
         lead = variant if wins else lead
 
-    tuned = _finetune_stage(cfg, extract_cfg, pass_s, deadline, earlier, out, stages, skipped)
+    # Fine-tuning's plan leaves time for the comparison's first fold (one fit of the best so far), which always runs.
+    tuned = _finetune_stage(cfg, extract_cfg, pass_s, deadline - fold_seconds(lead.result), earlier, out, stages,
+                            skipped)
     # What fine-tuning was compared with, down to the cache: a stored comparison is reused only against the same.
     against = f"{lead.stage}: {lead.result.best_config.label()} ({lead.cache.name})"
     duel = (stages.get("finetune") or {}).get("vs_sweep")  # a reused fine-tuning run keeps its comparison

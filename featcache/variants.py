@@ -21,7 +21,8 @@ from ._util import plain_scales
 from .config import ExtractConfig, FitConfig
 from .errors import FeatcacheError
 
-__all__ = ["Lead", "variant_stage", "held_out", "ok_rows", "paired", "p_better", "pool_truth", "exact_kernel_rows"]
+__all__ = ["Lead", "variant_stage", "held_out", "ok_rows", "paired", "p_better", "pool_truth", "exact_kernel_rows",
+           "fold_seconds"]
 
 log = logging.getLogger("featcache")
 
@@ -157,10 +158,18 @@ def _memory_short(lead: Lead, factor: int, n_jobs) -> str:
 def _fits_seconds(result) -> float:
     """What the best configuration's fits took in ``result`` (its folds, summed) plus its refit on every row: one
     fold's fit scaled by the rows (k/(k-1) of a fold's), or 1.25 times a hold-out's."""
-    fit_s = float(ok_rows(result)["fit_s"].iloc[0])
+    k = _folds(result)
+    return fold_seconds(result) * (k + (k / (k - 1) if k > 1 else 1.25))
+
+
+def fold_seconds(result) -> float:
+    """What one fit of ``result``'s best configuration on one fold's training rows took (measured)."""
+    return float(ok_rows(result)["fit_s"].iloc[0]) / _folds(result)
+
+
+def _folds(result) -> int:
     folds = re.match(r"(\d+)-fold", result.scheme or "")
-    k = int(folds.group(1)) if folds else 1
-    return fit_s * (1.0 + (1.0 / (k - 1) if k > 1 else 1.25))
+    return int(folds.group(1)) if folds else 1
 
 
 def exact_kernel_rows() -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_extract import DEFAULT_WORKDIR, make_images  # noqa: E402  (the image sets)
+from bench_extract import DEFAULT_WORKDIR, image_sets  # noqa: E402  (the image sets)
 
 
 def worktree(rev: str, where: Path) -> Path:
@@ -52,12 +52,7 @@ def main() -> int:
     p.add_argument("--pngs", type=int, default=6000, help="PNGs of 32x32 (0: none)")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     args = p.parse_args()
-    sets = {}
-    if args.jpegs:
-        sets[f"{args.jpegs} JPEGs 320x240"] = make_images(args.workdir / f"jpegs-{args.jpegs}", args.jpegs, (320, 240))
-    if args.pngs:
-        sets[f"{args.pngs} PNGs 32x32"] = make_images(args.workdir / f"pngs-{args.pngs}", args.pngs, (32, 32),
-                                                      fmt="png")
+    sets = image_sets(args)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         trees = {rev: worktree(rev, tmp / f"tree{i}") for i, rev in enumerate((args.base, args.head))}

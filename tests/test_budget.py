@@ -145,3 +145,22 @@ def test_a_variant_whose_sweep_cannot_fit_in_memory_is_skipped_before_extracting
     assert skipped == ["views: its sweep would hold about 3.1 MB (5 copies of 625.0 KB of features), 1.9 MB of "
                        "memory is available (--views 0 skips it)"]
     assert not stages and not (tmp_path / "views").exists()
+
+
+def test_after_extracting_a_variants_fits_start_only_if_they_still_fit(split_folder, fast, tmp_path):
+    """The estimate before extracting covered the variant (no time for its passes is counted here: pass_s 0), but the
+    extraction itself took the time the fits needed: they are not started, and the log says why."""
+    from featcache.config import ExtractConfig, FitConfig
+    from featcache.variants import Lead, _fits_seconds, variant_stage
+
+    extract_cfg = ExtractConfig(data=split_folder, **fast)
+    cache = featcache.extract(config=extract_cfg)
+    swept = featcache.sweep(cache, grid={"logreg": {"C": [1.0]}}, progress=False)
+    lead = Lead(swept, cache, "sweep", extract_cfg)
+    fits_s = 3 * _fits_seconds(swept)  # views 2: three times the rows
+    cfg = FitConfig(data=split_folder, out=tmp_path / "out", views=2, augment=("flip",))
+    stages, skipped = {}, []
+    deadline = time.monotonic() + fits_s + 0.1  # the checks before take milliseconds; extracting, far longer
+    assert variant_stage("views", cfg, lead, 0.0, deadline, tmp_path, stages, skipped) is None
+    assert len(skipped) == 1 and skipped[0].startswith("views: its features were extracted in ")
+    assert "no longer fit the" in skipped[0] and not stages and not (tmp_path / "views").exists()

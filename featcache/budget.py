@@ -18,8 +18,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from .cache import available_memory
-from .selection.backends import local_tasks
-from .selection.features import copies_held
+from .selection.features import copies_at_most
 
 __all__ = ["FinetunePlan", "plan_finetune", "train_seconds_per_row", "forecast", "BIG_HOLDOUT", "FULL_EPOCHS",
            "MIN_EPOCHS", "FOLDS"]
@@ -131,7 +130,7 @@ def forecast(extract_cfg, n_images: int, budget_s: float, scales: Sequence[float
     views_s = extract_s * (1 + views) if views else 0.0
     # every layer side by side, the widest choice a sweep can make; its copies as selection.features counts them
     row_bytes = 4 * sum(int(v[0].numel()) for v in out.values())
-    copies = copies_held(len(layers) > 1, True, local_tasks("loky", n_jobs))
+    copies = copies_at_most(len(layers) > 1, n_jobs)
     return {"images": n_images, "size": crop, "extract_s": round(extract_s, 3), "left_s": round(left, 1),
             "scales_passes_s": round(scales_s, 3), "views_passes_s": round(views_s, 3),
             "scales_memory": n_images * row_bytes * len(scales) * copies if len(scales) > 1 else 0,

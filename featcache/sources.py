@@ -55,7 +55,8 @@ class Source:
 
     def manifest(self, hash_content: bool = False, timeout: Optional[float] = None) -> dict:
         """What the cache key needs to know about the inputs: each file's identity and state. ``hash_content``:
-        each file's sha256, read in a helper thread given ``timeout`` seconds a file (``--decode-timeout``)."""
+        each file's sha256, read in a helper thread given ``timeout`` seconds a file (``--decode-timeout``; 0 or
+        None: no limit)."""
         if self.dataset is not None:
             return {"dataset": type(self.dataset).__qualname__, "content_sha256": self.digest}
         sizes, mtimes, regular = [], [], []
@@ -89,7 +90,7 @@ def _content_digests(paths: List[Path], regular: List[bool], timeout: Optional[f
             threading.Thread(target=_hash_worker, args=(jobs, results), daemon=True).start()
         jobs.put(path)
         try:
-            out.append(results.get(timeout=timeout))
+            out.append(results.get(timeout=timeout or None))
         except queue.Empty:
             log.warning("%s: no answer after %g s of reading it to hash it (--decode-timeout): not hashed, left to "
                         "fail on decoding", path, timeout)

@@ -140,14 +140,13 @@ def _memory_short(lead: Lead, factor: int, n_jobs) -> str:
     or more rows), before anything is extracted; "" when it fits or memory is unknown."""
     from ._util import human_size
     from .cache import available_memory, load
-    from .selection.backends import local_tasks
-    from .selection.features import copies_held
+    from .selection.features import copies_at_most
 
     layers = lead.result.best_layer.split("+") if lead.result.best_layer else None
     with load(lead.cache, lazy=True) as fs:
         names = layers or [fs.layers[-1]]
         per_copy = factor * len(fs) * 4 * sum(int(np.prod(fs.features[n].shape[1:])) for n in names)
-    copies = copies_held(len(names) > 1, True, local_tasks("loky", n_jobs))
+    copies = copies_at_most(len(names) > 1, n_jobs)
     available = available_memory()
     if available is None or per_copy * copies <= available:
         return ""

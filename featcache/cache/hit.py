@@ -118,7 +118,7 @@ def find_hit(cfg) -> Tuple[Optional[Path], Optional[Source], Optional[dict]]:
     if record is None:
         return None, None, None
     source = open_source(cfg.data)
-    manifest = source.manifest(cfg.hash_content, cfg.decode_timeout or None)
+    manifest = source.manifest(cfg.hash_content, cfg.decode_timeout)
     model = ModelIdentity(**record["model"])
     parts = key_parts(source, manifest, model, record["layers"], cfg.pool, record["precision"], cfg.dtype,
                       decoder="torchvision.io" if cfg.gpu_decode else "pillow", views=cfg.views, augment=cfg.augment,

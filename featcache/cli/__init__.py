@@ -58,24 +58,20 @@ def add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
 
 
-def blocks_arg(text: str):
-    """argparse type for ``--train-blocks``: an integer >= 0, or ``all``."""
-    if text == "all":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or all, got {text!r}") from None
+def _int_or(word: str, what: str):
+    """An argparse type: ``word`` as it is, else an integer (its range checked by the config)."""
+    def parse(text: str):
+        if text == word:
+            return text
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} or {word}, got {text!r}") from None
+    return parse
 
 
-def int_or_auto(text: str):
-    """argparse type for ``--batch-size``, ``--image-size``: a positive integer (checked by the config), or ``auto``."""
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
+blocks_arg = _int_or("all", "an integer >= 0")  # --train-blocks
+int_or_auto = _int_or("auto", "a positive integer")  # --batch-size, --image-size
 
 
 def duration_arg(text: str) -> float:

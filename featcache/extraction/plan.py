@@ -81,7 +81,7 @@ def plan_extraction(cfg: ExtractConfig, source: Optional[Source] = None, manifes
     # Presets (--layer last2) become node names here, so the cache key names the layers themselves.
     layers = (models.resolve_layers(list(cfg.layers), backbone, nodes) if cfg.layers
               else models.default_layers(backbone, nodes))
-    manifest = manifest if manifest is not None else source.manifest(cfg.hash_content, cfg.decode_timeout or None)
+    manifest = manifest if manifest is not None else source.manifest(cfg.hash_content, cfg.decode_timeout)
     parts = key_parts(source, manifest, backbone.identity(), layers, cfg.pool, precision, cfg.dtype,
                             decoder="torchvision.io" if cfg.gpu_decode else "pillow", views=cfg.views,
                             augment=cfg.augment, scales=cfg.scales, engine=engine_key)
@@ -104,7 +104,7 @@ def _listing_of_rank0(cfg: ExtractConfig, shard: Tuple[int, int]) -> Tuple[Sourc
     if shard[0] == 0:
         try:
             source = open_source(cfg.data)
-            listing = [(source, source.manifest(cfg.hash_content, cfg.decode_timeout or None))]
+            listing = [(source, source.manifest(cfg.hash_content, cfg.decode_timeout))]
         except FeatcacheError as e:
             listing = [e]
     dist.broadcast_object_list(listing, src=0)

@@ -18,9 +18,9 @@ from .._util import human_size
 from ..cache import CacheMeta, FeatureSet, Rows, available_memory, load
 from ..errors import FeatcacheError
 from ..learn.streaming import STREAMING_CLASSIFIERS
-from .backends import AUTO_PARALLEL_VALUES
+from .backends import AUTO_PARALLEL_VALUES, local_tasks
 
-__all__ = ["Features", "load_features", "layer_choices", "pool_and_test", "copies_held"]
+__all__ = ["Features", "load_features", "layer_choices", "pool_and_test", "copies_at_most"]
 
 log = logging.getLogger("featcache")
 
@@ -141,6 +141,11 @@ def copies_held(several_layers: bool, shared_copy: bool, tasks: int) -> int:
     too), and in every task running at once its training rows and their preprocessed copy (at most the whole width
     each)."""
     return 1 + int(several_layers) + 1 + int(shared_copy) + 2 * tasks
+
+
+def copies_at_most(several_layers: bool, n_jobs: Optional[int]) -> int:
+    """:func:`copies_held` by a local sweep at the worst: its workers sharing a copy, a task per worker."""
+    return copies_held(several_layers, True, local_tasks("loky", n_jobs))
 
 
 def _check_memory(per_copy: int, copies: int) -> None:

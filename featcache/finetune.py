@@ -29,7 +29,7 @@ from . import models
 from ._malloc import tune_allocator
 from ._util import make_callable
 from .cache import FeatureSet, Rows, in_use, load
-from .cache.layout import CacheMeta, extract_settings
+from .cache.layout import CacheMeta
 from .config import ExtractConfig, FinetuneConfig
 from .errors import FeatcacheError
 from .learn import metrics
@@ -54,7 +54,7 @@ def backbone_of(meta: CacheMeta, path) -> models.Backbone:
     if record.get("weights") == "given module":
         raise FeatcacheError(f"{path}: its features came from a torch module passed in Python, which featcache "
                              f"cannot rebuild; fine-tune it in Python with TopClassifier(top=backbones.split_top(...))")
-    backbone = models.load_backbone(ExtractConfig(**extract_settings(record)))
+    backbone = models.load_backbone(ExtractConfig.from_record(record))
     if backbone.weights_sha256 != record.get("weights_sha256"):
         raise FeatcacheError(f"{path}: the weights loaded for {record.get('model')} ({backbone.weights}) are not the "
                              f"ones its features came from (the checksums differ); use the same weights file")
@@ -78,9 +78,9 @@ def _check_activations(fs: FeatureSet, node: Optional[str], backbone: models.Bac
         node = models.canonical_layer(node, nodes, backbone.module)
     if node in spatial:
         return node
-    settings = extract_settings(record)
-    command = (f"python -m featcache.extract --data {record.get('data') or 'DATA'} --model {settings['model']} "
-               f"--weights {settings['weights']} --image-size {settings['image_size']} --layer {node or 'NODE'} "
+    settings = ExtractConfig.from_record(record)
+    command = (f"python -m featcache.extract --data {record.get('data') or 'DATA'} --model {settings.model} "
+               f"--weights {settings.weights} --image-size {settings.image_size} --layer {node or 'NODE'} "
                f"--pool none --dtype float16")
     has = ", ".join(f"{name} {'x'.join(map(str, fs.features[name].shape[1:]))}" for name in fs.layers)
     if node is None:
@@ -163,7 +163,7 @@ def _run(cfg: FinetuneConfig) -> FinetuneResult:
         keys = {c: result_key({"fingerprint": fs.meta.fingerprint, "node": node, "config": c.identity()})
                 for c in configs}
         records, models, skipped = {}, {}, []
-        deadline = None if cfg.budget is None else time.monotonic() + cfg.budget
+        deadline = None if cfg.budget is None else time.monotonic() + cfg.budget_s
         bar = tqdm(total=len(configs), desc="finetune", unit="config", disable=not cfg.progress, file=sys.stderr)
         try:
             for config, params in zip(configs, grid, strict=True):

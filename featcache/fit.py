@@ -64,7 +64,7 @@ def fit(data, out, **settings) -> FitResult:
 
     ``settings`` are :class:`FitConfig` fields, e.g. ``fit("photos/", "runs/best", budget="15m")``.
     """
-    return run(FitConfig(data=data, out=Path(out).expanduser(), **settings))
+    return run(FitConfig.from_settings(data=data, out=Path(out).expanduser(), **settings))
 
 
 def run(cfg: FitConfig) -> FitResult:
@@ -77,15 +77,14 @@ def run(cfg: FitConfig) -> FitResult:
     cfg.validate()
     tune_allocator()
     start = time.monotonic()
-    deadline = start + cfg.budget
+    deadline = start + cfg.budget_s
     out = Path(cfg.out).expanduser()
     earlier = _read_state(out)
     prepare_out(out, overwrite=cfg.overwrite or earlier is not None)  # fit's own folder: a rerun reuses it
     stages: Dict[str, dict] = {}
     skipped: List[str] = []
     image_size, stages["image_size"] = choose_image_size(cfg, out, (earlier or {}).get("stages", {}).get("image_size"))
-    extract_cfg = ExtractConfig(data=cfg.data, model=cfg.model, weights=cfg.weights, image_size=image_size,
-                                device=cfg.device, cache_dir=cfg.cache_dir, progress=cfg.progress)
+    extract_cfg = cfg.extract.replace(image_size=image_size)
 
     _announce(cfg, extract_cfg, deadline, stages)
     t = time.monotonic()
@@ -101,7 +100,7 @@ def run(cfg: FitConfig) -> FitResult:
     board = swept.leaderboard
     ok = board[board["status"] == "ok"]
     whole = ok[ok["train_rows"] == ok["train_rows"].max()]  # not the ones successive halving stopped early
-    rows = [_sweep_row(r, cfg.metric) for _, r in whole.head(cfg.top).iterrows()]
+    rows = [_sweep_row(r, cfg.metric) for _, r in whole.head(cfg.sweep_rows).iterrows()]
     held = held_out(swept)
     truth = pool_truth(Path(cache))
     crossfit = float((held[held >= 0] == truth[held >= 0]).mean()) if (held >= 0).any() else None
@@ -162,7 +161,8 @@ def run(cfg: FitConfig) -> FitResult:
     model_path = _publish(find_model(source), out)
     board.to_csv(out / "leaderboard.csv", index=False)
     result = FitResult(board, winner["stage"], winner["model"], test, model_path, Path(cache), stages, skipped, out)
-    state = {"format": 2, "written": now_iso(), "data": str(cfg.data), "cache": str(cache), "budget_s": cfg.budget,
+    state = {"format": 2, "written": now_iso(), "data": str(cfg.extract.data), "cache": str(cache),
+             "budget_s": cfg.budget_s,
              "seconds": round(time.monotonic() - start, 1), "best": {"stage": result.best_stage,
                                                                     "model": result.best_label, "test": test},
              "stages": stages, "skipped": skipped, "settings": {k: str(v) for k, v in vars(cfg).items()}}
@@ -196,10 +196,10 @@ def _announce(cfg: FitConfig, extract_cfg: ExtractConfig, deadline: float, stage
         parts.append(f"{name}: {cost:.0f} s of network passes" + (f" ({why})" if why else ""))
     log.info("fit: extracting %d images at %d px will take about %.0f s (timed on one batch in torch; a CPU engine "
              "is faster), leaving %.0f s of the %.0f s budget for %s; fine-tuning is costed once the features "
-             "exist", f["images"], f["size"], f["extract_s"], max(f["left_s"], 0), cfg.budget, "; ".join(parts))
+             "exist", f["images"], f["size"], f["extract_s"], max(f["left_s"], 0), cfg.budget_s, "; ".join(parts))
     if f["left_s"] <= 0:
         log.warning("fit: the extraction alone is estimated at %.0f s, over the budget (%.0f s): it runs anyway (no "
-                    "model without features), and the stages after it are skipped", f["extract_s"], cfg.budget)
+                    "model without features), and the stages after it are skipped", f["extract_s"], cfg.budget_s)
 
 
 def _sweep_row(r, metric: str) -> dict:
@@ -218,7 +218,7 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
         return None
     previous = (earlier or {}).get("stages", {}).get("finetune", {})
     # What a stored run depends on (the cache path holds the data's fingerprint), and how it was done.
-    signature = {"data": str(cfg.data), "model": str(cfg.model), "weights": cfg.weights,
+    signature = {"data": str(cfg.extract.data), "model": str(cfg.extract.model), "weights": cfg.extract.weights,
                  "image_size": extract_cfg.image_size,
                  "train_blocks": [str(b) for b in cfg.train_blocks], "seed": cfg.seed, "metric": cfg.metric,
                  "refit": True, "compare": f"cross-fitted, {FINETUNE_FOLDS} folds", "cache": stages["extract"]["cache"]}
@@ -245,7 +245,7 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
         activations = extract(config=extract_cfg.replace(layers=[node], pool="none", dtype="float16"))
         tuned = finetune(activations, node, out=out / "finetune", overwrite=True, train_blocks=plan.train_blocks,
                          epochs=plan.epochs, budget=max(deadline - time.monotonic(), 1.0), seed=cfg.seed,
-                         metric=cfg.metric, device=cfg.device, progress=cfg.progress)
+                         metric=cfg.metric, device=cfg.extract.device, progress=cfg.progress)
     except FeatcacheError as e:  # the sweep's model is kept: fine-tuning is an extra, not a condition
         log.warning("fit: fine-tuning failed (%s); keeping the best model so far", e)
         skipped.append(f"finetune: failed ({e})")
@@ -273,7 +273,7 @@ def _finetune_plan(cfg: FitConfig, backbone, node: str, cache: Path, pass_s: flo
         pool = pool_and_test(fs)[0]
         split = fs.split
     holdout = int((split[pool] == "val").sum()) if split is not None and (split[pool] == "val").any() else None
-    per_row = train_seconds_per_row(backbone, node, backbone.preprocess.crop_size, cfg.device, cfg.seed)
+    per_row = train_seconds_per_row(backbone, node, backbone.preprocess.crop_size, cfg.extract.device, cfg.seed)
     plan, why = plan_finetune(cfg.train_blocks, int(pool.sum()), holdout, pass_s, per_row,
                               deadline - time.monotonic())
     if plan is None and cfg.finetune == "always":
@@ -306,7 +306,7 @@ def _finetune_folds(activations: Path, node: str, tuned, cfg: FitConfig, deadlin
     pairs = [(np.setdiff1d(pool, train[held]), np.sort(train[held])) for _, held in splitter.split(train, y[train])]
     try:
         preds = held_out_predictions(activations, node, tuned.best_params, tuned.best_epochs, pairs, seed=cfg.seed,
-                                     device=cfg.device, deadline=deadline, fold_s=fold_s)
+                                     device=cfg.extract.device, deadline=deadline, fold_s=fold_s)
     except (FeatcacheError, ValueError, RuntimeError) as e:  # the ranking rows still compare the stages
         log.warning("fit: fine-tuning's extra folds failed (%s); comparing on its ranking rows only", e)
         return folds

@@ -19,7 +19,7 @@ import numpy as np
 from ._malloc import tune_allocator
 from ._util import make_callable
 from .cache import load
-from .cache.layout import FEATURE_PARTS, CacheMeta, extract_settings, feature_identity
+from .cache.layout import FEATURE_PARTS, CacheMeta, feature_identity
 from .config import ExtractConfig
 from .errors import FeatcacheError
 from .learn import views
@@ -73,9 +73,9 @@ def features_for(metadata: dict, data, *, cache_dir=None, device: str = "auto", 
         if record.get("weights") == "given module":
             raise FeatcacheError("the model's features came from a torch module passed in Python; extract features "
                                  "for the new images with that module and pass the cache file as --data CACHE.h5")
-        cfg = ExtractConfig(**extract_settings(record, views=bool(metadata.get("tta")))).replace(
-            data=data, cache_dir=cache_dir, device=device, batch_size=batch_size, num_workers=num_workers,
-            progress=progress)
+        cfg = ExtractConfig.from_record(record, views=bool(metadata.get("tta")), data=data, cache_dir=cache_dir,
+                                        device=device, batch_size=batch_size, num_workers=num_workers,
+                                        progress=progress)
         cache = extract(config=cfg)
     fs = load(cache, lazy=True)
     try:

@@ -95,13 +95,13 @@ def run(cfg: SweepConfig) -> SweepResult:
 def _run(cfg: SweepConfig) -> SweepResult:
     tune_allocator()
     backends.remove_stale_scratch()  # what killed sweeps left in shared memory
-    deadline = None if cfg.budget is None else time.monotonic() + cfg.budget
+    deadline = None if cfg.budget is None else time.monotonic() + cfg.budget_s
     if cfg.out is not None:  # before any fit: an unwritable or occupied --out fails now, not after the work
         prepare_out(cfg.out, cfg.overwrite)
     backends.require(cfg.backend)
     grid, only = grids.read_grid(cfg.grid), list(cfg.classifiers) or None
     grids.expand_grid(grid, only)  # every table checked now, before the features are read
-    feats = load_features(cfg.cache, cfg.layer, cfg.views, cfg.out_of_core, cfg.block_rows,
+    feats = load_features(cfg.cache, cfg.layer, cfg.use_views, cfg.out_of_core, cfg.block_rows,
                           shared_copy=cfg.backend == "loky" and (None if cfg.n_jobs is None else cfg.n_jobs != 1),
                           tasks=backends.local_tasks(cfg.backend, cfg.n_jobs))
     if cfg.tta and feats.V is None:
@@ -180,7 +180,7 @@ def _run(cfg: SweepConfig) -> SweepResult:
     ok = board[board["status"] == "ok"]
     if ok.empty:
         if not final:
-            raise FeatcacheError(f"the budget ({cfg.budget:.0f} s) ran out before any configuration was fitted; "
+            raise FeatcacheError(f"the budget ({cfg.budget_s:.0f} s) ran out before any configuration was fitted; "
                                  "give a larger --budget")
         raise FeatcacheError(f"every configuration failed; the first error: {board['status'].iloc[0]}")
     # Candidates: every configuration validated on all the rows (the layer screen's fits on choices the grid left

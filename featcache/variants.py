@@ -65,7 +65,7 @@ def variant_stage(name: str, cfg: FitConfig, lead: Lead, pass_s: float, deadline
         if not cfg.views:
             skipped.append("views: --views 0")
             return None
-        changes, tta, factor = {"views": cfg.views, "augment": tuple(cfg.augment)}, True, 1 + cfg.views
+        changes, tta, factor = {"views": cfg.views, "augment": tuple(cfg.extract.augment)}, True, 1 + cfg.views
         passes = lead.passes * factor
         how, undo = f"{cfg.views} augmented views per image", "--views 0 skips it"
         # a kernel SVM's fit grows faster than the rows squared: on MNIST-5k's 20,000 rows with views, 616 s where

@@ -86,7 +86,7 @@ def test_views_never_give_an_exact_kernel_svm_more_rows_than_the_default_grid_do
     best = Config("svm", json.dumps({"C": 10.0}), "l2")
     board = pd.DataFrame({"status": ["ok"], "fit_s": [1.0]})
     result = SweepResult(board, None, best, "5-fold", None, 0, 0, val_pred=np.zeros(pool, dtype=int))
-    cfg = FitConfig(data=tmp_path, out=tmp_path / "out", views=4)
+    cfg = FitConfig.from_settings(data=tmp_path, out=tmp_path / "out", views=4)
     lead = Lead(result, tmp_path / "none.h5", "sweep", ExtractConfig(data=tmp_path))
     stages, skipped = {}, []
     assert variant_stage("views", cfg, lead, 1.0, time.monotonic() + 3600, tmp_path, stages, skipped) is None
@@ -140,7 +140,7 @@ def test_a_variant_whose_sweep_cannot_fit_in_memory_is_skipped_before_extracting
     lead = Lead(result, cache, "sweep", ExtractConfig(data=tmp_path))
     monkeypatch.setattr(featcache.cache, "available_memory", lambda: 2_000_000)  # 2 MB
     stages, skipped = {}, []
-    cfg = FitConfig(data=tmp_path, out=tmp_path / "out", views=4, n_jobs=1)
+    cfg = FitConfig.from_settings(data=tmp_path, out=tmp_path / "out", views=4, n_jobs=1)
     assert variant_stage("views", cfg, lead, 1.0, time.monotonic() + 3600, tmp_path, stages, skipped) is None
     assert skipped == ["views: its sweep would hold about 3.1 MB (5 copies of 625.0 KB of features), 1.9 MB of "
                        "memory is available (--views 0 skips it)"]
@@ -158,7 +158,7 @@ def test_after_extracting_a_variants_fits_start_only_if_they_still_fit(split_fol
     swept = featcache.sweep(cache, grid={"logreg": {"C": [1.0]}}, progress=False)
     lead = Lead(swept, cache, "sweep", extract_cfg)
     fits_s = 3 * _fits_seconds(swept)  # views 2: three times the rows
-    cfg = FitConfig(data=split_folder, out=tmp_path / "out", views=2, augment=("flip",))
+    cfg = FitConfig.from_settings(data=split_folder, out=tmp_path / "out", views=2, augment=("flip",))
     stages, skipped = {}, []
     deadline = time.monotonic() + fits_s + 0.1  # the checks before take milliseconds; extracting, far longer
     assert variant_stage("views", cfg, lead, 0.0, deadline, tmp_path, stages, skipped) is None

@@ -34,8 +34,10 @@ def test_python_callers_get_the_parameter_name(config, message):
 def test_a_budget_is_seconds_or_a_duration_in_python_as_on_the_command_line():
     sweep, tune = SweepConfig("c.h5", budget="1h30m"), FinetuneConfig("c.h5", budget=90)
     sweep.validate(), tune.validate()
-    assert (sweep.budget, tune.budget) == (5400.0, 90.0)
-    with pytest.raises(FeatcacheError, match=r"budget: '10 minutes' is not a duration; use e.g. 90, 90s, 15m"):
+    assert (sweep.budget_s, tune.budget_s) == (5400.0, 90.0)
+    assert sweep.budget == "1h30m", "validate() checks a field and never rewrites it"
+    with pytest.raises(ParameterError, match=r"The 'budget' parameter of SweepConfig must be .* a duration such as "
+                                             r"'90s', '15m', '1h' or '1h30m'. Got '10 minutes' instead"):
         SweepConfig("c.h5", budget="10 minutes").validate()
 
 

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..config import CACHE_DIR_HELP
 from ..errors import FeatcacheError
-from . import CACHE_DIR_HELP, Parser, add_run_flags, run_cli
+from . import Parser, add_run_flags, run_cli
 
 __all__ = ["build_parser", "main"]
 

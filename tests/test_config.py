@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from featcache import ExtractConfig, FeatcacheError, FinetuneConfig, SweepConfig
+from featcache import ExtractConfig, FeatcacheError, FinetuneConfig, FitConfig, SweepConfig
+from featcache.config import InspectConfig, PredictConfig
 from featcache.errors import ConflictError, ParameterError
 
 
@@ -61,3 +63,79 @@ def test_rules_across_parameters_name_both():
 def test_cli_users_get_the_flag(args, line):
     run = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and run.stderr.strip() == line, run.stderr
+
+
+@pytest.mark.parametrize("command, argv, expected", [
+    ("extract", [], ExtractConfig()),
+    ("sweep", ["c.h5"], SweepConfig(Path("c.h5"))),
+    ("finetune", ["c.h5", "--from-layer", "n"], FinetuneConfig(Path("c.h5"), from_layer="n")),
+    ("fit", ["--data", "d", "--out", "o"], FitConfig.from_settings(data="d", out=Path("o"))),
+    ("predict", ["m.skops", "--data", "d"], PredictConfig(Path("m.skops"), data="d")),
+    ("inspect", ["c.h5"], InspectConfig(Path("c.h5"))),
+])
+def test_a_command_without_flags_gets_the_configs_own_defaults(command, argv, expected):
+    """The flags are built from the fields (one source): parsing no flags gives the dataclass's defaults."""
+    import importlib
+
+    from featcache.cli import config_from_args
+
+    args = importlib.import_module(f"featcache.cli.{command}").build_parser().parse_args(argv)
+    changes = {"out": expected.out} if hasattr(expected, "out") else {}  # the commands' own default folders aside
+    assert config_from_args(type(expected), args, **changes) == expected
+
+
+def test_every_setting_with_help_is_a_flag_that_shows_its_default_once():
+    import argparse
+    import dataclasses
+
+    from featcache.cli import add_config_flags, flag_of
+
+    for config in (ExtractConfig, SweepConfig, FinetuneConfig, FitConfig, PredictConfig, InspectConfig):
+        p = argparse.ArgumentParser()
+        add_config_flags(p, config)
+        for f in dataclasses.fields(config):
+            if f.metadata.get("help"):
+                action = next(a for a in p._actions if a.dest == f.name)
+                written = f.metadata["help"].count("(default:")
+                assert action.help.count("(default:") == (written or action.help.count("(default:") and 1), (
+                    config.__name__, f.name)
+                assert flag_of(p, f.name), (config.__name__, f.name)
+
+
+def test_adding_a_setting_is_one_field():
+    """A new field made with setting() is a validated, documented flag with nothing else written for it."""
+    import argparse
+    import dataclasses
+    from numbers import Integral
+
+    from featcache._validation import Interval
+    from featcache.cli import add_config_flags, config_from_args
+    from featcache.config import setting
+
+    @dataclasses.dataclass
+    class Grown(SweepConfig):
+        max_rows: int = setting(1000, "rows at most", type=int)
+        _parameter_constraints = {**SweepConfig._parameter_constraints, "max_rows": [Interval(Integral, 1, None)]}
+
+    p = argparse.ArgumentParser()
+    add_config_flags(p, Grown)
+    p.add_argument("cache")
+    assert "rows at most (default: 1000)" in p.format_help()
+    assert config_from_args(Grown, p.parse_args(["c.h5"])).max_rows == 1000
+    with pytest.raises(ParameterError, match="'max_rows' parameter of Grown must be an int >= 1. Got 0"):
+        config_from_args(Grown, p.parse_args(["c.h5", "--max-rows", "0"])).validate()
+
+
+def test_a_caches_record_gives_back_every_setting_that_entered_its_key():
+    """to_record / from_record: one round trip, covering every field marked key=True."""
+    given = ExtractConfig(model="resnet18", weights="none", layers=("layer4",), pool="max", image_size=96,
+                          resize_size=110, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2), precision="fp32",
+                          dtype="float16", hash_content=True, views=2, augment=("crop",), scales=(1.0, 0.5))
+    record = given.to_record(model="resnet18", weights="none (random init)", weights_sha256="", layers=["layer4"],
+                             preprocess={"crop_size": 96, "resize_size": 110, "mean": [0.5] * 3, "std": [0.2] * 3},
+                             precision="fp32", engine="torch", engine_key=None)
+    back = ExtractConfig.from_record(record, views=True)
+    assert set(ExtractConfig.key_fields()) >= {"model", "layers", "pool", "image_size", "scales", "views"}
+    plain = lambda v: [float(x) if isinstance(x, float) else x for x in v] if isinstance(v, (list, tuple)) else v  # noqa: E731
+    assert {name: plain(getattr(back, name)) for name in ExtractConfig.key_fields()} == {
+        name: plain(getattr(given, name)) for name in ExtractConfig.key_fields()}

@@ -30,9 +30,12 @@ from ._base import (
 from .extract import ExtractConfig
 from .finetune import FinetuneConfig
 from .fit import FitConfig
+from .inspect import FINDINGS, InspectConfig
+from .predict import PredictConfig
 from .sweep import SweepConfig
 
-__all__ = ["Config", "setting", "ExtractConfig", "SweepConfig", "FinetuneConfig", "FitConfig", "FeatcacheError",
+__all__ = ["Config", "setting", "ExtractConfig", "SweepConfig", "FinetuneConfig", "FitConfig", "PredictConfig",
+           "InspectConfig", "FINDINGS", "FeatcacheError",
            "default_cache_dir", "DEFAULT_MODEL", "DEVICE", "POOLS", "PRECISIONS", "TRAIN_PRECISIONS", "ENGINES",
            "DTYPES", "AUGMENTATIONS", "MAX_VIEWS", "MAX_SCALE", "METRICS", "BACKENDS", "CLUSTER_BACKENDS",
            "CACHE_DIR_HELP"]

@@ -50,7 +50,7 @@ def default_cache_dir() -> Path:
 
 
 class _Config:
-    """What the three configs share: ``replace`` and ``validate`` (the table, then the cross-parameter rules)."""
+    """What the four configs share: ``replace`` and ``validate`` (the table, then the cross-parameter rules)."""
 
     _parameter_constraints: dict = {}
 

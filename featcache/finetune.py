@@ -53,7 +53,8 @@ def backbone_of(meta: CacheMeta, path) -> models.Backbone:
     record = meta.config
     if record.get("weights") == "given module":
         raise FeatcacheError(f"{path}: its features came from a torch module passed in Python, which featcache "
-                             f"cannot rebuild; fine-tune it in Python with TopClassifier(top=backbones.split_top(...))")
+                             f"cannot rebuild; fine-tune it in Python with "
+                             f"TopClassifier(top=featcache.models.split_top(...))")
     backbone = models.load_backbone(ExtractConfig.from_record(record))
     if backbone.weights_sha256 != record.get("weights_sha256"):
         raise FeatcacheError(f"{path}: the weights loaded for {record.get('model')} ({backbone.weights}) are not the "

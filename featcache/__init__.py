@@ -4,7 +4,7 @@ The public API. Names that need torch or scikit-learn are imported on first use 
 ``import featcache; featcache.load(path)`` reads a cache with h5py alone. ``featcache.extract``, ``sweep``,
 ``predict``, ``finetune``, ``fit`` and ``inspect`` are both functions to call and ``python -m`` modules: each is its
 module, made callable (``featcache._util.make_callable``); loading them lazily also keeps ``python -m featcache.sweep``
-from finding its module imported before it runs. The layers of the package: README, "Architecture".
+from finding its module imported before it runs. The layers of the package: docs/architecture.md.
 """
 import importlib
 

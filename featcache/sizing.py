@@ -1,7 +1,7 @@
 """The input size ``fit`` feeds the network, chosen from the images (``image_size="auto"``, fit's default).
 
 Stage: commands (``fit``'s first step). Small images upscaled to a network's own 224 px are better seen smaller, and
-cost 5-15x less to extract there (MNIST-5k at 64 px: +2.0 points over 224, see the README's "fit"). So ``auto``
+cost 5-15x less to extract there (MNIST-5k at 64 px: +2.0 points over 224, see docs/benchmarks.md). So ``auto``
 reads the sizes of a sample of the images (headers only); when they are smaller than the model's input, it extracts
 a stratified sample of the training images (never test) at a few sizes and keeps the size whose probe (an RBF SVM on
 l2-normalised features, every layer choice, 3-fold CV) validates best, the smaller on a tie, within a small share

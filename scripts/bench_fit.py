@@ -10,7 +10,7 @@ the val images join train: like most users' data (a train and a test split), so 
    side by side in one process: wall time, best validation and test accuracy.
 2. ``featcache.fit`` with ``--budget`` (default 15m) from the images: test accuracy of the model it picks and
    wall time (a new cache folder, so extraction is counted), then the same command again (everything reused).
-   The reference is the best row of bench_quality's table (README, "Measured on real data").
+   The reference is the best row of bench_quality's table (docs/benchmarks.md, "Measured on real data").
 3. ``--passes``: every pass of the network ``fit`` makes (the default layers; the scales stage's 1 and 0.667; the
    views stage's 4 views; fine-tuning's activations at the split node, unpooled, float16), each in a fresh process
    and a fresh cache folder, *before* (glibc's allocator defaults and torch, as featcache ran them until this
@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import bench_quality  # noqa: E402  (the datasets)
 import bench_sweep  # noqa: E402  (the previous release's defaults)
 
-BEST_OF_BENCH_QUALITY = {"mnist5k": 0.971, "digits": 0.986}  # README table, best row per dataset
+BEST_OF_BENCH_QUALITY = {"mnist5k": 0.971, "digits": 0.986}  # docs/benchmarks.md table, best row per dataset
 # The fixed-configuration probe fit must match on its own cache: the RBF SVM (C=30, l2) that was the default sweep's
 # best at 96 px on MNIST-5k and digits, on every layer choice, the best of them on test (a generous baseline).
 PROBE_GRID = {"svm": [{"preprocess": "l2", "C": [30.0]}]}

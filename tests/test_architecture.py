@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "featcache"
 MAX_LINES = 450
 
-# Every module's stage, lowest first: a module may import only from its own stage or a lower one (README,
-# "Architecture"). Longest prefix wins.
+# Every module's stage, lowest first: a module may import only from its own stage or a lower one
+# (docs/architecture.md). Longest prefix wins.
 STAGES = [
     ("errors", 0), ("_validation", 0), ("_util", 0), ("config", 0),
     ("runtime", 1),

@@ -2,7 +2,7 @@
 
 Stage: cache (the file format). Imports numpy only (no h5py, no torch); every module that reads or
 writes a cache names its datasets and attributes through here, never as string literals.
-A finished cache is one plain HDF5 file that h5py alone can read (README, "The HDF5 layout").
+A finished cache is one plain HDF5 file that h5py alone can read (docs/cache-format.md).
 """
 from __future__ import annotations
 

@@ -25,10 +25,10 @@ STAGES = [
     ("extraction", 5),
     ("learn", 6),
     ("selection", 7),
-    ("sweep", 8), ("finetune", 8), ("predict", 8), ("fit", 8), ("sizing", 8), ("variants", 8), ("budget", 8),
-    ("insight", 8),
-    ("cli", 9), ("extract", 9), ("inspect", 9), ("ls", 9), ("verify", 9), ("explain", 9), ("__main__", 9),
-    ("__init__", 9),
+    ("sweeping", 8), ("finetuning", 8), ("prediction", 8), ("fit", 8), ("sizing", 8), ("variants", 8),
+    ("budget", 8), ("insight", 8),
+    ("cli", 9), ("extract", 9), ("inspect", 9), ("sweep", 9), ("finetune", 9), ("predict", 9), ("ls", 9),
+    ("verify", 9), ("explain", 9), ("__main__", 9), ("__init__", 9),
 ]
 
 

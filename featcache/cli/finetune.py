@@ -78,7 +78,7 @@ def build_parser() -> Parser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ..finetune import run
+    from ..finetuning import run
     from ..selection.leaderboard import format_leaderboard
 
     out = args.out or Path("runs") / f"{args.cache.stem.split('__')[0]}-finetune-{_dt.datetime.now():%Y%m%d-%H%M%S}"

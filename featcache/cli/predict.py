@@ -60,7 +60,7 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if not args.data:
         raise FeatcacheError("--data is required (an image folder, a CSV file or a cache .h5); see --help")
-    from ..predict import predict
+    from ..prediction import predict
 
     df = predict(args.model, args.data, out=args.out, proba=not args.no_proba, cache_dir=args.cache_dir,
                  trust_model_code=args.trust_model_code,

@@ -140,7 +140,7 @@ def test_out_of_core_takes_the_streaming_part_of_the_default_grid_and_refuses_th
     with pytest.raises(FeatcacheError, match="block_rows only applies with out_of_core"):
         sweep(cache, grid=STREAM_GRID, block_rows=16)
     from featcache.selection.grids import expand_grid, read_grid
-    from featcache.sweeping._sweep import _streamable
+    from featcache.sweeping._problem import _streamable
     with caplog.at_level(logging.INFO, logger="featcache"):
         kept = _streamable(expand_grid(read_grid(None)), default_grid=True)
     assert {c.classifier for c in kept} == {"sgd", "dense"}

@@ -1,9 +1,10 @@
-"""Apply a saved model to new images: ``featcache.predict(MODEL, data)`` (orchestration).
+"""Apply a saved model to new images: ``featcache.predict(MODEL, data)`` (stage: orchestration).
 
 Prediction re-extracts features for the new images with exactly the stored extractor settings (a cache hit
 when they were extracted before), checks that they are the same kind of features the model was trained on,
 and returns ``path,prediction[,proba_<class>...]``. Model files and their checks are
-``featcache.selection.modelfile``; the command line is ``featcache.cli.predict``.
+``featcache.selection.modelfile``; the command line is ``featcache.cli.predict``; ``python -m featcache.predict``
+runs it.
 """
 from __future__ import annotations
 

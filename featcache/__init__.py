@@ -17,8 +17,8 @@ __version__ = featcache_version()
 
 _LAZY = {  # name -> (module, attribute; None = the module itself)
     "extract": ("extract", None), "sweep": ("sweep", None), "predict": ("predict", None),
-    "finetune": ("finetune", None), "SweepResult": ("sweep", "SweepResult"),
-    "FinetuneResult": ("finetune", "FinetuneResult"), "load_model": ("selection.modelfile", "load_model"),
+    "finetune": ("finetune", None), "SweepResult": ("sweeping", "SweepResult"),
+    "FinetuneResult": ("finetuning", "FinetuneResult"), "load_model": ("selection.modelfile", "load_model"),
     "DenseHead": ("learn.dense", "DenseHead"), "TopClassifier": ("learn.top", "TopClassifier"),
     "logistic_path": ("learn.logistic", "logistic_path"), "inspect": ("inspect", None),
     "InspectResult": ("insight.run", "InspectResult"), "fit": ("fit", None), "FitResult": ("fit", "FitResult"),

@@ -72,7 +72,7 @@ def run(cfg: FitConfig) -> FitResult:
     import pandas as pd
 
     from .extraction import extract
-    from .sweep import sweep
+    from .sweeping import sweep
 
     cfg.validate()
     tune_allocator()
@@ -230,7 +230,7 @@ def _finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, d
         return previous["row"]
     from . import models
     from .extraction import extract
-    from .finetune import finetune
+    from .finetuning import finetune
 
     t = time.monotonic()
     try:
@@ -290,7 +290,7 @@ def _finetune_folds(activations: Path, node: str, tuned, cfg: FitConfig, deadlin
     from sklearn.model_selection import KFold, StratifiedKFold
 
     from .cache import load
-    from .finetune import held_out_predictions
+    from .finetuning import held_out_predictions
     from .selection.features import pool_and_test
 
     folds = [{"train_rows": tuned.train_rows.tolist(), "rows": tuned.val_rows.tolist(),

@@ -81,7 +81,7 @@ def _sample_csv(source, folder: Path, seed: int) -> Optional[Path]:
 def _probe(sample: Path, size: int, cfg: FitConfig) -> Tuple[float, float]:
     """``(validation score, seconds)`` of the probe on the sample's features at ``size`` px."""
     from .extraction import extract
-    from .sweep import sweep
+    from .sweeping import sweep
 
     t = time.monotonic()
     # torch, not a CPU engine: a CPU engine's first export of each size would cost more than this small sample

@@ -49,7 +49,7 @@ def variant_stage(name: str, cfg: FitConfig, lead: Lead, pass_s: float, deadline
     from .cache import load
     from .extraction import extract
     from .selection.features import pool_and_test
-    from .sweep import sweep
+    from .sweeping import sweep
 
     best = lead.result.best_config
     if name == "scales":

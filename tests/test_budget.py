@@ -79,7 +79,7 @@ def test_views_never_give_an_exact_kernel_svm_more_rows_than_the_default_grid_do
     default grid's exact-kernel limit, before extracting anything, and says why."""
     from featcache.config import ExtractConfig, FitConfig
     from featcache.selection.grids import Config
-    from featcache.sweep import SweepResult
+    from featcache.sweeping import SweepResult
     from featcache.variants import Lead, exact_kernel_rows, variant_stage
 
     pool = exact_kernel_rows() // 5 + 1  # with 4 views: 5x the pool, just past the limit
@@ -129,7 +129,7 @@ def test_a_variant_whose_sweep_cannot_fit_in_memory_is_skipped_before_extracting
     import featcache.cache
     from featcache.config import ExtractConfig, FitConfig
     from featcache.selection.grids import Config
-    from featcache.sweep import SweepResult
+    from featcache.sweeping import SweepResult
     from featcache.variants import Lead, variant_stage
 
     cache = feature_cache(tmp_path / "lead.h5", n=1000, dim=32)  # 128 KB of features

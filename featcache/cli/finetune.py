@@ -45,12 +45,12 @@ def build_parser() -> Parser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ..finetune import run
+    from ..finetuning import run_finetune
     from ..selection.leaderboard import format_leaderboard
 
     out = args.out or Path("runs") / f"{args.cache.stem.split('__')[0]}-finetune-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     cfg = config_from_args(FinetuneConfig, args, out=out, progress=not (args.no_progress or args.quiet))
-    result = run(cfg)
+    result = run_finetune(cfg)
     if not args.quiet:
         print(format_leaderboard(result.leaderboard, args.top, cfg.metric))
         test = f"; test {cfg.metric} {result.test_scores[cfg.metric]:.4f}" if result.test_scores else ""

@@ -52,7 +52,7 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if not args.data:
         raise FeatcacheError("--data is required (an image folder, a CSV file or a cache .h5); see --help")
-    from ..predict import predict
+    from ..prediction import predict
 
     cfg = config_from_args(PredictConfig, args, progress=not (args.no_progress or args.quiet))
     df = predict(**dataclasses.asdict(cfg))

@@ -61,11 +61,11 @@ def _main(args: argparse.Namespace) -> int:
     if args.cache is None:
         raise FeatcacheError("give a cache file: python -m featcache.sweep CACHE.h5 (see --help)")
     from ..selection.leaderboard import by_layer_text, format_leaderboard
-    from ..sweep import run
+    from ..sweeping import run_sweep
 
     out = args.out or Path("runs") / f"{args.cache.stem.split('__')[0]}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     cfg = config_from_args(SweepConfig, args, out=out, progress=not (args.no_progress or args.quiet))
-    result = run(cfg)
+    result = run_sweep(cfg)
     if not args.quiet:
         print(format_leaderboard(result.leaderboard, args.top, cfg.metric))
         best = result.leaderboard.iloc[0]

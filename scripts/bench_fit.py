@@ -93,18 +93,12 @@ def run_dataset(name: str, work: Path, image_size: int, budget: str, skip, fit_s
                       f"{res.best_label}; stages: " + ", ".join(f"{k} {v.get('seconds')} s"
                                                                 for k, v in res.stages.items() if "seconds" in v),
                       flush=True)
-                for stage in ("scales", "views"):
+                for stage in ("scales", "views", "finetune"):  # every comparison is recorded alike (vs_best)
                     d = res.stages.get(stage, {}).get("vs_best")
                     if d:
-                        print(f"[{name}]   {stage} vs {d['against']}, out of fold on {d['rows']} rows: {d['new']:.4f} "
-                              f"vs {d['best']:.4f} ({d['new_only']} vs {d['best_only']} right only by each): "
-                              f"{d['winner']}", flush=True)
-                d = res.stages.get("finetune", {}).get("vs_sweep")
-                if d:
-                    lead = d["against"].split(":")[0]  # the duel's "sweep" side is the best before fine-tuning
-                    print(f"[{name}]   finetune vs {d['against']}, on {d['rows']} held-out rows ({d.get('folds', 1)} "
-                          f"folds): {d['finetune']:.4f} vs {d['sweep']:.4f} ({d['finetune_only']} vs "
-                          f"{d['sweep_only']}): {d['winner'].replace('sweep', lead)}", flush=True)
+                        print(f"[{name}]   {stage} vs {d['against']}, out of fold on {d['rows']} rows ({d['folds']} "
+                              f"folds): {d['new']:.4f} vs {d['best']:.4f} ({d['new_only']} vs {d['best_only']} right "
+                              f"only by each): {d['winner']}", flush=True)
                 for what in res.skipped:
                     print(f"[{name}]   skipped: {what}", flush=True)
                 if attempt == "first":

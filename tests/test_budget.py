@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import featcache
-from featcache.budget import BIG_HOLDOUT, FULL_EPOCHS, MIN_EPOCHS, plan_finetune, train_seconds_per_row
+from featcache.autofit.budget import BIG_HOLDOUT, FULL_EPOCHS, MIN_EPOCHS, plan_finetune, train_seconds_per_row
 
 
 @pytest.fixture(autouse=True)
@@ -62,38 +62,41 @@ def test_fit_records_the_plan_it_ran(split_folder, tmp_path):
     assert plan["epoch_s"] > 0 and plan["estimate_s"] > plan["activation_s"]
     # The comparison with fine-tuning retrains the best so far once per fold: past the deadline no fold after the
     # first starts, and it counts the rows of the folds it did.
-    from featcache.fit import _duel
+    from featcache.autofit.finetune_stage import _versus_best
+    from featcache.autofit.variants import BestSoFar
+    from featcache.config import ExtractConfig
 
     cache = Path(res.stages["extract"]["cache"])
     swept = featcache.sweep(cache, grid={"logreg": {"C": [1.0]}}, progress=False)
+    lead = BestSoFar(swept, cache, "sweep", ExtractConfig())
     folds = res.stages["finetune"]["validation"]["folds"]
     assert len(folds) > 1
-    late = _duel(cache, swept, False, res.stages["finetune"], 0, deadline=time.monotonic() - 1)
-    full = _duel(cache, swept, False, res.stages["finetune"], 0, deadline=time.monotonic() + 600)
-    assert late["folds"] == 1 and late["rows"] == len(folds[0]["rows"])
-    assert full["folds"] == len(folds) and full["rows"] == sum(len(f["rows"]) for f in folds)
+    late = _versus_best(lead, res.stages["finetune"], 0, time.monotonic() - 1, "sweep")
+    full = _versus_best(lead, res.stages["finetune"], 0, time.monotonic() + 600, "sweep")
+    assert late.folds == 1 and late.rows == len(folds[0]["rows"])
+    assert full.folds == len(folds) and full.rows == sum(len(f["rows"]) for f in folds)
 
 
 def test_views_never_give_an_exact_kernel_svm_more_rows_than_the_default_grid_does(tmp_path):
     """An RBF SVM's fit grows faster than its rows squared: the views stage refuses (1+K)x the pool beyond the
     default grid's exact-kernel limit, before extracting anything, and says why."""
+    from featcache.autofit.variants import BestSoFar, exact_kernel_rows, variant_stage
     from featcache.config import ExtractConfig, FitConfig
     from featcache.selection.grids import Config
     from featcache.sweeping import SweepResult
-    from featcache.variants import Lead, exact_kernel_rows, variant_stage
 
     pool = exact_kernel_rows() // 5 + 1  # with 4 views: 5x the pool, just past the limit
     best = Config("svm", json.dumps({"C": 10.0}), "l2")
     board = pd.DataFrame({"status": ["ok"], "fit_s": [1.0]})
     result = SweepResult(board, None, best, "5-fold", None, 0, 0, val_pred=np.zeros(pool, dtype=int))
     cfg = FitConfig.from_settings(data=tmp_path, out=tmp_path / "out", views=4)
-    lead = Lead(result, tmp_path / "none.h5", "sweep", ExtractConfig(data=tmp_path))
-    stages, skipped = {}, []
-    assert variant_stage("views", cfg, lead, 1.0, time.monotonic() + 3600, tmp_path, stages, skipped) is None
-    assert skipped == [f"views: an exact kernel SVM on {5 * pool} rows (every pool image and its views; its fit "
+    lead = BestSoFar(result, tmp_path / "none.h5", "sweep", ExtractConfig(data=tmp_path))
+    variant, report = variant_stage("views", cfg, lead, 1.0, time.monotonic() + 3600, tmp_path)
+    assert variant is None
+    assert report.skipped == [f"views: an exact kernel SVM on {5 * pool} rows (every pool image and its views; its fit "
                        f"time grows with the rows squared, and the default grid stops it at {exact_kernel_rows()}); "
                        "--views 0 skips it"]
-    assert not stages and not (tmp_path / "views").exists()
+    assert report.record is None and not (tmp_path / "views").exists()
 
 
 def test_a_budgeted_sweep_keeps_time_to_refit_its_best():
@@ -127,40 +130,40 @@ def test_a_variant_whose_sweep_cannot_fit_in_memory_is_skipped_before_extracting
     extraction wasted): the copies the variant's sweep would hold are checked first. The machine's memory cannot
     be made smaller in a test, so the probe of available memory is patched."""
     import featcache.cache
+    from featcache.autofit.variants import BestSoFar, variant_stage
     from featcache.config import ExtractConfig, FitConfig
     from featcache.selection.grids import Config
     from featcache.sweeping import SweepResult
-    from featcache.variants import Lead, variant_stage
 
     cache = feature_cache(tmp_path / "lead.h5", n=1000, dim=32)  # 128 KB of features
     best = Config("logreg", json.dumps({"C": 1.0}), "standardize")
     board = pd.DataFrame({"status": ["ok"], "fit_s": [1.0]})
     result = SweepResult(board, None, best, "5-fold CV", None, 0, 0, best_layer="synthetic",
                          val_pred=np.zeros(850, dtype=int))
-    lead = Lead(result, cache, "sweep", ExtractConfig(data=tmp_path))
+    lead = BestSoFar(result, cache, "sweep", ExtractConfig(data=tmp_path))
     monkeypatch.setattr(featcache.cache, "available_memory", lambda: 2_000_000)  # 2 MB
-    stages, skipped = {}, []
     cfg = FitConfig.from_settings(data=tmp_path, out=tmp_path / "out", views=4, n_jobs=1)
-    assert variant_stage("views", cfg, lead, 1.0, time.monotonic() + 3600, tmp_path, stages, skipped) is None
-    assert skipped == ["views: its sweep would hold about 3.1 MB (5 copies of 625.0 KB of features), 1.9 MB of "
+    variant, report = variant_stage("views", cfg, lead, 1.0, time.monotonic() + 3600, tmp_path)
+    assert variant is None
+    assert report.skipped == ["views: its sweep would hold about 3.1 MB (5 copies of 625.0 KB of features), 1.9 MB of "
                        "memory is available (--views 0 skips it)"]
-    assert not stages and not (tmp_path / "views").exists()
+    assert report.record is None and not (tmp_path / "views").exists()
 
 
 def test_after_extracting_a_variants_fits_start_only_if_they_still_fit(split_folder, fast, tmp_path):
     """The estimate before extracting covered the variant (no time for its passes is counted here: pass_s 0), but the
     extraction itself took the time the fits needed: they are not started, and the log says why."""
+    from featcache.autofit.variants import BestSoFar, _fits_seconds, variant_stage
     from featcache.config import ExtractConfig, FitConfig
-    from featcache.variants import Lead, _fits_seconds, variant_stage
 
     extract_cfg = ExtractConfig(data=split_folder, **fast)
     cache = featcache.extract(config=extract_cfg)
     swept = featcache.sweep(cache, grid={"logreg": {"C": [1.0]}}, progress=False)
-    lead = Lead(swept, cache, "sweep", extract_cfg)
+    lead = BestSoFar(swept, cache, "sweep", extract_cfg)
     fits_s = 3 * _fits_seconds(swept)  # views 2: three times the rows
     cfg = FitConfig.from_settings(data=split_folder, out=tmp_path / "out", views=2, augment=("flip",))
-    stages, skipped = {}, []
     deadline = time.monotonic() + fits_s + 0.1  # the checks before take milliseconds; extracting, far longer
-    assert variant_stage("views", cfg, lead, 0.0, deadline, tmp_path, stages, skipped) is None
-    assert len(skipped) == 1 and skipped[0].startswith("views: its features were extracted in ")
-    assert "no longer fit the" in skipped[0] and not stages and not (tmp_path / "views").exists()
+    variant, report = variant_stage("views", cfg, lead, 0.0, deadline, tmp_path)
+    skipped = report.skipped
+    assert variant is None and len(skipped) == 1 and skipped[0].startswith("views: its features were extracted in ")
+    assert "no longer fit the" in skipped[0] and report.record is None and not (tmp_path / "views").exists()

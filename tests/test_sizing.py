@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import featcache
-from featcache.sizing import candidate_sizes
+from featcache.autofit.sizing import candidate_sizes
 
 SMALL = dict(model="resnet18", weights="none", finetune="never", views=0, scales=(1.0,), progress=False)
 

@@ -50,12 +50,12 @@ def build_parser() -> Parser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ..fit import run
+    from ..autofit import run_fit
 
     if not args.data:
         raise FeatcacheError("--data is required (an image folder or a CSV file); see --help")
     cfg = config_from_args(FitConfig, args, progress=not (args.no_progress or args.quiet))
-    result = run(cfg)
+    result = run_fit(cfg)
     if not args.quiet:
         board = result.leaderboard
         print(board.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-", max_colwidth=70))

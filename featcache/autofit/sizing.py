@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .config import ExtractConfig, FitConfig
+from ..config import ExtractConfig, FitConfig
 
 __all__ = ["choose_image_size", "candidate_sizes", "SCREEN_ROWS", "SCREEN_SHARE", "PROBE_GRID"]
 
@@ -80,8 +80,8 @@ def _sample_csv(source, folder: Path, seed: int) -> Optional[Path]:
 
 def _probe(sample: Path, size: int, cfg: FitConfig) -> Tuple[float, float]:
     """``(validation score, seconds)`` of the probe on the sample's features at ``size`` px."""
-    from .extraction import extract
-    from .sweeping import sweep
+    from ..extraction import extract
+    from ..sweeping import sweep
 
     t = time.monotonic()
     # torch, not a CPU engine: a CPU engine's first export of each size would cost more than this small sample
@@ -100,15 +100,15 @@ def _probe(sample: Path, size: int, cfg: FitConfig) -> Tuple[float, float]:
 def choose_image_size(cfg: FitConfig, out: Path, earlier: Optional[Dict] = None) -> Tuple[Optional[int], Dict]:
     """``(size, record)``: the crop size fit extracts at (``None``: the model's own) and what decided it. ``earlier``
     is the record of a previous run in the same folder, reused when made for the same images, model and seed."""
-    from .learn.metrics import sort_key
-    from .models import load_backbone
-    from .sources import open_source
+    from ..learn.metrics import sort_key
+    from ..models import load_backbone
+    from ..sources import open_source
 
     if cfg.image_size != "auto":
         return cfg.image_size, {"chosen": cfg.image_size, "how": "given (--image-size)" if cfg.image_size else
                                 "the model's own (image_size=None)"}
     signature = {"data": str(cfg.extract.data), "model": str(cfg.extract.model), "weights": cfg.extract.weights,
-                 "seed": cfg.seed,                 "metric": cfg.metric}
+                 "seed": cfg.seed, "metric": cfg.metric}
     if earlier and earlier.get("signature") == signature and "chosen" in earlier:
         log.info("fit: input size %s, as chosen by the previous run in this folder", earlier["chosen"] or "the model's")
         return earlier["chosen"], earlier

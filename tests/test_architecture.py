@@ -18,7 +18,7 @@ MAX_LINES = 450
 # (docs/architecture.md). Longest prefix wins.
 STAGES = [
     ("errors", 0), ("_validation", 0), ("_util", 0), ("config", 0),
-    ("runtime", 1),
+    ("runtime", 1), ("rowsource", 1),
     ("decode", 2), ("sources", 2),
     ("cache", 3),
     ("models", 4),
@@ -86,6 +86,14 @@ def test_imports_point_down_the_stages():
             if target in dict(STAGES) and dict(STAGES)[target] > _stage(parts):
                 upward.append(f"{'/'.join(parts)} imports {target}")
     assert not upward, upward
+
+
+def test_learning_never_imports_the_cache():
+    """An estimator knows arrays and the row-source protocol (``featcache.rowsource``), not the HDF5 cache that
+    implements it (``cache.rows.Rows``)."""
+    offending = [f"{'/'.join(parts)} imports cache" for path, parts in _modules()
+                 if parts[0] == "learn" and "cache" in _package_imports(path, parts)]
+    assert not offending, offending
 
 
 def test_every_module_is_small_says_its_stage_and_what_it_exports():

@@ -23,10 +23,10 @@ from torch.nn import functional as F
 
 from .._validation import Interval, Options, validate_params
 from .._validation import Sequence as ListOf
-from ..cache.rows import Rows, minibatches
 from ..config import DEVICE, TRAIN_PRECISIONS
 from ..errors import FeatcacheError
 from ..models.cuts import split_frozen_prefix, with_pointwise_as_linear
+from ..rowsource import RowSource, minibatches
 from ..runtime import autocast, resolve_device, resolve_precision
 from .training import EarlyStopping, adamw, holdout_split, in_memory_if_small
 
@@ -223,7 +223,7 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         # what follows. A frozen top leaves only the head; a partly trained one, the layers from the first
         # trained block on (when the rows are in memory and not augmented, and a cut before that block exists).
         prefix, rest = (net, nn.Identity()) if not trainable else (None, net)
-        if trainable and self.train_blocks != "all" and not self.augment and not isinstance(X, Rows):
+        if trainable and self.train_blocks != "all" and not self.augment and not isinstance(X, RowSource):
             names = {n for n, p in net.named_parameters() if p.requires_grad}
             split = split_frozen_prefix(net, names)
             if split is not None:

@@ -117,8 +117,7 @@ def predict(model, data, *, out=None, proba: bool = True, cache_dir=None, device
     saved = load_model(model_path, trust_model_code=trust_model_code)
     V = None
     if metadata.get("tta"):
-        V = np.concatenate([fs.views[layer].reshape(len(fs), fs.views[layer].shape[1], -1)
-                            for layer in metadata["layers"]], axis=2)
+        V = fs.view_matrix(metadata["layers"])
     classes = list(saved.pipeline.classes_)
     index, probs = views.predict(saved.pipeline, X, V, classes)
     predicted = np.asarray(classes, dtype=object)[index]

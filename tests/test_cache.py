@@ -415,3 +415,26 @@ def test_reused_rows_reach_the_disk_before_anything_vouches_for_them(tmp_path, m
     assert w.reused == 2 and list(w.remaining) == [0, 3, 4, 5]
     assert seen[0] == (False, 1.0)  # the reused row 1 synced while nothing vouched for it yet
     w.close()
+
+
+def test_view_matrix_lays_out_each_views_layers_side_by_side_as_matrix_does(tmp_path):
+    """``FeatureSet.view_matrix``: the one builder of (rows, K, features) view matrices (sweep, predict, fit)."""
+    rng = np.random.default_rng(0)
+    shapes = {"features/a": (3,), "features/b": (2, 2), "views/a": (2, 3), "views/b": (2, 2, 2)}
+    data = {k: rng.normal(size=(6,) + s).astype(np.float32) for k, s in shapes.items()}
+    w = CacheWriter(tmp_path / "v.h5", _source(6), {}, shapes, "float32", "fp",
+                    CacheMeta(layers=["a", "b"], class_names=["a", "b"]))
+    w.append(RowBlock(data, np.ones(6, np.uint8), [""] * 6))
+    w.finish({})
+    for lazy in (False, True):
+        with load(tmp_path / "v.h5", lazy=lazy) as fs:
+            both = fs.view_matrix("a+b")
+            assert both.dtype == np.float32 and both.shape == (6, 2, 7)
+            assert np.array_equal(both, np.concatenate([data["views/a"], data["views/b"].reshape(6, 2, 4)], axis=2))
+            assert np.array_equal(fs.view_matrix(["b"]), data["views/b"].reshape(6, 2, 4))
+            assert np.array_equal(fs.view_matrix(), fs.view_matrix("b"))  # default: the layer of X
+            assert np.array_equal(both[:, 0, :3], data["views/a"][:, 0]) and fs.matrix("a+b").shape == (6, 7)
+    with load(tmp_path / "v.h5") as fs:
+        fs.views.pop("b")
+        with pytest.raises(FeatcacheError, match="no augmented views of layer 'b'"):
+            fs.view_matrix("a+b")

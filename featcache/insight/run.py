@@ -18,6 +18,7 @@ import pandas as pd
 
 from .._util import json_text
 from ..errors import FeatcacheError
+from ..selection.outputs import prepare_out
 from . import confusion as _confusion
 from . import duplicates as _duplicates
 from . import embedding as _embedding
@@ -91,15 +92,6 @@ def _label_rows(ds: Dataset, wanted: List[str], explicit: bool, notes: List[str]
     return np.flatnonzero(ds.labelled & np.isin(ds.y, np.flatnonzero(counts >= 2)))
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise FeatcacheError(f"--out {out} is a file; give a folder for the report")
-    held = [name for name in OUTPUTS if (out / name).exists()]
-    if held and not overwrite:
-        raise FeatcacheError(f"{out} already holds a report ({', '.join(held[:3])}...); pass --overwrite to "
-                             f"replace it, or another --out")
-
-
 def inspect(cache, out=None, only=None, threshold: Optional[float] = None, layer: Optional[str] = None,
             k: int = 20, neighbours: str = "auto", label_method: Optional[str] = None, folds: int = 5,
             seed: int = 0, overwrite: bool = False, progress: bool = True) -> InspectResult:
@@ -124,8 +116,7 @@ def inspect(cache, out=None, only=None, threshold: Optional[float] = None, layer
         raise FeatcacheError("label_method='cleanlab' needs cleanlab: pip install 'featcache[inspect]' "
                              "(--label-method)")
     if out is not None:
-        out = Path(out)
-        _check_out(out, overwrite)
+        out = prepare_out(out, overwrite, OUTPUTS, holds="a report")
     ds = open_dataset(cache, layer)
     notes: List[str] = []
     timings: Dict[str, float] = {}

@@ -13,10 +13,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .. import models
-from .._util import plain_scales
 from ..cache import cache_key, cache_path, key_parts
 from ..cache.hit import remember
-from ..config import ExtractConfig
+from ..config import ExtractConfig, plain_scales
 from ..errors import FeatcacheError
 from ..runtime import autocast, resolve_device
 from ..sources import Source, open_source

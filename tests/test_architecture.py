@@ -96,6 +96,46 @@ def test_learning_never_imports_the_cache():
     assert not offending, offending
 
 
+def _module_imports(path: Path, parts) -> set:
+    """The featcache modules (as path tuples, packages as ``(..., "__init__")``) ``path`` imports, lazy imports
+    included, its ``if __name__ == "__main__":`` block left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree.body = [n for n in tree.body if not (isinstance(n, ast.If) and "__main__" in ast.unparse(n.test))]
+    here, found = list(parts[:-1]), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "featcache"):
+            named = node.module.split(".") if node.module else []
+            if node.level:
+                module = (here[: len(here) - (node.level - 1)] if node.level > 1 else here) + named
+            else:
+                module = named[1:]
+            for alias in node.names:  # ``from . import x`` names a module, ``from .x import y`` names y in x
+                found.add(tuple(module + [alias.name]))
+                found.add(tuple(module))
+        elif isinstance(node, ast.Import):
+            found |= {tuple(a.name.split(".")[1:]) for a in node.names if a.name.startswith("featcache.")}
+    return found
+
+
+def test_no_two_modules_import_each_other():
+    """Imports between modules form no circle (a formatting helper belongs below both users, not in one of them)."""
+    modules = {tuple(parts): path for path, parts in _modules()}
+    graph = {m: {t for t in _module_imports(p, m) if t in modules and t != m and t[-1] != "__init__"}
+             for m, p in modules.items()}
+    circles = []
+    for start in graph:  # a depth-first walk from every module back to itself
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    circles.append(" -> ".join("/".join(m) for m in trail + [start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, trail + [nxt]))
+    assert not circles, sorted(circles)
+
+
 def test_every_module_is_small_says_its_stage_and_what_it_exports():
     problems = []
     for path, parts in _modules():

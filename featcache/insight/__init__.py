@@ -6,6 +6,7 @@ splits, likely label errors, outliers, class confusion, a 2-D map, and one self-
 ``outliers``, ``confusion``, ``embedding`` (PCA features, the map), ``report`` (HTML), ``run`` (``inspect``).
 Never imports torch.
 """
-from .run import FINDINGS, InspectResult, inspect, summary_lines
+from .report import summary_lines
+from .run import FINDINGS, InspectResult, inspect
 
 __all__ = ["FINDINGS", "InspectResult", "inspect", "summary_lines"]

@@ -27,7 +27,7 @@ from . import outliers as _outliers
 from .data import Dataset, open_dataset
 from .neighbours import knn
 
-__all__ = ["inspect", "InspectResult", "FINDINGS", "summary_lines"]
+__all__ = ["inspect", "InspectResult", "FINDINGS"]
 
 log = logging.getLogger("featcache")
 
@@ -228,31 +228,3 @@ def _summary(ds, wanted, res, nb, threshold, label_about, notes, timings, map_me
         s["confusion"] = {"top_pair": [top["class_a"], top["class_b"]], "rate": float(top["rate"])}
     s["map"] = map_method
     return s
-
-
-def summary_lines(s: Dict) -> List[str]:
-    """The short summary the command prints."""
-    lines = [f"{s['rows']:,} rows, layer {s['layer']} ({s['features']} features), {s['classes']} classes"]
-    if "neighbours" in s:
-        nb = s["neighbours"]
-        lines.append(f"neighbours: {nb['method']}, k={nb['k']}"
-                     + (f", measured recall {nb['recall']:.3f}" if nb.get("recall") is not None else ""))
-    if "duplicates" in s:
-        d = s["duplicates"]
-        lines.append(f"duplicates: {d['pairs']} pairs ({d['exact_pairs']} byte-identical) in {d['clusters']} "
-                     f"clusters, pixel similarity >= {d['threshold']} or aligned residual <= {d['residual']}")
-        by = ", ".join(f"{k} {v}" for k, v in sorted(s["leaks"]["by_splits"].items()))
-        lines.append(f"LEAKS across splits: {s['leaks']['pairs']} pairs" + (f" ({by})" if by else ""))
-    if "label_issues" in s:
-        li = s["label_issues"]
-        lines.append(f"label issues: {li['flagged']} of {li['scored']:,} labelled rows flagged ({s['label_method']})")
-    if "outliers" in s:
-        lines.append(f"outliers: {s['outliers']['flagged']} rows (robust z > {s['outliers']['z_above']})")
-    if "confusion" in s:
-        c = s["confusion"]
-        lines.append(f"most confused classes: {c['top_pair'][0]} / {c['top_pair'][1]} ({c['rate']:.1%} of their rows)")
-    if s.get("map"):
-        lines.append(f"map: {s['map']}")
-    lines += [f"note: {n}" for n in s["notes"]]
-    return lines
-

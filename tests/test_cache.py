@@ -308,7 +308,7 @@ def test_a_cache_without_failures_is_finished_in_place_not_copied(tmp_path):
 def test_a_finish_killed_before_its_rename_is_completed_by_the_next_run(tmp_path):
     """The partial was made a finished cache (listing written, marked complete, resume state gone) and the run
     died before the rename: the next run renames it instead of starting over."""
-    from featcache.cache.write import _write_listing, recover_finished
+    from featcache.cache.publish import _write_listing, recover_finished
 
     final = tmp_path / "c.h5"
     w = CacheWriter(final, _source(6), {}, {"features/f": (3,)}, "float32", "fp", ATTRS)

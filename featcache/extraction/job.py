@@ -23,7 +23,7 @@ from .._util import human_size, library_versions, now_iso, orphan_temporaries
 from ..cache import CacheMeta, CacheWriter, find_reusable, is_hit, lock_path, partial_path, publish
 from ..cache.hit import accept_hit, find_hit, refuse_undecodable
 from ..cache.layout import feature_path, views_path
-from ..cache.write import recover_finished
+from ..cache.publish import recover_finished
 from ..config import ExtractConfig
 from ..errors import FeatcacheError
 from .engine import choose_engine

@@ -97,16 +97,13 @@ def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_
                 tasks = tasks if shared_copy else 1
             _check_memory(per_copy, copies_held(len(layers) > 1, shared_copy, tasks))
             blocks = [np.asarray(fs.features[name][:], dtype=np.float32).reshape(len(fs), -1) for name in layers]
-        if use_views:
-            k = fs.views[layers[0]].shape[1]
-            vblocks = [np.asarray(fs.views[name][:], dtype=np.float32).reshape(len(fs), k, -1) for name in layers]
+        V = fs.view_matrix(layers) if use_views else None
     finally:
         fs.close()
     if out_of_core:
         X = Rows(fs.path, layers, block_rows=block_rows)
     else:
         X = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
-    V = (vblocks[0] if len(vblocks) == 1 else np.concatenate(vblocks, axis=2)) if use_views else None
     labelled = fs.y >= 0
     if not fs.classes or not labelled.any():
         raise FeatcacheError(f"{fs.path} has no labels (every row is unlabelled); a sweep needs labelled images: "

@@ -79,7 +79,7 @@ def test_views_of_val_and_test_images_never_reach_training(view_cache, tmp_path)
     # Noise in the *training* images' views does change the fit: the views are really used.
     train = sweep(_scramble_views(view_cache, tmp_path / "train.h5", ["train"]), **settings)
     assert not np.allclose(base.best[-1].coef_, train.best[-1].coef_)
-    unused = sweep(view_cache, views=False, **settings)
+    unused = sweep(view_cache, use_views=False, **settings)
     assert not np.allclose(base.best[-1].coef_, unused.best[-1].coef_)
 
 

@@ -20,13 +20,13 @@ from ..errors import FeatcacheError
 from ..learn.streaming import STREAMING_CLASSIFIERS
 from .backends import AUTO_PARALLEL_VALUES, local_tasks
 
-__all__ = ["Features", "load_features", "layer_choices", "pool_and_test", "copies_at_most"]
+__all__ = ["SweepRows", "load_features", "layer_choices", "pool_and_test", "copies_at_most"]
 
 log = logging.getLogger("featcache")
 
 
 @dataclass
-class Features:
+class SweepRows:
     """The rows a sweep uses: the selection pool (train+val, or every labelled row) and test."""
 
     X: np.ndarray
@@ -48,7 +48,7 @@ class Features:
         """Column selector of a layer choice ("" = every column): a slice, so memmaps stay views."""
         return self.layer_choices[choice] if choice else slice(None)
 
-    def for_layer(self, choice: str) -> "Features":
+    def for_layer(self, choice: str) -> "SweepRows":
         """These features restricted to one layer choice (what a configuration with ``layer=choice`` sees)."""
         if not choice:
             return self
@@ -71,7 +71,7 @@ def pool_and_test(fs: FeatureSet) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_core: bool = False,
-                  block_rows: Optional[int] = None, shared_copy: Optional[bool] = False, tasks: int = 1) -> Features:
+                  block_rows: Optional[int] = None, shared_copy: Optional[bool] = False, tasks: int = 1) -> SweepRows:
     """Read only the layer(s) the sweep needs (and their augmented views), split off pool and test rows.
 
     ``out_of_core``: read no features now; ``X`` and ``X_test`` are :class:`streaming.Rows` views of the file.
@@ -122,7 +122,7 @@ def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_
                              f"at least 2")
     if V is not None:
         log.info("training with %d cached augmented view(s) per training image", V.shape[1])
-    return Features(
+    return SweepRows(
         X=X[np.flatnonzero(pool)] if not pool.all() else X, y=fs.y[pool],
         pool_split=split[pool] if split is not None else None,
         X_test=X[np.flatnonzero(test)] if test.any() else None, y_test=fs.y[test] if test.any() else None,

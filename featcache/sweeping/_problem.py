@@ -11,7 +11,7 @@ from ..config import SweepConfig
 from ..errors import FeatcacheError
 from ..learn import streaming
 from ..selection import backends, grids
-from ..selection.features import Features, load_features
+from ..selection.features import SweepRows, load_features
 from ..selection.grids import Config
 from ..selection.schemes import Scheme, make_scheme
 from ..selection.store import ResultStore, result_versions
@@ -23,7 +23,7 @@ log = logging.getLogger("featcache")
 class Problem:
     """A sweep's inputs, fixed before any fit."""
 
-    feats: Features
+    feats: SweepRows
     scheme: Scheme
     configs: List[Config]  # the grid's configurations (the layer screen puts them on its layer choices)
     store: ResultStore

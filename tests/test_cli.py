@@ -86,7 +86,8 @@ def test_rm_refuses_a_cache_a_running_sweep_uses_and_the_sweep_survives_a_forced
     (tmp_path / "c").mkdir()
     cache = feature_cache(tmp_path / "c" / "busy.h5", n=3000, dim=64)
     store = tmp_path / "c" / "sweep-results" / featcache.load(cache).meta.fingerprint[:16]
-    code = ("import featcache; featcache.sweep(%r, grid={'svm': {'C': [0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100]}},"
+    # 24 fits of about 0.3 s: on a loaded machine the rm below must still land while fits remain to be stored
+    code = ("import featcache; featcache.sweep(%r, grid={'svm': {'C': [round(0.01 * 1.5 ** i, 5) for i in range(24)]}},"
             " n_jobs=1, halving=False, ensemble=0, screen_layers=0, progress=False)" % str(cache))
     sweep = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     try:

@@ -139,3 +139,29 @@ def test_a_caches_record_gives_back_every_setting_that_entered_its_key():
     plain = lambda v: [float(x) if isinstance(x, float) else x for x in v] if isinstance(v, (list, tuple)) else v  # noqa: E731
     assert {name: plain(getattr(back, name)) for name in ExtractConfig.key_fields()} == {
         name: plain(getattr(given, name)) for name in ExtractConfig.key_fields()}
+
+
+def test_any_error_names_parameters_by_template_and_other_braces_stay_text():
+    """``{name}`` is a parameter (the Python name from Python, the flag on the command line); a dict, a set or
+    None formatted into the message is text, whatever braces it has."""
+    import argparse
+    import pickle
+
+    from featcache.cli import _for_cli
+
+    values = {"a": 1}, {2, 3}, {None}, "{'x'}", "{1}"
+    e = FeatcacheError(f"{{batch_size}} too big for {{layers}} with {values[0]} {values[1]} {values[2]} "
+                       f"{values[3]} {values[4]} {{not a name}} {{}}")
+    text = " {'a': 1} {2, 3} {None} {'x'} {1} {not a name} {}"
+    assert str(e) == "batch_size too big for layers with" + text
+    assert e.params == ["batch_size", "layers"]
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch-size")
+    p.add_argument("--layer", dest="layers")
+    assert _for_cli(e, p) == "--batch-size too big for --layer with" + text
+    assert _for_cli(e, argparse.ArgumentParser()) == "--batch-size too big for --layers with" + text, (
+        "a parameter the command has no flag for reads as its name with dashes")
+    assert _for_cli(pickle.loads(pickle.dumps(e)), p) == _for_cli(e, p), "a worker's error keeps its template"
+    assert issubclass(ConflictError, FeatcacheError) and str(ConflictError("{cv} or {x}")) == "cv or x"
+    got = ParameterError("SweepConfig", "n_jobs", "an int >= 1", "{seed}")
+    assert str(got) == "The 'n_jobs' parameter of SweepConfig must be an int >= 1. Got '{seed}' instead."

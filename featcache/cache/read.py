@@ -93,7 +93,7 @@ class FeatureSet:
         names = self._layer_names(layer)
         missing = [n for n in names if n not in self.views]
         if missing:
-            raise FeatcacheError(f"{self.path} has no augmented views of layer {missing[0]!r} (extract with --views)")
+            raise FeatcacheError(f"{self.path} has no augmented views of layer {missing[0]!r} (extract with {{views}})")
         blocks = [np.asarray(self.views[n][:], dtype=np.float32).reshape(len(self), self.views[n].shape[1], -1)
                   for n in names]
         return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=2)

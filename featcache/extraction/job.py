@@ -75,7 +75,7 @@ def extract_missing(cfg: ExtractConfig, source=None, manifest: Optional[dict] = 
         lock.acquire()
     except OSError as e:
         raise FeatcacheError(f"cannot write to the cache directory {plan.path.parent}: {e.strerror}; "
-                             f"pass --cache-dir or set FEATCACHE_DIR to a writable folder") from e
+                             f"pass {{cache_dir}} or set FEATCACHE_DIR to a writable folder") from e
     try:
         if plan.shard is None and recover_finished(plan.path, plan.fingerprint):
             log.info("finished the cache an interrupted run had completed: %s", plan.path)

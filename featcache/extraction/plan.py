@@ -157,7 +157,7 @@ def probe_shapes(fx: models.FeatureExtractor, device, precision, crop: int) -> D
         if plain_scales(fx.scales):
             raise
         sizes = ", ".join(f"{max(1, round(crop * s))} px" for s in fx.scales)
-        raise FeatcacheError(f"--scales {' '.join(f'{s:g}' for s in fx.scales)}: the model does not run at every "
+        raise FeatcacheError(f"{{scales}} {' '.join(f'{s:g}' for s in fx.scales)}: the model does not run at every "
                              f"size ({sizes}): {str(e).splitlines()[0]}; models with a fixed input size (most vision "
                              f"transformers) take one scale") from e
     return {k: tuple(v.shape[1:]) for k, v in out.items()}

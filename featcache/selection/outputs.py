@@ -35,18 +35,18 @@ def prepare_out(out: Path, overwrite: bool, files: Sequence[str] = RUN_FILES, ho
     fails leaves the earlier one whole."""
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
-        raise FeatcacheError(f"--out {out} is a file; pass a folder for the run's outputs")
+        raise FeatcacheError(f"{{out}} {out} is a file; pass a folder for the run's outputs")
     earlier = [name for name in files if (out / name).exists()]
     if earlier and not overwrite:
-        raise FeatcacheError(f"--out {out} holds {holds} ({', '.join(earlier)}); pass --overwrite to replace "
-                             f"it, or another --out")
+        raise FeatcacheError(f"{{out}} {out} holds {holds} ({', '.join(earlier)}); pass {{overwrite}} to replace "
+                             f"it, or another {{out}}")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".featcache-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise FeatcacheError(f"cannot write to --out {out}: {e.strerror or e}; pass a writable folder") from e
+        raise FeatcacheError(f"cannot write to {{out}} {out}: {e.strerror or e}; pass a writable folder") from e
     return out
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import featcache
 from featcache import ExtractConfig, FeatcacheError, FinetuneConfig, FitConfig, SweepConfig
 from featcache.config import InspectConfig, PredictConfig
 from featcache.errors import ConflictError, ParameterError
@@ -165,3 +166,14 @@ def test_any_error_names_parameters_by_template_and_other_braces_stay_text():
     assert issubclass(ConflictError, FeatcacheError) and str(ConflictError("{cv} or {x}")) == "cv or x"
     got = ParameterError("SweepConfig", "n_jobs", "an int >= 1", "{seed}")
     assert str(got) == "The 'n_jobs' parameter of SweepConfig must be an int >= 1. Got '{seed}' instead."
+
+
+def test_the_same_error_names_the_parameter_in_python_and_the_flag_on_the_command_line(tmp_path, capsys):
+    from featcache.cli.extract import main
+
+    missing = tmp_path / "nope"
+    with pytest.raises(FeatcacheError) as e:
+        featcache.extract(missing, cache_dir=tmp_path / "c", progress=False)
+    assert str(e.value) == f"data {missing}: no such file or folder"
+    assert main(["--data", str(missing), "--cache-dir", str(tmp_path / "c"), "-q"]) == 2
+    assert capsys.readouterr().err == f"featcache: error: --data {missing}: no such file or folder\n"

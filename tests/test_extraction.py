@@ -112,7 +112,7 @@ def test_added_and_deleted_files_reuse_the_rest(tmp_path, make_image, fast):
 
 def test_strict_refuses_bad_files_before_extracting(broken_images, fast):
     model = _counting_resnet()
-    with pytest.raises(FeatcacheError, match=r"--strict: 3 file\(s\) cannot be decoded \(nothing was extracted\): "
+    with pytest.raises(FeatcacheError, match=r"^strict: 3 file\(s\) cannot be decoded \(nothing was extracted\): "
                                              r".*empty.jpg"):
         featcache.extract(broken_images.root, **{**fast, "model": model, "strict": True, "layers": ["layer4"]})
     assert model.seen == 0 and not list(fast["cache_dir"].glob("*.h5"))
@@ -122,7 +122,7 @@ def test_strict_holds_on_a_cache_hit_too(broken_images, fast):
     settings = {**fast, "model": _counting_resnet(), "layers": ["layer4"]}
     path = featcache.extract(broken_images.root, **settings)  # not strict: the 3 bad files are skipped, recorded
     assert len(load(path).failed) == 3
-    with pytest.raises(FeatcacheError, match=r"--strict: 3 file\(s\) cannot be decoded \(skipped when this cache "
+    with pytest.raises(FeatcacheError, match=r"^strict: 3 file\(s\) cannot be decoded \(skipped when this cache "
                                              r"was extracted\): .*empty.jpg"):
         featcache.extract(broken_images.root, **{**settings, "strict": True})
 
@@ -221,11 +221,11 @@ def test_unwritable_cache_dir(split_folder, fast, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--pool", "bad"], "invalid choice: 'bad'"),
     (["--batch-size", "x"], "expected a positive integer or auto"),
-    (["--precision", "fp16", "--device", "cpu"], "'fp16' is for GPUs"),
+    (["--precision", "fp16", "--device", "cpu"], "'fp16' is for GPUs; on the CPU use bf16 or fp32 (--precision)"),
     (["--device", "tpu"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'tpu'"),
     (["--decode-timeout", "-1"], "--decode-timeout must be a float >= 0; got -1.0"),
     (["--model", "nosuchmodel"], "is not a torchvision classification model"),
-    (["--layer", "fc", "fc"], "lists a layer twice"),
+    (["--layer", "fc", "fc"], "featcache: error: --layer lists a layer twice: fc fc"),  # layers in Python
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, make_image, args, message):
     make_image(tmp_path / "d" / "a" / "1.png", 0, 0)

@@ -225,7 +225,7 @@ def test_a_cache_without_activations_at_the_node_names_the_extract_command(cache
                                                  rf"--weights none "
                                                  rf"--image-size 32 --layer {node} --pool none --dtype float16"):
             finetune(path, node, progress=False)
-    with pytest.raises(FeatcacheError, match=r"--train-blocks 3: the top after layer3 has 2 blocks .*layer4\.0"):
+    with pytest.raises(FeatcacheError, match=r"^train_blocks 3: the top after layer3 has 2 blocks .*layer4\.0"):
         finetune(cache["path"], "layer3", train_blocks=[3], progress=False)
 
 

@@ -259,7 +259,7 @@ def test_report_folder_holds_the_tables_and_refuses_to_overwrite(digits, tmp_pat
     dup = pd.read_csv(out / "duplicates.csv")
     assert list(dup.columns[:6]) == ["path_a", "path_b", "split_a", "split_b", "similarity", "exact"]
     assert dup["leak"].sum() == 4 and len(res.embedding) == len(featcache.load(digits["planted"]))
-    with pytest.raises(FeatcacheError, match="--overwrite"):
+    with pytest.raises(FeatcacheError, match="pass overwrite to replace it, or another out"):
         featcache.inspect(digits["planted"], out=out, progress=False)
 
 
@@ -269,11 +269,11 @@ def test_report_folder_is_checked_before_any_work_as_a_sweeps_out_is(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(FeatcacheError, match="is a file; pass a folder"):
         featcache.inspect(missing_cache, out=tmp_path / "file", progress=False)
-    with pytest.raises(FeatcacheError, match="cannot write to --out"):
+    with pytest.raises(FeatcacheError, match="cannot write to out "):
         featcache.inspect(missing_cache, out=tmp_path / "file" / "sub", progress=False)
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "summary.json").write_text("{}")
-    with pytest.raises(FeatcacheError, match=r"holds a report \(summary.json\); pass --overwrite"):
+    with pytest.raises(FeatcacheError, match=r"holds a report \(summary.json\); pass overwrite"):
         featcache.inspect(missing_cache, out=tmp_path / "old", progress=False)
     (tmp_path / "old" / "best.skops").write_text("")  # a sweep's files are not a report: only the report's count
     with pytest.raises(FeatcacheError, match=r"holds a report \(summary.json\)"):

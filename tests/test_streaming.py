@@ -150,7 +150,7 @@ def test_out_of_core_takes_the_streaming_part_of_the_default_grid_and_refuses_th
     from featcache.config import FeatcacheError
     from featcache.sweeping import sweep
 
-    with pytest.raises(FeatcacheError, match=r"--out-of-core trains only sgd, dense with preprocess none / "
+    with pytest.raises(FeatcacheError, match=r"^out_of_core trains only sgd, dense with preprocess none / "
                                              r"standardize / l2 \(chained with '\+'\); not knn"):
         sweep(cache, grid={"knn": {"n_neighbors": 3}, "sgd": {}}, out_of_core=True)
     with pytest.raises(FeatcacheError, match="not sgd\\(\\) on pca:4"):
@@ -174,7 +174,7 @@ def test_features_larger_than_memory_are_refused_with_the_way_out(cache, tmp_pat
     # as read, the pool/test rows, and one task's training rows with their preprocessed copy
     with pytest.raises(FeatcacheError, match=r"the features need 1\.2 MB \(4 copies of 300\.0 KB while loading "
                                              r"and fitting\) but 97\.7 KB of memory is available; "
-                                             r"rerun with --out-of-core"):
+                                             r"rerun with out_of_core"):
         sweep(cache, grid=STREAM_GRID, reuse=False)
     with pytest.raises(FeatcacheError, match=r"\(7 copies of 300\.0 KB"):  # + the workers' shared copy, 2 tasks
         sweep(cache, grid=STREAM_GRID, reuse=False, n_jobs=2)

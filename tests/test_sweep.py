@@ -351,7 +351,7 @@ def test_cli_in_process(tmp_path, capsys):
 def test_outputs_are_checked_before_any_fit(caches, tmp_path):
     (tmp_path / "file").write_text("x")
     for out, match in [(tmp_path / "file", "is a file; pass a folder"),
-                       (tmp_path / "file" / "sub", "cannot write to --out")]:
+                       (tmp_path / "file" / "sub", "cannot write to out ")]:
         with pytest.raises(FeatcacheError, match=match):
             sweep(caches["split"], grid=TINY, out=out, results_dir=tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()  # nothing was fitted

@@ -44,7 +44,8 @@ def check_compatible(model_meta: dict, cache_meta: CacheMeta, dims: Dict[str, in
                              f"for the model")
     if diffs:
         raise FeatcacheError(f"the features of {where} do not match the model's training features: "
-                             f"{'; '.join(diffs)}. Predict on images (--data FOLDER) to extract matching features")
+                             f"{'; '.join(diffs)}. Predict on images ({{data}} an image folder) to extract matching "
+                             f"features")
     trained, now = (model_meta.get("feature_versions") or {}), (cache_meta.key.get("versions") or {})
     if trained and now and trained != now:
         log.warning("features were extracted with %s; the model was trained on features from %s",
@@ -71,7 +72,7 @@ def features_for(metadata: dict, data, *, cache_dir=None, device: str = "auto", 
         record = metadata["extract_config"]
         if record.get("weights") == "given module":
             raise FeatcacheError("the model's features came from a torch module passed in Python; extract features "
-                                 "for the new images with that module and pass the cache file as --data CACHE.h5")
+                                 "for the new images with that module and pass the cache file as {data}")
         cfg = ExtractConfig.from_record(record, views=bool(metadata.get("tta")), data=data, cache_dir=cache_dir,
                                         device=device, batch_size=batch_size, num_workers=num_workers,
                                         progress=progress)
@@ -85,7 +86,7 @@ def features_for(metadata: dict, data, *, cache_dir=None, device: str = "auto", 
         if metadata.get("tta"):
             if not all(layer in fs.views for layer in metadata["layers"]):
                 raise FeatcacheError(f"the model predicts with test-time augmentation, but {cache} has no augmented "
-                                     f"views; predict on images (--data FOLDER) so featcache extracts them")
+                                     f"views; predict on images ({{data}} an image folder) so featcache extracts them")
             fs.views = {layer: np.asarray(fs.views[layer][:], dtype=np.float32) for layer in metadata["layers"]}
     finally:
         fs.close()

@@ -179,10 +179,6 @@ def test_no_library_module_imports_the_command_line():
     assert not found, f"import featcache.cli outside a command module's main: {found}"
 
 
-# Library code another change converts to ``{name}`` templates (issue 26, item 3): skipped by the rule below until
-# then. Empty this set when that change lands.
-NOT_YET_TEMPLATED = {"insight", "prediction", "config"}
-
 # Raise sites that must keep a literal flag, as (module, flag): each is a command-line action, not a parameter a
 # Python caller sets, so no template names it.
 FLAGS_KEPT = {
@@ -216,7 +212,7 @@ def test_library_errors_name_parameters_by_template_not_by_flag():
     (``python -m featcache.extract --data D``) or in ``FLAGS_KEPT``."""
     found = []
     for path, parts in _modules():
-        if parts[0] == "cli" or parts[0] in NOT_YET_TEMPLATED:
+        if parts[0] == "cli":
             continue
         module = "/".join(parts) + ".py"
         for line, text in _raised_messages(ast.parse(path.read_text(encoding="utf-8"))):

@@ -67,11 +67,11 @@ def open_dataset(cache, layer: Optional[str] = None) -> Dataset:
         meta = CacheMeta.from_attrs(f.attrs)
         layer = layer or meta.layers[-1]
         if layer not in meta.layers:
-            raise FeatcacheError(f"layer {layer!r} is not in {path}; it has {', '.join(meta.layers)} (--layer)")
+            raise FeatcacheError(f"{{layer}} {layer!r} is not in {path}; it has {', '.join(meta.layers)}")
         ds = f[FEATURES][layer]
         if ds.ndim != 2:
-            raise FeatcacheError(f"layer {layer!r} of {path} holds {ds.ndim - 1}-D maps (extracted with --pool "
-                                 f"none); inspect needs pooled features: pick a pooled layer with --layer")
+            raise FeatcacheError(f"layer {layer!r} of {path} holds {ds.ndim - 1}-D maps (extracted with pool "
+                                 f"none); inspect needs pooled features: pick a pooled layer with {{layer}}")
         n_features = int(ds.shape[1])
         rel = f[PATHS].asstr()[:]
         y = f[LABELS][:].astype(np.int64)

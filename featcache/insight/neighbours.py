@@ -176,7 +176,7 @@ def knn(cache, layer: str, k: int = 10, method: str = "auto", block_rows: Option
     """The ``k`` nearest neighbours of every row: exact up to ``EXACT_LIMIT`` rows, else approximate when faiss
     or hnswlib is installed (its recall measured on a sample), else exact with a warning that it is slow."""
     if method not in METHODS:
-        raise FeatcacheError(f"neighbour search {method!r} is not one of {', '.join(METHODS)} (--neighbours)")
+        raise FeatcacheError(f"{{neighbours}} {method!r} is not one of {', '.join(METHODS)}")
     n = Rows(cache, [layer]).shape[0]
     if method == "auto":
         method = "exact"
@@ -188,7 +188,7 @@ def knn(cache, layer: str, k: int = 10, method: str = "auto", block_rows: Option
     if method == "exact":
         return exact_knn(cache, layer, k, block_rows, progress=progress)
     if not _installed(method):
-        raise FeatcacheError(f"--neighbours {method} needs the {method} package: pip install "
+        raise FeatcacheError(f"{{neighbours}} {method} needs the {method} package: pip install "
                              f"{'faiss-cpu' if method == 'faiss' else 'hnswlib'}")
     found = _approximate(cache, layer, min(k, n - 1), method, block_rows, progress)
     found.recall = measure_recall(cache, layer, found, block_rows=block_rows)

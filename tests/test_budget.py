@@ -2,23 +2,16 @@
 plan where the full grid does not fit, and no extra folds when the hold-out is large."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 import featcache
 from featcache.budget import BIG_HOLDOUT, FULL_EPOCHS, MIN_EPOCHS, plan_finetune, train_seconds_per_row
 
-
-@pytest.fixture(autouse=True)
-def logs_reach_caplog(monkeypatch):
-    """The command line stops featcache's log at its own handler; tests run after a CLI test in this process."""
-    monkeypatch.setattr(logging.getLogger("featcache"), "propagate", True)
+pytestmark = pytest.mark.usefixtures("logs_reach_caplog")  # the fixture is in conftest.py
 
 
 def test_the_epoch_cost_is_measured_on_the_real_top():
@@ -74,39 +67,6 @@ def test_fit_records_the_plan_it_ran(split_folder, tmp_path):
     assert full["folds"] == len(folds) and full["rows"] == sum(len(f["rows"]) for f in folds)
 
 
-def test_views_never_give_an_exact_kernel_svm_more_rows_than_the_default_grid_does(tmp_path):
-    """An RBF SVM's fit grows faster than its rows squared: the views stage refuses (1+K)x the pool beyond the
-    default grid's exact-kernel limit, before extracting anything, and says why."""
-    from featcache.config import ExtractConfig, FitConfig
-    from featcache.selection.grids import Config
-    from featcache.sweep import SweepResult
-    from featcache.variants import Lead, exact_kernel_rows, variant_stage
-
-    pool = exact_kernel_rows() // 5 + 1  # with 4 views: 5x the pool, just past the limit
-    best = Config("svm", json.dumps({"C": 10.0}), "l2")
-    board = pd.DataFrame({"status": ["ok"], "fit_s": [1.0]})
-    result = SweepResult(board, None, best, "5-fold", None, 0, 0, val_pred=np.zeros(pool, dtype=int))
-    cfg = FitConfig(data=tmp_path, out=tmp_path / "out", views=4)
-    lead = Lead(result, tmp_path / "none.h5", "sweep", ExtractConfig(data=tmp_path))
-    stages, skipped = {}, []
-    assert variant_stage("views", cfg, lead, 1.0, time.monotonic() + 3600, tmp_path, stages, skipped) is None
-    assert skipped == [f"views: an exact kernel SVM on {5 * pool} rows (every pool image and its views; its fit "
-                       f"time grows with the rows squared, and the default grid stops it at {exact_kernel_rows()}); "
-                       "--views 0 skips it"]
-    assert not stages and not (tmp_path / "views").exists()
-
-
-def test_a_budgeted_sweep_keeps_time_to_refit_its_best():
-    """The best so far (by the metric, not the slowest) decides the reserve: one fold's fit, scaled to the refit."""
-    from featcache.selection.fitting import refit_reserve
-
-    records = {"fast, best": {"scores": {"accuracy": 0.9}, "fit_s": 10.0},
-               "slow, worse": {"scores": {"accuracy": 0.8}, "fit_s": 100.0},
-               "failed": {"error": "ValueError: x", "fit_s": 0.0}}
-    assert refit_reserve(records, "accuracy", 5, 1.5625) == 2.0 * 1.5625  # 10 s over 5 folds; (5/4 rows)^2
-    assert refit_reserve({}, "accuracy", 5, 1.0) == 0.0
-
-
 def test_before_a_cold_extraction_fit_says_how_long_it_will_take(split_folder, tmp_path, caplog):
     kw = dict(cache_dir=tmp_path / "c", progress=False, model="resnet18", weights="none", image_size=32,
               finetune="never", scales=(1.0,), views=2)
@@ -119,48 +79,3 @@ def test_before_a_cold_extraction_fit_says_how_long_it_will_take(split_folder, t
     assert "fit: extracting 20 images at 32 px will take about" in caplog.text
     again = featcache.fit(split_folder, tmp_path / "run", **kw)  # the features are cached: nothing to forecast
     assert "forecast" not in again.stages
-
-
-def test_a_variant_whose_sweep_cannot_fit_in_memory_is_skipped_before_extracting(tmp_path, feature_cache,
-                                                                                 monkeypatch):
-    """At 60,000 rows, 4 views made 3.2 GB of features that the sweep then refused for memory (3 minutes of
-    extraction wasted): the copies the variant's sweep would hold are checked first. The machine's memory cannot
-    be made smaller in a test, so the probe of available memory is patched."""
-    import featcache.cache
-    from featcache.config import ExtractConfig, FitConfig
-    from featcache.selection.grids import Config
-    from featcache.sweep import SweepResult
-    from featcache.variants import Lead, variant_stage
-
-    cache = feature_cache(tmp_path / "lead.h5", n=1000, dim=32)  # 128 KB of features
-    best = Config("logreg", json.dumps({"C": 1.0}), "standardize")
-    board = pd.DataFrame({"status": ["ok"], "fit_s": [1.0]})
-    result = SweepResult(board, None, best, "5-fold CV", None, 0, 0, best_layer="synthetic",
-                         val_pred=np.zeros(850, dtype=int))
-    lead = Lead(result, cache, "sweep", ExtractConfig(data=tmp_path))
-    monkeypatch.setattr(featcache.cache, "available_memory", lambda: 2_000_000)  # 2 MB
-    stages, skipped = {}, []
-    cfg = FitConfig(data=tmp_path, out=tmp_path / "out", views=4, n_jobs=1)
-    assert variant_stage("views", cfg, lead, 1.0, time.monotonic() + 3600, tmp_path, stages, skipped) is None
-    assert skipped == ["views: its sweep would hold about 3.1 MB (5 copies of 625.0 KB of features), 1.9 MB of "
-                       "memory is available (--views 0 skips it)"]
-    assert not stages and not (tmp_path / "views").exists()
-
-
-def test_after_extracting_a_variants_fits_start_only_if_they_still_fit(split_folder, fast, tmp_path):
-    """The estimate before extracting covered the variant (no time for its passes is counted here: pass_s 0), but the
-    extraction itself took the time the fits needed: they are not started, and the log says why."""
-    from featcache.config import ExtractConfig, FitConfig
-    from featcache.variants import Lead, _fits_seconds, variant_stage
-
-    extract_cfg = ExtractConfig(data=split_folder, **fast)
-    cache = featcache.extract(config=extract_cfg)
-    swept = featcache.sweep(cache, grid={"logreg": {"C": [1.0]}}, progress=False)
-    lead = Lead(swept, cache, "sweep", extract_cfg)
-    fits_s = 3 * _fits_seconds(swept)  # views 2: three times the rows
-    cfg = FitConfig(data=split_folder, out=tmp_path / "out", views=2, augment=("flip",))
-    stages, skipped = {}, []
-    deadline = time.monotonic() + fits_s + 0.1  # the checks before take milliseconds; extracting, far longer
-    assert variant_stage("views", cfg, lead, 0.0, deadline, tmp_path, stages, skipped) is None
-    assert len(skipped) == 1 and skipped[0].startswith("views: its features were extracted in ")
-    assert "no longer fit the" in skipped[0] and not stages and not (tmp_path / "views").exists()

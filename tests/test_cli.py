@@ -1,4 +1,5 @@
-"""The command line as a user meets it: mistyped flags, pipes, cache housekeeping (ls, rm, prune)."""
+"""The command line as a user meets it: mistyped flags, pipes, cache housekeeping (ls, rm, prune),
+each command's flag named in a parameter error."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 import featcache
 
@@ -132,3 +135,16 @@ def test_ls_shows_and_prune_removes_what_a_killed_publish_left(split_folder, tmp
     assert pruned.returncode == 0 and "removed 0 cache(s)" in pruned.stdout
     assert "removed 1 temporary file(s) left by processes killed while publishing" in pruned.stdout
     assert not orphan.exists() and live.exists() and a.exists()
+
+
+@pytest.mark.parametrize("args, line", [
+    (["featcache.sweep", "x.h5", "--n-jobs", "0"], "featcache: error: --n-jobs must be an int >= 1 or -1; got 0"),
+    (["featcache.sweep", "x.h5", "--cv", "3", "--val-fraction", "0.2"],
+     "featcache: error: use either --cv or --val-fraction, not both"),
+    (["featcache.finetune", "x.h5", "--from-layer", "l", "--epochs", "0"],
+     "featcache: error: --epochs must be an int >= 1; got 0"),
+    (["featcache.extract", "--data", "x", "--streams", "0"], "featcache: error: --streams must be an int >= 1; got 0"),
+])
+def test_cli_users_get_the_flag(args, line):
+    run = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.strip() == line, run.stderr

@@ -1,7 +1,6 @@
-"""End to end: folders → features in HDF5, cache hits without a forward pass, every kind of miss, the CLI."""
+"""End to end: folders → features in HDF5, cache hits without a forward pass, every kind of miss (the command
+line: test_cli_extract.py)."""
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -184,52 +183,6 @@ def test_features_feed_scikit_learn_directly(split_folder, fast):
     X, y = fs.subset("train")
     clf = LogisticRegression(max_iter=500).fit(X, y)
     assert clf.score(*fs.subset("test")) == 1.0  # the fixture's two classes differ in colour and stripes
-
-
-def _cli(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=REPO)
-
-
-def test_readme_main_command_on_the_builtin_default(tmp_path):
-    """`python -m featcache.extract --data data/digits`: real pretrained features, offline, path on stdout."""
-    r = _cli("featcache.extract", "--data", "data/digits", "--no-progress", env={"FEATCACHE_DIR": str(tmp_path)})
-    assert r.returncode == 0, r.stderr
-    path = Path(r.stdout.strip().splitlines()[-1])
-    assert path.parent == tmp_path and path.is_file()
-    assert "done: 300 images" in r.stderr
-    fs = load(path)
-    assert fs.X.shape == (300, 1280) and len(fs.classes) == 10
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(*fs.subset("train"))
-    assert clf.score(*fs.subset("test")) > 0.7  # pretrained features separate the digits; random ones don't
-    again = _cli("featcache.extract", "--data", "data/digits", env={"FEATCACHE_DIR": str(tmp_path)})
-    assert again.stdout.strip().splitlines()[-1] == str(path) and "cache hit" in again.stderr
-
-
-def test_cli_errors_are_one_line_without_traceback(tmp_path):
-    for args, message in [
-        (["--data", str(tmp_path / "nope")], "no such file or folder"),
-        (["--data", "data/digits", "--model", "resnet18", "--weights", "none", "--layer", "layer9"], "closest"),
-        (["--data", "data/digits", "--batch-size", "0"], "--batch-size must be an int >= 1 or 'auto'; got 0"),
-        (["--data", "data/digits", "--weights", str(tmp_path / "w.pt")], "no such file"),
-        ([], "--data is required"),
-    ]:
-        r = _cli("featcache.extract", *args, "--cache-dir", str(tmp_path))
-        assert r.returncode == 2, (args, r.stderr)
-        assert message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
-        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-
-
-def test_list_layers_cli():
-    r = _cli("featcache.extract", "--model", "resnet18", "--weights", "none", "--list-layers")
-    assert r.returncode == 0, r.stderr
-    line = next(text for text in r.stdout.splitlines() if text.startswith("layer4.1.relu_1 "))
-    assert "512x7x7" in line and " 512 " in line and "2048" in line  # shape, pooled dim, bytes/image
-    assert line.endswith("last1 = layer4")  # stage outputs are marked with their preset and --layer name
 
 
 def test_layer_preset_resolves_before_the_cache_key(split_folder, fast):

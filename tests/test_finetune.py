@@ -4,18 +4,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import featcache
 from featcache import decode, models, sources
-from featcache.cache import Rows, minibatches
-from featcache.cache.write import rows_per_chunk
+from featcache.cache import Rows
 from featcache.cli.finetune import main
 from featcache.config import ExtractConfig, FeatcacheError
 from featcache.finetune import finetune, network, split_for
@@ -126,24 +123,6 @@ def test_cached_rows_that_fit_are_read_once_for_a_full_shuffle(cache, monkeypatc
     assert ft.in_memory_if_small(rows) is rows
 
 
-def test_pointwise_convolutions_become_matrix_products_with_the_same_outputs():
-    """resnet50's bottleneck 1x1 convs (nn.Conv2d leaves) are rewritten; the 3x3 and strided ones are not."""
-    from featcache.models.cuts import pointwise_conv, with_pointwise_as_linear
-
-    torch.manual_seed(0)
-    top = models.split_top(torchvision.models.resnet50().eval(), "layer4.1", "flatten")
-    x = torch.randn(2, 2048, 4, 4)
-    with torch.no_grad():
-        expected = top(x)
-        names = set(top.state_dict())
-        fast = with_pointwise_as_linear(top)
-        assert sum(n.target is pointwise_conv for n in fast.graph.nodes) == 2  # layer4.2.conv1 and conv3
-        assert set(fast.state_dict()) == names  # the same parameters under the same names
-        torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-4,
-                                   atol=1e-4)
-
-
 def test_saved_model_predicts_new_images_like_the_trained_one(cache, tmp_path, colour_images):
     out = tmp_path / "run"
     res = finetune(cache["path"], "layer3", out=out, train_blocks=[0, 1], epochs=2, progress=False)
@@ -172,20 +151,6 @@ def test_saved_model_predicts_new_images_like_the_trained_one(cache, tmp_path, c
         proba = torch.softmax(net(torch.from_numpy(images).permute(0, 3, 1, 2)).double(), 1).numpy()
     np.testing.assert_allclose(proba, df.filter(like="proba_").to_numpy(), atol=1e-4)
     assert net.classes == sorted(COLOURS)
-
-
-def test_minibatches_cover_every_row_once_reading_whole_chunks(tmp_path):
-    with h5py.File(tmp_path / "x.h5", "w") as f:
-        f.create_dataset("features/x", data=np.arange(40, dtype=np.float32).reshape(40, 1), chunks=(4, 1))
-    rows = Rows(tmp_path / "x.h5", ["x"], np.arange(0, 40, 2), block_rows=4)  # every other row: 2 of each chunk
-    seen = []
-    for pos, block in minibatches(rows, np.arange(len(rows)), 3, np.random.RandomState(0)):
-        np.testing.assert_array_equal(block[:, 0], 2 * pos)  # each position got its own row
-        seen += pos.tolist()
-    assert sorted(seen) == list(range(20))
-    assert seen != sorted(seen)  # shuffled
-    assert rows_per_chunk(100_000, 10_000, maps=True) == 1  # big maps: one image per chunk
-    assert rows_per_chunk(1_000, 10_000, maps=True) == 65
 
 
 def test_a_split_across_a_skip_connection_is_refused_with_the_valid_nodes():
@@ -287,25 +252,3 @@ def test_no_epoch_starts_past_the_budget_and_the_best_so_far_is_kept(cache):
     res = finetune(cache["path"], "layer3", train_blocks=[1], epochs=50, patience=50, budget=1e-9, progress=False,
                    precision="fp32")
     assert res.leaderboard["note"].iloc[0] == "1 epochs, best 1 (stopped at the budget)"
-
-
-def test_the_rows_that_compare_stages_are_predicted_by_a_configuration_ranked_on_other_rows():
-    """Each half of the ranking rows is predicted by the configuration more accurate on the other half: the best
-    configuration's own predictions would flatter fine-tuning on the rows where it was picked (the winner's curse)."""
-    from sklearn.model_selection import StratifiedKFold
-
-    from featcache.selection.leaderboard import crossfit_pred
-
-    y = np.repeat([0, 1], 20)
-    (h1, h2), _ = StratifiedKFold(2, shuffle=True, random_state=0).split(y, y)  # the halves it uses
-    a, b = 1 - y, 1 - y  # both wrong everywhere, then right on:
-    a[h1] = y[h1]  # A: all of the first half and 4 of the 20 rows of the second
-    a[h2[:4]] = y[h2[:4]]
-    b[h1[:10]] = y[h1[:10]]  # B: half of the first half and all of the second
-    b[h2] = y[h2]
-    assert (b == y).mean() == 0.75 > (a == y).mean() == 0.6  # B ranks first on all the rows
-    crossed = crossfit_pred([a, b], y, seed=0)
-    np.testing.assert_array_equal(crossed[h2], a[h2])  # A won the first half, so it predicts the second
-    np.testing.assert_array_equal(crossed[h1], b[h1])  # and B, which won the second, the first
-    assert (crossed == y).mean() == 14 / 40  # not B's 0.75
-    np.testing.assert_array_equal(crossfit_pred([a], y, seed=0), a)  # one configuration: its own

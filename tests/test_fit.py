@@ -11,14 +11,11 @@ import pytest
 import featcache
 from featcache.config import FeatcacheError
 from featcache.fit import FINETUNE_FOLDS
-from featcache.variants import p_better
 
 SMALL = dict(model="resnet18", weights="none", image_size=32)  # a real network, seeded weights, tiny inputs
 
 
-@pytest.fixture(autouse=True)
-def logs_reach_caplog(monkeypatch):
-    monkeypatch.setattr(logging.getLogger("featcache"), "propagate", True)
+pytestmark = pytest.mark.usefixtures("logs_reach_caplog")  # the fixture is in conftest.py
 
 
 def test_a_tiny_budget_still_returns_a_model_and_says_what_it_skipped(split_folder, tmp_path):
@@ -96,8 +93,3 @@ def test_bad_input_is_a_clear_error(split_folder, tmp_path):
     cli = subprocess.run([sys.executable, "-m", "featcache.fit", "--data", str(split_folder), "--out",
                           str(tmp_path / "o"), "--budget", "soon"], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 2 and "argument --budget: 'soon' is not a duration" in cli.stderr
-
-
-def test_the_log_says_how_likely_a_win_on_the_same_rows_is_chance():
-    assert p_better(12, 2) < 0.05 < p_better(4, 0)  # 4 of 4 discordant rows: p = 1/16
-    assert p_better(0, 0) == 1.0 and p_better(2, 5) > 0.5

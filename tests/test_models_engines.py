@@ -17,8 +17,9 @@ import featcache
 from featcache.extraction import engine as engine_choice
 from featcache.models import engines
 
-pytestmark = pytest.mark.skipif(set(engines.installed_engines()) != set(engines.CPU_ENGINES),
-                                reason="the CPU engines are not installed (pip install -e '.[cpu-fast]')")
+pytestmark = [pytest.mark.skipif(set(engines.installed_engines()) != set(engines.CPU_ENGINES),
+                                 reason="the CPU engines are not installed (pip install -e '.[cpu-fast]')"),
+              pytest.mark.usefixtures("logs_reach_caplog")]  # the fixture is in conftest.py
 
 
 def _features(path) -> np.ndarray:
@@ -33,12 +34,6 @@ def _ran(path) -> str:
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
-
-
-@pytest.fixture(autouse=True)
-def logs_reach_caplog(monkeypatch):
-    """The command line stops featcache's log at its own handler; tests run after a CLI test in this process."""
-    monkeypatch.setattr(logging.getLogger("featcache"), "propagate", True)
 
 
 def test_fp32_engines_agree_with_torch_and_share_its_cache_key(class_folder, tmp_path, caplog):

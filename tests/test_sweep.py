@@ -14,7 +14,7 @@ import pytest
 import featcache
 from featcache.cli.sweep import main
 from featcache.config import FeatcacheError
-from featcache.selection.grids import CLASSIFIERS, DEFAULT_GRID, expand_grid, read_grid
+from featcache.selection.grids import CLASSIFIERS, DEFAULT_GRID
 from featcache.sweep import sweep
 
 COLOURS = ("red", "green", "blue")
@@ -30,10 +30,7 @@ EVERY_CLASSIFIER = {
 TINY = {"logreg": {"preprocess": "standardize", "C": [0.01, 1.0]}, "knn": {"n_neighbors": 3}}
 
 
-@pytest.fixture(autouse=True)
-def logs_reach_caplog(monkeypatch):
-    """CLI runs in this process (ours or other test files') stop the featcache logger propagating."""
-    monkeypatch.setattr(logging.getLogger("featcache"), "propagate", True)
+pytestmark = pytest.mark.usefixtures("logs_reach_caplog")  # the fixture is in conftest.py
 
 
 def _images(root: Path, make_image, counts: dict, classes=COLOURS) -> Path:
@@ -232,14 +229,6 @@ def test_the_layer_screen_runs_the_grid_on_the_best_choices_only(caches, tmp_pat
     assert set(streamed.leaderboard["layer"]) == {"layer4"} and not streamed.layer_screen
 
 
-def test_layer_choices():
-    from featcache.selection.features import layer_choices
-
-    assert layer_choices(["a"]) == [["a"]]
-    assert layer_choices(["a", "b", "c"]) == [["a"], ["b"], ["c"], ["a", "b"], ["b", "c"], ["a", "b", "c"]]
-    assert layer_choices(list("abcd")) == [["a"], ["b"], ["c"], ["d"], ["a", "b", "c", "d"]]
-
-
 def test_a_failing_configuration_is_reported_not_fatal(caches, tmp_path):
     res = sweep(caches["split"], grid={"knn": {"n_neighbors": [3, 500]}}, results_dir=tmp_path, progress=False)
     board = res.leaderboard
@@ -278,16 +267,6 @@ def test_bad_grid_files(caches, tmp_path):
     good = tmp_path / "grid.yaml"
     good.write_text("knn:\n  n_neighbors: [1, 3]\n", encoding="utf-8")
     assert len(sweep(caches["split"], grid=good, reuse=False, progress=False).leaderboard) == 2
-
-
-def test_default_grid_is_valid_and_sized_to_the_rows():
-    configs = expand_grid(read_grid(None))
-    assert {c.classifier for c in configs} == {"svm", "logreg", "ridge", "knn", "dense"} and 10 <= len(configs) <= 20
-    small, large = expand_grid(read_grid(None), n_rows=20000), expand_grid(read_grid(None), n_rows=20001)
-    assert any(c.classifier == "svm" for c in small) and not any("rbf" in c.preprocess for c in small)
-    assert not any(c.classifier == "svm" for c in large) and any(c.preprocess == "l2+rbf:2000" for c in large)
-    with pytest.raises(FeatcacheError, match=r"unknown classifier 'svmm' \(did you mean svm, linsvm\?\); valid: "):
-        expand_grid(read_grid(None), only=["svmm"])
 
 
 def test_caches_without_labels_or_with_one_class(tmp_path, make_image):
@@ -399,31 +378,6 @@ def test_the_log_names_the_layer_choices_the_grid_runs_on(caches, tmp_path, capl
     assert "layer choice(s) layer3 (256 features), layer4 (512 features)" in line
 
 
-def test_terminal_leaderboard_shows_swept_values_in_full():
-    import pandas as pd
-
-    from featcache.selection.leaderboard import format_leaderboard, swept_params
-
-    board = pd.DataFrame({"rank": [1, 2, 3], "classifier": ["finetune"] * 3,
-                          "params": ["train_blocks=all, lr=0.0001, head_lr=0.001",
-                                     "train_blocks=1, lr=0.0001, head_lr=0.003",
-                                     "train_blocks=0, lr=0.0001, head_lr=0.001"],
-                          "preprocess": ["none"] * 3, "layer": ["l"] * 3, "val_accuracy": [0.9, 0.8, 0.7],
-                          "val_log_loss": [0.3, 0.4, 0.5], "fit_s": [1.0, 1.0, 1.0], "note": [""] * 3})
-    assert swept_params(board) == ["train_blocks=all, head_lr=0.001", "train_blocks=1, head_lr=0.003",
-                                   "train_blocks=0, head_lr=0.001"]
-    text = format_leaderboard(board, limit=2)
-    assert "head_lr=0.003" in text and "lr=0.0001" not in text and "1 more rows in leaderboard.csv" in text
-
-
-def test_plots_call_the_smallest_loss_best():
-    from featcache.selection.plots import best_per_value
-
-    x, scores = [1.0, 1.0, 2.0], [0.5, 0.3, 0.9]
-    assert best_per_value(x, scores, "log_loss") == {1.0: 0.3, 2.0: 0.9}
-    assert best_per_value(x, scores, "accuracy") == {1.0: 0.5, 2.0: 0.9}
-
-
 # --- the default path: validation sized to the data, successive halving, the ensemble, the budget ----------------
 
 HALVING_GRID = {"logreg": {"preprocess": "standardize", "C": [1e-7, 1e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 1e-2, 1.0]},
@@ -521,17 +475,6 @@ def test_a_configuration_out_of_time_at_a_later_rung_keeps_its_earlier_record(bi
     assert len(board) == 12  # nobody vanished: the skipped ones rank below, with their first-rung scores
 
 
-def test_under_a_budget_the_unit_that_always_runs_is_the_callers_first():
-    from featcache.selection.fitting import _tasks
-    from featcache.selection.grids import expand_grid
-
-    configs = expand_grid({"dense": {"hidden_layer_sizes": [64]}, "knn": {"n_neighbors": [5, 15]},
-                           "logreg": {"preprocess": "l2", "C": [1.0, 10.0]}})
-    knn15 = next(c for c in configs if c.classifier == "knn" and c.params["n_neighbors"] == 15)
-    assert _tasks(configs, 2)[0][0][0].classifier == "dense"  # no budget: slow units first
-    assert [t[0] for t in _tasks(configs, 2, lead=knn15)[:2]] == [[knn15], [knn15]]  # both folds of the lead
-
-
 def test_the_best_is_compared_cross_fitted_and_says_how_many_it_was_picked_from(feature_cache, tmp_path):
     """The rows the sweep validated, each predicted by the configuration most accurate on the other half of them: the
     best's own predictions would flatter it where it was picked among ``candidates`` (fit compares stages on them)."""
@@ -566,13 +509,3 @@ def test_log_loss_can_pick_a_kernel_svm_from_its_calibrated_scores(caches, tmp_p
     assert np.isfinite(board.loc["svm", "val_log_loss"]) and 0 < board.loc["svm", "val_log_loss"]
     assert res.best_config.classifier == "svm"  # logistic regression this regularised is close to uniform
     assert board.loc["svm", "val_log_loss"] < board.loc["logreg", "val_log_loss"]
-
-
-def test_a_result_key_changes_with_scipy_whose_solvers_fit_the_models():
-    """lbfgs (logistic regression, the dense head's calibration) is scipy's: a stored result fitted under another
-    scipy release is not reused."""
-    from importlib import metadata
-
-    from featcache.selection.store import result_versions
-
-    assert result_versions()["scipy"] == metadata.version("scipy")

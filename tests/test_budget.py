@@ -47,6 +47,7 @@ def test_no_time_for_even_two_epochs_says_what_it_would_cost():
     assert plan is None and "the activation pass 66 s" in why and "epochs of 48 s" in why
 
 
+@pytest.mark.slow
 def test_fit_records_the_plan_it_ran(split_folder, tmp_path):
     res = featcache.fit(split_folder, tmp_path / "run", cache_dir=tmp_path / "c", progress=False, model="resnet18",
                         weights="none", image_size=32, views=0, scales=(1.0,), train_blocks=[1])

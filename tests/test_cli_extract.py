@@ -23,6 +23,7 @@ def _cli(*args, env=None, timeout=300):
                           env={**os.environ, **(env or {})}, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_readme_main_command_on_the_builtin_default(tmp_path):
     """`python -m featcache.extract --data data/digits`: real pretrained features, offline, path on stdout."""
     r = _cli("featcache.extract", "--data", "data/digits", "--no-progress", env={"FEATCACHE_DIR": str(tmp_path)})
@@ -42,6 +43,7 @@ def test_readme_main_command_on_the_builtin_default(tmp_path):
     assert again.stdout.strip().splitlines()[-1] == str(path) and "cache hit" in again.stderr
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
     for args, message in [
         (["--data", str(tmp_path / "nope")], "no such file or folder"),
@@ -64,6 +66,7 @@ def test_list_layers_cli():
     assert line.endswith("last1 = layer4")  # stage outputs are marked with their preset and --layer name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--pool", "bad"], "invalid choice: 'bad'"),
     (["--batch-size", "x"], "expected a positive integer or auto"),
@@ -84,6 +87,7 @@ def test_bad_flags_are_one_line_errors(tmp_path, make_image, args, message):
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_list_layers_needs_no_pretrained_weights(tmp_path):
     """resnet18's default weights are not on this machine and cannot be downloaded: the graph does not need them."""
     r = subprocess.run([sys.executable, "-m", "featcache.extract", "--model", "resnet18", "--list-layers"],

@@ -82,6 +82,7 @@ def test_features_match_the_model_run_by_hand(split_folder, fast):
     np.testing.assert_allclose(fs.X[5], expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_scales_join_each_layer_over_the_model_run_at_other_sizes(split_folder, fast, tmp_path):
     """--scales 1 0.5: the first half of each row is the plain features, the second the model on the same crop
     resized to half (antialiased bilinear), run by hand; predict re-extracts at both scales."""
@@ -129,6 +130,7 @@ def test_cache_hit_runs_no_forward_pass(split_folder, fast):
     assert pinned == first and model.seen == 0  # named layers: the cache is found without running the model
 
 
+@pytest.mark.slow
 def test_every_change_that_alters_features_is_a_miss(split_folder, fast, make_image):
     base = featcache.extract(split_folder, **fast)
     variants = {

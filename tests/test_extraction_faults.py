@@ -59,6 +59,7 @@ def _kill_at(cmd, cache_dir: Path, min_rows: int) -> None:
     assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{err}"
 
 
+@pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_matches_an_uninterrupted_run(tmp_path, make_image):
     data = _folder(tmp_path / "data", make_image)
     reference = subprocess.run(_cmd(data, tmp_path / "ref", "--batch-size", "4"), capture_output=True,
@@ -192,6 +193,7 @@ def test_two_concurrent_runs_end_with_one_valid_cache(tmp_path, make_image):
     assert not list(cache.glob("*.partial.h5"))
 
 
+@pytest.mark.slow
 def test_disk_full_is_a_clear_error_and_the_work_resumes(split_folder, fast, monkeypatch):
     real_write = CacheWriter._write
     calls = {"n": 0}
@@ -218,6 +220,7 @@ def test_unwritable_cache_dir(split_folder, fast, tmp_path):
         featcache.extract(split_folder, **{**fast, "cache_dir": tmp_path / "file" / "cache"})
 
 
+@pytest.mark.slow
 def test_dataset_of_only_bad_files_exits_nonzero(tmp_path):
     (tmp_path / "d" / "a").mkdir(parents=True)
     (tmp_path / "d" / "a" / "x.jpg").write_bytes(b"not a jpeg")
@@ -231,6 +234,7 @@ def test_batch_size_auto_on_a_cpu(split_folder, fast):
     assert len(fs) == 20 and fs.meta["config"]["batch_size"] == 64
 
 
+@pytest.mark.slow
 def test_device_jpeg_decode_path_matches_pillow(tmp_path, make_image, fast, broken_images):
     """``gpu_decode`` (run here on the CPU, same code as on CUDA) gives features close to the Pillow path."""
     data = tmp_path / "jpegs"
@@ -247,6 +251,7 @@ def test_device_jpeg_decode_path_matches_pillow(tmp_path, make_image, fast, brok
     assert cos.min() > 0.99, cos
 
 
+@pytest.mark.slow
 def test_same_features_across_worker_counts_and_batch_sizes(split_folder, fast, tmp_path):
     a = load(featcache.extract(split_folder, **fast))
     b = load(featcache.extract(split_folder, **{**fast, "num_workers": 2, "batch_size": 3,
@@ -264,6 +269,7 @@ def test_same_features_across_worker_counts_and_batch_sizes(split_folder, fast, 
             np.testing.assert_allclose(c.features[layer], a.features[layer], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bf16_features_are_close_to_fp32(split_folder, fast):
     fp32 = load(featcache.extract(split_folder, **fast))
     bf16 = load(featcache.extract(split_folder, **{**fast, "precision": "bf16"}))
@@ -282,11 +288,13 @@ def test_warnings_a_newcomer_needs(tmp_path, make_image, caplog):
     assert "random weights (--weights none)" in caplog.text
 
 
+@pytest.mark.slow
 def test_weights_in_any_case_are_the_same_cache(split_folder, fast):
     settings = {k: v for k, v in fast.items() if k != "weights"}
     assert featcache.extract(split_folder, weights="None", **settings) == featcache.extract(split_folder, **fast)
 
 
+@pytest.mark.slow
 def test_a_publish_killed_half_way_leaves_nothing_behind_for_long(split_folder, fast):
     """The temporary file of a publish whose process is gone is removed by the next run of that cache; one of a
     live process is not. (The dead and live processes are real; their temporaries are made by hand, as a
@@ -321,6 +329,7 @@ class _StuckInWorkers(torch.utils.data.Dataset):
         return torch.full((3, 16, 16), 20 * i, dtype=torch.uint8), i % 2
 
 
+@pytest.mark.slow
 def test_a_stuck_file_fails_alone_and_the_run_goes_on(fast, monkeypatch):
     """The worker decoding item 3 never returns: that batch is decoded again image by image, item 3 is recorded
     as failed, every other row is extracted. (The loader's grace period is shortened from 60 s so the test is
@@ -346,6 +355,7 @@ def test_a_hung_read_with_gpu_decode_fails_alone(tmp_path, make_image, fast):
     assert len(fs) == 4 and [p for p, _ in fs.failed] == ["a/stuck.jpg"] and "longer than 1 s" in fs.failed[0][1]
 
 
+@pytest.mark.slow
 def test_hashing_content_never_blocks_on_a_fifo(split_folder, tmp_path):
     """A FIFO named like an image (a real one: opening it for reading waits for a writer that never comes) once
     hung ``--hash-content`` forever. It fails alone, recorded under ``failed/``, and the run finishes."""

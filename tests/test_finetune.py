@@ -71,6 +71,7 @@ def test_from_layer_names_the_tensor_however_it_is_spelled(cache):
     assert res.leaderboard["status"].tolist() == ["ok"] and res.leaderboard["layer"].iloc[0] == "layer3"
 
 
+@pytest.mark.slow
 def test_training_moves_only_the_chosen_blocks_and_is_seeded(cache):
     fs = featcache.load(cache["path"])
     top, _ = split_for(fs.meta, cache["path"], "layer3")
@@ -123,6 +124,7 @@ def test_cached_rows_that_fit_are_read_once_for_a_full_shuffle(cache, monkeypatc
     assert ft.in_memory_if_small(rows) is rows
 
 
+@pytest.mark.slow
 def test_saved_model_predicts_new_images_like_the_trained_one(cache, tmp_path, colour_images):
     out = tmp_path / "run"
     res = finetune(cache["path"], "layer3", out=out, train_blocks=[0, 1], epochs=2, progress=False)
@@ -181,6 +183,7 @@ def test_an_untraceable_model_is_refused():
         models.split_top(DataDependent(), "conv", "fc")
 
 
+@pytest.mark.slow
 def test_a_cache_without_activations_at_the_node_names_the_extract_command(cache, tmp_path):
     pooled = featcache.extract(cache["root"] / "data", layers=["layer3"], cache_dir=tmp_path / "c", **SETTINGS)
     for path, node in ((pooled, "layer3"), (cache["path"], "layer2")):
@@ -193,6 +196,7 @@ def test_a_cache_without_activations_at_the_node_names_the_extract_command(cache
         finetune(cache["path"], "layer3", train_blocks=[3], progress=False)
 
 
+@pytest.mark.slow
 def test_cli_help_run_and_error(cache, tmp_path, capsys):
     cmd = [sys.executable, "-m", "featcache.finetune"]
     helped = subprocess.run(cmd + ["--help"], capture_output=True, text=True)
@@ -221,6 +225,7 @@ def test_configurations_are_ranked_on_rows_they_were_not_stopped_on(cache, caplo
     assert "3 rows stop each configuration's training early, 3 others rank the configurations" in caplog.text
 
 
+@pytest.mark.slow
 def test_the_best_is_refitted_on_train_and_val_for_its_best_epochs(cache, caplog):
     """As the sweep refits its best: the saved model trained on every pool row, for the epochs that were best."""
     import logging

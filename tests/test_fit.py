@@ -18,6 +18,7 @@ SMALL = dict(model="resnet18", weights="none", image_size=32)  # a real network,
 pytestmark = pytest.mark.usefixtures("logs_reach_caplog")  # the fixture is in conftest.py
 
 
+@pytest.mark.slow
 def test_a_tiny_budget_still_returns_a_model_and_says_what_it_skipped(split_folder, tmp_path):
     out = tmp_path / "run"
     res = featcache.fit(split_folder, out, budget=0.01, cache_dir=tmp_path / "c", progress=False, **SMALL)
@@ -34,6 +35,7 @@ def test_a_tiny_budget_still_returns_a_model_and_says_what_it_skipped(split_fold
     assert len(predictions) == 20 and set(predictions["prediction"]) <= {"a", "b"}
 
 
+@pytest.mark.slow
 def test_a_second_run_reuses_the_cache_the_sweep_and_the_fine_tuned_model(split_folder, tmp_path, caplog):
     kw = dict(cache_dir=tmp_path / "c", progress=False, finetune="always", train_blocks=[1], views=1, **SMALL)
     first = featcache.fit(split_folder, tmp_path / "run", **kw)

@@ -223,6 +223,7 @@ def test_vit_class_token_layer():
     assert rows["encoder.ln"]["dim"] == 768
 
 
+@pytest.mark.slow
 def test_timm_model_by_prefix(split_folder, fast):
     import featcache
 
@@ -234,6 +235,7 @@ def test_timm_model_by_prefix(split_folder, fast):
         load_backbone(ExtractConfig(model="timm:resnet1800", weights="none"))
 
 
+@pytest.mark.slow
 def test_default_layers_are_the_last_three_stages_or_the_penultimate_features():
     from featcache.models import default_layers
 

@@ -17,6 +17,7 @@ def test_the_readme_has_python_examples():
     assert len(BLOCKS) >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", range(len(BLOCKS)))
 def test_readme_python_example_runs(block, tmp_path_factory):
     cache_dir = tmp_path_factory.getbasetemp() / "readme-cache"  # shared: the digits are extracted once

@@ -65,6 +65,7 @@ def caches(tmp_path_factory, make_image):
     }
 
 
+@pytest.mark.slow
 def test_every_classifier_on_a_real_cache(caches, tmp_path):
     res = sweep(caches["split"], grid=EVERY_CLASSIFIER, out=tmp_path / "out", results_dir=tmp_path / "r",
                 progress=False)
@@ -93,6 +94,7 @@ def test_val_split_selects_on_val_and_refits_on_train_plus_val(caches, tmp_path)
     assert res.test_scores is not None and res.out is None
 
 
+@pytest.mark.slow
 def test_cv_without_splits_falls_back_for_small_classes(caches, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="featcache"):
         res = sweep(caches["flat"], grid=TINY, results_dir=tmp_path, progress=False, ensemble=0)
@@ -111,6 +113,7 @@ def test_cache_without_val_uses_cv_inside_train(caches, tmp_path):
     assert res.best[-1].classes_.size == 3 and res.test_scores is not None
 
 
+@pytest.mark.slow
 def test_a_class_with_one_image_falls_back_to_plain_kfold(tmp_path, make_image, caplog):
     cache = _extract(_images(tmp_path / "d", make_image, {None: [5, 5, 1]}), tmp_path / "c")
     with caplog.at_level(logging.WARNING, logger="featcache"):
@@ -140,6 +143,7 @@ def test_rerun_fits_nothing_and_a_new_point_fits_only_itself(caches, tmp_path, c
     assert len(fresh.fitted) == 3 and not (Path(caches["split"]).parent / "sweep-results").exists()
 
 
+@pytest.mark.slow
 def test_parallel_workers_give_the_same_leaderboard(caches, tmp_path):
     grid = {"logreg": {"preprocess": "standardize", "C": [0.01, 1.0]}, "ridge": {"alpha": [1.0, 10.0]}}
     one = sweep(caches["split"], grid=grid, reuse=False, progress=False).leaderboard
@@ -269,6 +273,7 @@ def test_bad_grid_files(caches, tmp_path):
     assert len(sweep(caches["split"], grid=good, reuse=False, progress=False).leaderboard) == 2
 
 
+@pytest.mark.slow
 def test_caches_without_labels_or_with_one_class(tmp_path, make_image):
     unlabelled = tmp_path / "u"
     for i in range(4):
@@ -299,6 +304,7 @@ def _cli(*args, cwd=None):
                           text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_success_and_errors(caches, tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text('[knn]\nn_neighbors = [1, 3]\npreprocess = ["none", "l2"]\n', encoding="utf-8")
@@ -390,6 +396,7 @@ def big_cache(tmp_path_factory, feature_cache):
     return feature_cache(tmp_path_factory.mktemp("big") / "big.h5", n=10000, splits=(0.85, 0.0))
 
 
+@pytest.mark.slow
 def test_halving_finds_the_full_grids_best_with_fewer_fits(big_cache, tmp_path):
     kw = dict(grid=HALVING_GRID, reuse=False, progress=False, ensemble=0)
     full = sweep(big_cache, halving=False, **kw)
@@ -464,6 +471,7 @@ def test_a_budget_stops_new_fits_and_keeps_the_best_so_far(big_cache, caplog):
     assert "the budget ran out" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_configuration_out_of_time_at_a_later_rung_keeps_its_earlier_record(big_cache, tmp_path):
     kw = dict(grid=HALVING_GRID, results_dir=tmp_path / "r", progress=False, ensemble=0)
     sweep(big_cache, **kw)  # every first-rung record is stored; the final rung only for accuracy's best 4

@@ -120,6 +120,7 @@ def test_light_commands_import_neither_torch_nor_sklearn(what, split_folder, fas
     assert run.stdout.strip().splitlines()[-1] == "HEAVY", run.stdout
 
 
+@pytest.mark.slow
 def test_a_cache_hit_imports_neither_torch_nor_the_model(split_folder, fast, tmp_path):
     """The second extract with the same settings finds its cache from the record the first left (cache/hit.py)."""
     argv = ["--data", str(split_folder), "--cache-dir", str(fast["cache_dir"]), "--model", "resnet18", "--weights",

@@ -14,6 +14,7 @@ from featcache.budget import BIG_HOLDOUT, FULL_EPOCHS, MIN_EPOCHS, plan_finetune
 pytestmark = pytest.mark.usefixtures("logs_reach_caplog")  # the fixture is in conftest.py
 
 
+@pytest.mark.slow
 def test_the_epoch_cost_is_measured_on_the_real_top():
     from featcache import models
     from featcache.config import ExtractConfig
@@ -68,6 +69,7 @@ def test_fit_records_the_plan_it_ran(split_folder, tmp_path):
     assert full["folds"] == len(folds) and full["rows"] == sum(len(f["rows"]) for f in folds)
 
 
+@pytest.mark.slow
 def test_before_a_cold_extraction_fit_says_how_long_it_will_take(split_folder, tmp_path, caplog):
     kw = dict(cache_dir=tmp_path / "c", progress=False, model="resnet18", weights="none", image_size=32,
               finetune="never", scales=(1.0,), views=2)

@@ -79,6 +79,7 @@ def test_rm_and_prune(split_folder, tmp_path):
     assert bad.returncode == 2 and "not a finished cache file" in bad.stderr
 
 
+@pytest.mark.slow
 def test_rm_refuses_a_cache_a_running_sweep_uses_and_the_sweep_survives_a_forced_rm(feature_cache, tmp_path):
     """A real sweep in a second process: ``rm`` refuses its cache while it trains; ``rm --force`` removes it and its
     result store, and the sweep goes on, making the store again (it once died on FileNotFoundError)."""

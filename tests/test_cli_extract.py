@@ -58,6 +58,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.slow
 def test_list_layers_cli():
     r = _cli("featcache.extract", "--model", "resnet18", "--weights", "none", "--list-layers")
     assert r.returncode == 0, r.stderr

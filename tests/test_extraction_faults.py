@@ -128,6 +128,7 @@ def test_strict_holds_on_a_cache_hit_too(broken_images, fast):
         featcache.extract(broken_images.root, **{**settings, "strict": True})
 
 
+@pytest.mark.slow
 def test_a_cache_hit_needs_no_write_access(split_folder, tmp_path):
     """A team's shared cache folder, mounted read-only: the hit is found and returned, nothing is written. The
     second run sees the folder through a real read-only bind mount (its own mount namespace)."""
@@ -179,6 +180,7 @@ def test_a_hanging_decode_becomes_a_failed_row_not_a_hang():
     assert dd[2][1] == ""
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_end_with_one_valid_cache(tmp_path, make_image):
     data = _folder(tmp_path / "data", make_image, n_per_class=15)
     cache = tmp_path / "cache"

@@ -36,6 +36,7 @@ def cache(tmp_path_factory, colour_images):
     return {"path": path, "root": root}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,weights,node,penultimate,logits,blocks", [
     ("resnet18", "none", "layer3", "flatten", "fc", ["layer4.0", "layer4.1"]),
     ("efficientnet_lite0", "DEFAULT", "_blocks.10.add", "view", "_fc",

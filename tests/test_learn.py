@@ -35,6 +35,7 @@ def blobs():
     return X.astype(np.float32), names
 
 
+@pytest.mark.slow
 def test_dense_head_in_pipeline_and_grid_search(blobs):
     X, y = blobs
     pipe = make_pipeline(StandardScaler(), DenseHead(epochs=30, batch_size=32, random_state=0))

@@ -56,6 +56,7 @@ def test_fp32_engines_agree_with_torch_and_share_its_cache_key(class_folder, tmp
     assert "engine openvino (cosine" in caplog.text
 
 
+@pytest.mark.slow
 def test_auto_runs_the_fastest_engine_measured_here(split_folder, fast, monkeypatch, caplog):
     """Every candidate is timed (torch too) and the fastest that agrees runs; the measurement is kept."""
     monkeypatch.setattr(engine_choice, "SHORT_RUN", 0)  # the folder is tiny: time the engines anyway

@@ -68,6 +68,7 @@ def test_a_variant_whose_sweep_cannot_fit_in_memory_is_skipped_before_extracting
     assert not stages and not (tmp_path / "views").exists()
 
 
+@pytest.mark.slow
 def test_after_extracting_a_variants_fits_start_only_if_they_still_fit(split_folder, fast, tmp_path):
     """The estimate before extracting covered the variant (no time for its passes is counted here: pass_s 0), but the
     extraction itself took the time the fits needed: they are not started, and the log says why."""

@@ -4,7 +4,7 @@ The public API. Names that need torch or scikit-learn are imported on first use 
 ``import featcache; featcache.load(path)`` reads a cache with h5py alone. ``featcache.extract``, ``sweep``,
 ``predict``, ``finetune``, ``fit`` and ``inspect`` are both functions to call and ``python -m`` modules: each is its
 module, made callable (``featcache._util.make_callable``); loading them lazily also keeps ``python -m featcache.sweep``
-from finding its module imported before it runs. The layers of the package: README, "Architecture".
+from finding its module imported before it runs. The layers of the package: docs/architecture.md.
 """
 import importlib
 
@@ -17,11 +17,11 @@ __version__ = featcache_version()
 
 _LAZY = {  # name -> (module, attribute; None = the module itself)
     "extract": ("extract", None), "sweep": ("sweep", None), "predict": ("predict", None),
-    "finetune": ("finetune", None), "SweepResult": ("sweep", "SweepResult"),
-    "FinetuneResult": ("finetune", "FinetuneResult"), "load_model": ("selection.modelfile", "load_model"),
+    "finetune": ("finetune", None), "SweepResult": ("sweeping", "SweepResult"),
+    "FinetuneResult": ("finetuning", "FinetuneResult"), "load_model": ("selection.modelfile", "load_model"),
     "DenseHead": ("learn.dense", "DenseHead"), "TopClassifier": ("learn.top", "TopClassifier"),
     "logistic_path": ("learn.logistic", "logistic_path"), "inspect": ("inspect", None),
-    "InspectResult": ("insight.run", "InspectResult"), "fit": ("fit", None), "FitResult": ("fit", "FitResult"),
+    "InspectResult": ("insight.run", "InspectResult"), "fit": ("fit", None), "FitResult": ("autofit", "FitResult"),
 }
 
 

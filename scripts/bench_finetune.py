@@ -39,7 +39,7 @@ def bench(images: Path, node: str = "_blocks.14.add", model: str = "efficientnet
     import featcache
     from featcache import decode, models, sources
     from featcache.cache import Rows
-    from featcache.finetune import split_for
+    from featcache.finetuning import split_for
     from featcache.learn.top import TopClassifier, top_blocks, unfreeze_last
     from featcache.learn.training import adamw
     from featcache.models.cuts import with_pointwise_as_linear

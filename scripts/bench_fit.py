@@ -10,7 +10,7 @@ the val images join train: like most users' data (a train and a test split), so 
    side by side in one process: wall time, best validation and test accuracy.
 2. ``featcache.fit`` with ``--budget`` (default 15m) from the images: test accuracy of the model it picks and
    wall time (a new cache folder, so extraction is counted), then the same command again (everything reused).
-   The reference is the best row of bench_quality's table (README, "Measured on real data").
+   The reference is the best row of bench_quality's table (docs/benchmarks.md, "Measured on real data").
 3. ``--passes``: every pass of the network ``fit`` makes (the default layers; the scales stage's 1 and 0.667; the
    views stage's 4 views; fine-tuning's activations at the split node, unpooled, float16), each in a fresh process
    and a fresh cache folder, *before* (glibc's allocator defaults and torch, as featcache ran them until this
@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import bench_quality  # noqa: E402  (the datasets)
 import bench_sweep  # noqa: E402  (the previous release's defaults)
 
-BEST_OF_BENCH_QUALITY = {"mnist5k": 0.971, "digits": 0.986}  # README table, best row per dataset
+BEST_OF_BENCH_QUALITY = {"mnist5k": 0.971, "digits": 0.986}  # docs/benchmarks.md table, best row per dataset
 # The fixed-configuration probe fit must match on its own cache: the RBF SVM (C=30, l2) that was the default sweep's
 # best at 96 px on MNIST-5k and digits, on every layer choice, the best of them on test (a generous baseline).
 PROBE_GRID = {"svm": [{"preprocess": "l2", "C": [30.0]}]}
@@ -93,18 +93,12 @@ def run_dataset(name: str, work: Path, image_size: int, budget: str, skip, fit_s
                       f"{res.best_label}; stages: " + ", ".join(f"{k} {v.get('seconds')} s"
                                                                 for k, v in res.stages.items() if "seconds" in v),
                       flush=True)
-                for stage in ("scales", "views"):
+                for stage in ("scales", "views", "finetune"):  # every comparison is recorded alike (vs_best)
                     d = res.stages.get(stage, {}).get("vs_best")
                     if d:
-                        print(f"[{name}]   {stage} vs {d['against']}, out of fold on {d['rows']} rows: {d['new']:.4f} "
-                              f"vs {d['best']:.4f} ({d['new_only']} vs {d['best_only']} right only by each): "
-                              f"{d['winner']}", flush=True)
-                d = res.stages.get("finetune", {}).get("vs_sweep")
-                if d:
-                    lead = d["against"].split(":")[0]  # the duel's "sweep" side is the best before fine-tuning
-                    print(f"[{name}]   finetune vs {d['against']}, on {d['rows']} held-out rows ({d.get('folds', 1)} "
-                          f"folds): {d['finetune']:.4f} vs {d['sweep']:.4f} ({d['finetune_only']} vs "
-                          f"{d['sweep_only']}): {d['winner'].replace('sweep', lead)}", flush=True)
+                        print(f"[{name}]   {stage} vs {d['against']}, out of fold on {d['rows']} rows ({d['folds']} "
+                              f"folds): {d['new']:.4f} vs {d['best']:.4f} ({d['new_only']} vs {d['best_only']} right "
+                              f"only by each): {d['winner']}", flush=True)
                 for what in res.skipped:
                     print(f"[{name}]   skipped: {what}", flush=True)
                 if attempt == "first":

@@ -222,7 +222,7 @@ PREVIOUS = dict(grid=PREVIOUS_GRID, cv=5, n_jobs=1, halving=False, ensemble=0)
 def previous_and_current(cache: Path, label: str) -> dict:
     """The previous release's default sweep and today's on ``cache``, side by side in one process (no reuse)."""
     from featcache.selection import fitting
-    from featcache.sweep import sweep
+    from featcache.sweeping import sweep
 
     out = {}
     for side, kw in (("previous", PREVIOUS), ("current", {})):

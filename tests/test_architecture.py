@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "featcache"
 MAX_LINES = 450
 
-# Every module's stage, lowest first: a module may import only from its own stage or a lower one (README,
-# "Architecture"). Longest prefix wins.
+# Every module's stage, lowest first: a module may import only from its own stage or a lower one
+# (docs/architecture.md). Longest prefix wins.
 STAGES = [
     ("errors", 0), ("_validation", 0), ("_util", 0), ("config", 0),
     ("runtime", 1),
@@ -26,10 +26,9 @@ STAGES = [
     ("extraction", 5),
     ("learn", 6),
     ("selection", 7),
-    ("sweep", 8), ("finetune", 8), ("predict", 8), ("fit", 8), ("sizing", 8), ("variants", 8), ("budget", 8),
-    ("insight", 8),
-    ("cli", 9), ("extract", 9), ("inspect", 9), ("ls", 9), ("verify", 9), ("explain", 9), ("__main__", 9),
-    ("__init__", 9),
+    ("sweeping", 8), ("finetuning", 8), ("prediction", 8), ("autofit", 8), ("insight", 8),
+    ("cli", 9), ("extract", 9), ("inspect", 9), ("sweep", 9), ("finetune", 9), ("predict", 9), ("fit", 9),
+    ("ls", 9), ("verify", 9), ("explain", 9), ("__main__", 9), ("__init__", 9),
 ]
 
 
@@ -43,12 +42,21 @@ def _stage(parts) -> int:
     return dict(STAGES)[parts[0]]
 
 
+def _is_main_block(node) -> bool:
+    return isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+
+
 def _package_imports(path: Path, parts) -> set:
     """The featcache modules ``path`` imports (anywhere in it, lazy imports included), as top-level names."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    # ``if __name__ == "__main__":`` runs the module as a command (``python -m featcache.sweep`` -> its CLI):
+    # ``if __name__ == "__main__":`` runs the module as a command (``python -m featcache.fit`` -> its CLI):
     # the command line sits on top, so that block may call up into it; the library code may not.
-    tree.body = [n for n in tree.body if not (isinstance(n, ast.If) and "__main__" in ast.unparse(n.test))]
+    tree.body = [n for n in tree.body if not _is_main_block(n)]
+    return _imports_in(tree, parts)
+
+
+def _imports_in(tree, parts) -> set:
+    """The featcache modules the code under ``tree`` (of the module ``parts``) imports, as top-level names."""
     here = list(parts[:-1])
     found = set()
     for node in ast.walk(tree):
@@ -96,6 +104,56 @@ def test_every_module_is_small_says_its_stage_and_what_it_exports():
             problems.append(f"{'/'.join(parts)}: no __all__")
     assert not problems, problems
 
+
+
+def _command_modules():
+    """The ``python -m featcache.X`` modules: top-level modules with an ``if __name__ == "__main__":`` block."""
+    for path, parts in _modules():
+        if len(parts) == 1 and parts[0] != "__main__":
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            if any(_is_main_block(n) for n in tree.body):
+                yield path, parts, tree
+
+
+def test_no_library_module_imports_the_command_line():
+    """Only featcache/cli, and a command module's ``main`` (lazily), import featcache.cli: the library never does,
+    so no library module and its command import each other."""
+    shims = {parts for _, parts, _ in _command_modules()}
+    found = []
+    for path, parts in _modules():
+        if parts[0] == "cli":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if parts in shims:
+            tree.body = [n for n in tree.body if not (isinstance(n, ast.FunctionDef) and n.name == "main")]
+        if "cli" in _imports_in(tree, parts):
+            found.append("/".join(parts))
+    assert not found, f"import featcache.cli outside a command module's main: {found}"
+
+
+def test_every_command_module_is_a_thin_shim():
+    """``python -m featcache.X`` is the same few lines for every X: ``main(argv)`` importing the command
+    (``featcache.cli.X``) when called, nothing of featcache imported at load but ``_util``, and, where
+    ``featcache.X(...)`` is a function of the API, ``make_callable`` to the library function by name."""
+    import featcache
+
+    api = {name for name, (_, attr) in featcache._LAZY.items() if attr is None}
+    problems = []
+    for path, parts, tree in _command_modules():
+        name = parts[0]
+        if len(path.read_text(encoding="utf-8").splitlines()) >= 40:
+            problems.append(f"{name}: 40 lines or more")
+        main = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"]
+        if not main or _imports_in(ast.Module(body=main, type_ignores=[]), parts) != {"cli"}:
+            problems.append(f"{name}: no main(argv) importing featcache.cli.{name}")
+        at_load = ast.Module(body=[n for n in tree.body if not isinstance(n, ast.FunctionDef)], type_ignores=[])
+        if _imports_in(at_load, parts) - {"_util"}:
+            problems.append(f"{name}: imports {sorted(_imports_in(at_load, parts) - {'_util'})} at load")
+        calls = [n for n in ast.walk(at_load) if isinstance(n, ast.Call) and ast.unparse(n.func) == "make_callable"]
+        if name in api and not (len(calls) == 1 and isinstance(calls[0].args[1], ast.Constant)
+                                and not calls[0].args[1].value.startswith("featcache.cli")):
+            problems.append(f"{name}: no make_callable(__name__, 'featcache.<library>:<function>')")
+    assert not problems, problems
 
 LIGHT = {
     "load": "import featcache, sys; fs = featcache.load(sys.argv[1]); assert len(fs) > 0",

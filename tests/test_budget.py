@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import featcache
-from featcache.budget import BIG_HOLDOUT, FULL_EPOCHS, MIN_EPOCHS, plan_finetune, train_seconds_per_row
+from featcache.autofit.budget import BIG_HOLDOUT, FULL_EPOCHS, MIN_EPOCHS, plan_finetune, train_seconds_per_row
 
 pytestmark = pytest.mark.usefixtures("logs_reach_caplog")  # the fixture is in conftest.py
 
@@ -57,16 +57,19 @@ def test_fit_records_the_plan_it_ran(split_folder, tmp_path):
     assert plan["epoch_s"] > 0 and plan["estimate_s"] > plan["activation_s"]
     # The comparison with fine-tuning retrains the best so far once per fold: past the deadline no fold after the
     # first starts, and it counts the rows of the folds it did.
-    from featcache.fit import _duel
+    from featcache.autofit.finetune_stage import _versus_best
+    from featcache.autofit.variants import BestSoFar
+    from featcache.config import ExtractConfig
 
     cache = Path(res.stages["extract"]["cache"])
     swept = featcache.sweep(cache, grid={"logreg": {"C": [1.0]}}, progress=False)
+    lead = BestSoFar(swept, cache, "sweep", ExtractConfig())
     folds = res.stages["finetune"]["validation"]["folds"]
     assert len(folds) > 1
-    late = _duel(cache, swept, False, res.stages["finetune"], 0, deadline=time.monotonic() - 1)
-    full = _duel(cache, swept, False, res.stages["finetune"], 0, deadline=time.monotonic() + 600)
-    assert late["folds"] == 1 and late["rows"] == len(folds[0]["rows"])
-    assert full["folds"] == len(folds) and full["rows"] == sum(len(f["rows"]) for f in folds)
+    late = _versus_best(lead, res.stages["finetune"], 0, time.monotonic() - 1, "sweep")
+    full = _versus_best(lead, res.stages["finetune"], 0, time.monotonic() + 600, "sweep")
+    assert late.folds == 1 and late.rows == len(folds[0]["rows"])
+    assert full.folds == len(folds) and full.rows == sum(len(f["rows"]) for f in folds)
 
 
 @pytest.mark.slow

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 import featcache
+from featcache import ExtractConfig, FinetuneConfig, FitConfig, SweepConfig
+from featcache.config import InspectConfig, PredictConfig
+from featcache.errors import ParameterError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,3 +152,64 @@ def test_ls_shows_and_prune_removes_what_a_killed_publish_left(split_folder, tmp
 def test_cli_users_get_the_flag(args, line):
     run = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and run.stderr.strip() == line, run.stderr
+
+
+@pytest.mark.parametrize("command, argv, expected", [
+    ("extract", [], ExtractConfig()),
+    ("sweep", ["c.h5"], SweepConfig(Path("c.h5"))),
+    ("finetune", ["c.h5", "--from-layer", "n"], FinetuneConfig(Path("c.h5"), from_layer="n")),
+    ("fit", ["--data", "d", "--out", "o"], FitConfig.from_settings(data="d", out=Path("o"))),
+    ("predict", ["m.skops", "--data", "d"], PredictConfig(Path("m.skops"), data="d")),
+    ("inspect", ["c.h5"], InspectConfig(Path("c.h5"))),
+])
+def test_a_command_without_flags_gets_the_configs_own_defaults(command, argv, expected):
+    """The flags are built from the fields (one source): parsing no flags gives the dataclass's defaults."""
+    import importlib
+
+    from featcache.cli import config_from_args
+
+    args = importlib.import_module(f"featcache.cli.{command}").build_parser().parse_args(argv)
+    changes = {"out": expected.out} if hasattr(expected, "out") else {}  # the commands' own default folders aside
+    assert config_from_args(type(expected), args, **changes) == expected
+
+
+def test_every_setting_with_help_is_a_flag_that_shows_its_default_once():
+    import argparse
+    import dataclasses
+
+    from featcache.cli import add_config_flags, flag_of
+
+    for config in (ExtractConfig, SweepConfig, FinetuneConfig, FitConfig, PredictConfig, InspectConfig):
+        p = argparse.ArgumentParser()
+        add_config_flags(p, config)
+        for f in dataclasses.fields(config):
+            if f.metadata.get("help"):
+                action = next(a for a in p._actions if a.dest == f.name)
+                written = f.metadata["help"].count("(default:")
+                assert action.help.count("(default:") == (written or action.help.count("(default:") and 1), (
+                    config.__name__, f.name)
+                assert flag_of(p, f.name), (config.__name__, f.name)
+
+
+def test_adding_a_setting_is_one_field():
+    """A new field made with setting() is a validated, documented flag with nothing else written for it."""
+    import argparse
+    import dataclasses
+    from numbers import Integral
+
+    from featcache._validation import Interval
+    from featcache.cli import add_config_flags, config_from_args
+    from featcache.config import setting
+
+    @dataclasses.dataclass
+    class Grown(SweepConfig):
+        max_rows: int = setting(1000, "rows at most", type=int)
+        _parameter_constraints = {**SweepConfig._parameter_constraints, "max_rows": [Interval(Integral, 1, None)]}
+
+    p = argparse.ArgumentParser()
+    add_config_flags(p, Grown)
+    p.add_argument("cache")
+    assert "rows at most (default: 1000)" in p.format_help()
+    assert config_from_args(Grown, p.parse_args(["c.h5"])).max_rows == 1000
+    with pytest.raises(ParameterError, match="'max_rows' parameter of Grown must be an int >= 1. Got 0"):
+        config_from_args(Grown, p.parse_args(["c.h5", "--max-rows", "0"])).validate()

@@ -15,9 +15,9 @@ from featcache import decode, models, sources
 from featcache.cache import Rows
 from featcache.cli.finetune import main
 from featcache.config import ExtractConfig, FeatcacheError
-from featcache.finetune import finetune, network, split_for
+from featcache.finetuning import finetune, network, split_for
 from featcache.learn.top import TopClassifier, top_blocks
-from featcache.predict import predict
+from featcache.prediction import predict
 from featcache.selection.modelfile import load_model
 
 COLOURS = ("red", "green", "blue")

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 import featcache
+from featcache.autofit import FINETUNE_FOLDS
 from featcache.config import FeatcacheError
-from featcache.fit import FINETUNE_FOLDS
 
 SMALL = dict(model="resnet18", weights="none", image_size=32)  # a real network, seeded weights, tiny inputs
 
@@ -55,7 +55,7 @@ def test_a_second_run_reuses_the_cache_the_sweep_and_the_fine_tuned_model(split_
     assert stages["sweep"]["best_of"] > 1 and 0 <= stages["sweep"]["crossfit_accuracy"] <= 1
     sweep_rows = first.leaderboard[first.leaderboard["stage"] == "sweep"]
     assert sweep_rows["val_note"].iloc[0].startswith(f"best of {stages['sweep']['best_of']} on these rows")
-    duel = stages["finetune"]["vs_sweep"]  # both trained on the same rows, scored on the same other images
+    duel = stages["finetune"]["vs_best"]  # both trained on the same rows, scored on the same other images
     folds = stages["finetune"]["validation"]["folds"]  # the rows that ranked it, then folds of its training rows
     assert duel["folds"] == len(folds) == 1 + FINETUNE_FOLDS and duel["train_rows"] == len(folds[0]["train_rows"])
     assert duel["rows"] == sum(len(f["rows"]) for f in folds)
@@ -65,8 +65,9 @@ def test_a_second_run_reuses_the_cache_the_sweep_and_the_fine_tuned_model(split_
     assert sorted(held) == sorted(folds[0]["train_rows"])  # each of its training rows held out once
     tuned_row = first.leaderboard[first.leaderboard["stage"] == "finetune"].iloc[0]
     assert tuned_row["train_rows"] == len(folds[0]["train_rows"])
-    assert duel["winner"] == ("finetune" if duel["finetune_only"] > duel["sweep_only"] else "sweep")
     lead = views["winner"]  # the best before fine-tuning, which it had to beat
+    assert duel["winner"] == ("finetune" if duel["new_only"] > duel["best_only"] else lead)
+    assert set(duel) - {"train_rows"} == set(views) == set(scales)  # one comparison, recorded alike at every stage
     assert duel["against"].startswith(lead + ": ")
     board = first.leaderboard
     assert board["stage"].iloc[0] == ("finetune" if duel["winner"] == "finetune" else lead)
@@ -84,9 +85,10 @@ def test_a_second_run_reuses_the_cache_the_sweep_and_the_fine_tuned_model(split_
 
 
 def test_bad_input_is_a_clear_error(split_folder, tmp_path):
-    with pytest.raises(FeatcacheError, match=r"The 'budget' parameter of FitConfig must be a float > 0. Got -1"):
+    with pytest.raises(FeatcacheError, match=r"The 'budget' parameter of FitConfig must be a float > 0 or a duration "
+                                             r"such as '90s', '15m', '1h' or '1h30m'. Got -1"):
         featcache.fit(split_folder, tmp_path / "o", budget=-1)
-    with pytest.raises(FeatcacheError, match=r"budget: '15x' is not a duration; use e.g. 90, 90s, 15m, 1h or 1h30m"):
+    with pytest.raises(FeatcacheError, match=r"'budget' parameter of FitConfig must be .* Got '15x' instead"):
         featcache.fit(split_folder, tmp_path / "o", budget="15x")
     with pytest.raises(FeatcacheError, match=r"'scales' parameter of FitConfig must be each scale once"):
         featcache.fit(split_folder, tmp_path / "o", scales=[1, 1])

@@ -112,7 +112,7 @@ STREAM_GRID = {"preprocess": "standardize", "sgd": {"loss": "log_loss", "alpha":
 
 
 def test_an_out_of_core_sweep_scores_like_in_memory(cache, tmp_path):
-    from featcache.sweep import sweep
+    from featcache.sweeping import sweep
 
     kw = dict(grid=STREAM_GRID, results_dir=tmp_path / "r", progress=False, ensemble=0)  # (no ensemble out of core)
     memory = sweep(cache, **kw).leaderboard
@@ -130,7 +130,7 @@ def test_out_of_core_takes_the_streaming_part_of_the_default_grid_and_refuses_th
     import logging
 
     from featcache.config import FeatcacheError
-    from featcache.sweep import sweep
+    from featcache.sweeping import sweep
 
     with pytest.raises(FeatcacheError, match=r"--out-of-core trains only sgd, dense with preprocess none / "
                                              r"standardize / l2 \(chained with '\+'\); not knn"):
@@ -140,7 +140,7 @@ def test_out_of_core_takes_the_streaming_part_of_the_default_grid_and_refuses_th
     with pytest.raises(FeatcacheError, match="block_rows only applies with out_of_core"):
         sweep(cache, grid=STREAM_GRID, block_rows=16)
     from featcache.selection.grids import expand_grid, read_grid
-    from featcache.sweep import _streamable
+    from featcache.sweeping._problem import _streamable
     with caplog.at_level(logging.INFO, logger="featcache"):
         kept = _streamable(expand_grid(read_grid(None)), default_grid=True)
     assert {c.classifier for c in kept} == {"sgd", "dense"}
@@ -150,7 +150,7 @@ def test_out_of_core_takes_the_streaming_part_of_the_default_grid_and_refuses_th
 def test_features_larger_than_memory_are_refused_with_the_way_out(cache, tmp_path, monkeypatch):
     from featcache.config import FeatcacheError
     from featcache.selection import features
-    from featcache.sweep import sweep
+    from featcache.sweeping import sweep
 
     monkeypatch.setattr(features, "available_memory", lambda: 100_000)  # less than 2,400 x 32 x 4 bytes
     # as read, the pool/test rows, and one task's training rows with their preprocessed copy

@@ -12,7 +12,7 @@ import pytest
 import featcache
 from featcache.cache import load
 from featcache.learn import views
-from featcache.sweep import sweep
+from featcache.sweeping import sweep
 
 GRID = {"logreg": {"preprocess": "standardize", "C": [0.1, 1.0]}}
 

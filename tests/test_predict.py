@@ -15,9 +15,9 @@ import pytest
 import featcache
 from featcache.cli.predict import main
 from featcache.config import FeatcacheError
-from featcache.predict import predict
+from featcache.prediction import predict
 from featcache.selection.modelfile import load_model, read_metadata
-from featcache.sweep import sweep
+from featcache.sweeping import sweep
 
 COLOURS = ("red", "green", "blue")
 SETTINGS = dict(model="resnet18", weights="none", image_size=32, progress=False)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from featcache.selection import backends
-from featcache.sweep import sweep
+from featcache.sweeping import sweep
 
 GRID = {"logreg": {"preprocess": "standardize", "C": [0.01, 1.0]}, "ridge": {"alpha": [1.0, 100.0]},
         "knn": {"n_neighbors": [5]}, "dense": {"preprocess": "standardize", "epochs": 3, "random_state": 0}}

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import featcache
-from featcache.sizing import candidate_sizes
+from featcache.autofit.sizing import candidate_sizes
 
 SMALL = dict(model="resnet18", weights="none", finetune="never", views=0, scales=(1.0,), progress=False)
 

@@ -15,7 +15,7 @@ import featcache
 from featcache.cli.sweep import main
 from featcache.config import FeatcacheError
 from featcache.selection.grids import CLASSIFIERS, DEFAULT_GRID
-from featcache.sweep import sweep
+from featcache.sweeping import sweep
 
 COLOURS = ("red", "green", "blue")
 EVERY_CLASSIFIER = {

@@ -2,21 +2,20 @@
 
 Stage: cache (the file format). Imports numpy only (no h5py, no torch); every module that reads or
 writes a cache names its datasets and attributes through here, never as string literals.
-A finished cache is one plain HDF5 file that h5py alone can read (README, "The HDF5 layout").
+A finished cache is one plain HDF5 file that h5py alone can read (docs/cache-format.md).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 __all__ = ["FORMAT_VERSION", "PARTIAL_SUFFIX", "REASON_BYTES", "FEATURES", "VIEWS", "LABELS", "PATHS", "SPLIT",
            "FAILED_PATHS", "FAILED_REASONS", "SOURCE", "TODO", "ROWS_DONE", "OK", "REASONS", "feature_path",
-           "views_path", "shard_rows", "CacheMeta", "FEATURE_PARTS", "feature_identity", "extract_settings"]
+           "views_path", "shard_rows", "CacheMeta", "FEATURE_PARTS", "feature_identity"]
 
 FORMAT_VERSION = 1
 PARTIAL_SUFFIX = ".partial.h5"
@@ -117,26 +116,3 @@ FEATURE_PARTS = ("model", "weights_sha256", "pool", "preprocess", "precision", "
 def feature_identity(meta: CacheMeta) -> Dict[str, Any]:
     """What the features of a cache mean, from its stored key (see ``cache.key.key_parts``)."""
     return {part: meta.key.get(part) for part in FEATURE_PARTS}
-
-
-def extract_settings(record: dict, views: bool = False) -> dict:
-    """ExtractConfig fields that reproduce a cache's features (and, with ``views``, its augmented
-    views), from its stored ``config`` record."""
-    pre = record.get("preprocess") or {}
-    weights = str(record.get("weights", "DEFAULT"))
-    if weights.startswith("none"):
-        weights_arg = "none"
-    elif Path(weights).expanduser().is_file():
-        weights_arg = weights
-    else:  # descriptions of default weights, e.g. "torchvision:ResNet18_Weights.IMAGENET1K_V1"
-        weights_arg = "DEFAULT"
-    return {
-        "model": record["model"], "weights": weights_arg, "layers": list(record.get("layers") or []),
-        "pool": record.get("pool", "avg"), "image_size": pre.get("crop_size"), "resize_size": pre.get("resize_size"),
-        "mean": pre.get("mean"), "std": pre.get("std"), "precision": record.get("precision", "auto"),
-        "dtype": record.get("dtype", "float32"), "hash_content": bool(record.get("hash_content", False)),
-        "scales": tuple(record.get("scales") or (1.0,)),
-        # features only one engine makes (int8, OpenVINO's bf16) come from that engine again
-        **({"engine": record["engine"]} if record.get("engine_key") else {}),
-        **({"views": int(record.get("views", 0)), "augment": tuple(record.get("augment") or ())} if views else {}),
-    }

@@ -9,22 +9,20 @@ Modules here import the library on use, inside each command's ``_main``, so ``--
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import logging
 import os
 import sys
-from typing import Optional
+from typing import Optional, Sequence
 
 from .._malloc import tune_allocator
 from ..errors import ConflictError, FeatcacheError, ParameterError
 
-__all__ = ["CACHE_DIR_HELP", "Parser", "run_cli", "setup_logging", "config_from_args", "flag_of", "add_run_flags",
-           "add_output_flags", "blocks_arg", "duration_arg", "int_or_auto"]
+__all__ = ["Parser", "run_cli", "setup_logging", "config_from_args", "flag_of", "add_run_flags", "add_print_flags",
+           "add_config_flags"]
 
 log = logging.getLogger("featcache")
-
-CACHE_DIR_HELP = "where caches live (default: $FEATCACHE_DIR, else $XDG_CACHE_HOME/featcache, else ~/.cache/featcache)"
-
 
 class Parser(argparse.ArgumentParser):
     """argparse with featcache's error style: one line on stderr, exit status 2."""
@@ -48,47 +46,61 @@ def add_run_flags(p: argparse.ArgumentParser, quiet: Optional[str] = None) -> No
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
-def add_output_flags(p: argparse.ArgumentParser) -> None:
-    """The flags of the commands that write a run folder (sweep, finetune): --top, --overwrite, --no-plots."""
+def add_print_flags(p: argparse.ArgumentParser) -> None:
+    """What the commands that print a leaderboard (sweep, finetune) show of it: ``--top``."""
     p.add_argument("--top", type=int, default=20, metavar="N",
                    help="leaderboard rows to print (every row is in OUT/leaderboard.csv) (default: 20)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier run's outputs in --out (its leaderboard, model, summary and plots); "
-                        "without it an --out holding a run is refused before any fit")
-    p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
 
 
-def _int_or(word: str, what: str):
-    """An argparse type: ``word`` as it is, else an integer (its range checked by the config)."""
-    def parse(text: str):
-        if text == word:
-            return text
-        try:
-            return int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what} or {word}, got {text!r}") from None
-    return parse
+class _Words(argparse.Action):
+    """A list of words given with spaces, commas or both (``--augment flip,crop`` = ``--augment flip crop``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, tuple(w for v in values for w in v.split(",") if w))
 
 
-blocks_arg = _int_or("all", "an integer >= 0")  # --train-blocks
-int_or_auto = _int_or("auto", "a positive integer")  # --batch-size, --image-size
+def _default_text(value, argparse_kwargs: dict) -> str:
+    if isinstance(value, (list, tuple)):
+        return (" " if argparse_kwargs.get("nargs") else ",").join(_default_text(v, {}) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def duration_arg(text: str) -> float:
-    """argparse type for ``--budget``: seconds from ``90``, ``90s``, ``15m``, ``1h30m``."""
-    from .._util import parse_duration
+def add_config_flags(p: argparse.ArgumentParser, config_class, names: Optional[Sequence[str]] = None) -> None:
+    """One flag per field of ``config_class`` that has help (:func:`featcache.config.setting`), or only those in
+    ``names``: its spelling, type, choices (from an ``Options`` constraint), default and help all come from the
+    field, so no default is written twice. A bool that defaults to True is ``--no-<name>``."""
+    from .._validation import Options
 
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    for f in dataclasses.fields(config_class):
+        meta = f.metadata
+        if not meta.get("help") or (names is not None and f.name not in names):
+            continue
+        kwargs = dict(meta["argparse"])
+        words = kwargs.pop("words", False)
+        help_text = meta["help"]
+        if isinstance(f.default, bool):
+            flag = meta["flag"] or ("--no-" if f.default else "--") + f.name.replace("_", "-")
+            kwargs["action"] = "store_false" if f.default else "store_true"
+        else:
+            flag = meta["flag"] or "--" + f.name.replace("_", "-")
+            allowed = config_class._parameter_constraints.get(f.name, [])
+            if len(allowed) == 1 and isinstance(allowed[0], Options) and "type" not in kwargs:
+                kwargs["choices"] = allowed[0].values
+            if words:
+                kwargs.update(nargs="+", action=_Words)
+            if f.default is not None and f.default is not dataclasses.MISSING and "(default:" not in help_text:
+                help_text += f" (default: {_default_text(f.default, kwargs)})"
+        if meta["key"]:
+            help_text += " (part of the cache key)"
+        p.add_argument(flag, dest=f.name, help=help_text, **kwargs)
 
 
 def config_from_args(config_class, args: argparse.Namespace, **changes):
-    """A config dataclass from the parsed flags whose destinations are its fields (``None`` = the default)."""
-    fields = config_class.__dataclass_fields__
+    """A config dataclass from the parsed flags whose destinations are its fields (``None`` = the default); a
+    config that holds another (``FitConfig``) sorts them with its ``from_settings``."""
+    fields = set(config_class.__dataclass_fields__) | set(getattr(config_class, "NESTED_FIELDS", ()))
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    return config_class(**{**values, **changes})
+    return getattr(config_class, "from_settings", config_class)(**{**values, **changes})
 
 
 def setup_logging(quiet: bool = False) -> None:

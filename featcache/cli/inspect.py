@@ -1,20 +1,19 @@
 """``python -m featcache.inspect CACHE.h5 --out report/``: the inspect command's flags and its main.
 
-Stage: commands. Imports the standard library at load; ``featcache.insight`` (scikit-learn, pandas, never
+Stage: commands. Imports ``config`` at load; ``featcache.insight`` (scikit-learn, pandas, never
 torch) inside ``_main``, so ``--help`` is instant.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import Parser, add_run_flags, run_cli
+from ..config import InspectConfig
+from . import Parser, add_config_flags, add_run_flags, config_from_args, run_cli
 
 __all__ = ["build_parser", "main"]
-
-FINDINGS = ("duplicates", "labels", "outliers", "confusion", "map")  # as featcache.insight.FINDINGS
-
 
 def build_parser() -> Parser:
     p = Parser(
@@ -38,28 +37,7 @@ def build_parser() -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cache", type=Path, help="a feature cache (.h5) written by featcache.extract")
     p.add_argument("--out", type=Path, help="report folder (default: <cache name>-inspect in the current folder)")
-    p.add_argument("--only", help=f"comma-separated findings to run: {','.join(FINDINGS)} (default: all)")
-    p.add_argument("--threshold", type=float,
-                   help="pixel similarity (correlation of 16x16 grey thumbnails, best over small crops) at or above "
-                        "which a candidate pair is a copy (default: 0.996, measured on MNIST: resized, re-encoded, "
-                        "cropped and brightened copies score >= 0.997, different digits of one class <= 0.995). A "
-                        "pair that correlates >= 0.97 and matches at native resolution once aligned (crop, scale, "
-                        "brightness with clipping; residual <= 0.02 of its contrast) is a copy whatever the "
-                        "threshold: on 8x8 digits such copies leave <= 0.002, different digits >= 0.07")
-    p.add_argument("--layer", help="the cache layer whose features are used (default: the cache's last layer)")
-    p.add_argument("--k", type=int, default=20, help="nearest neighbours per row: an outlier's score is its mean "
-                                                     "distance to them; copies are looked for among them "
-                                                     "(default: 20)")
-    p.add_argument("--neighbours", default="auto", choices=("auto", "exact", "faiss", "hnswlib"),
-                   help="neighbour search: exact (block-wise from the file), or an approximate index (pip install "
-                        "'featcache[inspect]'); auto = exact up to 100,000 rows, approximate beyond when installed "
-                        "(default: auto)")
-    p.add_argument("--label-method", choices=("cleanlab", "featcache"),
-                   help="who flags label issues: cleanlab's find_label_issues, or featcache's implementation of "
-                        "the same confident-learning method (default: cleanlab when installed)")
-    p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the label model (default: 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed for folds, PCA and the map (default: 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
+    add_config_flags(p, InspectConfig)
     add_run_flags(p, quiet=" and the last line")
     return p
 
@@ -68,13 +46,8 @@ def _main(args) -> int:
     from ..insight import inspect, summary_lines
 
     out = args.out or Path(f"{args.cache.stem}-inspect")
-    if args.folds < 2:
-        from ..errors import FeatcacheError
-
-        raise FeatcacheError(f"--folds must be at least 2; got {args.folds}")
-    res = inspect(args.cache, out=out, only=args.only, threshold=args.threshold, layer=args.layer, k=args.k,
-                  neighbours=args.neighbours, label_method=args.label_method, folds=args.folds, seed=args.seed,
-                  overwrite=args.overwrite, progress=not (args.no_progress or args.quiet))
+    cfg = config_from_args(InspectConfig, args, out=out, progress=not (args.no_progress or args.quiet))
+    res = inspect(**dataclasses.asdict(cfg))
     if not args.quiet:
         for line in summary_lines(res.summary):
             print(line)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..cache import list_caches
-from ..config import default_cache_dir
-from . import CACHE_DIR_HELP, Parser, add_run_flags, run_cli
+from ..config import CACHE_DIR_HELP, default_cache_dir
+from . import Parser, add_run_flags, run_cli
 
 __all__ = ["build_parser", "main", "format_table"]
 

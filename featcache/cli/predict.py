@@ -6,13 +6,15 @@ imports the library inside ``_main``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..config import PredictConfig
 from ..errors import FeatcacheError
-from . import CACHE_DIR_HELP, Parser, add_run_flags, run_cli
+from . import Parser, add_config_flags, add_run_flags, config_from_args, run_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -35,19 +37,9 @@ def build_parser() -> Parser:
     p.add_argument("model", type=Path,
                    help="a model file written by sweep or finetune (OUT/best.skops, OUT/best.safetensors), or its "
                         "run folder OUT")
-    p.add_argument("--data", help="image folder, CSV (path,label[,split]) or a featcache cache .h5 file")
-    p.add_argument("--out", type=Path, help="CSV file to write (default: print the CSV to stdout)")
-    p.add_argument("--no-proba", action="store_true", help="leave out the per-class probability columns")
     p.add_argument("--info", action="store_true",
                    help="print the model's metadata (from its sidecar, nothing loaded from the model file) and exit")
-    p.add_argument("--trust-model-code", action="store_true",
-                   help="allow a model whose network comes from a package.module:factory (extract --model): "
-                        "predicting imports and runs that code, so it is refused without this flag")
-    p.add_argument("--cache-dir", type=Path,
-                   help=CACHE_DIR_HELP)
-    p.add_argument("--device", default="auto", help="for extraction: auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    p.add_argument("--num-workers", type=int, help="decode processes (default: chosen from the CPU count)")
+    add_config_flags(p, PredictConfig)
     add_run_flags(p, quiet=" (and the CSV when printed)")
     return p
 
@@ -60,12 +52,10 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if not args.data:
         raise FeatcacheError("--data is required (an image folder, a CSV file or a cache .h5); see --help")
-    from ..predict import predict
+    from ..prediction import predict
 
-    df = predict(args.model, args.data, out=args.out, proba=not args.no_proba, cache_dir=args.cache_dir,
-                 trust_model_code=args.trust_model_code,
-                 device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
-                 progress=not (args.no_progress or args.quiet))
+    cfg = config_from_args(PredictConfig, args, progress=not (args.no_progress or args.quiet))
+    df = predict(**dataclasses.asdict(cfg))
     if args.out is None:
         df.to_csv(sys.stdout, index=False)
     if "accuracy" in df.attrs and not args.quiet:  # one line per split: never one number over seen and unseen rows

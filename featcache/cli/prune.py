@@ -11,8 +11,8 @@ from typing import Optional, Sequence
 
 from .._util import human_size
 from ..cache.catalog import describe_freed, remove_caches, remove_orphans, select_for_pruning
-from ..config import default_cache_dir
-from . import CACHE_DIR_HELP, Parser, add_run_flags, run_cli
+from ..config import CACHE_DIR_HELP, default_cache_dir
+from . import Parser, add_run_flags, run_cli
 
 __all__ = ["build_parser", "main", "parse_size"]
 

@@ -10,16 +10,12 @@ import datetime as _dt
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..config import BACKENDS, METRICS, SweepConfig
+from ..config import SweepConfig
 from ..errors import FeatcacheError
 from ..selection import grids
-from . import Parser, add_output_flags, add_run_flags, config_from_args, duration_arg, run_cli
+from . import Parser, add_config_flags, add_print_flags, add_run_flags, config_from_args, run_cli
 
 __all__ = ["build_parser", "main"]
-
-
-def _names(text: str):
-    return [c.strip() for c in text.split(",") if c.strip()]
 
 
 def build_parser() -> Parser:
@@ -46,70 +42,8 @@ def build_parser() -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cache", nargs="?", type=Path, help="a feature cache (.h5) written by featcache.extract")
     p.add_argument("--out", type=Path, help="output folder (default: runs/<dataset>-<date-time>)")
-    p.add_argument("--grid", type=Path,
-                   help="TOML (or YAML) grid file: a table per classifier; lists are swept, scalars fixed "
-                        "(default: the built-in grid, see --print-grid)")
-    p.add_argument("--classifiers", type=_names, help=f"comma-separated subset of the grid's classifiers "
-                                         f"({','.join(grids.CLASSIFIERS)}) (default: all in the grid)")
-    p.add_argument("--layer", help="cache layer to use, several joined with '+' to concatenate them, or "
-                                   "comma-separated choices to try (e.g. layer3,layer4,layer3+layer4) (default: "
-                                   "the cache's layer; with several, each alone, adjacent runs and all of them "
-                                   "concatenated are tried, as a 'layer' column of the leaderboard)")
-    p.add_argument("--screen-layers", type=int, default=2, metavar="N",
-                   help="when the sweep tries several layer choices on its own (no --layer), first rank them "
-                        "with a cheap screen (ridge and an l2 logistic path on each) and fit the whole grid on "
-                        "the N best only; 0 = the whole grid on every choice (default: 2)")
-    p.add_argument("--no-views", dest="views", action="store_false",
-                   help="ignore the cache's augmented views (extract --views K); by default every training "
-                        "image's views join training as extra rows with its label (views of validation and "
-                        "test images never do)")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: score validation and test rows (and predict new images) by "
-                        "averaging over each image's clean features and its cached views")
-    p.add_argument("--cv", type=int, help="k-fold cross-validation (default, when the cache has no val split: "
-                                          "sized to the rows, see below; given with a val split, CV runs on "
-                                          "train+val)")
-    p.add_argument("--val-fraction", type=float, help="score on a random stratified hold-out of this fraction "
-                                                      "instead of CV (e.g. 0.2)")
-    p.add_argument("--no-halving", dest="halving", action="store_false",
-                   help="fit every configuration on all the training rows; by default, from 6,000 training rows, "
-                        "successive halving fits them all on a third of the rows (a ninth, ...) and only the best "
-                        "third goes on to three times as many")
-    p.add_argument("--ensemble", type=int, default=3, metavar="N",
-                   help="add a soft vote of the N best configurations (the best of each classifier, on the best "
-                        "layer choice) as one more leaderboard entry, validated like the others; 0 (or 1) = none "
-                        "(default: 3)")
-    p.add_argument("--budget", type=duration_arg, metavar="TIME",
-                   help="stop starting fits after this long (90s, 15m, 1h): the best of what finished is refitted "
-                        "and saved, the rest listed as skipped (default: no limit)")
-    p.add_argument("--metric", default="accuracy", choices=METRICS,
-                   help="selection metric (default: accuracy; ties go to the lower log-loss, then the faster fit)")
-    p.add_argument("--seed", type=int, default=0, help="seed for folds, hold-outs and estimators (default: 0)")
-    p.add_argument("--n-jobs", type=int,
-                   help="parallel tasks, -1 = one per core; locally BLAS/torch threads are split between them "
-                        "(default: a worker per core with loky once the features hold 2M values or more, else 1, "
-                        "which uses every core inside each fit; 1 with threading; every core of the cluster with "
-                        "ray/dask)")
-    p.add_argument("--backend", default="loky", choices=BACKENDS,
-                   help="where the fits run: loky (worker processes) or threading on this machine, or a Ray or "
-                        "Dask cluster (pip install 'featcache[ray]' / 'featcache[dask]'), which gets the "
-                        "features once, not once per fit (default: loky)")
-    p.add_argument("--address", help="the ray/dask cluster to join: ray.init address (auto, ray://HEAD:10001) or "
-                                     "Dask scheduler (tcp://HOST:8786) (default: $RAY_ADDRESS or "
-                                     "$DASK_SCHEDULER_ADDRESS, else start a local cluster of --n-jobs workers)")
-    p.add_argument("--out-of-core", action="store_true",
-                   help="leave the features in the cache and stream them in blocks: for caches larger than "
-                        "memory; trains sgd and dense (none/standardize/l2), the default grid keeps those")
-    p.add_argument("--block-rows", type=int, metavar="N",
-                   help="with --out-of-core, rows read at once (default: whole HDF5 chunks, about 4 MiB)")
-    p.add_argument("--test-top", type=int, default=1,
-                   help="refit this many of the best configurations and score them on test; the first is "
-                        "saved as best.skops (default: 1)")
-    p.add_argument("--results-dir", type=Path,
-                   help="where per-configuration results are stored (default: sweep-results/ next to the cache)")
-    p.add_argument("--no-reuse", dest="reuse", action="store_false",
-                   help="neither read nor write stored results: fit everything")
-    add_output_flags(p)
+    add_config_flags(p, SweepConfig)
+    add_print_flags(p)
     p.add_argument("--print-grid", action="store_true", help="print the default grid (TOML) and exit")
     p.add_argument("--list-classifiers", action="store_true",
                    help="list the classifiers and the hyperparameters a grid may set, and exit")
@@ -127,11 +61,11 @@ def _main(args: argparse.Namespace) -> int:
     if args.cache is None:
         raise FeatcacheError("give a cache file: python -m featcache.sweep CACHE.h5 (see --help)")
     from ..selection.leaderboard import by_layer_text, format_leaderboard
-    from ..sweep import run
+    from ..sweeping import run_sweep
 
     out = args.out or Path("runs") / f"{args.cache.stem.split('__')[0]}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     cfg = config_from_args(SweepConfig, args, out=out, progress=not (args.no_progress or args.quiet))
-    result = run(cfg)
+    result = run_sweep(cfg)
     if not args.quiet:
         print(format_leaderboard(result.leaderboard, args.top, cfg.metric))
         best = result.leaderboard.iloc[0]

@@ -28,7 +28,7 @@ from ..config import ExtractConfig
 from ..errors import FeatcacheError
 from .engine import choose_engine
 from .loader import DecodeDataset, default_num_workers, make_loader, workers_and_streams
-from .plan import CPU_BATCH_SIZE, Plan, config_record, plan_extraction, probe_shapes, resolve_batch_size
+from .plan import CPU_BATCH_SIZE, Plan, plan_extraction, probe_shapes, resolve_batch_size
 from .run import run as run_batches
 
 __all__ = ["extract", "extract_missing"]
@@ -147,7 +147,7 @@ def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:
     log.info("%d images, %s per image, about %s in all; precision %s on %s",
              len(source), human_size(row_bytes), human_size(row_bytes * len(source)), plan.precision, plan.device)
     partial = partial_path(path, plan.shard)
-    meta = CacheMeta(config=config_record(cfg, plan), key=plan.parts, layers=list(plan.layers),
+    meta = CacheMeta(config=plan.record(cfg), key=plan.parts, layers=list(plan.layers),
                      class_names=list(source.class_names), dataset=source.name,
                      data_root=str(source.root) if source.root else "", model=backbone.name,
                      versions=library_versions("featcache", "torch", "torchvision", "h5py", "numpy", "python"))

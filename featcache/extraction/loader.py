@@ -38,7 +38,7 @@ def default_num_workers(device: torch.device) -> int:
 def default_streams(device: torch.device) -> int:
     """Batches in flight on the model. On a CPU, two streams of half the intra-op threads each: a decode
     worker that takes a core from one stream leaves the other running, where one stream's parallel ops all
-    wait for the thread that lost its core (measured on 2 cores: 270-320 vs 237 img/s; README, Performance)."""
+    wait for the thread that lost its core (measured on 2 cores: 270-320 vs 237 img/s; docs/performance.md)."""
     return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 else 1
 
 

@@ -23,7 +23,7 @@ from ..sources import Source, open_source
 from .engine import plan_engine
 
 __all__ = ["Plan", "plan_extraction", "distributed_shard", "resolve_batch_size", "probe_shapes", "list_layers",
-           "config_record", "CPU_BATCH_SIZE"]
+           "CPU_BATCH_SIZE"]
 
 
 @dataclass
@@ -42,6 +42,13 @@ class Plan:
     shard: Optional[Tuple[int, int]] = None  # (rank, world size) under torchrun
     engine: str = "torch"  # torch, a CPU engine, or auto (measured when the run starts: extraction.engine)
     engine_key: Optional[dict] = None  # what the engine adds to the key (int8, OpenVINO's bf16), else None
+
+    def record(self, cfg: ExtractConfig) -> dict:
+        """What the cache stores of ``cfg``, with what this plan resolved (:meth:`ExtractConfig.to_record`)."""
+        b = self.backbone
+        return cfg.to_record(model=b.name, weights=b.weights, weights_sha256=b.weights_sha256, layers=self.layers,
+                             preprocess=b.preprocess.to_dict(), precision=self.precision, engine=self.engine,
+                             engine_key=self.engine_key)
 
 
 def distributed_shard() -> Optional[Tuple[int, int]]:
@@ -155,29 +162,6 @@ def probe_shapes(fx: models.FeatureExtractor, device, precision, crop: int) -> D
                              f"size ({sizes}): {str(e).splitlines()[0]}; models with a fixed input size (most vision "
                              f"transformers) take one scale") from e
     return {k: tuple(v.shape[1:]) for k, v in out.items()}
-
-
-def config_record(cfg: ExtractConfig, plan: Plan) -> dict:
-    """What the cache records of its settings (the engine that ran is in its timings)."""
-    return {
-        "data": str(cfg.data) if isinstance(cfg.data, (str, os.PathLike)) else type(cfg.data).__name__,
-        "model": plan.backbone.name,
-        "weights": plan.backbone.weights,
-        "weights_sha256": plan.backbone.weights_sha256,
-        "layers": list(plan.layers),
-        "pool": cfg.pool,
-        "preprocess": plan.backbone.preprocess.to_dict(),
-        "precision": plan.precision,
-        "engine": plan.engine,
-        "engine_key": plan.engine_key,
-        "dtype": cfg.dtype,
-        "hash_content": cfg.hash_content,
-        "gpu_decode": cfg.gpu_decode,
-        "views": cfg.views,
-        "augment": list(cfg.augment) if cfg.views else [],
-        "scales": [float(s) for s in cfg.scales],
-        "batch_size": cfg.batch_size,
-    }
 
 
 def list_layers(cfg: ExtractConfig) -> List[dict]:

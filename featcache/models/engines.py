@@ -40,7 +40,7 @@ log = logging.getLogger("featcache")
 
 CPU_ENGINES = ("onnxruntime", "openvino")
 # Features an engine computes agree with torch's when every row of every layer has at least this cosine with torch's
-# at the same precision: such an engine shares torch's cache key (the README, "The cache key").
+# at the same precision: such an engine shares torch's cache key (docs/cache-format.md).
 AGREEMENT = 0.99999
 _EXPORT_PACKAGES = ("onnx", "onnxscript")  # what torch.onnx.export's dynamo exporter needs
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the quantised layers run int8, the rest f32

@@ -59,7 +59,7 @@ def default_layers(backbone: Backbone, nodes: Sequence[str]) -> List[str]:
     """What extraction stores without ``--layer``: the last three stage outputs, the deepest always being the
     penultimate features; models without stage outputs (ViTs) get the penultimate features alone.
 
-    Mid-level stages beat the last layer by 2.5-3.6 points on data far from ImageNet (README, "Which layers"),
+    Mid-level stages beat the last layer by 2.5-3.6 points on data far from ImageNet (docs/layers.md),
     cost no extra forward pass, and the sweep's layer screen keeps the last layer where it is better. Where
     layers with weights sit between the last stage and the final classifier (MobileNetV3's and VGG's fully
     connected layers, ConvNeXt's LayerNorm), the penultimate features replace the last stage.

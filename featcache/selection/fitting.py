@@ -176,7 +176,7 @@ class Fits:
 
 
 # The layer screen: cheap fits that rank layer choices well (measured on MNIST-5k and sklearn digits, where the
-# best of these picked the choices holding the best configuration of the whole grid; see the README). Each is a
+# best of these picked the choices holding the best configuration of the whole grid; see docs/benchmarks.md). Each is a
 # point of the default grid, so the grid reuses them on the choices it keeps.
 SCREEN_GRID = {"svm": {"preprocess": "l2", "C": 10.0, "max_rows": 20000},
                "ridge": {"preprocess": "standardize", "alpha": [1000.0, 100000.0]},

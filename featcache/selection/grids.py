@@ -68,9 +68,10 @@ PREPROCESS_STEPS = ("none", "standardize", "l2", "pca:K", "rbf:K")
 _ALIASES = {"standardise": "standardize", "std": "standardize", "scale": "standardize", "l2norm": "l2"}
 
 DEFAULT_GRID = """\
-# featcache's default sweep grid, chosen by measurement on MNIST-5k and sklearn digits (README, "The default
-# sweep"): what won on validation, at what it costs. On a default cache (3 layers) the sweep screens the 6
-# layer choices, runs this grid on the best 2 (--screen-layers), then a soft-voting ensemble of the best few.
+# featcache's default sweep grid, chosen by measurement on MNIST-5k and sklearn digits (docs/benchmarks.md,
+# "The default sweep, measured"): what won on validation, at what it costs. On a default cache (3 layers) the sweep
+# screens the 6 layer choices, runs this grid on the best 2 (--screen-layers), then a soft-voting ensemble of the best
+# few.
 # Copy it (python -m featcache.sweep --print-grid > grid.toml), edit, and pass --grid grid.toml.
 # A list is swept, a scalar is fixed; any constructor argument of the classifier may appear.
 # preprocess: none | standardize | l2 | pca:K | rbf:K (K Nystroem RBF-kernel features), chained with "+".

@@ -166,7 +166,6 @@ def _load_top(path: Path, info: dict, trust_model_code: bool):
     from safetensors.torch import load_file
 
     from .. import models
-    from ..cache.layout import extract_settings
     from ..config import ExtractConfig
     from ..learn.top import import_state
 
@@ -175,15 +174,14 @@ def _load_top(path: Path, info: dict, trust_model_code: bool):
     if spec and not trust_model_code:
         raise FeatcacheError(f"{path} names the model {spec}: rebuilding it imports and runs that code. If you "
                              f"trust it, pass --trust-model-code (trust_model_code=True)")
-    settings = {**extract_settings(metadata["extract_config"]), "weights": "none"}
-    backbone = models.load_backbone(ExtractConfig(**settings))
+    backbone = models.load_backbone(ExtractConfig.from_record(metadata["extract_config"], weights="none"))
     nodes = models.graph_node_names(backbone.module)
     top = models.split_top(backbone.module, metadata["config"]["from_layer"],
                            models.default_layer(backbone.module, nodes))
     try:
         return import_state(load_file(str(path)), info["top"], top)
     except (RuntimeError, KeyError) as e:
-        raise FeatcacheError(f"{path}: its weights do not fit the layers of {settings['model']} after "
+        raise FeatcacheError(f"{path}: its weights do not fit the layers of {backbone.name} after "
                              f"{metadata['config']['from_layer']} ({str(e).splitlines()[0]})") from e
 
 

@@ -1,7 +1,7 @@
 """The input size ``fit`` feeds the network, chosen from the images (``image_size="auto"``, fit's default).
 
 Stage: commands (``fit``'s first step). Small images upscaled to a network's own 224 px are better seen smaller, and
-cost 5-15x less to extract there (MNIST-5k at 64 px: +2.0 points over 224, see the README's "fit"). So ``auto``
+cost 5-15x less to extract there (MNIST-5k at 64 px: +2.0 points over 224, see docs/benchmarks.md). So ``auto``
 reads the sizes of a sample of the images (headers only); when they are smaller than the model's input, it extracts
 a stratified sample of the training images (never test) at a few sizes and keeps the size whose probe (an RBF SVM on
 l2-normalised features, every layer choice, 3-fold CV) validates best, the smaller on a tie, within a small share
@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .config import ExtractConfig, FitConfig
+from ..config import ExtractConfig, FitConfig
 
 __all__ = ["choose_image_size", "candidate_sizes", "SCREEN_ROWS", "SCREEN_SHARE", "PROBE_GRID"]
 
@@ -80,15 +80,16 @@ def _sample_csv(source, folder: Path, seed: int) -> Optional[Path]:
 
 def _probe(sample: Path, size: int, cfg: FitConfig) -> Tuple[float, float]:
     """``(validation score, seconds)`` of the probe on the sample's features at ``size`` px."""
-    from .extraction import extract
-    from .sweep import sweep
+    from ..extraction import extract
+    from ..sweeping import sweep
 
     t = time.monotonic()
     # torch, not a CPU engine: a CPU engine's first export of each size would cost more than this small sample
     # saves (its fp32 features are torch's, and so share the cache).
-    cache = extract(config=ExtractConfig(data=sample, model=cfg.model, weights=cfg.weights, image_size=size,
-                                         device=cfg.device, cache_dir=cfg.cache_dir, engine="torch",
-                                         precision="fp32" if cfg.device in ("auto", "cpu") else "auto",
+    given = cfg.extract
+    cache = extract(config=ExtractConfig(data=sample, model=given.model, weights=given.weights, image_size=size,
+                                         device=given.device, cache_dir=given.cache_dir, engine="torch",
+                                         precision="fp32" if given.device in ("auto", "cpu") else "auto",
                                          progress=False))
     res = sweep(cache, grid=PROBE_GRID, screen_layers=0, cv=3, halving=False, ensemble=0, seed=cfg.seed,
                 n_jobs=cfg.n_jobs, metric=cfg.metric, progress=False)
@@ -99,21 +100,21 @@ def _probe(sample: Path, size: int, cfg: FitConfig) -> Tuple[float, float]:
 def choose_image_size(cfg: FitConfig, out: Path, earlier: Optional[Dict] = None) -> Tuple[Optional[int], Dict]:
     """``(size, record)``: the crop size fit extracts at (``None``: the model's own) and what decided it. ``earlier``
     is the record of a previous run in the same folder, reused when made for the same images, model and seed."""
-    from .learn.metrics import sort_key
-    from .models import load_backbone
-    from .sources import open_source
+    from ..learn.metrics import sort_key
+    from ..models import load_backbone
+    from ..sources import open_source
 
     if cfg.image_size != "auto":
         return cfg.image_size, {"chosen": cfg.image_size, "how": "given (--image-size)" if cfg.image_size else
                                 "the model's own (image_size=None)"}
-    signature = {"data": str(cfg.data), "model": str(cfg.model), "weights": cfg.weights, "seed": cfg.seed,
-                 "metric": cfg.metric}
+    signature = {"data": str(cfg.extract.data), "model": str(cfg.extract.model), "weights": cfg.extract.weights,
+                 "seed": cfg.seed, "metric": cfg.metric}
     if earlier and earlier.get("signature") == signature and "chosen" in earlier:
         log.info("fit: input size %s, as chosen by the previous run in this folder", earlier["chosen"] or "the model's")
         return earlier["chosen"], earlier
     t0 = time.monotonic()
-    model_size = load_backbone(ExtractConfig(model=cfg.model, weights="none")).preprocess.crop_size
-    source = open_source(cfg.data)
+    model_size = load_backbone(ExtractConfig(model=cfg.extract.model, weights="none")).preprocess.crop_size
+    source = open_source(cfg.extract.data)
     native = _native_size(source) if source.root is not None else 0
     record = {"signature": signature, "native": native, "model": model_size}
     if native >= LARGE * model_size or native == 0:
@@ -123,7 +124,7 @@ def choose_image_size(cfg: FitConfig, out: Path, earlier: Optional[Dict] = None)
     if sample is None:
         record.update(chosen=None, how="the model's own: too few labelled training images to screen sizes")
         return None, record
-    allowance = SCREEN_SHARE * cfg.budget
+    allowance = SCREEN_SHARE * cfg.budget_s
     scores: Dict[int, float] = {}
     last_s = 0.0
     for size in candidate_sizes(native, model_size):

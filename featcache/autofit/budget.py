@@ -17,8 +17,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .cache import available_memory
-from .selection.features import copies_at_most
+from ..cache import available_memory
+from ..selection.features import copies_at_most
 
 __all__ = ["FinetunePlan", "plan_finetune", "train_seconds_per_row", "forecast", "BIG_HOLDOUT", "FULL_EPOCHS",
            "MIN_EPOCHS", "FOLDS"]
@@ -54,8 +54,8 @@ def train_seconds_per_row(backbone, node: str, crop: int, device: str = "auto", 
     random activations of the node's shape (every block training: the dearest plan)."""
     import torch
 
-    from . import models
-    from .learn.top import TopClassifier
+    from .. import models
+    from ..learn.top import TopClassifier
 
     nodes = models.graph_node_names(backbone.module)
     top = models.split_top(backbone.module, node, models.default_layer(backbone.module, nodes))
@@ -110,8 +110,8 @@ def forecast(extract_cfg, n_images: int, budget_s: float, scales: Sequence[float
     of their wider or (1+K)x features that their sweeps hold (``*_memory``, against ``memory_available``)."""
     import torch
 
-    from . import models
-    from .runtime import autocast, resolve_precision
+    from .. import models
+    from ..runtime import autocast, resolve_precision
 
     backbone = models.load_backbone(extract_cfg.replace(weights="none"))  # the speed does not depend on weights
     layers = models.default_layers(backbone, models.graph_node_names(backbone.module))

@@ -1,5 +1,5 @@
-"""What fit's budget buys (featcache/budget.py): fine-tuning costed from a measured epoch, with a one-configuration
-plan where the full grid does not fit, and no extra folds when the hold-out is large."""
+"""What fit's budget buys (featcache/autofit/budget.py): fine-tuning costed from a measured epoch, with a
+one-configuration plan where the full grid does not fit, and no extra folds when the hold-out is large."""
 from __future__ import annotations
 
 import logging

@@ -1,5 +1,5 @@
-"""fit's variant stages (featcache/variants.py): views skipped before extracting when their sweep cannot fit the
-time or the memory, and how likely a win on the same rows is chance."""
+"""fit's variant stages (featcache/autofit/variants.py): views skipped before extracting when their sweep cannot
+fit the time or the memory; how likely a win on the same rows is chance (featcache/autofit/comparison.py)."""
 from __future__ import annotations
 
 import json

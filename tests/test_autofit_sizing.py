@@ -1,5 +1,5 @@
-"""``fit``'s input size from the data (featcache/sizing.py): small images screened at a few sizes on a sample of the
-training images (never test), large ones kept at the model's own size; the choice recorded and used."""
+"""``fit``'s input size from the data (featcache/autofit/sizing.py): small images screened at a few sizes on a
+sample of the training images (never test), large ones kept at the model's own size; the choice recorded and used."""
 from __future__ import annotations
 
 import json

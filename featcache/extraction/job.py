@@ -29,7 +29,7 @@ from ..errors import FeatcacheError
 from .engine import choose_engine
 from .loader import DecodeDataset, default_num_workers, make_loader, workers_and_streams
 from .plan import CPU_BATCH_SIZE, Plan, plan_extraction, probe_shapes, resolve_batch_size
-from .run import run as run_batches
+from .streams import run_streams
 
 __all__ = ["extract", "extract_missing"]
 
@@ -165,7 +165,7 @@ def _extract_into(cfg: ExtractConfig, plan: Plan) -> None:
                                    len(writer.remaining) * (1 + cfg.views), workers_and_streams(cfg, plan.device)[1])
             if choice.why:
                 log.info("%s", choice.why)
-            timings = {**run_batches(cfg, plan, choice.runner, writer), "engine": choice.name}
+            timings = {**run_streams(cfg, plan, choice.runner, writer), "engine": choice.name}
             created = CacheMeta(created=now_iso(), timings=timings).to_attrs(only=("created", "timings"))
             if plan.shard is None:
                 n_rows, failed = writer.finish(created)

@@ -25,7 +25,7 @@ from ..runtime import autocast, torch_threads
 from .loader import DecodeDataset, ResilientBatches, to_device_batch, workers_and_streams
 from .plan import Plan
 
-__all__ = ["run"]
+__all__ = ["run_streams", "Streams"]
 
 
 class _WriterThread(threading.Thread):
@@ -148,7 +148,7 @@ class Streams:
             raise self.error
 
 
-def run(cfg: ExtractConfig, plan: Plan, fx, writer: CacheWriter) -> dict:
+def run_streams(cfg: ExtractConfig, plan: Plan, fx, writer: CacheWriter) -> dict:
     """Decode in workers, run the model (``fx``: torch's module or an engine's runner) in ``streams`` threads, write
     in order from one writer thread."""
     device = plan.device

@@ -165,6 +165,7 @@ LIGHT = {
 }
 
 
+@pytest.mark.slow  # each case is quick; its cases together take more than 10 s
 @pytest.mark.parametrize("what", sorted(LIGHT))
 def test_light_commands_import_neither_torch_nor_sklearn(what, split_folder, fast):
     import featcache

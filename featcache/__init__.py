@@ -21,7 +21,7 @@ _LAZY = {  # name -> (module, attribute; None = the module itself)
     "FinetuneResult": ("finetuning", "FinetuneResult"), "load_model": ("selection.modelfile", "load_model"),
     "DenseHead": ("learn.dense", "DenseHead"), "TopClassifier": ("learn.top", "TopClassifier"),
     "logistic_path": ("learn.logistic", "logistic_path"), "inspect": ("inspect", None),
-    "InspectResult": ("insight.run", "InspectResult"), "fit": ("fit", None), "FitResult": ("autofit", "FitResult"),
+    "InspectResult": ("insight", "InspectResult"), "fit": ("fit", None), "FitResult": ("autofit", "FitResult"),
 }
 
 

@@ -26,7 +26,7 @@ from .errors import FeatcacheError
 __all__ = ["parse_duration", "human_size", "sha256_json", "file_sha256", "atomic_path", "atomic_write_text",
            "same_file", "create_new", "refuse_link", "fsync_dir", "orphan_temporaries", "orphans_in", "pid_alive",
            "json_text", "now_iso", "library_versions", "featcache_version", "package_versions", "make_callable",
-           "plain_scales", "cpu_flags"]
+           "cpu_flags"]
 
 
 def human_size(n: float) -> str:
@@ -272,8 +272,3 @@ def cpu_flags() -> frozenset:
 
 
 _CPU_FLAGS = None
-
-
-def plain_scales(scales) -> bool:
-    """Whether ``--scales`` is the plain single pass at the crop size (``1``): no extra sizes, no extra key part."""
-    return [float(v) for v in scales] == [1.0]

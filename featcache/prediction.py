@@ -19,12 +19,12 @@ import numpy as np
 from ._malloc import tune_allocator
 from .cache import load
 from .cache.layout import FEATURE_PARTS, CacheMeta, feature_identity
-from .config import ExtractConfig
-from .errors import FeatcacheError
+from .config import ExtractConfig, PredictConfig
+from .errors import ConflictError, FeatcacheError
 from .learn import views
 from .selection.modelfile import load_model, needs_trust, read_metadata
 
-__all__ = ["predict", "features_for", "check_compatible"]
+__all__ = ["predict", "run_predict", "features_for", "check_compatible"]
 
 log = logging.getLogger("featcache")
 
@@ -92,10 +92,11 @@ def features_for(metadata: dict, data, *, cache_dir=None, device: str = "auto", 
     return X, fs
 
 
-def predict(model, data, *, out=None, proba: bool = True, cache_dir=None, device: str = "auto",
-            batch_size: int = 64, num_workers: Optional[int] = None, progress: bool = True,
-            trust_model_code: bool = False):
+def predict(model, data, **settings):
     """Predict classes for ``data`` (image folder, CSV, or a cache ``.h5``) with a saved featcache model.
+
+    ``settings`` are :class:`~featcache.config.PredictConfig` fields: ``out`` (a CSV file to write), ``proba``,
+    ``trust_model_code``, and how new images are extracted (``cache_dir``, ``device``, ``batch_size``...).
 
     Returns a DataFrame ``path, prediction[, split][, trained_on][, proba_<class>...]``, written as CSV to
     ``out`` when given: ``split`` when the data has splits, ``trained_on`` when the model's training cache can
@@ -103,22 +104,27 @@ def predict(model, data, *, out=None, proba: bool = True, cache_dir=None, device
     maps each group of rows (a split, or ``all``; rows the model was trained on apart from the others) to the
     accuracy over its rows whose class the model knows: never one number pooled over both.
     """
+    return run_predict(PredictConfig(model=model, data=data, **settings))
+
+
+def run_predict(cfg: PredictConfig):
+    """The predictions for one :class:`~featcache.config.PredictConfig` (what :func:`predict` and the CLI call)."""
     import pandas as pd
 
+    cfg.validate()
     tune_allocator()
-    model_path = Path(model).expanduser()
+    model_path = Path(cfg.model).expanduser()
     metadata = read_metadata(model_path)  # checks the file before the (slow) extraction
     spec = needs_trust(metadata)
-    if spec and not trust_model_code:
-        raise FeatcacheError(f"{model_path}'s features come from the model {spec}: extracting them imports and "
-                             f"runs that code. If you trust it, pass --trust-model-code (trust_model_code=True)")
-    X, fs = features_for(metadata, data, cache_dir=cache_dir, device=device, batch_size=batch_size,
-                         num_workers=num_workers, progress=progress)
-    saved = load_model(model_path, trust_model_code=trust_model_code)
+    if spec and not cfg.trust_model_code:
+        raise ConflictError(f"{model_path}'s features come from the model {spec}: extracting them imports and "
+                            f"runs that code. If you trust it, set {{trust_model_code}}")
+    X, fs = features_for(metadata, cfg.data, cache_dir=cfg.cache_dir, device=cfg.device, batch_size=cfg.batch_size,
+                         num_workers=cfg.num_workers, progress=cfg.progress)
+    saved = load_model(model_path, trust_model_code=cfg.trust_model_code)
     V = None
     if metadata.get("tta"):
-        V = np.concatenate([fs.views[layer].reshape(len(fs), fs.views[layer].shape[1], -1)
-                            for layer in metadata["layers"]], axis=2)
+        V = fs.view_matrix(metadata["layers"])
     classes = list(saved.pipeline.classes_)
     index, probs = views.predict(saved.pipeline, X, V, classes)
     predicted = np.asarray(classes, dtype=object)[index]
@@ -130,14 +136,14 @@ def predict(model, data, *, out=None, proba: bool = True, cache_dir=None, device
     seen = _trained_on(metadata, paths if root else None)
     if seen is not None and seen.any():  # new images: no column of False
         df["trained_on"] = seen
-    if proba and probs is not None:
+    if cfg.proba and probs is not None:
         for j, name in enumerate(classes):
             df[f"proba_{name}"] = np.round(probs[:, j], 6)
     accuracy = _accuracy(fs, predicted, saved.classes, seen)
     if accuracy:
         df.attrs["accuracy"] = accuracy
-    if out is not None:
-        out = Path(out).expanduser()
+    if cfg.out is not None:
+        out = Path(cfg.out).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(out, index=False)
         log.info("wrote %d predictions to %s", len(df), out)

@@ -24,7 +24,7 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise FeatcacheError(f"device {device!r}: no CUDA GPU is visible to torch; use 'cpu' or 'auto' "
-                             f"(--device cpu or auto)")
+                             f"({{device}} cpu or auto)")
     return torch.device(device)
 
 
@@ -40,13 +40,13 @@ def resolve_precision(precision: str, device: torch.device, strict: bool = False
     ``strict`` an error."""
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
-            raise FeatcacheError("precision 'fp16' is for GPUs; on the CPU use bf16 or fp32 (--precision)")
+            raise FeatcacheError("precision 'fp16' is for GPUs; on the CPU use bf16 or fp32 ({precision})")
         if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
             slow = ("precision 'bf16' on this CPU (no AVX-512 BF16 or AMX) is emulated and several times slower "
-                    "than fp32; use --precision fp32 or auto")
+                    "than fp32; use {precision} fp32 or auto")
             if strict:
-                raise FeatcacheError(slow + " (refused under --strict)")
-            log.warning(slow)
+                raise FeatcacheError(slow + " (refused under {strict})")
+            log.warning(slow.format(precision="--precision"))  # a log line is no error: it names the flag, as before
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

@@ -383,14 +383,14 @@ def from_dataset(dataset, name: Optional[str] = None) -> Source:
 def open_source(data: Any) -> Source:
     """Turn ``--data`` (a folder, a CSV file, or a torch Dataset) into a :class:`Source`."""
     if data is None:
-        raise FeatcacheError("no data given: pass --data FOLDER or --data FILE.csv")
+        raise FeatcacheError("no data given: pass {data} FOLDER or {data} FILE.csv")
     if not isinstance(data, (str, os.PathLike)):
         return from_dataset(data)
     path = Path(data).expanduser()
     if not path.exists():
-        raise FeatcacheError(f"--data {path}: no such file or folder")
+        raise FeatcacheError(f"{{data}} {path}: no such file or folder")
     if path.is_dir():
         return from_folder(path)
     if path.suffix.lower() == ".csv":
         return from_csv(path)
-    raise FeatcacheError(f"--data {path}: expected an image folder or a .csv file with columns path,label[,split]")
+    raise FeatcacheError(f"{{data}} {path}: expected an image folder or a .csv file with columns path,label[,split]")

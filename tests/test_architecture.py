@@ -4,6 +4,7 @@ after the module it tests, and CI runs all of them (the slow ones too) with the 
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ MAX_LINES = 450
 # (docs/architecture.md). Longest prefix wins.
 STAGES = [
     ("errors", 0), ("_validation", 0), ("_util", 0), ("config", 0),
-    ("runtime", 1),
+    ("runtime", 1), ("rowsource", 1),
     ("decode", 2), ("sources", 2),
     ("cache", 3),
     ("models", 4),
@@ -89,6 +90,54 @@ def test_imports_point_down_the_stages():
     assert not upward, upward
 
 
+def test_learning_never_imports_the_cache():
+    """An estimator knows arrays and the row-source protocol (``featcache.rowsource``), not the HDF5 cache that
+    implements it (``cache.rows.Rows``)."""
+    offending = [f"{'/'.join(parts)} imports cache" for path, parts in _modules()
+                 if parts[0] == "learn" and "cache" in _package_imports(path, parts)]
+    assert not offending, offending
+
+
+def _module_imports(path: Path, parts) -> set:
+    """The featcache modules (as path tuples, packages as ``(..., "__init__")``) ``path`` imports, lazy imports
+    included, its ``if __name__ == "__main__":`` block left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree.body = [n for n in tree.body if not (isinstance(n, ast.If) and "__main__" in ast.unparse(n.test))]
+    here, found = list(parts[:-1]), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "featcache"):
+            named = node.module.split(".") if node.module else []
+            if node.level:
+                module = (here[: len(here) - (node.level - 1)] if node.level > 1 else here) + named
+            else:
+                module = named[1:]
+            for alias in node.names:  # ``from . import x`` names a module, ``from .x import y`` names y in x
+                found.add(tuple(module + [alias.name]))
+                found.add(tuple(module))
+        elif isinstance(node, ast.Import):
+            found |= {tuple(a.name.split(".")[1:]) for a in node.names if a.name.startswith("featcache.")}
+    return found
+
+
+def test_no_two_modules_import_each_other():
+    """Imports between modules form no circle (a formatting helper belongs below both users, not in one of them)."""
+    modules = {tuple(parts): path for path, parts in _modules()}
+    graph = {m: {t for t in _module_imports(p, m) if t in modules and t != m and t[-1] != "__init__"}
+             for m, p in modules.items()}
+    circles = []
+    for start in graph:  # a depth-first walk from every module back to itself
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    circles.append(" -> ".join("/".join(m) for m in trail + [start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, trail + [nxt]))
+    assert not circles, sorted(circles)
+
+
 def test_every_module_is_small_says_its_stage_and_what_it_exports():
     problems = []
     for path, parts in _modules():
@@ -129,6 +178,55 @@ def test_no_library_module_imports_the_command_line():
         if "cli" in _imports_in(tree, parts):
             found.append("/".join(parts))
     assert not found, f"import featcache.cli outside a command module's main: {found}"
+
+
+# Library code another change converts to ``{name}`` templates (issue 26, item 3): skipped by the rule below until
+# then. Empty this set when that change lands.
+NOT_YET_TEMPLATED = {"insight", "prediction", "config"}
+
+# Raise sites that must keep a literal flag, as (module, flag): each is a command-line action, not a parameter a
+# Python caller sets, so no template names it.
+FLAGS_KEPT = {
+    # extract's --list-layers prints the model's nodes and exits: an action of the command, no parameter (Python
+    # callers have featcache.extraction.list_layers); "see extract --list-layers" is half a command to run.
+    ("models/layers.py", "--list-layers"),
+    ("models/cuts.py", "--list-layers"),
+    # select_for_pruning serves only `featcache prune` (there is no Python prune): its parameters
+    # (older_than_days, everything) are not the flags' destinations, and the message lists the flags with their
+    # values (--older-than DAYS) as the command's usage.
+    ("cache/catalog.py", "--older-than"), ("cache/catalog.py", "--unused-days"),
+    ("cache/catalog.py", "--larger-than"), ("cache/catalog.py", "--all"),
+}
+_ERRORS = {"FeatcacheError", "ParameterError", "ConflictError"}
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def _raised_messages(tree):
+    """(line, text) of each ``raise FeatcacheError/ParameterError/ConflictError(...)``: the call's string
+    constants joined, an f-string's literal parts included."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) \
+                and ast.unparse(node.exc.func).split(".")[-1] in _ERRORS:
+            texts = [c.value for c in ast.walk(node.exc) if isinstance(c, ast.Constant) and isinstance(c.value, str)]
+            yield node.lineno, " ".join(texts)
+
+
+def test_library_errors_name_parameters_by_template_not_by_flag():
+    """One error rule: a library error names a parameter as ``{name}``, so Python callers read ``batch_size`` and
+    the command line ``--batch-size`` (featcache.errors). A literal flag is fine only in a command to copy
+    (``python -m featcache.extract --data D``) or in ``FLAGS_KEPT``."""
+    found = []
+    for path, parts in _modules():
+        if parts[0] == "cli" or parts[0] in NOT_YET_TEMPLATED:
+            continue
+        module = "/".join(parts) + ".py"
+        for line, text in _raised_messages(ast.parse(path.read_text(encoding="utf-8"))):
+            if "python -m featcache" in text:
+                continue
+            flags = sorted({f for f in _FLAG.findall(text) if (module, f) not in FLAGS_KEPT})
+            if flags:
+                found.append(f"{module}:{line}: {' '.join(flags)}")
+    assert not found, found
 
 
 def test_every_command_module_is_a_thin_shim():

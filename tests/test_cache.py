@@ -309,7 +309,7 @@ def test_a_cache_without_failures_is_finished_in_place_not_copied(tmp_path):
 def test_a_finish_killed_before_its_rename_is_completed_by_the_next_run(tmp_path):
     """The partial was made a finished cache (listing written, marked complete, resume state gone) and the run
     died before the rename: the next run renames it instead of starting over."""
-    from featcache.cache.write import _write_listing, recover_finished
+    from featcache.cache.publish import _write_listing, recover_finished
 
     final = tmp_path / "c.h5"
     w = CacheWriter(final, _source(6), {}, {"features/f": (3,)}, "float32", "fp", ATTRS)
@@ -403,3 +403,26 @@ def test_minibatches_cover_every_row_once_reading_whole_chunks(tmp_path):
     assert seen != sorted(seen)  # shuffled
     assert rows_per_chunk(100_000, 10_000, maps=True) == 1  # big maps: one image per chunk
     assert rows_per_chunk(1_000, 10_000, maps=True) == 65
+
+
+def test_view_matrix_lays_out_each_views_layers_side_by_side_as_matrix_does(tmp_path):
+    """``FeatureSet.view_matrix``: the one builder of (rows, K, features) view matrices (sweep, predict, fit)."""
+    rng = np.random.default_rng(0)
+    shapes = {"features/a": (3,), "features/b": (2, 2), "views/a": (2, 3), "views/b": (2, 2, 2)}
+    data = {k: rng.normal(size=(6,) + s).astype(np.float32) for k, s in shapes.items()}
+    w = CacheWriter(tmp_path / "v.h5", _source(6), {}, shapes, "float32", "fp",
+                    CacheMeta(layers=["a", "b"], class_names=["a", "b"]))
+    w.append(RowBlock(data, np.ones(6, np.uint8), [""] * 6))
+    w.finish({})
+    for lazy in (False, True):
+        with load(tmp_path / "v.h5", lazy=lazy) as fs:
+            both = fs.view_matrix("a+b")
+            assert both.dtype == np.float32 and both.shape == (6, 2, 7)
+            assert np.array_equal(both, np.concatenate([data["views/a"], data["views/b"].reshape(6, 2, 4)], axis=2))
+            assert np.array_equal(fs.view_matrix(["b"]), data["views/b"].reshape(6, 2, 4))
+            assert np.array_equal(fs.view_matrix(), fs.view_matrix("b"))  # default: the layer of X
+            assert np.array_equal(both[:, 0, :3], data["views/a"][:, 0]) and fs.matrix("a+b").shape == (6, 7)
+    with load(tmp_path / "v.h5") as fs:
+        fs.views.pop("b")
+        with pytest.raises(FeatcacheError, match="no augmented views of layer 'b'"):
+            fs.view_matrix("a+b")

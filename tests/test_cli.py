@@ -14,7 +14,7 @@ import pytest
 import featcache
 from featcache import ExtractConfig, FinetuneConfig, FitConfig, SweepConfig
 from featcache.config import InspectConfig, PredictConfig
-from featcache.errors import ParameterError
+from featcache.errors import ConflictError, FeatcacheError, ParameterError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,8 @@ def test_rm_refuses_a_cache_a_running_sweep_uses_and_the_sweep_survives_a_forced
     (tmp_path / "c").mkdir()
     cache = feature_cache(tmp_path / "c" / "busy.h5", n=3000, dim=64)
     store = tmp_path / "c" / "sweep-results" / featcache.load(cache).meta.fingerprint[:16]
-    code = ("import featcache; featcache.sweep(%r, grid={'svm': {'C': [0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100]}},"
+    # 24 fits of about 0.3 s: on a loaded machine the rm below must still land while fits remain to be stored
+    code = ("import featcache; featcache.sweep(%r, grid={'svm': {'C': [round(0.01 * 1.5 ** i, 5) for i in range(24)]}},"
             " n_jobs=1, halving=False, ensemble=0, screen_layers=0, progress=False)" % str(cache))
     sweep = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     try:
@@ -213,3 +214,40 @@ def test_adding_a_setting_is_one_field():
     assert config_from_args(Grown, p.parse_args(["c.h5"])).max_rows == 1000
     with pytest.raises(ParameterError, match="'max_rows' parameter of Grown must be an int >= 1. Got 0"):
         config_from_args(Grown, p.parse_args(["c.h5", "--max-rows", "0"])).validate()
+
+
+def test_any_error_names_parameters_by_template_and_other_braces_stay_text():
+    """``{name}`` is a parameter (the Python name from Python, the flag on the command line); a dict, a set or
+    None formatted into the message is text, whatever braces it has."""
+    import argparse
+    import pickle
+
+    from featcache.cli import _for_cli
+
+    values = {"a": 1}, {2, 3}, {None}, "{'x'}", "{1}"
+    e = FeatcacheError(f"{{batch_size}} too big for {{layers}} with {values[0]} {values[1]} {values[2]} "
+                       f"{values[3]} {values[4]} {{not a name}} {{}}")
+    text = " {'a': 1} {2, 3} {None} {'x'} {1} {not a name} {}"
+    assert str(e) == "batch_size too big for layers with" + text
+    assert e.params == ["batch_size", "layers"]
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch-size")
+    p.add_argument("--layer", dest="layers")
+    assert _for_cli(e, p) == "--batch-size too big for --layer with" + text
+    assert _for_cli(e, argparse.ArgumentParser()) == "--batch-size too big for --layers with" + text, (
+        "a parameter the command has no flag for reads as its name with dashes")
+    assert _for_cli(pickle.loads(pickle.dumps(e)), p) == _for_cli(e, p), "a worker's error keeps its template"
+    assert issubclass(ConflictError, FeatcacheError) and str(ConflictError("{cv} or {x}")) == "cv or x"
+    got = ParameterError("SweepConfig", "n_jobs", "an int >= 1", "{seed}")
+    assert str(got) == "The 'n_jobs' parameter of SweepConfig must be an int >= 1. Got '{seed}' instead."
+
+
+def test_the_same_error_names_the_parameter_in_python_and_the_flag_on_the_command_line(tmp_path, capsys):
+    from featcache.cli.extract import main
+
+    missing = tmp_path / "nope"
+    with pytest.raises(FeatcacheError) as e:
+        featcache.extract(missing, cache_dir=tmp_path / "c", progress=False)
+    assert str(e.value) == f"data {missing}: no such file or folder"
+    assert main(["--data", str(missing), "--cache-dir", str(tmp_path / "c"), "-q"]) == 2
+    assert capsys.readouterr().err == f"featcache: error: --data {missing}: no such file or folder\n"

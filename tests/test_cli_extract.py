@@ -71,11 +71,11 @@ def test_list_layers_cli():
 @pytest.mark.parametrize("args, message", [
     (["--pool", "bad"], "invalid choice: 'bad'"),
     (["--batch-size", "x"], "expected a positive integer or auto"),
-    (["--precision", "fp16", "--device", "cpu"], "'fp16' is for GPUs"),
+    (["--precision", "fp16", "--device", "cpu"], "'fp16' is for GPUs; on the CPU use bf16 or fp32 (--precision)"),
     (["--device", "tpu"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'tpu'"),
     (["--decode-timeout", "-1"], "--decode-timeout must be a float >= 0; got -1.0"),
     (["--model", "nosuchmodel"], "is not a torchvision classification model"),
-    (["--layer", "fc", "fc"], "lists a layer twice"),
+    (["--layer", "fc", "fc"], "featcache: error: --layer lists a layer twice: fc fc"),  # layers in Python
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, make_image, args, message):
     make_image(tmp_path / "d" / "a" / "1.png", 0, 0)

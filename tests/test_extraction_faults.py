@@ -113,7 +113,7 @@ def test_added_and_deleted_files_reuse_the_rest(tmp_path, make_image, fast):
 
 def test_strict_refuses_bad_files_before_extracting(broken_images, fast):
     model = _counting_resnet()
-    with pytest.raises(FeatcacheError, match=r"--strict: 3 file\(s\) cannot be decoded \(nothing was extracted\): "
+    with pytest.raises(FeatcacheError, match=r"^strict: 3 file\(s\) cannot be decoded \(nothing was extracted\): "
                                              r".*empty.jpg"):
         featcache.extract(broken_images.root, **{**fast, "model": model, "strict": True, "layers": ["layer4"]})
     assert model.seen == 0 and not list(fast["cache_dir"].glob("*.h5"))
@@ -123,7 +123,7 @@ def test_strict_holds_on_a_cache_hit_too(broken_images, fast):
     settings = {**fast, "model": _counting_resnet(), "layers": ["layer4"]}
     path = featcache.extract(broken_images.root, **settings)  # not strict: the 3 bad files are skipped, recorded
     assert len(load(path).failed) == 3
-    with pytest.raises(FeatcacheError, match=r"--strict: 3 file\(s\) cannot be decoded \(skipped when this cache "
+    with pytest.raises(FeatcacheError, match=r"^strict: 3 file\(s\) cannot be decoded \(skipped when this cache "
                                              r"was extracted\): .*empty.jpg"):
         featcache.extract(broken_images.root, **{**settings, "strict": True})
 

@@ -15,6 +15,7 @@ from featcache import decode, models, sources
 from featcache.cache import Rows
 from featcache.cli.finetune import main
 from featcache.config import ExtractConfig, FeatcacheError
+from featcache.errors import ParameterError
 from featcache.finetuning import finetune, network, split_for
 from featcache.learn.top import TopClassifier, top_blocks
 from featcache.prediction import predict
@@ -193,7 +194,7 @@ def test_a_cache_without_activations_at_the_node_names_the_extract_command(cache
                                                  rf"--weights none "
                                                  rf"--image-size 32 --layer {node} --pool none --dtype float16"):
             finetune(path, node, progress=False)
-    with pytest.raises(FeatcacheError, match=r"--train-blocks 3: the top after layer3 has 2 blocks .*layer4\.0"):
+    with pytest.raises(FeatcacheError, match=r"^train_blocks 3: the top after layer3 has 2 blocks .*layer4\.0"):
         finetune(cache["path"], "layer3", train_blocks=[3], progress=False)
 
 
@@ -258,3 +259,23 @@ def test_no_epoch_starts_past_the_budget_and_the_best_so_far_is_kept(cache):
     res = finetune(cache["path"], "layer3", train_blocks=[1], epochs=50, patience=50, budget=1e-9, progress=False,
                    precision="fp32")
     assert res.leaderboard["note"].iloc[0] == "1 epochs, best 1 (stopped at the budget)"
+
+
+def test_label_smoothing_softens_the_training_loss_from_the_flag_to_the_estimator(cache, tmp_path):
+    """--label-smoothing: one field of FinetuneConfig, its table, and the estimator that uses it. A smoothed target
+    keeps the loss of a confident right answer above zero, so the same seeded fit ends with a higher training loss;
+    the value reaches the saved model, and a bad one is refused by the table."""
+    fs = featcache.load(cache["path"])
+    top, _ = split_for(fs.meta, cache["path"], "layer3")
+    X, y = fs.features["layer3"].reshape(len(fs), -1), np.array(COLOURS)[fs.y]
+    kw = dict(top=top, input_shape=(256, 2, 2), train_blocks=0, epochs=3, early_stopping=False, precision="fp32",
+              random_state=3)
+    plain, smooth = (TopClassifier(**kw, label_smoothing=s).fit(X, y) for s in (0.0, 0.3))
+    assert smooth.loss_curve_[-1] > plain.loss_curve_[-1]
+    out = tmp_path / "smooth"
+    assert main([str(cache["path"]), "--from-layer", "layer3", "--out", str(out), "--epochs", "1", "--train-blocks",
+                 "0", "--label-smoothing", "0.1", "--no-progress", "--no-plots", "-q"]) == 0
+    assert load_model(out / "best.safetensors").pipeline.label_smoothing == 0.1
+    with pytest.raises(ParameterError, match="'label_smoothing' parameter of FinetuneConfig must be a float in the "
+                                             r"range \[0, 1\). Got 1.5"):
+        finetune(cache["path"], "layer3", label_smoothing=1.5)

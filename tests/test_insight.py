@@ -215,7 +215,7 @@ def test_a_cache_without_labels_gets_duplicates_and_outliers_only(unlabelled_fol
     res = inspect(cache, progress=False)
     assert len(res.label_issues) == 0 and len(res.outliers) == 5 and "map" in res.summary["findings"]
     assert any("has no labels" in n and "only duplicates, outliers and the map ran" in n for n in res.summary["notes"])
-    with pytest.raises(FeatcacheError, match="has no labels.*drop labels from --only"):
+    with pytest.raises(FeatcacheError, match="has no labels.*drop labels from only"):
         inspect(cache, only="labels", progress=False)
 
 
@@ -228,9 +228,11 @@ def test_one_class_and_bad_flags_get_clear_messages(class_folder, fast, tmp_path
     assert any("one class" in n for n in res.summary["notes"])
     with pytest.raises(FeatcacheError, match="one class"):
         inspect(cache, only="confusion", progress=False)
-    with pytest.raises(FeatcacheError, match="choose from duplicates, labels"):
+    with pytest.raises(FeatcacheError, match="The 'only' parameter of InspectConfig must be a comma-separated list "
+                                             "of duplicates, labels, outliers, confusion, map. Got 'dupes'"):
         inspect(cache, only="dupes", progress=False)
-    with pytest.raises(FeatcacheError, match="threshold"):
+    with pytest.raises(FeatcacheError, match=r"'threshold' parameter of InspectConfig must be None or a float in the "
+                                             r"range \(0, 1\]. Got 2"):
         inspect(cache, threshold=2, progress=False)
     run = subprocess.run([sys.executable, "-m", "featcache", "inspect", str(cache), "--out", str(tmp_path / "r"),
                           "--only", "labels"], capture_output=True, text=True, timeout=120, cwd=REPO)
@@ -263,5 +265,22 @@ def test_report_folder_holds_the_tables_and_refuses_to_overwrite(digits, tmp_pat
     dup = pd.read_csv(out / "duplicates.csv")
     assert list(dup.columns[:6]) == ["path_a", "path_b", "split_a", "split_b", "similarity", "exact"]
     assert dup["leak"].sum() == 4 and len(res.embedding) == len(featcache.load(digits["planted"]))
-    with pytest.raises(FeatcacheError, match="--overwrite"):
+    with pytest.raises(FeatcacheError, match="pass overwrite to replace it, or another out"):
         featcache.inspect(digits["planted"], out=out, progress=False)
+
+
+def test_report_folder_is_checked_before_any_work_as_a_sweeps_out_is(tmp_path):
+    """inspect checks --out with the sweep's helper (selection.outputs.prepare_out), before reading the cache."""
+    missing_cache = tmp_path / "never-read.h5"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FeatcacheError, match="is a file; pass a folder"):
+        featcache.inspect(missing_cache, out=tmp_path / "file", progress=False)
+    with pytest.raises(FeatcacheError, match="cannot write to out "):
+        featcache.inspect(missing_cache, out=tmp_path / "file" / "sub", progress=False)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "summary.json").write_text("{}")
+    with pytest.raises(FeatcacheError, match=r"holds a report \(summary.json\); pass overwrite"):
+        featcache.inspect(missing_cache, out=tmp_path / "old", progress=False)
+    (tmp_path / "old" / "best.skops").write_text("")  # a sweep's files are not a report: only the report's count
+    with pytest.raises(FeatcacheError, match=r"holds a report \(summary.json\)"):
+        featcache.inspect(missing_cache, out=tmp_path / "old", progress=False)

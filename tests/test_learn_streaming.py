@@ -46,6 +46,24 @@ def test_blocks_are_chunk_aligned_and_cover_every_row_once(cache, data):
     assert np.array_equal(np.concatenate([b for _, b in clone.blocks()]), X[np.sort(subset)])
 
 
+def test_a_caches_rows_are_a_row_source_and_arrays_are_not(cache, data):
+    """Training reads rows through the protocol in ``featcache.rowsource``; ``cache.rows.Rows`` implements it (a
+    view, a transformed view and an unpickled copy included), while arrays go the in-memory way."""
+    import torch
+
+    from featcache.rowsource import RowSource, minibatches
+
+    rows = cache_rows.Rows(cache, block_rows=48)
+    for view in (rows, rows[:100], rows.with_transform(np.negative), pickle.loads(pickle.dumps(rows))):
+        assert isinstance(view, RowSource)
+    X, _, train, _ = data
+    for other in (X, torch.from_numpy(X), [[0.0]], None):
+        assert not isinstance(other, RowSource)
+    batches = list(minibatches(rows, train[:200], 64))
+    assert np.array_equal(np.sort(np.concatenate([b for b, _ in batches])), np.sort(train[:200]))
+    assert all(np.array_equal(block, X[b]) for b, block in batches)
+
+
 def test_batches_shuffle_within_a_buffer_and_keep_every_row(cache, monkeypatch):
     view = cache_rows.Rows(cache, block_rows=16)
     # The default buffer (32 MiB) holds this whole file: one batch mixes rows from all over it.
@@ -132,7 +150,7 @@ def test_out_of_core_takes_the_streaming_part_of_the_default_grid_and_refuses_th
     from featcache.config import FeatcacheError
     from featcache.sweeping import sweep
 
-    with pytest.raises(FeatcacheError, match=r"--out-of-core trains only sgd, dense with preprocess none / "
+    with pytest.raises(FeatcacheError, match=r"^out_of_core trains only sgd, dense with preprocess none / "
                                              r"standardize / l2 \(chained with '\+'\); not knn"):
         sweep(cache, grid={"knn": {"n_neighbors": 3}, "sgd": {}}, out_of_core=True)
     with pytest.raises(FeatcacheError, match="not sgd\\(\\) on pca:4"):
@@ -156,7 +174,7 @@ def test_features_larger_than_memory_are_refused_with_the_way_out(cache, tmp_pat
     # as read, the pool/test rows, and one task's training rows with their preprocessed copy
     with pytest.raises(FeatcacheError, match=r"the features need 1\.2 MB \(4 copies of 300\.0 KB while loading "
                                              r"and fitting\) but 97\.7 KB of memory is available; "
-                                             r"rerun with --out-of-core"):
+                                             r"rerun with out_of_core"):
         sweep(cache, grid=STREAM_GRID, reuse=False)
     with pytest.raises(FeatcacheError, match=r"\(7 copies of 300\.0 KB"):  # + the workers' shared copy, 2 tasks
         sweep(cache, grid=STREAM_GRID, reuse=False, n_jobs=2)
@@ -185,7 +203,7 @@ def test_cli_out_of_core(cache, tmp_path):
 def test_a_containers_memory_limit_counts(tmp_path):
     """cgroup v2 and v1 limits, read from files laid out as the kernel lays them out (made here: a real cgroup
     limit cannot be set from a test)."""
-    from featcache.cache.rows import cgroup_available
+    from featcache.rowsource import cgroup_available
 
     (tmp_path / "proc").write_text("0::/job\n")
     (tmp_path / "job").mkdir()

@@ -82,7 +82,7 @@ def test_views_of_val_and_test_images_never_reach_training(view_cache, tmp_path)
     # Noise in the *training* images' views does change the fit: the views are really used.
     train = sweep(_scramble_views(view_cache, tmp_path / "train.h5", ["train"]), **settings)
     assert not np.allclose(base.best[-1].coef_, train.best[-1].coef_)
-    unused = sweep(view_cache, views=False, **settings)
+    unused = sweep(view_cache, use_views=False, **settings)
     assert not np.allclose(base.best[-1].coef_, unused.best[-1].coef_)
 
 
@@ -107,7 +107,8 @@ def test_tta_scores_use_the_views_and_predict_repeats_them(split_folder, view_ca
 
 def test_tta_without_views_is_a_clear_error(split_folder, fast, tmp_path):
     plain = featcache.extract(split_folder, **fast)
-    with pytest.raises(featcache.FeatcacheError, match="--tta needs augmented views"):
+    with pytest.raises(featcache.FeatcacheError, match=r"^tta needs augmented views in the cache; extract with views K "
+                                                       r"\(and do not pass use_views\)"):
         sweep(plain, grid=GRID, tta=True, results_dir=tmp_path, progress=False)
 
 

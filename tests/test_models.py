@@ -68,7 +68,7 @@ def test_unknown_model_suggests_close_names():
 def test_default_weights_offline_give_instructions(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
     monkeypatch.setattr("socket.create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-    with pytest.raises(FeatcacheError, match="torch hub cache.*--weights PATH"):
+    with pytest.raises(FeatcacheError, match="torch hub cache.*pass weights PATH"):
         load_backbone(ExtractConfig(model="resnet18", weights="DEFAULT"))
 
 
@@ -159,9 +159,9 @@ def test_presets_resolve_for_the_builtin_model():
 
 
 @pytest.mark.parametrize("layers, match", [
-    (["last9"], r"--layer last9: K must be between 1 and 5.*\(relu, layer1, layer2, layer3, layer4\)"),
+    (["last9"], r"^layers last9: K must be between 1 and 5.*\(relu, layer1, layer2, layer3, layer4\)"),
     (["last0"], r"K must be between 1 and 5"),
-    (["lastx"], r"--layer 'lastx' is neither a node of this model nor a known preset; presets: lastK"),
+    (["lastx"], r"^layers 'lastx' is neither a node of this model nor a known preset; presets: lastK"),
     (["first2"], r"nor a known preset"),
     (["layer44"], r"not a node of this model; closest: layer4.*presets: lastK"),
     (["last2", "last2"], r"lists a layer twice"),

@@ -147,6 +147,6 @@ def test_bf16_on_a_cpu_that_emulates_it_warns_or_is_refused(monkeypatch, caplog)
     caplog.set_level(logging.WARNING, logger="featcache")
     assert runtime.resolve_precision("bf16", torch.device("cpu")) == "bf16"
     assert "emulated and several times slower than fp32" in caplog.text
-    with pytest.raises(featcache.FeatcacheError, match="refused under --strict"):
+    with pytest.raises(featcache.FeatcacheError, match=r"use precision fp32 or auto \(refused under strict\)"):
         runtime.resolve_precision("bf16", torch.device("cpu"), strict=True)
     assert runtime.resolve_precision("auto", torch.device("cpu")) == "fp32"

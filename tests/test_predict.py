@@ -204,7 +204,7 @@ def test_loading_a_model_file_never_runs_code_from_it(trained, tmp_path):
     evil["extract_config"]["model"] = "evil_models:net"
     model = _forge(tmp_path / "evil.skops", load_model(trained["model"]).pipeline, evil)
     with pytest.raises(FeatcacheError, match=r"evil_models:net: extracting them imports and runs that code.*"
-                                             r"--trust-model-code"):
+                                             r"set trust_model_code"):
         predict(model, trained["root"] / "data", cache_dir=tmp_path / "c", progress=False)
     assert not marker.exists()
 

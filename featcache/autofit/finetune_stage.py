@@ -184,8 +184,7 @@ def _versus_best(lead: BestSoFar, tuned: dict, seed: int, deadline: float, again
         if min(min(a.min(initial=0), b.min(initial=0)) for a, b in mapped) < 0:
             return None
         X, y, classes = fs.matrix(side.best_layer), fs.y, list(fs.classes)
-        V = np.concatenate([np.asarray(fs.views[n][:], dtype=np.float32).reshape(len(fs), fs.views[n].shape[1], -1)
-                            for n in side.best_layer.split("+")], axis=2) if lead.tta else None
+        V = fs.view_matrix(side.best_layer) if lead.tta else None
     side_right, tuned_right = [], []
     for (train, val), fold in zip(mapped, folds):
         if side_right and time.monotonic() > deadline:

@@ -120,8 +120,9 @@ def _sweep_stage(cfg: FitConfig, extract_cfg: ExtractConfig, cache: Path, deadli
     t = time.monotonic()
     swept = sweep(cache, out=out / "sweep", overwrite=True, budget=max(deadline - time.monotonic(), 1.0),
                   seed=cfg.seed, n_jobs=cfg.n_jobs, metric=cfg.metric, progress=cfg.progress)
-    ok = trained_rows(swept)
-    whole = ok[ok["train_rows"] == ok["train_rows"].max()]  # not the ones successive halving stopped early
+    trained = trained_rows(swept)
+    # not the ones successive halving stopped early
+    whole = trained[trained["train_rows"] == trained["train_rows"].max()]
     rows = [_sweep_row(r, cfg.metric) for _, r in whole.head(cfg.sweep_rows).iterrows()]
     held, truth = held_out(swept), pool_truth(cache)
     crossfit = float((held[held >= 0] == truth[held >= 0]).mean()) if (held >= 0).any() else None

@@ -17,8 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .._util import plain_scales
-from ..config import ExtractConfig, FitConfig
+from ..config import ExtractConfig, FitConfig, plain_scales
 from ..errors import FeatcacheError
 from .comparison import Comparison, held_out, paired_comparison, trained_rows
 

@@ -29,7 +29,7 @@ DAY = 86400.0
 def _cache_dir(cache_dir: Path) -> Path:
     cache_dir = Path(cache_dir).expanduser()
     if not cache_dir.is_dir():
-        raise FeatcacheError(f"no cache directory at {cache_dir} (pass --cache-dir or set FEATCACHE_DIR)")
+        raise FeatcacheError(f"no cache directory at {cache_dir} (pass {{cache_dir}} or set FEATCACHE_DIR)")
     return cache_dir
 
 

@@ -143,4 +143,4 @@ def refuse_undecodable(bad, why: str) -> None:
     if bad:
         listing = "; ".join(f"{p} ({r})" for p, r in bad[:10])
         listing += f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise FeatcacheError(f"--strict: {len(bad)} file(s) cannot be decoded ({why}): {listing}")
+        raise FeatcacheError(f"{{strict}}: {len(bad)} file(s) cannot be decoded ({why}): {listing}")

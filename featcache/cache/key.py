@@ -1,8 +1,8 @@
 """The cache key: what the stored features depend on, hashed into a fingerprint, and the file names it gives.
 
-Stage: cache. Imports ``layout`` and ``_util``; torch's and torchvision's versions come from their installed
-metadata, so computing a key imports neither. Changing what enters the key changes every fingerprint: bump
-``FORMAT_VERSION`` or say why not.
+Stage: cache. Imports ``layout``, ``_util`` and ``config`` (``plain_scales``); torch's and torchvision's versions
+come from their installed metadata, so computing a key imports neither. Changing what enters the key changes every
+fingerprint: bump ``FORMAT_VERSION`` or say why not.
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from .._util import library_versions, package_versions, plain_scales, sha256_json
+from .._util import library_versions, package_versions, sha256_json
+from ..config import plain_scales
 from .layout import FORMAT_VERSION, PARTIAL_SUFFIX
 
 __all__ = ["ModelIdentity", "cache_key", "key_parts", "files_fingerprint", "cache_path", "partial_path",

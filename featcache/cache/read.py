@@ -78,13 +78,29 @@ class FeatureSet:
         """Features as one float32 matrix: ``layer`` is a layer name, ``"a+b"`` or ``["a", "b"]`` (side by side,
         in that order, as a sweep joins them; a sweep's ``res.best_layer``), default the layer of :attr:`X`;
         the rows of ``split``, default all."""
-        names = layer.split("+") if isinstance(layer, str) else list(layer or self.layers[-1:])
+        names = self._layer_names(layer)
         missing = [n for n in names if n not in self.features]
         if missing:
             raise FeatcacheError(f"layer {missing[0]!r} is not in {self.path}; it has {', '.join(self.layers)}")
         rows = self.rows(split)
         return np.concatenate([np.asarray(self.features[n][rows] if split else self.features[n][:], dtype=np.float32)
                                .reshape(len(rows), -1) for n in names], axis=1)
+
+    def view_matrix(self, layer=None) -> np.ndarray:
+        """The augmented views (``extract --views K``) as one float32 array (rows, K, features): ``layer`` as for
+        :meth:`matrix`, each view's layers side by side in that order, as :meth:`matrix` lays out the clean rows.
+        The one place a view matrix is built (sweep, predict and fit all use it)."""
+        names = self._layer_names(layer)
+        missing = [n for n in names if n not in self.views]
+        if missing:
+            raise FeatcacheError(f"{self.path} has no augmented views of layer {missing[0]!r} (extract with {{views}})")
+        blocks = [np.asarray(self.views[n][:], dtype=np.float32).reshape(len(self), self.views[n].shape[1], -1)
+                  for n in names]
+        return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=2)
+
+    def _layer_names(self, layer) -> List[str]:
+        """``"a+b"``, ``["a", "b"]`` or None (the layer of :attr:`X`) as a list of layer names."""
+        return layer.split("+") if isinstance(layer, str) else list(layer or self.layers[-1:])
 
     def labels(self, split: Optional[str] = None) -> np.ndarray:
         """Class names of the rows of ``split`` (default all; ``""`` for unlabelled rows): what a fitted

@@ -1,7 +1,8 @@
-"""A cache's rows read lazily in blocks, for data larger than memory: :class:`Rows` and :func:`minibatches`.
+"""A cache's rows read lazily in blocks, for data larger than memory: :class:`Rows`.
 
-Stage: cache (reading). Imports h5py and numpy only. :class:`Rows` is a view of some rows of a cache's
-feature layer(s), read in blocks of whole HDF5 chunks; training from it lives in ``featcache.learn``.
+Stage: cache (reading). Imports h5py, numpy and ``rowsource``. :class:`Rows` is a view of some rows of a cache's
+feature layer(s), read in blocks of whole HDF5 chunks: the HDF5 implementation of
+:class:`featcache.rowsource.RowSource`, the protocol training (``featcache.learn``) reads rows through.
 """
 from __future__ import annotations
 
@@ -12,17 +13,19 @@ from typing import Iterator, Optional, Sequence, Tuple
 import h5py
 import numpy as np
 
+from ..rowsource import BUFFER_BLOCKS
 from .layout import FEATURES, CacheMeta
 
-__all__ = ["Rows", "minibatches", "available_memory", "cgroup_available", "BLOCK_BYTES", "BUFFER_BLOCKS"]
+__all__ = ["Rows", "BLOCK_BYTES"]
 
 BLOCK_BYTES = 4 << 20  # rows read at once: whole HDF5 chunks adding up to about 4 MiB of float32
-BUFFER_BLOCKS = 8  # rows are shuffled within at least this many blocks (the blocks come in a shuffled order) ...
+# rows are shuffled within at least BUFFER_BLOCKS blocks (the blocks come in a shuffled order) ...
 BUFFER_BYTES = 8 * BLOCK_BYTES  # ... and at least this much float32: smaller blocks mix more places of the file
 
 
 class Rows:
-    """Rows ``index`` of the feature layer(s) ``layers`` of the cache at ``path``, read lazily.
+    """Rows ``index`` of the feature layer(s) ``layers`` of the cache at ``path``, read lazily (a
+    :class:`~featcache.rowsource.RowSource`).
 
     It looks like a 2-D array to the sweep (``len``, ``shape``; ``rows[idx]`` is another lazy view)
     and pickles as its path and row numbers, so joblib workers open the file themselves. Reads are
@@ -125,71 +128,3 @@ class Rows:
                 pos, X = pos[perm], X[perm]
             for start in range(0, len(pos), batch_size):
                 yield pos[start:start + batch_size], X[start:start + batch_size]
-
-
-def minibatches(X, rows: np.ndarray, batch_size: int, rng=None) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    """``(rows, X[rows])`` minibatches of ``rows``, shuffled with ``rng`` (a numpy Generator or RandomState).
-
-    A :class:`Rows` is read in chunk-aligned blocks (:meth:`Rows.batches`); anything else indexable by
-    increasing rows (an array, a tensor, an h5py dataset) a batch at a time, each batch's rows sorted.
-    """
-    if isinstance(X, Rows):
-        for pos, block in X[rows].batches(batch_size, rng):
-            yield rows[pos], block
-        return
-    order = rows[rng.permutation(len(rows))] if rng is not None else rows
-    for start in range(0, len(order), batch_size):
-        batch = np.sort(order[start:start + batch_size])  # sorted rows read faster from memmaps and HDF5
-        yield batch, X[batch]
-
-
-def cgroup_available(root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path("/proc/self/cgroup")
-                     ) -> Optional[int]:
-    """Bytes left under this process's cgroup memory limit (a container's ``memory.max`` minus
-    ``memory.current``; cgroup v1's ``memory.limit_in_bytes`` minus usage), or None without a limit."""
-    v2, v1 = "/", "/"
-    try:
-        for line in self_cgroup.read_text().splitlines():
-            _, controllers, path = line.split(":", 2)
-            if controllers == "":
-                v2 = path
-            elif "memory" in controllers.split(","):
-                v1 = path
-    except (OSError, ValueError):
-        pass
-    v1_dir = root / "memory" / v1.lstrip("/")
-    candidates = [(root / v2.lstrip("/") / "memory.max", root / v2.lstrip("/") / "memory.current"),
-                  (v1_dir / "memory.limit_in_bytes", v1_dir / "memory.usage_in_bytes")]
-    for limit_file, usage_file in candidates:
-        try:
-            limit = limit_file.read_text().strip()
-            usage = int(usage_file.read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit.isdigit() and int(limit) < 1 << 60:  # "max" (v2) or a huge number (v1): no limit
-            return max(0, int(limit) - usage)
-    return None
-
-
-def available_memory() -> Optional[int]:
-    """Bytes this process can still allocate: MemAvailable, lowered by a container's cgroup limit and an RLIMIT_DATA
-    cap; None if unknown."""
-    import resource
-
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return None
-    in_cgroup = cgroup_available()
-    if in_cgroup is not None:
-        avail = min(avail, in_cgroup)
-    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
-    if soft != resource.RLIM_INFINITY:
-        try:
-            with open("/proc/self/status", encoding="ascii") as f:
-                used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmData:"))
-        except (OSError, StopIteration, ValueError):
-            used = 0
-        avail = min(avail, soft - used)
-    return avail

@@ -81,7 +81,7 @@ def for_removal(paths: Sequence[Path], force: bool = False) -> Iterator[None]:
                     busy.append("a sweep or fine-tuning")
             if busy and not force:
                 raise FeatcacheError(f"{path} is in use by a running process ({' and '.join(busy)}); nothing was "
-                                     "removed: wait for it to end, or pass --force (it then goes on without the "
+                                     "removed: wait for it to end, or pass {force} (it then goes on without the "
                                      "cache's result store, and says so)")
             if busy:
                 log.warning("removing %s although %s uses it (--force)", path, " and ".join(busy))

@@ -1,10 +1,10 @@
 """The command line: argument parsing for every command, on top of the plain library (stage: commands).
 
-User errors (:class:`~featcache.errors.FeatcacheError`) print one line on stderr and exit 2; a
-:class:`~featcache.errors.ParameterError` names the flag the user typed, not the Python parameter. ``--debug``
-shows the traceback. Logs and progress go to stderr, so stdout carries only results (a cache path, a table).
-Modules here import the library on use, inside each command's ``_main``, so ``--help`` is instant and
-``ls``/``verify``/``explain --help`` never load torch.
+User errors (:class:`~featcache.errors.FeatcacheError`) print one line on stderr and exit 2; a parameter a
+message names (``{name}``, or a :class:`~featcache.errors.ParameterError`'s) reads as the flag the user typed, not
+the Python parameter. ``--debug`` shows the traceback. Logs and progress go to stderr, so stdout carries only
+results (a cache path, a table). Modules here import the library on use, inside each command's ``_main``, so
+``--help`` is instant and ``ls``/``verify``/``explain --help`` never load torch.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 from typing import Optional, Sequence
 
 from .._malloc import tune_allocator
-from ..errors import ConflictError, FeatcacheError, ParameterError
+from ..errors import FeatcacheError, ParameterError
 
 __all__ = ["Parser", "run_cli", "setup_logging", "config_from_args", "flag_of", "add_run_flags", "add_print_flags",
            "add_config_flags"]
@@ -120,12 +120,11 @@ def flag_of(parser: argparse.ArgumentParser, param: str) -> Optional[str]:
 
 
 def _for_cli(e: FeatcacheError, parser) -> str:
-    """The message of ``e`` with parameter names replaced by the flags that set them."""
+    """The message of ``e`` with parameter names replaced by the flags that set them in this command; a parameter
+    no flag of it sets (an extract setting named by sweep) reads as ``--name-with-dashes``."""
     if isinstance(e, ParameterError) and flag_of(parser, e.param):
         return e.for_flag(flag_of(parser, e.param))
-    if isinstance(e, ConflictError):
-        return e.render(lambda name: flag_of(parser, name) or name)
-    return str(e)
+    return e.render(lambda name: flag_of(parser, name) or "--" + name.replace("_", "-"))
 
 
 def run_cli(main_fn, argv=None, parser: Optional[argparse.ArgumentParser] = None) -> int:

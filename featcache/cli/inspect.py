@@ -6,7 +6,6 @@ torch) inside ``_main``, so ``--help`` is instant.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -43,11 +42,11 @@ def build_parser() -> Parser:
 
 
 def _main(args) -> int:
-    from ..insight import inspect, summary_lines
+    from ..insight import run_inspect, summary_lines
 
     out = args.out or Path(f"{args.cache.stem}-inspect")
     cfg = config_from_args(InspectConfig, args, out=out, progress=not (args.no_progress or args.quiet))
-    res = inspect(**dataclasses.asdict(cfg))
+    res = run_inspect(cfg)
     if not args.quiet:
         for line in summary_lines(res.summary):
             print(line)

@@ -6,7 +6,6 @@ imports the library inside ``_main``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -52,10 +51,10 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if not args.data:
         raise FeatcacheError("--data is required (an image folder, a CSV file or a cache .h5); see --help")
-    from ..prediction import predict
+    from ..prediction import run_predict
 
     cfg = config_from_args(PredictConfig, args, progress=not (args.no_progress or args.quiet))
-    df = predict(**dataclasses.asdict(cfg))
+    df = run_predict(cfg)
     if args.out is None:
         df.to_csv(sys.stdout, index=False)
     if "accuracy" in df.attrs and not args.quiet:  # one line per split: never one number over seen and unseen rows

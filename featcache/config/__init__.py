@@ -25,6 +25,7 @@ from ._base import (
                     TRAIN_PRECISIONS,
                     Config,
                     default_cache_dir,
+                    plain_scales,
                     setting,
 )
 from .extract import ExtractConfig
@@ -37,5 +38,5 @@ from .sweep import SweepConfig
 __all__ = ["Config", "setting", "ExtractConfig", "SweepConfig", "FinetuneConfig", "FitConfig", "PredictConfig",
            "InspectConfig", "FINDINGS", "FeatcacheError",
            "default_cache_dir", "DEFAULT_MODEL", "DEVICE", "POOLS", "PRECISIONS", "TRAIN_PRECISIONS", "ENGINES",
-           "DTYPES", "AUGMENTATIONS", "MAX_VIEWS", "MAX_SCALE", "METRICS", "BACKENDS", "CLUSTER_BACKENDS",
-           "CACHE_DIR_HELP"]
+           "DTYPES", "AUGMENTATIONS", "MAX_VIEWS", "MAX_SCALE", "plain_scales", "METRICS", "BACKENDS",
+           "CLUSTER_BACKENDS", "CACHE_DIR_HELP"]

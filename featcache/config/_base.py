@@ -17,7 +17,7 @@ from .._util import parse_duration
 from .._validation import Interval, Matches
 from ..errors import ParameterError
 
-__all__ = ["Config", "setting", "default_cache_dir", "DEFAULT_MODEL", "DEVICE", "POOLS",
+__all__ = ["Config", "setting", "default_cache_dir", "DEFAULT_MODEL", "DEVICE", "POOLS", "plain_scales",
            "PRECISIONS", "ENGINES", "TRAIN_PRECISIONS", "DTYPES", "AUGMENTATIONS", "MAX_VIEWS", "MAX_SCALE",
            "METRICS", "BACKENDS", "CLUSTER_BACKENDS", "POSITIVE_INT", "FRACTION", "DURATION", "CACHE_DIR_HELP",
            "int_or", "duration", "blocks", "int_or_auto"]
@@ -34,6 +34,12 @@ MAX_SCALE = 2.0  # --scales: at most twice the crop (4x the compute of one pass)
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "log_loss")
 BACKENDS = ("loky", "threading", "ray", "dask")
 CLUSTER_BACKENDS = ("ray", "dask")
+
+
+def plain_scales(scales) -> bool:
+    """Whether ``--scales`` is the plain single pass at the crop size (``1``): no extra sizes, no extra key part."""
+    return [float(v) for v in scales] == [1.0]
+
 
 DEVICE = Matches(r"auto|cpu|cuda(:\d+)?", "'auto', 'cpu', 'cuda' or 'cuda:N'")
 POSITIVE_INT = Interval(Integral, 1, None)

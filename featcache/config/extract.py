@@ -13,7 +13,6 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from .._util import plain_scales
 from .._validation import Interval, Options
 from .._validation import Sequence as ListOf
 from ..errors import ConflictError
@@ -32,6 +31,7 @@ from ._base import (
     Config,
     default_cache_dir,
     int_or_auto,
+    plain_scales,
     setting,
 )
 

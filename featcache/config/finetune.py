@@ -52,6 +52,8 @@ class FinetuneConfig(Config):
     batch_size: int = setting(32, "activations per step", type=int)
     augment: bool = setting(False, "random horizontal flips and small shifts of the cached maps while training")
     dropout: float = setting(0.0, "dropout before the head", type=float)
+    label_smoothing: float = setting(0.0, "spread this much of each training target over the other classes (0.1 is "
+                                          "common): a softer loss for labels that are sometimes wrong", type=float)
     val_fraction: Optional[float] = setting(None, "hold out this stratified fraction of train+val for early stopping "
                                                   "and selection (default: the cache's val split, else 0.2)",
                                             type=float)
@@ -81,6 +83,7 @@ class FinetuneConfig(Config):
         "batch_size": [POSITIVE_INT],
         "augment": [bool],
         "dropout": [Interval(Real, 0, 1, "left")],
+        "label_smoothing": [Interval(Real, 0, 1, "left")],
         "val_fraction": [None, FRACTION],
         "budget": [None, Interval(Real, 0, None, "neither"), DURATION],
         "refit": [bool],

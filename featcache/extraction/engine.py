@@ -67,15 +67,15 @@ def plan_engine(cfg: ExtractConfig, device: torch.device) -> Tuple[str, str, Opt
     engine, precision = cfg.engine, cfg.precision
     if device.type != "cpu":
         if engine not in ("auto", "torch") or precision == "int8":
-            raise FeatcacheError(f"engine {engine} and int8 run on the CPU; on {device} use --engine torch "
-                                 f"(or auto) and --precision auto, fp16, bf16 or fp32")
+            raise FeatcacheError(f"engine {engine} and int8 run on the CPU; on {device} use {{engine}} torch "
+                                 f"(or auto) and {{precision}} auto, fp16, bf16 or fp32")
         return "torch", resolve_precision(precision, device, strict=cfg.strict), None
     if engine not in ("auto", "torch") and engine not in installed:
         raise FeatcacheError(f"engine {engine!r} is not installed: pip install 'featcache[cpu-fast]' "
                              f"(installed: {', '.join(installed) or 'none'})")
     if precision == "int8":
         if "onnxruntime" not in installed:
-            raise FeatcacheError("--precision int8 quantises the network with ONNX Runtime, which is not installed: "
+            raise FeatcacheError("{precision} int8 quantises the network with ONNX Runtime, which is not installed: "
                                  "pip install 'featcache[cpu-fast]'")
         if engine == "auto":
             engine = next(e for e in _INT8_ORDER if e in installed)
@@ -88,7 +88,7 @@ def plan_engine(cfg: ExtractConfig, device: torch.device) -> Tuple[str, str, Opt
     if engine == "auto" and precision != "fp32":
         engine = "torch"  # only torch's bf16 is torch's bf16
     if engine == "onnxruntime" and precision == "bf16":
-        raise FeatcacheError("ONNX Runtime runs fp32 or int8 on the CPU, not bf16: use --engine openvino or torch")
+        raise FeatcacheError("ONNX Runtime runs fp32 or int8 on the CPU, not bf16: use {engine} openvino or torch")
     if engine == "torch" or engine == "auto":
         return engine, resolve_precision(precision, device, strict=cfg.strict), None
     if precision == "bf16":
@@ -172,8 +172,8 @@ def choose_engine(cfg: ExtractConfig, backbone: models.Backbone, fx, planned: Tu
     except Exception as e:  # noqa: BLE001 - whatever the exporter cannot do, torch still can
         why = _said(e)
         if key_part is not None:  # bf16 on OpenVINO, int8: features only that engine makes
-            raise FeatcacheError(f"--engine {engine} --precision {precision}: the network does not export to ONNX "
-                                 f"({why}); use --engine torch") from e
+            raise FeatcacheError(f"{{engine}} {engine} {{precision}} {precision}: the network does not export to "
+                                 f"ONNX ({why}); use {{engine}} torch") from e
         return EngineChoice("torch", precision, fx, f"engine torch: the network does not export to ONNX ({why})")
     candidates = list(engines.installed_engines()) if engine == "auto" else [engine]
     measured = _measure(fx, onnx, folder, candidates, precision, images, streams, timed=engine == "auto")
@@ -249,7 +249,8 @@ def _pick(fx, engine: str, precision: str, key_part, measured: dict, onnx: Path,
     failed = {n: m["error"] for n, m in measured.items() if "error" in m}
     if key_part is not None:  # the engine's own numbers: used as they are, the key says so
         if engine in failed:
-            raise FeatcacheError(f"--engine {engine} --precision {precision}: {failed[engine]}; use --engine torch")
+            raise FeatcacheError(f"{{engine}} {engine} {{precision}} {precision}: {failed[engine]}; use {{engine}} "
+                                 f"torch")
         return EngineChoice(engine, precision, runner(engine), f"engine {engine} at {precision} ({said(engine)}; its "
                                                               f"own cache key)")
     if engine != "auto":

@@ -23,7 +23,7 @@ from .._util import human_size, library_versions, now_iso, orphan_temporaries
 from ..cache import CacheMeta, CacheWriter, find_reusable, is_hit, lock_path, partial_path, publish
 from ..cache.hit import accept_hit, find_hit, refuse_undecodable
 from ..cache.layout import feature_path, views_path
-from ..cache.write import recover_finished
+from ..cache.publish import recover_finished
 from ..config import ExtractConfig
 from ..errors import FeatcacheError
 from .engine import choose_engine
@@ -75,7 +75,7 @@ def extract_missing(cfg: ExtractConfig, source=None, manifest: Optional[dict] = 
         lock.acquire()
     except OSError as e:
         raise FeatcacheError(f"cannot write to the cache directory {plan.path.parent}: {e.strerror}; "
-                             f"pass --cache-dir or set FEATCACHE_DIR to a writable folder") from e
+                             f"pass {{cache_dir}} or set FEATCACHE_DIR to a writable folder") from e
     try:
         if plan.shard is None and recover_finished(plan.path, plan.fingerprint):
             log.info("finished the cache an interrupted run had completed: %s", plan.path)

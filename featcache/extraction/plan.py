@@ -13,10 +13,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .. import models
-from .._util import plain_scales
 from ..cache import cache_key, cache_path, key_parts
 from ..cache.hit import remember
-from ..config import ExtractConfig
+from ..config import ExtractConfig, plain_scales
 from ..errors import FeatcacheError
 from ..runtime import autocast, resolve_device
 from ..sources import Source, open_source
@@ -158,7 +157,7 @@ def probe_shapes(fx: models.FeatureExtractor, device, precision, crop: int) -> D
         if plain_scales(fx.scales):
             raise
         sizes = ", ".join(f"{max(1, round(crop * s))} px" for s in fx.scales)
-        raise FeatcacheError(f"--scales {' '.join(f'{s:g}' for s in fx.scales)}: the model does not run at every "
+        raise FeatcacheError(f"{{scales}} {' '.join(f'{s:g}' for s in fx.scales)}: the model does not run at every "
                              f"size ({sizes}): {str(e).splitlines()[0]}; models with a fixed input size (most vision "
                              f"transformers) take one scale") from e
     return {k: tuple(v.shape[1:]) for k, v in out.items()}

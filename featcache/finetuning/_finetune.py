@@ -94,7 +94,7 @@ def _top_after(cfg: FinetuneConfig, fs: FeatureSet):
     n_blocks = len(top_blocks(top))
     too_many = [b for b in cfg.train_blocks if b != "all" and b > n_blocks]
     if too_many:
-        raise FeatcacheError(f"--train-blocks {too_many[0]}: the top after {node} has {n_blocks} blocks with "
+        raise FeatcacheError(f"{{train_blocks}} {too_many[0]}: the top after {node} has {n_blocks} blocks with "
                              f"weights ({', '.join(top_blocks(top))})")
     return node, top
 

@@ -53,9 +53,9 @@ def check_activations(fs: FeatureSet, node: Optional[str], backbone: models.Back
                f"--pool none --dtype float16")
     has = ", ".join(f"{name} {'x'.join(map(str, fs.features[name].shape[1:]))}" for name in fs.layers)
     if node is None:
-        raise FeatcacheError(f"--from-layer is required: the node whose activations the cache holds "
+        raise FeatcacheError(f"{{from_layer}} is required: the node whose activations the cache holds "
                              f"({', '.join(spatial) or 'none here'}); cache layers: {has}")
-    raise FeatcacheError(f"{fs.path} holds no spatial activations at {node} (it has {has}, --pool "
+    raise FeatcacheError(f"{fs.path} holds no spatial activations at {node} (it has {has}, {{pool}} "
                          f"{record.get('pool')}); extract them first: {command}")
 
 

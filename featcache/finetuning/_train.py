@@ -114,7 +114,8 @@ def estimator(cfg: FinetuneConfig, top, shape, params: dict, **changes) -> TopCl
     """The :class:`TopClassifier` of one configuration of ``cfg``'s grid (``changes`` override its settings)."""
     settings = dict(top=top, input_shape=shape, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
                     batch_size=cfg.batch_size, n_iter_no_change=cfg.patience, augment=cfg.augment, dropout=cfg.dropout,
-                    random_state=cfg.seed, device=cfg.device, precision=cfg.precision)
+                    label_smoothing=cfg.label_smoothing, random_state=cfg.seed, device=cfg.device,
+                    precision=cfg.precision)
     return TopClassifier(**{**settings, **params, **changes})
 
 

@@ -1,4 +1,5 @@
-"""The report folder: CSV tables, PNG plots and ``index.html`` (stage: insight).
+"""The report folder: CSV tables, PNG plots and ``index.html``, and the summary's lines (stage: insight; ``run``
+imports it, never the other way).
 
 ``index.html`` is one self-contained page that works opened from disk, offline, with no server: the summary, the
 map (a PNG, and an interactive canvas whose points show their thumbnail and path on hover), and galleries of
@@ -13,17 +14,44 @@ import html
 import json
 import re
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from .data import Dataset, thumbnail_png
 from .report_page import PAGE, SCRIPT, STYLE
 
-__all__ = ["write_report", "write_tables", "GALLERY"]
+__all__ = ["write_report", "write_tables", "summary_lines", "GALLERY"]
 
 GALLERY = 48  # tiles per gallery
 HOVER_THUMBS = 1500  # map points that carry a thumbnail for the hover (flagged rows first)
+
+
+def summary_lines(s: Dict) -> List[str]:
+    """The short summary the command prints (and the report's page lists), from ``InspectResult.summary``."""
+    lines = [f"{s['rows']:,} rows, layer {s['layer']} ({s['features']} features), {s['classes']} classes"]
+    if "neighbours" in s:
+        nb = s["neighbours"]
+        lines.append(f"neighbours: {nb['method']}, k={nb['k']}"
+                     + (f", measured recall {nb['recall']:.3f}" if nb.get("recall") is not None else ""))
+    if "duplicates" in s:
+        d = s["duplicates"]
+        lines.append(f"duplicates: {d['pairs']} pairs ({d['exact_pairs']} byte-identical) in {d['clusters']} "
+                     f"clusters, pixel similarity >= {d['threshold']} or aligned residual <= {d['residual']}")
+        by = ", ".join(f"{k} {v}" for k, v in sorted(s["leaks"]["by_splits"].items()))
+        lines.append(f"LEAKS across splits: {s['leaks']['pairs']} pairs" + (f" ({by})" if by else ""))
+    if "label_issues" in s:
+        li = s["label_issues"]
+        lines.append(f"label issues: {li['flagged']} of {li['scored']:,} labelled rows flagged ({s['label_method']})")
+    if "outliers" in s:
+        lines.append(f"outliers: {s['outliers']['flagged']} rows (robust z > {s['outliers']['z_above']})")
+    if "confusion" in s:
+        c = s["confusion"]
+        lines.append(f"most confused classes: {c['top_pair'][0]} / {c['top_pair'][1]} ({c['rate']:.1%} of their rows)")
+    if s.get("map"):
+        lines.append(f"map: {s['map']}")
+    lines += [f"note: {n}" for n in s["notes"]]
+    return lines
 
 
 def write_tables(res, out: Path) -> None:
@@ -157,7 +185,6 @@ def write_report(res, ds: Dataset, out: Path, y=None, proba=None) -> Path:
     """Write the CSVs, ``map.png``, ``confusion.png`` and ``index.html`` into ``out``; returns the page."""
     from .confusion import plot_confusion
     from .embedding import plot_map
-    from .run import summary_lines
 
     out = Path(out)
     write_tables(res, out)

@@ -20,8 +20,8 @@ from torch.nn import functional as F
 
 from .._validation import Interval, Options, validate_params
 from .._validation import Sequence as ListOf
-from ..cache.rows import minibatches
 from ..config import DEVICE
+from ..rowsource import minibatches
 from ..runtime import resolve_device
 from .training import EarlyStopping, as_tensor, holdout_split, state_copy
 
@@ -143,7 +143,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         return self._fit(_InMemory(X), y)
 
     def fit_stream(self, rows, y):
-        """Train on ``rows`` that need not fit in memory (a :class:`featcache.cache.Rows`) and labels ``y``.
+        """Train on ``rows`` that need not fit in memory (a :class:`featcache.rowsource.RowSource`) and labels ``y``.
 
         Minibatches come from chunk-aligned blocks in a shuffled order, rows shuffled within a buffer of
         blocks, instead of a full shuffle; everything else is as in :meth:`fit`. Returns ``self``.
@@ -265,7 +265,7 @@ class _InMemory:
 
 
 class _Streamed:
-    """Minibatches of :class:`featcache.cache.Rows` for :meth:`DenseHead.fit_stream`: shuffled blocks."""
+    """Minibatches of a :class:`featcache.rowsource.RowSource` for :meth:`DenseHead.fit_stream`: shuffled blocks."""
 
     def __init__(self, rows):
         self.rows, self.rng = rows, None

@@ -1,15 +1,15 @@
 """Training classifiers on caches larger than memory: a scikit-learn pipeline fitted from streamed blocks.
 
-Stage: learning. Imports scikit-learn and ``cache.rows``. :func:`fit` trains a pipeline on a
-:class:`~featcache.cache.Rows` view: each stateful preprocessing step in one streaming pass (``partial_fit``),
-then the classifier from shuffled blocks (SGD by ``partial_fit`` epochs, :class:`DenseHead` by
-``fit_stream``). :class:`Blockwise` predicts a block at a time.
+Stage: learning. Imports scikit-learn and ``rowsource``. :func:`fit` trains a pipeline on a
+:class:`~featcache.rowsource.RowSource` (a cache's :class:`~featcache.cache.Rows` view): each stateful
+preprocessing step in one streaming pass (``partial_fit``), then the classifier from shuffled blocks (SGD by
+``partial_fit`` epochs, :class:`DenseHead` by ``fit_stream``). :class:`Blockwise` predicts a block at a time.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..cache.rows import BUFFER_BLOCKS, Rows
+from ..rowsource import BUFFER_BLOCKS, RowSource
 
 __all__ = ["fit", "Blockwise", "STREAMING_CLASSIFIERS", "STREAMING_PREPROCESS"]
 
@@ -17,7 +17,7 @@ STREAMING_CLASSIFIERS = ("sgd", "dense")  # the sweep's classifiers that can tra
 STREAMING_PREPROCESS = ("none", "standardize", "l2")
 
 
-def fit(estimator, X: Rows, y):
+def fit(estimator, X: RowSource, y):
     """Fit a clone of ``estimator`` (a classifier, or a Pipeline ending in one) on rows streamed from a cache.
 
     Stateful preprocessing steps (``StandardScaler``) take one streaming pass each with ``partial_fit``;
@@ -74,7 +74,8 @@ class _Chained:
 
 
 class Blockwise:
-    """A fitted classifier that predicts on :class:`Rows` a block at a time (its other attributes pass through)."""
+    """A fitted classifier that predicts on a :class:`RowSource` a block at a time (its other attributes pass
+    through)."""
 
     def __init__(self, model):
         self.model = model
@@ -86,7 +87,7 @@ class Blockwise:
         return getattr(self.model, name)
 
 
-def _apply(method, X: Rows) -> np.ndarray:
+def _apply(method, X: RowSource) -> np.ndarray:
     out = None
     for pos, block in X.blocks():
         result = method(block)

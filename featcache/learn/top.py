@@ -23,10 +23,10 @@ from torch.nn import functional as F
 
 from .._validation import Interval, Options, validate_params
 from .._validation import Sequence as ListOf
-from ..cache.rows import Rows, minibatches
 from ..config import DEVICE, TRAIN_PRECISIONS
 from ..errors import FeatcacheError
 from ..models.cuts import split_frozen_prefix, with_pointwise_as_linear
+from ..rowsource import RowSource, minibatches
 from ..runtime import autocast, resolve_device, resolve_precision
 from .training import EarlyStopping, adamw, holdout_split, in_memory_if_small
 
@@ -112,6 +112,9 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         Random flips and shifts of the activation maps (:func:`augment_maps`) while training.
     dropout : float, default=0.0
         Dropout before the head.
+    label_smoothing : float, default=0.0
+        Training targets spread this much over the other classes (``F.cross_entropy``'s); validation loss, which
+        stops training early, is never smoothed.
     random_state : int, RandomState or None, default=None
     device : str, default="auto"
         ``auto`` trains on a CUDA GPU when one is visible; the fitted model is kept on the CPU.
@@ -128,7 +131,7 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, top=None, input_shape=None, train_blocks="all", lr=1e-4, head_lr=1e-3, weight_decay=1e-2,
                  epochs=10, batch_size=32, early_stopping=True, validation_fraction=0.1, n_iter_no_change=3,
-                 augment=False, dropout=0.0, random_state=None, device="auto", precision="auto"):
+                 augment=False, dropout=0.0, label_smoothing=0.0, random_state=None, device="auto", precision="auto"):
         self.top = top
         self.input_shape = input_shape
         self.train_blocks = train_blocks
@@ -142,6 +145,7 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.augment = augment
         self.dropout = dropout
+        self.label_smoothing = label_smoothing
         self.random_state = random_state
         self.device = device
         self.precision = precision
@@ -160,6 +164,7 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         "n_iter_no_change": [Interval(Integral, 1, None)],
         "augment": [bool],
         "dropout": [Interval(Real, 0, 1, "left")],
+        "label_smoothing": [Interval(Real, 0, 1, "left")],
         "random_state": [None, Integral, np.random.RandomState],
         "device": [DEVICE],
         "precision": [Options(TRAIN_PRECISIONS)],
@@ -223,7 +228,7 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
         # what follows. A frozen top leaves only the head; a partly trained one, the layers from the first
         # trained block on (when the rows are in memory and not augmented, and a cut before that block exists).
         prefix, rest = (net, nn.Identity()) if not trainable else (None, net)
-        if trainable and self.train_blocks != "all" and not self.augment and not isinstance(X, Rows):
+        if trainable and self.train_blocks != "all" and not self.augment and not isinstance(X, RowSource):
             names = {n for n, p in net.named_parameters() if p.requires_grad}
             split = split_frozen_prefix(net, names)
             if split is not None:
@@ -255,7 +260,7 @@ class TopClassifier(ClassifierMixin, BaseEstimator):
                     xb = augment_maps(xb, gen)
                 with autocast(device, self.precision_):
                     logits = head(train_top(self._input(xb, device)))
-                loss = F.cross_entropy(logits.float(), y_train[pos].to(device))
+                loss = F.cross_entropy(logits.float(), y_train[pos].to(device), label_smoothing=self.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -1,6 +1,6 @@
 """What every torch classifier here shares: tensors from arrays, the early-stopping split and rule, AdamW.
 
-Stage: learning. Imports torch, numpy, scikit-learn's splitter and ``cache.rows``. :class:`DenseHead` and
+Stage: learning. Imports torch, numpy, scikit-learn's splitter and ``rowsource``. :class:`DenseHead` and
 :class:`TopClassifier` train with the same :class:`EarlyStopping` and :func:`holdout_split`.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..cache.rows import Rows, available_memory
+from ..rowsource import RowSource, available_memory
 
 __all__ = ["as_tensor", "holdout_split", "EarlyStopping", "adamw", "in_memory_if_small", "IN_MEMORY_BYTES"]
 
@@ -75,14 +75,15 @@ def adamw(groups: List[dict], weight_decay: float) -> torch.optim.AdamW:
 
 
 def in_memory_if_small(X: Optional[object]):
-    """A :class:`Rows` view read into a float32 array when it fits comfortably in memory; anything else as is.
+    """A :class:`RowSource` (a cache's ``Rows`` view) read into a float32 array when it fits comfortably in
+    memory; anything else as is.
 
     In memory every epoch is a full shuffle. A stream only shuffles within a buffer of chunk-aligned blocks,
     which on a class-sorted cache gives minibatches of few classes: measured on MNIST-5k at 224 px (192x7x7 maps,
     a 888-row buffer of 3,000 rows), test accuracy 0.862 streamed vs 0.954 for the same training on
     shuffled images.
     """
-    if not isinstance(X, Rows):
+    if not isinstance(X, RowSource):
         return X
     nbytes = len(X) * int(np.prod(X.row_shape)) * 4
     free = available_memory()

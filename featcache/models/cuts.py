@@ -35,7 +35,7 @@ def split_top(module: nn.Module, node: str, output: str) -> torch.fx.GraphModule
         raise FeatcacheError(f"cannot split this model into bottom and top: torch.fx cannot trace it "
                              f"({type(e).__name__}: {e})") from e
     order = [n for n in graph.nodes if n in name]
-    start, end = _find_node(order, name, node, "--from-layer"), _find_node(order, name, output, "output")
+    start, end = _find_node(order, name, node, "{from_layer}"), _find_node(order, name, output, "output")
     image = next(n for n in graph.nodes if n.op == "placeholder")
 
     def batch_size(n) -> bool:
@@ -48,7 +48,7 @@ def split_top(module: nn.Module, node: str, output: str) -> torch.fx.GraphModule
 
     crossing = _bypass(graph, image, start, batch_size)
     if end is start or not _depends_on(end, start):
-        raise FeatcacheError(f"--from-layer {node} does not come before {output} (the penultimate features); "
+        raise FeatcacheError(f"{{from_layer}} {node} does not come before {output} (the penultimate features); "
                              f"choose an earlier node")
     if crossing[end]:
         user, source = next((u, a) for u in order if u is not start and _depends_on(u, start)
@@ -59,7 +59,7 @@ def split_top(module: nn.Module, node: str, output: str) -> torch.fx.GraphModule
         near = ([name[n] for n in valid if order.index(n) < here][-1:]
                 + [name[n] for n in valid if order.index(n) > here][:1])
         raise FeatcacheError(
-            f"cannot split the model at --from-layer {node}: {name[user]} also uses {name[source]}, which comes "
+            f"cannot split the model at {{from_layer}} {node}: {name[user]} also uses {name[source]}, which comes "
             f"from earlier layers, not from {node} (a skip connection across the split); the nearest nodes "
             f"where it can be split: "
             f"{', '.join(near) or 'none'}")
@@ -81,7 +81,8 @@ def split_top(module: nn.Module, node: str, output: str) -> torch.fx.GraphModule
 
 
 def _find_node(order, name, query: str, flag: str):
-    """As torchvision resolves return nodes: the node itself, or the last node inside a module of that name."""
+    """As torchvision resolves return nodes: the node itself, or the last node inside a module of that name
+    (``flag``, what the error calls ``query``, may be a template such as ``{from_layer}``)."""
     hits = [n for n in order if name[n] == query or name[n].startswith(query + ".")]
     if not hits:
         raise FeatcacheError(f"{flag} {query!r} is not a node of this model; see extract --list-layers")

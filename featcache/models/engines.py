@@ -177,7 +177,7 @@ def open_runner(engine: str, path: Path, layers: Sequence[str], precision: str, 
         raise FeatcacheError(f"engine {engine!r} is not installed: pip install 'featcache[cpu-fast]'")
     if engine == "onnxruntime":
         if precision == "bf16":
-            raise FeatcacheError("ONNX Runtime runs fp32 or int8 on the CPU, not bf16 (--engine openvino or torch)")
+            raise FeatcacheError("ONNX Runtime runs fp32 or int8 on the CPU, not bf16 ({engine} openvino or torch)")
         return _OnnxRuntime(path, layers, version, threads // max(1, streams))
     if engine == "openvino":
         return _OpenVino(path, layers, version, precision, streams, threads, work_dir / "openvino")

@@ -31,7 +31,7 @@ def pool(x: torch.Tensor, how: str) -> torch.Tensor:
         dims = (1,)
     else:
         if how == "cls":
-            raise FeatcacheError("--pool cls takes the class token of a (batch, tokens, dim) output; "
+            raise FeatcacheError("{pool} cls takes the class token of a (batch, tokens, dim) output; "
                                  f"this layer gives a {tuple(x.shape[1:])} map, use avg, max, gem or flatten")
         dims = tuple(range(2, x.ndim))
     if how == "avg":
@@ -40,7 +40,7 @@ def pool(x: torch.Tensor, how: str) -> torch.Tensor:
         return x.amax(dims)
     if how == "gem":  # generalised mean, p=3 (Radenović et al.), common for retrieval
         return x.float().clamp(min=1e-6).pow(3).mean(dims).pow(1.0 / 3)
-    raise FeatcacheError(f"unknown --pool {how!r}")
+    raise FeatcacheError(f"unknown {{pool}} {how!r}")
 
 
 class FeatureExtractor(nn.Module):

@@ -96,7 +96,7 @@ def check_layers(layers: Sequence[str], nodes: Sequence[str]) -> None:
         if layer not in nodes and not any(n.startswith(layer + ".") for n in nodes):
             close = difflib.get_close_matches(layer, nodes, n=5, cutoff=0.4)
             raise FeatcacheError(
-                f"--layer {layer!r} is not a node of this model"
+                f"{{layers}} {layer!r} is not a node of this model"
                 + (f"; closest: {', '.join(close)}" if close else "")
                 + f". Run with --list-layers to see every node with its output shape (presets: {PRESET_HELP})")
 
@@ -230,13 +230,13 @@ def resolve_layers(layers: Sequence[str], backbone: Backbone, nodes: Sequence[st
     A name that is a node of the model is never taken for a preset.
     """
     if len(set(layers)) != len(layers):
-        raise FeatcacheError(f"--layer lists a layer twice: {' '.join(layers)}")
+        raise FeatcacheError(f"{{layers}} lists a layer twice: {' '.join(layers)}")
     out: List[str] = []
     for layer in layers:
         is_node = layer in nodes or any(n.startswith(layer + ".") for n in nodes)
         match = _PRESET.match(layer) if not is_node else None
         if match is None and not is_node and layer.lower().startswith(("last", "stage", "top", "first")):
-            raise FeatcacheError(f"--layer {layer!r} is neither a node of this model nor a known preset; "
+            raise FeatcacheError(f"{{layers}} {layer!r} is neither a node of this model nor a known preset; "
                                  f"presets: {PRESET_HELP}")
         if match is None:
             check_layers([layer], nodes)
@@ -245,11 +245,11 @@ def resolve_layers(layers: Sequence[str], backbone: Backbone, nodes: Sequence[st
         stages = stage_outputs(backbone)
         listing = ", ".join(s.name for s in stages) or "none"
         if not stages:
-            raise FeatcacheError(f"--layer {layer}: this model has no stage outputs (no spatial feature maps, "
+            raise FeatcacheError(f"{{layers}} {layer}: this model has no stage outputs (no spatial feature maps, "
                                  f"e.g. a vision transformer); name the layers instead (--list-layers)")
         k = len(stages) if match.group(1) is None else int(match.group(1))
         if not 1 <= k <= len(stages):
-            raise FeatcacheError(f"--layer {layer}: K must be between 1 and {len(stages)}, the number of stage "
+            raise FeatcacheError(f"{{layers}} {layer}: K must be between 1 and {len(stages)}, the number of stage "
                                  f"outputs of this model ({listing})")
         out += [s.name for s in stages[-k:]]
     return list(dict.fromkeys(out))

@@ -80,7 +80,7 @@ def load_backbone(cfg: ExtractConfig) -> Backbone:
             load_checkpoint(bb.module, weights)
             bb.weights = weights
     elif not isinstance(model, str) or not model:
-        raise FeatcacheError(f"--model must be a name; got {model!r}")
+        raise FeatcacheError(f"{{model}} must be a name; got {model!r}")
     elif model in BUILTIN_MODELS:
         bb = _efficientnet_lite(model, weights, cfg.image_size)
     elif model.startswith("timm:"):
@@ -147,7 +147,7 @@ def _torchvision_model(name: str, weights: str) -> Backbone:
         close = difflib.get_close_matches(name, known + list(BUILTIN_MODELS), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise FeatcacheError(
-            f"--model {name!r} is not a torchvision classification model{hint} "
+            f"{{model}} {name!r} is not a torchvision classification model{hint} "
             f"(also accepted: {', '.join(BUILTIN_MODELS)}, timm:NAME, package.module:callable)")
     try:
         default = get_model_weights(name).DEFAULT
@@ -156,7 +156,7 @@ def _torchvision_model(name: str, weights: str) -> Backbone:
     pre = _preprocess_from_torchvision(default) if default is not None else Preprocess()
     if weights == "DEFAULT":
         if default is None:
-            raise FeatcacheError(f"torchvision has no pretrained weights for {name}; pass --weights none or PATH")
+            raise FeatcacheError(f"torchvision has no pretrained weights for {name}; pass {{weights}} none or PATH")
         target = _require_cached_or_downloadable(default.url)
         with _seeded():
             module = get_model(name, weights=default)
@@ -193,7 +193,7 @@ def _require_cached_or_downloadable(url: str) -> Path:
         raise FeatcacheError(
             f"the default weights are not in the torch hub cache ({target}) and {host} cannot be "
             f"reached. On a machine with internet run the same command once (or download {url}), "
-            f"copy the file to {target}, or pass --weights PATH to a local checkpoint") from None
+            f"copy the file to {target}, or pass {{weights}} PATH to a local checkpoint") from None
     return target
 
 
@@ -231,14 +231,14 @@ def _timm_model(name: str, weights: str) -> Backbone:
         raise FeatcacheError("timm models need the timm extra: pip install 'featcache[timm]'") from e
     if name not in timm.list_models():
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-        raise FeatcacheError(f"--model timm:{name} is not a timm model"
+        raise FeatcacheError(f"{{model}} timm:{name} is not a timm model"
                              + (f"; did you mean {', '.join(close)}?" if close else ""))
     try:
         with _seeded():
             module = timm.create_model(name, pretrained=weights == "DEFAULT")
     except Exception as e:  # timm raises several kinds when the hub is unreachable
         raise FeatcacheError(f"could not get pretrained weights for timm:{name} ({e}); on a machine with "
-                             f"internet run once to fill the Hugging Face cache, or pass --weights PATH") from e
+                             f"internet run once to fill the Hugging Face cache, or pass {{weights}} PATH") from e
     cfg = timm.data.resolve_model_data_config(module)
     crop = int(cfg["input_size"][-1])
     pre = Preprocess(crop, round(crop / cfg.get("crop_pct", 0.875)), tuple(cfg["mean"]), tuple(cfg["std"]))
@@ -252,11 +252,11 @@ def _factory_model(spec: str, weights: str) -> Backbone:
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
-        raise FeatcacheError(f"--model {spec}: cannot import {attr} from {module_name} ({e})") from e
+        raise FeatcacheError(f"{{model}} {spec}: cannot import {attr} from {module_name} ({e})") from e
     with _seeded():
         module = factory()
     if not isinstance(module, nn.Module):
-        raise FeatcacheError(f"--model {spec}: the factory returned {type(module).__name__}, not a torch nn.Module")
+        raise FeatcacheError(f"{{model}} {spec}: the factory returned {type(module).__name__}, not a torch nn.Module")
     if weights not in ("DEFAULT", "none"):
         load_checkpoint(module, weights)
     return Backbone(spec, module, Preprocess(), weights if weights not in ("DEFAULT", "none") else "from factory")
@@ -266,22 +266,22 @@ def read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
     """A state_dict from a local file, with ``weights_only=True``: tensors only, never arbitrary code."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FeatcacheError(f"--weights {path}: no such file (use DEFAULT, none, or a checkpoint path)")
+        raise FeatcacheError(f"{{weights}} {path}: no such file (use DEFAULT, none, or a checkpoint path)")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise FeatcacheError(
-            f"--weights {p}: refused to load, the checkpoint holds Python objects besides tensors and "
+            f"{{weights}} {p}: refused to load, the checkpoint holds Python objects besides tensors and "
             f"loading it would run arbitrary code. Re-save only the weights: "
             f"torch.save(model.state_dict(), 'weights.pt')") from e
     except Exception as e:
-        raise FeatcacheError(f"--weights {p}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+        raise FeatcacheError(f"{{weights}} {p}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise FeatcacheError(f"--weights {p}: expected a state_dict (or a dict holding one under "
+        raise FeatcacheError(f"{{weights}} {p}: expected a state_dict (or a dict holding one under "
                              f"'state_dict' or 'model'); found {type(obj).__name__}")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
 
@@ -297,13 +297,13 @@ def load_checkpoint(module: nn.Module, path: str) -> None:
         state = {k: v for k, v in state.items() if k not in mismatched}
         warnings.warn(f"{path}: classifier {head} has another shape; its weights were not loaded", stacklevel=2)
     elif mismatched:
-        raise FeatcacheError(f"--weights {path} does not fit this model: shape mismatch in "
+        raise FeatcacheError(f"{{weights}} {path} does not fit this model: shape mismatch in "
                              f"{', '.join(mismatched[:5])}")
     missing = [k for k in own if k not in state and not (head and k.startswith(head + ".") and mismatched)]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         raise FeatcacheError(
-            f"--weights {path} does not fit this model: "
+            f"{{weights}} {path} does not fit this model: "
             + (f"missing {len(missing)} key(s) ({', '.join(missing[:4])}) " if missing else "")
             + (f"unexpected {len(unexpected)} key(s) ({', '.join(unexpected[:4])})" if unexpected else ""))
     module.load_state_dict(state, strict=False)

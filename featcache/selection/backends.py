@@ -90,7 +90,7 @@ def require(backend: str) -> None:
             importlib.import_module("distributed")
     except ImportError:
         what = "Ray" if backend == "ray" else "Dask's distributed scheduler"
-        raise FeatcacheError(f"--backend {backend} needs {what}: pip install 'featcache[{backend}]'") from None
+        raise FeatcacheError(f"{{backend}} {backend} needs {what}: pip install 'featcache[{backend}]'") from None
 
 
 def fetch(obj):
@@ -121,7 +121,7 @@ def _ray(stack: ExitStack, address: Optional[str], n_jobs, arrays):
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = address or os.environ.get("RAY_ADDRESS")
-            raise FeatcacheError(f"--address {where}: cannot join the Ray cluster ({str(e).splitlines()[0]})") from e
+            raise FeatcacheError(f"{{address}} {where}: cannot join the Ray cluster ({str(e).splitlines()[0]})") from e
         stack.callback(ray.shutdown)
     register_ray()
     cores = int(ray.cluster_resources().get("CPU", 1))
@@ -138,7 +138,7 @@ def _dask(stack: ExitStack, address: Optional[str], n_jobs, arrays):
         try:
             client = stack.enter_context(Client(address, set_as_default=False, timeout=30))
         except OSError as e:
-            raise FeatcacheError(f"--address {address}: cannot reach the Dask scheduler ({e})") from e
+            raise FeatcacheError(f"{{address}} {address}: cannot reach the Dask scheduler ({e})") from e
     else:
         cluster = stack.enter_context(LocalCluster(
             n_workers=n_jobs if n_jobs not in (None, -1) else os.cpu_count() or 1, threads_per_worker=1,

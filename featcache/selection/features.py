@@ -20,13 +20,13 @@ from ..errors import FeatcacheError
 from ..learn.streaming import STREAMING_CLASSIFIERS
 from .backends import AUTO_PARALLEL_VALUES, local_tasks
 
-__all__ = ["Features", "load_features", "layer_choices", "pool_and_test", "copies_at_most"]
+__all__ = ["SweepRows", "load_features", "layer_choices", "pool_and_test", "copies_at_most"]
 
 log = logging.getLogger("featcache")
 
 
 @dataclass
-class Features:
+class SweepRows:
     """The rows a sweep uses: the selection pool (train+val, or every labelled row) and test."""
 
     X: np.ndarray
@@ -48,7 +48,7 @@ class Features:
         """Column selector of a layer choice ("" = every column): a slice, so memmaps stay views."""
         return self.layer_choices[choice] if choice else slice(None)
 
-    def for_layer(self, choice: str) -> "Features":
+    def for_layer(self, choice: str) -> "SweepRows":
         """These features restricted to one layer choice (what a configuration with ``layer=choice`` sees)."""
         if not choice:
             return self
@@ -71,7 +71,7 @@ def pool_and_test(fs: FeatureSet) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_core: bool = False,
-                  block_rows: Optional[int] = None, shared_copy: Optional[bool] = False, tasks: int = 1) -> Features:
+                  block_rows: Optional[int] = None, shared_copy: Optional[bool] = False, tasks: int = 1) -> SweepRows:
     """Read only the layer(s) the sweep needs (and their augmented views), split off pool and test rows.
 
     ``out_of_core``: read no features now; ``X`` and ``X_test`` are :class:`streaming.Rows` views of the file.
@@ -87,9 +87,9 @@ def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_
         dims = {name: int(np.prod(fs.features[name].shape[1:])) for name in layers}
         use_views = views and all(name in fs.views for name in layers)
         if out_of_core and (len(choices) > 1 or use_views):
-            raise FeatcacheError("--out-of-core streams one layer choice without augmented views: pick it with "
-                                 "--layer (e.g. --layer " + "+".join(layers) + ")"
-                                 + (" and add --no-views" if use_views else ""))
+            raise FeatcacheError("{out_of_core} streams one layer choice without augmented views: pick it with "
+                                 "{layer} (e.g. {layer} " + "+".join(layers) + ")"
+                                 + (" and add {use_views}" if use_views else ""))
         if not out_of_core:
             per_copy = len(fs) * sum(dims.values()) * 4 * (1 + (fs.views[layers[0]].shape[1] if use_views else 0))
             if shared_copy is None:  # n_jobs None: workers (and their shared copy) only for large features
@@ -97,16 +97,13 @@ def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_
                 tasks = tasks if shared_copy else 1
             _check_memory(per_copy, copies_held(len(layers) > 1, shared_copy, tasks))
             blocks = [np.asarray(fs.features[name][:], dtype=np.float32).reshape(len(fs), -1) for name in layers]
-        if use_views:
-            k = fs.views[layers[0]].shape[1]
-            vblocks = [np.asarray(fs.views[name][:], dtype=np.float32).reshape(len(fs), k, -1) for name in layers]
+        V = fs.view_matrix(layers) if use_views else None
     finally:
         fs.close()
     if out_of_core:
         X = Rows(fs.path, layers, block_rows=block_rows)
     else:
         X = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
-    V = (vblocks[0] if len(vblocks) == 1 else np.concatenate(vblocks, axis=2)) if use_views else None
     labelled = fs.y >= 0
     if not fs.classes or not labelled.any():
         raise FeatcacheError(f"{fs.path} has no labels (every row is unlabelled); a sweep needs labelled images: "
@@ -125,7 +122,7 @@ def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_
                              f"at least 2")
     if V is not None:
         log.info("training with %d cached augmented view(s) per training image", V.shape[1])
-    return Features(
+    return SweepRows(
         X=X[np.flatnonzero(pool)] if not pool.all() else X, y=fs.y[pool],
         pool_split=split[pool] if split is not None else None,
         X_test=X[np.flatnonzero(test)] if test.any() else None, y_test=fs.y[test] if test.any() else None,
@@ -155,7 +152,7 @@ def _check_memory(per_copy: int, copies: int) -> None:
     if available is not None and per_copy * copies > available:
         raise FeatcacheError(f"the features need {human_size(per_copy * copies)} ({copies} copies of "
                              f"{human_size(per_copy)} while loading and fitting) but {human_size(max(available, 0))} "
-                             f"of memory is available; rerun with --out-of-core to stream them from the cache "
+                             f"of memory is available; rerun with {{out_of_core}} to stream them from the cache "
                              f"(classifiers {', '.join(STREAMING_CLASSIFIERS)})")
 
 
@@ -185,13 +182,13 @@ def _pick_layers(available: List[str], layer: Optional[str]) -> Tuple[List[str],
         chosen = [name.strip() for name in text.split("+") if name.strip()]
         for name in chosen:
             if name not in available:
-                raise FeatcacheError(f"--layer {name!r} is not in this cache; it has {', '.join(available)} "
+                raise FeatcacheError(f"{{layer}} {name!r} is not in this cache; it has {', '.join(available)} "
                                      f"(join several with '+', e.g. {'+'.join(available[:2])}; try several "
                                      f"choices with ',', e.g. {available[0]},{'+'.join(available[:2])})")
         if len(set(chosen)) != len(chosen):
-            raise FeatcacheError(f"--layer {text!r} names a layer twice")
+            raise FeatcacheError(f"{{layer}} {text!r} names a layer twice")
         if not chosen:
-            raise FeatcacheError(f"--layer {layer!r}: an empty layer choice")
+            raise FeatcacheError(f"{{layer}} {layer!r}: an empty layer choice")
         if chosen not in choices:
             choices.append(chosen)
     if len(choices) == 1:

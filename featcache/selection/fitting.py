@@ -22,7 +22,7 @@ from ..cache import Rows
 from ..config import SweepConfig
 from ..learn import calibration, metrics, streaming, views
 from . import backends, grids
-from .features import Features
+from .features import SweepRows
 from .grids import Config
 from .schemes import Scheme
 from .store import ResultStore, config_key
@@ -139,7 +139,7 @@ def _tasks(todo: List[Config], n_folds: int, lead: Optional[Config] = None) -> L
 class Fits:
     """The records of a sweep's configurations: read from the result store, or fitted (and stored) when missing."""
 
-    def __init__(self, cfg: SweepConfig, feats: Features, scheme: Scheme, max_components: int, store: ResultStore,
+    def __init__(self, cfg: SweepConfig, feats: SweepRows, scheme: Scheme, max_components: int, store: ResultStore,
                  base: dict, deadline: Optional[float] = None):
         self.cfg, self.feats, self.scheme, self.max_components, self.store, self.base = (
             cfg, feats, scheme, max_components, store, base)

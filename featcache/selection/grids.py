@@ -262,24 +262,24 @@ def read_grid(source) -> dict:
         return source
     path = Path(source).expanduser()
     if not path.is_file():
-        raise FeatcacheError(f"--grid {path}: no such file")
+        raise FeatcacheError(f"{{grid}} {path}: no such file")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError as e:
-            raise FeatcacheError(f"--grid {path}: YAML grids need PyYAML (pip install pyyaml), or use TOML") from e
+            raise FeatcacheError(f"{{grid}} {path}: YAML grids need PyYAML (pip install pyyaml), or use TOML") from e
         try:
             grid = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise FeatcacheError(f"--grid {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+            raise FeatcacheError(f"{{grid}} {path} is not valid YAML: {str(e).splitlines()[0]}") from e
     else:
         try:
             grid = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise FeatcacheError(f"--grid {path} is not valid TOML: {e}") from e
+            raise FeatcacheError(f"{{grid}} {path} is not valid TOML: {e}") from e
     if not isinstance(grid, dict):
-        raise FeatcacheError(f"--grid {path}: expected tables of classifiers at the top level")
+        raise FeatcacheError(f"{{grid}} {path}: expected tables of classifiers at the top level")
     return grid
 
 
@@ -313,7 +313,7 @@ def expand_grid(grid: dict, only: Optional[List[str]] = None, n_rows: Optional[i
             raise FeatcacheError(_unknown("classifier (grid table)", name, valid + ["preprocess"]))
         if name == "ensemble":
             raise FeatcacheError("grid [ensemble]: the sweep builds ensembles from its best configurations "
-                                 "(--ensemble N, default 3); remove the table")
+                                 "({ensemble} N, default 3); remove the table")
         if only and name not in only:
             continue
         for table in tables if isinstance(tables, list) else [tables]:

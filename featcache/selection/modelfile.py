@@ -173,7 +173,7 @@ def _load_top(path: Path, info: dict, trust_model_code: bool):
     spec = needs_trust(metadata)
     if spec and not trust_model_code:
         raise FeatcacheError(f"{path} names the model {spec}: rebuilding it imports and runs that code. If you "
-                             f"trust it, pass --trust-model-code (trust_model_code=True)")
+                             f"trust it, pass {{trust_model_code}}")
     backbone = models.load_backbone(ExtractConfig.from_record(metadata["extract_config"], weights="none"))
     nodes = models.graph_node_names(backbone.module)
     top = models.split_top(backbone.module, metadata["config"]["from_layer"],

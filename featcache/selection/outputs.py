@@ -28,24 +28,25 @@ RUN_FILES = ("leaderboard.csv", "best.skops", "best.skops.json", "best.safetenso
              "best.joblib", "best.joblib.json", "sweep.json", "finetune.json")
 
 
-def prepare_out(out: Path, overwrite: bool) -> Path:
-    """Check ``out`` before any work: a writable folder, holding no earlier run unless ``overwrite``. Nothing is
-    removed here: the earlier run's files are replaced when the new run has written its own
-    (:func:`write_outputs`), so a run that fails leaves the earlier one whole."""
+def prepare_out(out: Path, overwrite: bool, files: Sequence[str] = RUN_FILES, holds: str = "an earlier run") -> Path:
+    """Check ``out`` before any work: a writable folder, holding no earlier run (any of ``files``; ``holds`` names
+    it in the error: ``inspect`` passes its report's files) unless ``overwrite``. Nothing is removed here: the
+    earlier run's files are replaced when the new run has written its own (:func:`write_outputs`), so a run that
+    fails leaves the earlier one whole."""
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
-        raise FeatcacheError(f"--out {out} is a file; pass a folder for the run's outputs")
-    earlier = [name for name in RUN_FILES if (out / name).exists()]
+        raise FeatcacheError(f"{{out}} {out} is a file; pass a folder for the run's outputs")
+    earlier = [name for name in files if (out / name).exists()]
     if earlier and not overwrite:
-        raise FeatcacheError(f"--out {out} holds an earlier run ({', '.join(earlier)}); pass --overwrite to replace "
-                             f"it, or another --out")
+        raise FeatcacheError(f"{{out}} {out} holds {holds} ({', '.join(earlier)}); pass {{overwrite}} to replace "
+                             f"it, or another {{out}}")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".featcache-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise FeatcacheError(f"cannot write to --out {out}: {e.strerror or e}; pass a writable folder") from e
+        raise FeatcacheError(f"cannot write to {{out}} {out}: {e.strerror or e}; pass a writable folder") from e
     return out
 
 

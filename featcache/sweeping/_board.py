@@ -34,7 +34,7 @@ def rank(cfg: SweepConfig, problem: Problem, rungs: Rungs, final: List[Config], 
     if ok.empty:
         if not final:
             raise FeatcacheError(f"the budget ({cfg.budget_s:.0f} s) ran out before any configuration was fitted; "
-                                 "give a larger --budget")
+                                 "give a larger {budget}")
         raise FeatcacheError(f"every configuration failed; the first error: {board['status'].iloc[0]}")
     # Candidates: every configuration validated on all the rows (the layer screen's fits on choices the grid left
     # out too, when the screen ran on all the rows), all of them records of ``fits``.
@@ -43,7 +43,7 @@ def rank(cfg: SweepConfig, problem: Problem, rungs: Rungs, final: List[Config], 
     top = [by_id[i] for i in ok["config_id"].iloc[: cfg.test_top] if i in by_id]
     if not top:
         raise FeatcacheError("no configuration trained on all the rows succeeded (the budget ran out, or every "
-                             "one failed); give a larger --budget, or --no-halving")
+                             "one failed); give a larger {budget}, or {halving}")
     return Ranking(board, keys, ok, whole, top)
 
 

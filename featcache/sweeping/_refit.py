@@ -9,7 +9,7 @@ import numpy as np
 
 from ..config import SweepConfig
 from ..learn import metrics, views
-from ..selection.features import Features
+from ..selection.features import SweepRows
 from ..selection.fitting import Fits, fit_configs, scorer
 from ..selection.grids import Config
 from ..selection.modelfile import load_model, save_model
@@ -35,7 +35,7 @@ def refit(cfg: SweepConfig, problem: Problem, fits: Fits, ranking: Ranking) -> T
     return refits, refitted
 
 
-def refit_top(cfg: SweepConfig, top: List[Config], feats: Features, base: dict, store: ResultStore,
+def refit_top(cfg: SweepConfig, top: List[Config], feats: SweepRows, base: dict, store: ResultStore,
                temperatures: Dict[Config, float]):
     """Refit the top configurations on the whole pool, score test once; reuse stored refits. A configuration with
     decision scores only (``temperatures``) is refitted inside a one-member :class:`SoftVoting` with its temperature,

@@ -9,13 +9,13 @@ from typing import Dict, List
 import numpy as np
 
 from ..config import SweepConfig
-from ..selection.features import Features
+from ..selection.features import SweepRows
 from ..selection.outputs import model_metadata, settings_record, write_outputs
 from ..selection.schemes import Scheme
 from ._result import SweepResult
 
 
-def write(cfg: SweepConfig, result: SweepResult, feats: Features, scheme: Scheme, records, test_pred) -> List[Path]:
+def write(cfg: SweepConfig, result: SweepResult, feats: SweepRows, scheme: Scheme, records, test_pred) -> List[Path]:
     """The sweep's outputs: leaderboard, ``best.skops`` with what predict needs, plots, ``sweep.json``."""
     best = result.best_config
     metadata = model_metadata(feats.meta, feats.path, feats.classes, feats.layer_dims, best.identity(),

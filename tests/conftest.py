@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import NamedTuple
 
@@ -291,6 +292,13 @@ def broken_images(tmp_path: Path) -> BrokenImages:
     return BrokenImages(root, ["empty.jpg", "truncated.jpg", "not_image.png"])
 
 
+@pytest.fixture
+def logs_reach_caplog(monkeypatch):
+    """The command line stops featcache's log at its own handler; tests run after a CLI test in this process.
+    A test file that reads featcache's log with caplog uses it: ``pytestmark = pytest.mark.usefixtures(...)``."""
+    monkeypatch.setattr(logging.getLogger("featcache"), "propagate", True)
+
+
 @pytest.fixture(scope="session")
 def make_image():
     """The ``write_class_image(path, class_index, i, **write_image_kwargs) -> Path`` helper."""
@@ -311,7 +319,7 @@ def digits_dir() -> Path:
 
 # Settings that make a real extraction take a second or two on a CPU: a torchvision ResNet-18 with
 # seeded random weights (no download), 32-px inputs, decoding in the main process, torch (not a CPU engine, whose
-# first export costs seconds; tests/test_engines.py runs those), no progress bar.
+# first export costs seconds; tests/test_models_engines.py runs those), no progress bar.
 FAST_SETTINGS = dict(model="resnet18", weights="none", image_size=32, num_workers=0, batch_size=8,
                      precision="fp32", engine="torch", progress=False)
 

@@ -1,5 +1,6 @@
 """The package's shape: imports point one way down the stages, light commands stay light, modules stay small,
-every public module says what it exports, and the code is ruff clean."""
+every public module says what it exports, and the code is ruff clean. The tests' shape: each test file is named
+after the module it tests, and CI runs all of them (the slow ones too) with the README's command."""
 from __future__ import annotations
 
 import ast
@@ -258,6 +259,7 @@ LIGHT = {
 }
 
 
+@pytest.mark.slow  # each case is quick; its cases together take more than 10 s
 @pytest.mark.parametrize("what", sorted(LIGHT))
 def test_light_commands_import_neither_torch_nor_sklearn(what, split_folder, fast):
     import featcache
@@ -271,6 +273,7 @@ def test_light_commands_import_neither_torch_nor_sklearn(what, split_folder, fas
     assert run.stdout.strip().splitlines()[-1] == "HEAVY", run.stdout
 
 
+@pytest.mark.slow
 def test_a_cache_hit_imports_neither_torch_nor_the_model(split_folder, fast, tmp_path):
     """The second extract with the same settings finds its cache from the record the first left (cache/hit.py)."""
     argv = ["--data", str(split_folder), "--cache-dir", str(fast["cache_dir"]), "--model", "resnet18", "--weights",
@@ -305,19 +308,89 @@ def test_one_entry_point_for_every_command():
     assert ls.returncode == 0 and "--cache-dir" in ls.stdout
 
 
-def test_dependency_floors_are_past_known_code_execution_bugs_in_loading_files():
-    """torch.load's weights_only bypass (CVE-2025-32434) is fixed in torch 2.6, skops' (CVE-2025-54412/54413) in
-    0.12: pyproject.toml must not allow older releases."""
+def _pyproject() -> dict:
     try:
         import tomllib
     except ImportError:  # Python 3.10
         import tomli as tomllib
+    return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_dependency_floors_are_past_known_code_execution_bugs_in_loading_files():
+    """torch.load's weights_only bypass (CVE-2025-32434) is fixed in torch 2.6, skops' (CVE-2025-54412/54413) in
+    0.12: pyproject.toml must not allow older releases."""
     from packaging.requirements import Requirement
     from packaging.version import Version
 
-    deps = {r.name: r.specifier for r in map(Requirement, tomllib.loads(
-        (REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"])}
+    deps = {r.name: r.specifier for r in map(Requirement, _pyproject()["project"]["dependencies"])}
     for name, first_fixed in {"torch": "2.6", "torchvision": "0.21", "skops": "0.12"}.items():
         allowed_below = [v for v in ("0.1", "0.10", "0.11.9", "0.17", "0.20.1", "2.2", "2.5.1")
                          if Version(v) < Version(first_fixed) and deps[name].contains(v)]
         assert not allowed_below, f"{name}{deps[name]} allows {allowed_below}"
+
+
+# --- the tests: named after what they test, all of them run in CI ---------------------------------------------------
+
+# Test files named after no featcache module, and what they test instead.
+NOT_NAMED_AFTER_A_MODULE = {
+    "test_architecture.py": "the package's and the tests' shape, and CI's test command (this file)",
+    "test_readme.py": "the README's Python examples",
+    "test_fixtures.py": "the shared fixtures of tests/conftest.py",
+}
+
+
+def _module_named_by(test_file: Path) -> Path | None:
+    """The featcache module or package a test file is named after: the words of its name are read down the package,
+    a private module's underscore left out. None when its name starts with no module's."""
+    words = test_file.stem.removeprefix("test_").split("_")
+    folder, found = PACKAGE, None
+    while words:
+        for n in range(len(words), 0, -1):  # the longest name first: report_page before report
+            name = "_".join(words[:n])
+            if (folder / name / "__init__.py").exists():  # a package: what follows may name a module in it
+                folder = found = folder / name
+                words = words[n:]
+                break
+            for module in (folder / f"{name}.py", folder / f"_{name}.py"):
+                if module.exists():
+                    return module
+        else:
+            break  # the rest of the name says which part of the package the file tests
+    return found
+
+
+def test_a_test_files_name_reads_as_a_path_down_the_package():
+    assert _module_named_by(Path("test_cli_extract.py")) == PACKAGE / "cli" / "extract.py"
+    assert _module_named_by(Path("test_selection_backends.py")) == PACKAGE / "selection" / "backends.py"
+    assert _module_named_by(Path("test_extraction_faults.py")) == PACKAGE / "extraction"
+    assert _module_named_by(Path("test_cache.py")) == PACKAGE / "cache"
+    assert _module_named_by(Path("test_util.py")) == PACKAGE / "_util.py"
+    assert _module_named_by(Path("test_extract.py")) == PACKAGE / "extract.py"  # the command, not extraction/
+    assert _module_named_by(Path("test_streaming.py")) is None  # learn/streaming.py is test_learn_streaming.py
+
+
+def test_every_test_file_is_named_after_the_module_it_tests():
+    """A newcomer looking for the tests of featcache/learn/views.py finds tests/test_learn_views.py."""
+    test_files = sorted((REPO / "tests").glob("test_*.py"))
+    unnamed = [f.name for f in test_files if f.name not in NOT_NAMED_AFTER_A_MODULE and _module_named_by(f) is None]
+    assert not unnamed, f"name each after the featcache module it tests (tests/test_<package>_<module>.py): {unnamed}"
+    assert set(NOT_NAMED_AFTER_A_MODULE) <= {f.name for f in test_files}  # no stale exceptions
+
+
+def test_the_slow_marker_is_registered_and_no_test_is_left_out_by_default():
+    """`python -m pytest -m "not slow"` is the quick loop; plain `python -m pytest` still runs every test."""
+    options = _pyproject()["tool"]["pytest"]["ini_options"]
+    assert any(marker.split(":")[0].strip() == "slow" for marker in options["markers"])
+    addopts = options["addopts"].split()
+    assert "--strict-markers" in addopts  # a mistyped @pytest.mark.slwo is an error, not a new marker
+    assert not any(option.startswith("-m") for option in addopts), addopts
+
+
+def test_ci_runs_the_readmes_test_command_unchanged():
+    """CI runs `python -m pytest` as the README says: no -m filter, so the slow tests run there too."""
+    assert "python -m pytest" in (REPO / "README.md").read_text(encoding="utf-8")
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    runs = [line.split("||")[0].strip() for line in ci.splitlines()
+            if "pytest" in line and not line.lstrip().startswith(("#", "echo"))]
+    assert runs == ["python -m pytest"], runs
+    assert "PYTEST_ADDOPTS" not in ci

@@ -8,7 +8,8 @@ import pytest
 
 import featcache
 from featcache import FeatcacheError
-from featcache.cache import CacheMeta, CacheWriter, RowBlock, load, partial_path
+from featcache.cache import CacheMeta, CacheWriter, RowBlock, Rows, load, minibatches, partial_path
+from featcache.cache.write import rows_per_chunk
 from featcache.sources import Source
 
 
@@ -363,33 +364,6 @@ def test_a_link_planted_at_the_partials_name_is_refused_never_written_through(sp
     assert not elsewhere.exists() and not os.path.lexists(plan.path)
 
 
-def test_temporary_files_are_new_unguessable_and_still_ours_at_the_rename(tmp_path):
-    """atomic_path's temporary file is created O_EXCL under a random name; one swapped for a link while it is
-    written is refused at the rename (a real link put in its place), and the target is never created."""
-    import os
-
-    from featcache._util import atomic_path, orphan_temporaries
-
-    target = tmp_path / "c.h5"
-    with atomic_path(target) as a:
-        with atomic_path(target) as b:
-            assert a != b and a.name.startswith(f".c.h5.{os.getpid()}.") and a.name.endswith(".tmp")
-            assert a.is_file() and not a.is_symlink()
-            b.write_bytes(b"b")
-        a.write_bytes(b"a")
-    assert target.read_bytes() == b"a"
-    victim = tmp_path / "victim"
-    victim.write_bytes(b"keep")
-    with pytest.raises(FeatcacheError, match="was replaced while featcache wrote it"):
-        with atomic_path(tmp_path / "d.h5") as tmp:
-            tmp.unlink()
-            os.symlink(victim, tmp)
-    assert not (tmp_path / "d.h5").exists() and victim.read_bytes() == b"keep"
-    dead = tmp_path / ".e.h5.999999999.x1y2.tmp"  # a pid no process has
-    dead.write_bytes(b"half")
-    assert orphan_temporaries(tmp_path / "e.h5") == [dead]
-
-
 def test_reused_rows_reach_the_disk_before_anything_vouches_for_them(tmp_path, monkeypatch):
     """Rows copied from an older cache are done (not in the to-do list) once the partial's layout is whole: they must
     be fsynced first. A power cut cannot be made in a test, so the fsync helper is wrapped to record, at each call,
@@ -415,6 +389,20 @@ def test_reused_rows_reach_the_disk_before_anything_vouches_for_them(tmp_path, m
     assert w.reused == 2 and list(w.remaining) == [0, 3, 4, 5]
     assert seen[0] == (False, 1.0)  # the reused row 1 synced while nothing vouched for it yet
     w.close()
+
+
+def test_minibatches_cover_every_row_once_reading_whole_chunks(tmp_path):
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f.create_dataset("features/x", data=np.arange(40, dtype=np.float32).reshape(40, 1), chunks=(4, 1))
+    rows = Rows(tmp_path / "x.h5", ["x"], np.arange(0, 40, 2), block_rows=4)  # every other row: 2 of each chunk
+    seen = []
+    for pos, block in minibatches(rows, np.arange(len(rows)), 3, np.random.RandomState(0)):
+        np.testing.assert_array_equal(block[:, 0], 2 * pos)  # each position got its own row
+        seen += pos.tolist()
+    assert sorted(seen) == list(range(20))
+    assert seen != sorted(seen)  # shuffled
+    assert rows_per_chunk(100_000, 10_000, maps=True) == 1  # big maps: one image per chunk
+    assert rows_per_chunk(1_000, 10_000, maps=True) == 65
 
 
 def test_view_matrix_lays_out_each_views_layers_side_by_side_as_matrix_does(tmp_path):

@@ -1,4 +1,5 @@
-"""The command line as a user meets it: mistyped flags, pipes, cache housekeeping (ls, rm, prune)."""
+"""The command line as a user meets it: mistyped flags, pipes, cache housekeeping (ls, rm, prune),
+each command's flag named in a parameter error."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import featcache
+from featcache import ExtractConfig, FinetuneConfig, FitConfig, SweepConfig
+from featcache.config import InspectConfig, PredictConfig
+from featcache.errors import ConflictError, FeatcacheError, ParameterError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,6 +82,7 @@ def test_rm_and_prune(split_folder, tmp_path):
     assert bad.returncode == 2 and "not a finished cache file" in bad.stderr
 
 
+@pytest.mark.slow
 def test_rm_refuses_a_cache_a_running_sweep_uses_and_the_sweep_survives_a_forced_rm(feature_cache, tmp_path):
     """A real sweep in a second process: ``rm`` refuses its cache while it trains; ``rm --force`` removes it and its
     result store, and the sweep goes on, making the store again (it once died on FileNotFoundError)."""
@@ -133,3 +140,114 @@ def test_ls_shows_and_prune_removes_what_a_killed_publish_left(split_folder, tmp
     assert pruned.returncode == 0 and "removed 0 cache(s)" in pruned.stdout
     assert "removed 1 temporary file(s) left by processes killed while publishing" in pruned.stdout
     assert not orphan.exists() and live.exists() and a.exists()
+
+
+@pytest.mark.parametrize("args, line", [
+    (["featcache.sweep", "x.h5", "--n-jobs", "0"], "featcache: error: --n-jobs must be an int >= 1 or -1; got 0"),
+    (["featcache.sweep", "x.h5", "--cv", "3", "--val-fraction", "0.2"],
+     "featcache: error: use either --cv or --val-fraction, not both"),
+    (["featcache.finetune", "x.h5", "--from-layer", "l", "--epochs", "0"],
+     "featcache: error: --epochs must be an int >= 1; got 0"),
+    (["featcache.extract", "--data", "x", "--streams", "0"], "featcache: error: --streams must be an int >= 1; got 0"),
+])
+def test_cli_users_get_the_flag(args, line):
+    run = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.strip() == line, run.stderr
+
+
+@pytest.mark.parametrize("command, argv, expected", [
+    ("extract", [], ExtractConfig()),
+    ("sweep", ["c.h5"], SweepConfig(Path("c.h5"))),
+    ("finetune", ["c.h5", "--from-layer", "n"], FinetuneConfig(Path("c.h5"), from_layer="n")),
+    ("fit", ["--data", "d", "--out", "o"], FitConfig.from_settings(data="d", out=Path("o"))),
+    ("predict", ["m.skops", "--data", "d"], PredictConfig(Path("m.skops"), data="d")),
+    ("inspect", ["c.h5"], InspectConfig(Path("c.h5"))),
+])
+def test_a_command_without_flags_gets_the_configs_own_defaults(command, argv, expected):
+    """The flags are built from the fields (one source): parsing no flags gives the dataclass's defaults."""
+    import importlib
+
+    from featcache.cli import config_from_args
+
+    args = importlib.import_module(f"featcache.cli.{command}").build_parser().parse_args(argv)
+    changes = {"out": expected.out} if hasattr(expected, "out") else {}  # the commands' own default folders aside
+    assert config_from_args(type(expected), args, **changes) == expected
+
+
+def test_every_setting_with_help_is_a_flag_that_shows_its_default_once():
+    import argparse
+    import dataclasses
+
+    from featcache.cli import add_config_flags, flag_of
+
+    for config in (ExtractConfig, SweepConfig, FinetuneConfig, FitConfig, PredictConfig, InspectConfig):
+        p = argparse.ArgumentParser()
+        add_config_flags(p, config)
+        for f in dataclasses.fields(config):
+            if f.metadata.get("help"):
+                action = next(a for a in p._actions if a.dest == f.name)
+                written = f.metadata["help"].count("(default:")
+                assert action.help.count("(default:") == (written or action.help.count("(default:") and 1), (
+                    config.__name__, f.name)
+                assert flag_of(p, f.name), (config.__name__, f.name)
+
+
+def test_adding_a_setting_is_one_field():
+    """A new field made with setting() is a validated, documented flag with nothing else written for it."""
+    import argparse
+    import dataclasses
+    from numbers import Integral
+
+    from featcache._validation import Interval
+    from featcache.cli import add_config_flags, config_from_args
+    from featcache.config import setting
+
+    @dataclasses.dataclass
+    class Grown(SweepConfig):
+        max_rows: int = setting(1000, "rows at most", type=int)
+        _parameter_constraints = {**SweepConfig._parameter_constraints, "max_rows": [Interval(Integral, 1, None)]}
+
+    p = argparse.ArgumentParser()
+    add_config_flags(p, Grown)
+    p.add_argument("cache")
+    assert "rows at most (default: 1000)" in p.format_help()
+    assert config_from_args(Grown, p.parse_args(["c.h5"])).max_rows == 1000
+    with pytest.raises(ParameterError, match="'max_rows' parameter of Grown must be an int >= 1. Got 0"):
+        config_from_args(Grown, p.parse_args(["c.h5", "--max-rows", "0"])).validate()
+
+
+def test_any_error_names_parameters_by_template_and_other_braces_stay_text():
+    """``{name}`` is a parameter (the Python name from Python, the flag on the command line); a dict, a set or
+    None formatted into the message is text, whatever braces it has."""
+    import argparse
+    import pickle
+
+    from featcache.cli import _for_cli
+
+    values = {"a": 1}, {2, 3}, {None}, "{'x'}", "{1}"
+    e = FeatcacheError(f"{{batch_size}} too big for {{layers}} with {values[0]} {values[1]} {values[2]} "
+                       f"{values[3]} {values[4]} {{not a name}} {{}}")
+    text = " {'a': 1} {2, 3} {None} {'x'} {1} {not a name} {}"
+    assert str(e) == "batch_size too big for layers with" + text
+    assert e.params == ["batch_size", "layers"]
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch-size")
+    p.add_argument("--layer", dest="layers")
+    assert _for_cli(e, p) == "--batch-size too big for --layer with" + text
+    assert _for_cli(e, argparse.ArgumentParser()) == "--batch-size too big for --layers with" + text, (
+        "a parameter the command has no flag for reads as its name with dashes")
+    assert _for_cli(pickle.loads(pickle.dumps(e)), p) == _for_cli(e, p), "a worker's error keeps its template"
+    assert issubclass(ConflictError, FeatcacheError) and str(ConflictError("{cv} or {x}")) == "cv or x"
+    got = ParameterError("SweepConfig", "n_jobs", "an int >= 1", "{seed}")
+    assert str(got) == "The 'n_jobs' parameter of SweepConfig must be an int >= 1. Got '{seed}' instead."
+
+
+def test_the_same_error_names_the_parameter_in_python_and_the_flag_on_the_command_line(tmp_path, capsys):
+    from featcache.cli.extract import main
+
+    missing = tmp_path / "nope"
+    with pytest.raises(FeatcacheError) as e:
+        featcache.extract(missing, cache_dir=tmp_path / "c", progress=False)
+    assert str(e.value) == f"data {missing}: no such file or folder"
+    assert main(["--data", str(missing), "--cache-dir", str(tmp_path / "c"), "-q"]) == 2
+    assert capsys.readouterr().err == f"featcache: error: --data {missing}: no such file or folder\n"

@@ -2,7 +2,7 @@
 
 A change to decoding, RGB conversion, resizing or cropping that moves any pixel fails here until
 ``featcache.cache.key.FEATURES_VERSION`` is bumped (and the new checksum recorded below), so no cache made by
-the old code is ever reused for the new one.
+the old code is ever reused for the new one. Every odd image mode decodes to RGB.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from featcache.cache.key import FEATURES_VERSION
-from featcache.decode import open_rgb, resize_center_crop
+from featcache.decode import open_rgb, resize_center_crop, to_rgb
 
 # FEATURES_VERSION -> SHA-256 of the decoded pixels of the images below.
 DECODED = {1: "008decb6cb810eb02761028687f3a984890efc0196964933bef953b7bf99fa37"}
@@ -126,3 +126,30 @@ def test_features_are_pinned_to_the_features_version(tmp_path):
     for name, values in want.items():
         np.testing.assert_allclose(got[name], values, rtol=2e-3, atol=2e-4, err_msg=(
             f"{name}: features changed; bump featcache.cache.key.FEATURES_VERSION and record the new values"))
+
+
+def test_every_odd_mode_decodes_to_rgb_uint8(odd_images):
+    for path in sorted((odd_images / "odd").iterdir()):
+        arr = resize_center_crop(open_rgb(path, 40), 40, 32)
+        assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8, path.name
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # Left half red, right half blue, stored 40x20 landscape with orientation 6 (rotate 90° CW to show).
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = (255, 0, 0)
+    arr[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    out = resize_center_crop(open_rgb(tmp_path / "r.jpg", 20), 20, 20)
+    # shown portrait: red on top, blue at the bottom
+    assert out[2, 10, 0] > 200 and out[2, 10, 2] < 60
+    assert out[17, 10, 2] > 200 and out[17, 10, 0] < 60
+
+
+def test_sixteen_bit_is_scaled_not_clipped_and_alpha_goes_on_white():
+    half = Image.fromarray(np.full((4, 4), 32768, np.uint16))  # mid-grey in 16 bits
+    assert abs(int(np.asarray(to_rgb(half))[0, 0, 0]) - 128) <= 1
+    clear = Image.fromarray(np.zeros((4, 4, 4), np.uint8), "RGBA")  # fully transparent black
+    assert np.asarray(to_rgb(clear))[0, 0].tolist() == [255, 255, 255]

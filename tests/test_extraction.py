@@ -1,389 +1,209 @@
-"""Never lose work, never trust bad input: kill -9 and resume, reuse, strict mode, timeouts,
-concurrent runs, a full disk, and the errors a user sees."""
-import errno
-import logging
+"""End to end: folders → features in HDF5, cache hits without a forward pass, every kind of miss (the command
+line: test_cli_extract.py)."""
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 import featcache
 from featcache import FeatcacheError, load
-from featcache.cache import CacheWriter, partial_path
 
 REPO = Path(__file__).resolve().parents[1]
-FAST_CLI = ["--model", "resnet18", "--weights", "none", "--image-size", "64", "--precision", "fp32",
-            "--num-workers", "0", "--no-progress"]
-
-
-def _folder(root: Path, make_image, n_per_class=40, classes=3) -> Path:
-    for k in range(classes):
-        for i in range(n_per_class):
-            make_image(root / f"c{k}" / f"img_{i:03d}.png", k, i, size=(48, 40))
-    return root
-
-
-def _cmd(data, cache_dir, *extra):
-    return [sys.executable, "-m", "featcache.extract", "--data", str(data), "--cache-dir", str(cache_dir),
-            *FAST_CLI, *extra]
-
-
-def _rows_done(cache_dir: Path) -> int:
-    """Rows the running extraction has committed (read without the HDF5 lock the writer holds)."""
-    import h5py
-
-    for partial in cache_dir.glob("*.partial.h5"):
-        try:
-            with h5py.File(partial, "r", locking=False) as f:
-                return int(f["progress/rows_done"][()])
-        except (OSError, KeyError):
-            return 0
-    return -1
-
-
-def _kill_at(cmd, cache_dir: Path, min_rows: int) -> None:
-    """Start an extraction and SIGKILL it once its partial file holds ``min_rows`` committed rows."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    deadline = time.time() + 240
-    while _rows_done(cache_dir) < min_rows and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{err}"
-
-
-def test_sigkill_at_several_points_then_resume_matches_an_uninterrupted_run(tmp_path, make_image):
-    data = _folder(tmp_path / "data", make_image)
-    reference = subprocess.run(_cmd(data, tmp_path / "ref", "--batch-size", "4"), capture_output=True,
-                               text=True, cwd=REPO)
-    assert reference.returncode == 0, reference.stderr
-    ref = load(reference.stdout.strip().splitlines()[-1])
-
-    cache = tmp_path / "cache"
-    for rows in (0, 8, 48):  # as soon as the partial file exists, then after some rows are committed
-        _kill_at(_cmd(data, cache, "--batch-size", "4"), cache, rows)
-    assert _rows_done(cache) >= 48
-    done = subprocess.run(_cmd(data, cache, "--batch-size", "4"), capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 0, done.stderr
-    assert "resuming:" in done.stderr  # continued, did not start over
-    resumed = int(done.stderr.split(" reused from another cache, ")[1].split(" resumed")[0])
-    assert resumed >= 48  # the summary counts the rows the interrupted runs had committed
-    fs = load(done.stdout.strip().splitlines()[-1])
-    assert list(fs.paths) == list(ref.paths) and (fs.y == ref.y).all()  # no row lost, none doubled
-    np.testing.assert_allclose(fs.X, ref.X, rtol=1e-4, atol=1e-5)
-    assert not list(cache.glob("*.partial.h5")) and not list(cache.glob("*.tmp*"))
 
 
 def _counting_resnet():
-    import torchvision
-
+    """A real ResNet-18 whose stem counts the images it sees (forward hook on a submodule)."""
     torch.manual_seed(0)
     model = torchvision.models.resnet18()
     model.seen = 0
-    model.conv1.register_forward_pre_hook(lambda m, a: setattr(model, "seen", model.seen + a[0].shape[0]))
+
+    def hook(module, args):
+        model.seen += args[0].shape[0]
+
+    model.conv1.register_forward_pre_hook(hook)
     return model
 
 
-def test_added_and_deleted_files_reuse_the_rest(tmp_path, make_image, fast):
-    data = _folder(tmp_path / "data", make_image, n_per_class=5)
-    model = _counting_resnet()
-    fast = {**fast, "layers": ["layer4"]}  # named, so no dummy image finds the default stage outputs
-    first = featcache.extract(data, **{**fast, "model": model})
-    make_image(data / "c0" / "new_a.png", 0, 100, size=(48, 40))
-    make_image(data / "c2" / "new_b.png", 2, 101, size=(48, 40))
-    (data / "c1" / "img_000.png").unlink()
-    model.seen = 0
-    second = featcache.extract(data, **{**fast, "model": model})
-    assert second != first
-    assert model.seen == 2 + 2  # the two new images, plus the 2-image shape probe
-    fs = load(second)
-    assert len(fs) == 16 and "c1/img_000.png" not in fs.paths and "c0/new_a.png" in fs.paths
-    fresh = load(featcache.extract(data, **{**fast, "model": _counting_resnet(), "cache_dir": tmp_path / "fresh"}))
-    assert list(fresh.paths) == list(fs.paths) and (fresh.y == fs.y).all()
-    np.testing.assert_allclose(fs.X, fresh.X, rtol=1e-4, atol=1e-5)
+def test_class_folder_end_to_end(class_folder, fast):
+    path = featcache.extract(class_folder, **fast)
+    fs = load(path)
+    assert fs.X.shape == (12, 512) and fs.X.dtype == np.float32
+    assert fs.classes == ["bird", "cat", "dog"] and fs.split is None
+    assert list(fs.paths) == sorted(fs.paths) and "cat/same.png" in fs.paths and "dog/same.png" in fs.paths
+    assert np.isfinite(fs.X).all() and fs.X.std() > 0
+    assert path.name.startswith("class_folder__resnet18__layer2-layer3-layer4__")  # default: the last 3 stages
+    assert fs.layers == ["layer2", "layer3", "layer4"] and fs.features["layer2"].shape == (12, 128)
 
 
-def test_strict_refuses_bad_files_before_extracting(broken_images, fast):
-    model = _counting_resnet()
-    with pytest.raises(FeatcacheError, match=r"^strict: 3 file\(s\) cannot be decoded \(nothing was extracted\): "
-                                             r".*empty.jpg"):
-        featcache.extract(broken_images.root, **{**fast, "model": model, "strict": True, "layers": ["layer4"]})
-    assert model.seen == 0 and not list(fast["cache_dir"].glob("*.h5"))
+def test_csv_and_unlabelled_inputs(csv_dataset, unlabelled_folder, fast):
+    fs = load(featcache.extract(csv_dataset, **fast))
+    assert len(fs) == 24 and fs.classes == ["blue", "green", "red"] and set(fs.split) == {"train", "val", "test"}
+    fs = load(featcache.extract(unlabelled_folder, **fast))
+    assert len(fs) == 5 and (fs.y == -1).all() and fs.classes == []
 
 
-def test_strict_holds_on_a_cache_hit_too(broken_images, fast):
-    settings = {**fast, "model": _counting_resnet(), "layers": ["layer4"]}
-    path = featcache.extract(broken_images.root, **settings)  # not strict: the 3 bad files are skipped, recorded
-    assert len(load(path).failed) == 3
-    with pytest.raises(FeatcacheError, match=r"^strict: 3 file\(s\) cannot be decoded \(skipped when this cache "
-                                             r"was extracted\): .*empty.jpg"):
-        featcache.extract(broken_images.root, **{**settings, "strict": True})
+def test_torch_dataset_input(fast):
+    class Tiny(torch.utils.data.Dataset):
+        reads = 0
 
-
-def test_a_cache_hit_needs_no_write_access(split_folder, tmp_path):
-    """A team's shared cache folder, mounted read-only: the hit is found and returned, nothing is written. The
-    second run sees the folder through a real read-only bind mount (its own mount namespace)."""
-    if shutil.which("unshare") is None or subprocess.run(
-            ["unshare", "--mount", "true"], capture_output=True).returncode != 0:
-        pytest.skip("needs unshare --mount (util-linux, run as root) for a real read-only mount")
-    shared = tmp_path / "shared"
-    shutil.copytree(split_folder, shared / "data")
-    cmd = [sys.executable, "-m", "featcache.extract", "--data", str(shared / "data"), "--cache-dir",
-           str(shared / "cache"), "--model", "resnet18", "--weights", "none", "--layer", "layer4", "--image-size",
-           "32", "--no-progress"]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr
-    shutil.rmtree(shared / "cache" / ".locks")
-    script = f"mount --bind -o ro {shared} {shared} && touch {shared}/probe 2>/dev/null; exec \"$@\""
-    second = subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", *cmd], capture_output=True, text=True,
-                            timeout=300)
-    assert second.returncode == 0, second.stderr
-    assert "cache hit" in second.stderr and second.stdout == first.stdout
-    assert not (shared / "cache" / ".locks").exists() and not (shared / "probe").exists()
-
-
-def test_every_odd_image_mode_extracts_without_failures(odd_images, fast):
-    fs = load(featcache.extract(odd_images, **fast))
-    assert len(fs) == 12 and fs.failed == []
-
-
-def test_a_hanging_decode_becomes_a_failed_row_not_a_hang():
-    from featcache.extraction.loader import DecodeDataset
-    from featcache.models import Preprocess
-    from featcache.sources import Source
-
-    class Slow(torch.utils.data.Dataset):
         def __len__(self):
-            return 3
+            return 6
 
         def __getitem__(self, i):
-            if i == 1:
-                time.sleep(30)  # a decoder that never comes back in reasonable time
-            return torch.full((3, 16, 16), 50 * i, dtype=torch.uint8), 0
+            Tiny.reads += 1
+            return torch.full((3, 20, 20), 30 * i, dtype=torch.uint8), i % 3
 
-    src = Source(name="slow", root=None, paths=["0", "1", "2"], labels=np.zeros(3, np.int64), class_names=[],
-                 dataset=Slow())
-    dd = DecodeDataset(src, Preprocess(16, 16), np.arange(3), timeout_s=1.0)
-    t = time.time()
-    image, reason, _ = dd[1]
-    assert time.time() - t < 5
-    assert "decoding took longer than 1 s" in reason and image.shape == (3, 16, 16)
-    assert dd[2][1] == ""
+    path = featcache.extract(Tiny(), **{**fast, "num_workers": 0})
+    fs = load(path)
+    assert fs.X.shape == (6, 512) and fs.y.tolist() == [0, 1, 2, 0, 1, 2]
+    assert Tiny.reads == 12  # one pass for labels and the key, one to extract: never a second pass for the key
+    Tiny.reads = 0
+    assert featcache.extract(Tiny(), **{**fast, "num_workers": 0}) == path and Tiny.reads == 6  # a hit: one pass
 
 
-def test_two_concurrent_runs_end_with_one_valid_cache(tmp_path, make_image):
-    data = _folder(tmp_path / "data", make_image, n_per_class=15)
-    cache = tmp_path / "cache"
-    procs = [subprocess.Popen(_cmd(data, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              cwd=REPO) for _ in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    paths = {o[0].strip().splitlines()[-1] for o in outs}
-    assert len(paths) == 1
-    assert any("cache hit" in err for _, err in outs)  # the second waited, then found the first's result
-    assert len(load(paths.pop())) == 45
-    assert not list(cache.glob("*.partial.h5"))
+def test_features_match_the_model_run_by_hand(split_folder, fast):
+    """The stored row is exactly what the model gives for that image (no row shuffled or shifted)."""
+    from featcache.decode import open_rgb, resize_center_crop
+
+    model = _counting_resnet()
+    fs = load(featcache.extract(split_folder, **{**fast, "model": model}))
+    # resnet18: resize 256 -> crop 224, the same ratio at 32 px
+    img = resize_center_crop(open_rgb(split_folder / fs.paths[5], 37), 37, 32)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255 - mean) / std
+    model.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        expected = model.eval()(x)[0].numpy()
+    np.testing.assert_allclose(fs.X[5], expected, rtol=1e-4, atol=1e-4)
 
 
-def test_disk_full_is_a_clear_error_and_the_work_resumes(split_folder, fast, monkeypatch):
-    real_write = CacheWriter._write
-    calls = {"n": 0}
+@pytest.mark.slow
+def test_scales_join_each_layer_over_the_model_run_at_other_sizes(split_folder, fast, tmp_path):
+    """--scales 1 0.5: the first half of each row is the plain features, the second the model on the same crop
+    resized to half (antialiased bilinear), run by hand; predict re-extracts at both scales."""
+    from featcache.decode import open_rgb, resize_center_crop
 
-    def failing_write(self, whole_chunks_only):
-        calls["n"] += 1
-        if calls["n"] > 1:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(self, whole_chunks_only)
+    model = _counting_resnet()
+    fs = load(featcache.extract(split_folder, **{**fast, "model": model, "scales": [1.0, 0.5]}))
+    plain = load(featcache.extract(split_folder, **{**fast, "model": model}))
+    assert fs.path != plain.path and fs.meta["key"]["scales"] == [1.0, 0.5] and "scales" not in plain.meta["key"]
+    assert fs.X.shape == (20, 1024)
+    np.testing.assert_array_equal(fs.X[:, :512], plain.X)
+    img = resize_center_crop(open_rgb(split_folder / fs.paths[5], 37), 37, 32)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255 - mean) / std
+    x = torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
+    model.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        expected = model.eval()(x)[0].numpy()
+    np.testing.assert_allclose(fs.X[5, 512:], expected, rtol=1e-4, atol=1e-4)
 
-    monkeypatch.setattr(CacheWriter, "_write", failing_write)
-    with pytest.raises(FeatcacheError, match="disk full while writing .*rerun the same command"):
-        featcache.extract(split_folder, **{**fast, "batch_size": 2}, )
-    partials = list(fast["cache_dir"].glob("*.partial.h5"))
-    assert len(partials) == 1
-    monkeypatch.setattr(CacheWriter, "_write", real_write)
-    fs = load(featcache.extract(split_folder, **{**fast, "batch_size": 2}))
-    assert len(fs) == 20 and not partial_path(fs.path).exists()
+    named = load(featcache.extract(split_folder, **{**fast, "scales": [1.0, 0.5]}))  # predict can rebuild it
+    res = featcache.sweep(named.path, out=tmp_path / "s", grid={"logreg": {"preprocess": "l2", "C": [1.0]}},
+                          progress=False)
+    pred = featcache.predict(tmp_path / "s", split_folder, cache_dir=tmp_path / "new", progress=False)
+    assert list(pred["prediction"]) == list(res.best.predict(named.X))  # the same 1024 features, re-extracted
 
-
-def test_unwritable_cache_dir(split_folder, fast, tmp_path):
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(FeatcacheError, match="cannot write to the cache directory"):
-        featcache.extract(split_folder, **{**fast, "cache_dir": tmp_path / "file" / "cache"})
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--pool", "bad"], "invalid choice: 'bad'"),
-    (["--batch-size", "x"], "expected a positive integer or auto"),
-    (["--precision", "fp16", "--device", "cpu"], "'fp16' is for GPUs; on the CPU use bf16 or fp32 (--precision)"),
-    (["--device", "tpu"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'tpu'"),
-    (["--decode-timeout", "-1"], "--decode-timeout must be a float >= 0; got -1.0"),
-    (["--model", "nosuchmodel"], "is not a torchvision classification model"),
-    (["--layer", "fc", "fc"], "featcache: error: --layer lists a layer twice: fc fc"),  # layers in Python
-])
-def test_bad_flags_are_one_line_errors(tmp_path, make_image, args, message):
-    make_image(tmp_path / "d" / "a" / "1.png", 0, 0)
-    cmd = _cmd(tmp_path / "d", tmp_path / "cache")
-    if "--model" in args:
-        i = cmd.index("--model")
-        del cmd[i:i + 2]
-    r = subprocess.run(cmd + args, capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 2 and message in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    with pytest.raises(FeatcacheError, match=r"scales joins pooled features.*leave scales at 1 with pool none"):
+        featcache.extract(split_folder, **{**fast, "scales": [1.0, 0.5], "pool": "none"})
+    with pytest.raises(FeatcacheError, match=r"'scales' parameter of ExtractConfig must be each scale once"):
+        featcache.extract(split_folder, **{**fast, "scales": [1.0, 1.0]})
+    with pytest.raises(FeatcacheError, match=r"'scales' parameter of ExtractConfig must be a list of at least 1"):
+        featcache.extract(split_folder, **{**fast, "scales": [1.0, 3.0]})
 
 
-def test_dataset_of_only_bad_files_exits_nonzero(tmp_path):
-    (tmp_path / "d" / "a").mkdir(parents=True)
-    (tmp_path / "d" / "a" / "x.jpg").write_bytes(b"not a jpeg")
-    r = subprocess.run(_cmd(tmp_path / "d", tmp_path / "cache"), capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 2 and "no image could be decoded" in r.stderr, r.stderr
-    assert not list((tmp_path / "cache").glob("*.h5"))
+def test_cache_hit_runs_no_forward_pass(split_folder, fast):
+    model = _counting_resnet()
+    first = featcache.extract(split_folder, **{**fast, "model": model})
+    assert model.seen >= 20
+    model.seen = 0
+    again = featcache.extract(split_folder, **{**fast, "model": model, "batch_size": 3, "num_workers": 1})
+    assert again == first and model.seen == 1  # no batch: only the one dummy image that finds the stage outputs
+    model.seen = 0
+    pinned = featcache.extract(split_folder, **{**fast, "model": model, "layers": ["layer2", "layer3", "layer4"]})
+    assert pinned == first and model.seen == 0  # named layers: the cache is found without running the model
 
 
-def test_batch_size_auto_on_a_cpu(split_folder, fast):
-    fs = load(featcache.extract(split_folder, **{**fast, "batch_size": "auto"}))
-    assert len(fs) == 20 and fs.meta["config"]["batch_size"] == 64
+@pytest.mark.slow
+def test_every_change_that_alters_features_is_a_miss(split_folder, fast, make_image):
+    base = featcache.extract(split_folder, **fast)
+    variants = {
+        "layer": dict(layers=["layer3"]),
+        "pool": dict(layers=["layer3"], pool="max"),
+        "image size": dict(image_size=40),
+        "mean": dict(mean=[0.5, 0.5, 0.5]),
+        "dtype": dict(dtype="float16"),
+        "precision": dict(precision="bf16"),
+        "model": dict(model="resnet34"),
+        "hash mode": dict(hash_content=True),
+        "scales": dict(scales=[1.0, 0.5]),
+    }
+    seen = {base}
+    for what, change in variants.items():
+        path = featcache.extract(split_folder, **{**fast, **change})
+        assert path not in seen, what
+        seen.add(path)
+    # weights: a local checkpoint with other values
+    torch.manual_seed(7)
+    torch.save(torchvision.models.resnet18().state_dict(), split_folder.parent / "w.pt")
+    assert featcache.extract(split_folder, **{**fast, "weights": str(split_folder.parent / "w.pt")}) not in seen
+    # files: one touched (new mtime), one added
+    f = next((split_folder / "train" / "a").iterdir())
+    os.utime(f, ns=(time.time_ns(), time.time_ns() + 10**9))
+    touched = featcache.extract(split_folder, **fast)
+    assert touched != base
+    make_image(split_folder / "train" / "a" / "new.png", 0, 77)
+    added = featcache.extract(split_folder, **fast)
+    assert added not in (base, touched) and len(load(added)) == 21
 
 
-def test_device_jpeg_decode_path_matches_pillow(tmp_path, make_image, fast, broken_images):
-    """``gpu_decode`` (run here on the CPU, same code as on CUDA) gives features close to the Pillow path."""
-    data = tmp_path / "jpegs"
-    for k in range(2):
-        for i in range(4):
-            make_image(data / f"c{k}" / f"{i}.jpg", k, i, size=(60, 44), quality=95)
-    make_image(data / "c0" / "p.png", 0, 9)  # non-JPEG files still go through Pillow
-    (data / "c1" / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    pil = load(featcache.extract(data, **fast))
-    dev = load(featcache.extract(data, **{**fast, "gpu_decode": True}))
-    assert pil.path != dev.path and list(pil.paths) == list(dev.paths)
-    assert [p for p, _ in dev.failed] == ["c1/bad.jpg"] and dev.failed[0][1]
-    cos = (pil.X * dev.X).sum(1) / (np.linalg.norm(pil.X, axis=1) * np.linalg.norm(dev.X, axis=1))
-    assert cos.min() > 0.99, cos
+def test_wrong_layer_fails_before_any_batch(split_folder, fast):
+    model = _counting_resnet()
+    with pytest.raises(FeatcacheError, match="closest: layer4"):
+        featcache.extract(split_folder, **{**fast, "model": model, "layers": ["layer44"]})
+    assert model.seen == 0
+    assert not any(fast["cache_dir"].glob("*.h5")) if fast["cache_dir"].exists() else True
 
 
-def test_same_features_across_worker_counts_and_batch_sizes(split_folder, fast, tmp_path):
-    a = load(featcache.extract(split_folder, **fast))
-    b = load(featcache.extract(split_folder, **{**fast, "num_workers": 2, "batch_size": 3,
-                                                 "cache_dir": tmp_path / "other"}))
-    assert a.path.name == b.path.name  # workers and batch size are not part of the key
-    assert list(a.paths) == list(b.paths)
-    np.testing.assert_allclose(a.X, b.X, rtol=1e-4, atol=1e-5)
-    # Several batches in flight at once (streams finish out of order), or one: rows still land in order.
-    for i, streams in enumerate((3, 1)):
-        c = load(featcache.extract(split_folder, **{**fast, "streams": streams, "batch_size": 2, "num_workers": 1,
-                                                     "cache_dir": tmp_path / f"streams{i}"}))
-        assert c.path.name == a.path.name and list(c.paths) == list(a.paths)
-        assert c.meta.timings["streams"] == streams
-        for layer in a.layers:
-            np.testing.assert_allclose(c.features[layer], a.features[layer], rtol=1e-4, atol=1e-5)
+def test_broken_files_are_skipped_and_recorded(broken_images, fast):
+    fs = load(featcache.extract(broken_images.root, **fast))
+    assert len(fs) == 3
+    assert sorted(Path(p).name for p, _ in fs.failed) == sorted(broken_images.bad_names)
+    assert all(reason for _, reason in fs.failed)
 
 
-def test_bf16_features_are_close_to_fp32(split_folder, fast):
-    fp32 = load(featcache.extract(split_folder, **fast))
-    bf16 = load(featcache.extract(split_folder, **{**fast, "precision": "bf16"}))
-    cos = (fp32.X * bf16.X).sum(1) / (np.linalg.norm(fp32.X, axis=1) * np.linalg.norm(bf16.X, axis=1))
-    assert cos.min() >= 0.99, cos.min()
+def test_features_feed_scikit_learn_directly(split_folder, fast):
+    from sklearn.linear_model import LogisticRegression
+
+    fs = load(featcache.extract(split_folder, **fast))
+    X, y = fs.subset("train")
+    clf = LogisticRegression(max_iter=500).fit(X, y)
+    assert clf.score(*fs.subset("test")) == 1.0  # the fixture's two classes differ in colour and stripes
 
 
-def test_warnings_a_newcomer_needs(tmp_path, make_image, caplog):
-    """One class, random weights: said at extract time, not found out at sweep time."""
-    for i in range(3):
-        make_image(tmp_path / "d" / "only" / f"{i}.png", 0, i)
-    with caplog.at_level(logging.WARNING, logger="featcache"):
-        featcache.extract(tmp_path / "d", model="resnet18", weights="NONE", layers=["layer4"], image_size=32,
-                          cache_dir=tmp_path / "c", progress=False)
-    assert "every labelled image is of one class (only)" in caplog.text
-    assert "random weights (--weights none)" in caplog.text
+def test_layer_preset_resolves_before_the_cache_key(split_folder, fast):
+    path = featcache.extract(split_folder, layers=["last2"], **fast)
+    assert featcache.load(path).layers == ["layer3", "layer4"]
+    assert featcache.extract(split_folder, layers=["layer3", "layer4"], **fast) == path  # the same cache
 
 
-def test_weights_in_any_case_are_the_same_cache(split_folder, fast):
-    settings = {k: v for k, v in fast.items() if k != "weights"}
-    assert featcache.extract(split_folder, weights="None", **settings) == featcache.extract(split_folder, **fast)
+def test_ls_and_explain(split_folder, fast, make_image):
+    from featcache.cache import list_caches
+    from featcache.config import ExtractConfig
+    from featcache.extraction import explain
 
-
-def test_list_layers_needs_no_pretrained_weights(tmp_path):
-    """resnet18's default weights are not on this machine and cannot be downloaded: the graph does not need them."""
-    r = subprocess.run([sys.executable, "-m", "featcache.extract", "--model", "resnet18", "--list-layers"],
-                       capture_output=True, text=True, cwd=REPO, env={**os.environ, "TORCH_HOME": str(tmp_path)})
-    assert r.returncode == 0, r.stderr
-    assert any(line.startswith("layer4.1.relu_1 ") for line in r.stdout.splitlines())
-
-
-def test_a_publish_killed_half_way_leaves_nothing_behind_for_long(split_folder, fast):
-    """The temporary file of a publish whose process is gone is removed by the next run of that cache; one of a
-    live process is not. (The dead and live processes are real; their temporaries are made by hand, as a
-    ``kill -9`` cannot be timed inside the few milliseconds of a publish.)"""
     path = featcache.extract(split_folder, **fast)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        orphan = path.with_name(f".{path.name}.{dead.pid}.tmp")
-        busy = path.with_name(f".{path.name}.{live.pid}.tmp")
-        orphan.write_bytes(b"half a cache")
-        busy.write_bytes(b"a cache being published")
-        path.unlink()  # a miss: the run takes the lock and looks for leftovers
-        assert featcache.extract(split_folder, **fast) == path
-        assert not orphan.exists() and busy.exists()
-    finally:
-        live.kill()
-        live.wait()
-
-
-class _StuckInWorkers(torch.utils.data.Dataset):
-    """Item 3 hangs, in a decode worker, where no signal reaches it (SIGALRM blocked, as in a hung read)."""
-
-    def __len__(self):
-        return 8
-
-    def __getitem__(self, i):
-        if i == 3 and torch.utils.data.get_worker_info() is not None:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-            time.sleep(120)
-        return torch.full((3, 16, 16), 20 * i, dtype=torch.uint8), i % 2
-
-
-def test_a_stuck_file_fails_alone_and_the_run_goes_on(fast, monkeypatch):
-    """The worker decoding item 3 never returns: that batch is decoded again image by image, item 3 is recorded
-    as failed, every other row is extracted. (The loader's grace period is shortened from 60 s so the test is
-    quick; the stall itself is real.)"""
-    from featcache.extraction import loader
-
-    monkeypatch.setattr(loader, "LOADER_GRACE_S", 3.0)
-    path = featcache.extract(_StuckInWorkers(), **{**fast, "num_workers": 1, "batch_size": 2, "decode_timeout": 1.0})
-    fs = load(path)
-    assert len(fs) == 7 and [p for p, _ in fs.failed] == ["_StuckInWorkers[3]"]
-    assert "decoding stalled" in fs.failed[0][1]
-
-
-def test_a_hung_read_with_gpu_decode_fails_alone(tmp_path, make_image, fast):
-    """--gpu-decode reads JPEG bytes in the workers: a file whose read never returns (a named pipe no one writes,
-    as a hung network mount) is cut off by --decode-timeout and recorded; the other images are extracted."""
-    for i in range(4):
-        make_image(tmp_path / "d" / "a" / f"{i}.jpg", 0, i)
-    os.mkfifo(tmp_path / "d" / "a" / "stuck.jpg")
-    path = featcache.extract(tmp_path / "d", **{**fast, "gpu_decode": True, "device": "cpu", "num_workers": 1,
-                                                "decode_timeout": 1.0})
-    fs = load(path)
-    assert len(fs) == 4 and [p for p, _ in fs.failed] == ["a/stuck.jpg"] and "longer than 1 s" in fs.failed[0][1]
-
-
-def test_hashing_content_never_blocks_on_a_fifo(split_folder, tmp_path):
-    """A FIFO named like an image (a real one: opening it for reading waits for a writer that never comes) once
-    hung ``--hash-content`` forever. It fails alone, recorded under ``failed/``, and the run finishes."""
-    fifo = split_folder / "train" / "a" / "pipe.png"
-    os.mkfifo(fifo)
-    r = subprocess.run([sys.executable, "-m", "featcache.extract", "--data", str(split_folder), "--cache-dir",
-                        str(tmp_path / "c"), "--model", "resnet18", "--weights", "none", "--image-size", "32",
-                        "--num-workers", "0", "--engine", "torch", "--hash-content", "--decode-timeout", "2",
-                        "--no-progress"], capture_output=True, text=True, timeout=180, cwd=REPO)
-    assert r.returncode == 0, r.stderr
-    fs = featcache.load(r.stdout.strip().splitlines()[-1])
-    assert len(fs) == 20 and [p for p, _ in fs.failed] == ["train/a/pipe.png"]
-    assert "pipe.png is not a regular file" in r.stderr
+    records = list_caches(fast["cache_dir"])
+    assert records[0]["rows"] == 20 and records[0]["dims"] == "128+256+512" and records[0]["status"] == "complete"
+    cfg = ExtractConfig(data=split_folder, **fast)
+    assert explain(cfg) == [f"cache hit: {path}"]
+    make_image(split_folder / "val" / "b" / "extra.png", 1, 5)
+    lines = explain(cfg.replace(layers=["layer3"]))
+    text = "\n".join(lines)
+    assert "files added: 1: val/b/extra.png" in text and "layers" in text and "layer3" in text

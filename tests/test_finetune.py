@@ -4,18 +4,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import featcache
 from featcache import decode, models, sources
-from featcache.cache import Rows, minibatches
-from featcache.cache.write import rows_per_chunk
+from featcache.cache import Rows
 from featcache.cli.finetune import main
 from featcache.config import ExtractConfig, FeatcacheError
 from featcache.errors import ParameterError
@@ -40,6 +37,7 @@ def cache(tmp_path_factory, colour_images):
     return {"path": path, "root": root}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,weights,node,penultimate,logits,blocks", [
     ("resnet18", "none", "layer3", "flatten", "fc", ["layer4.0", "layer4.1"]),
     ("efficientnet_lite0", "DEFAULT", "_blocks.10.add", "view", "_fc",
@@ -75,6 +73,7 @@ def test_from_layer_names_the_tensor_however_it_is_spelled(cache):
     assert res.leaderboard["status"].tolist() == ["ok"] and res.leaderboard["layer"].iloc[0] == "layer3"
 
 
+@pytest.mark.slow
 def test_training_moves_only_the_chosen_blocks_and_is_seeded(cache):
     fs = featcache.load(cache["path"])
     top, _ = split_for(fs.meta, cache["path"], "layer3")
@@ -127,24 +126,7 @@ def test_cached_rows_that_fit_are_read_once_for_a_full_shuffle(cache, monkeypatc
     assert ft.in_memory_if_small(rows) is rows
 
 
-def test_pointwise_convolutions_become_matrix_products_with_the_same_outputs():
-    """resnet50's bottleneck 1x1 convs (nn.Conv2d leaves) are rewritten; the 3x3 and strided ones are not."""
-    from featcache.models.cuts import pointwise_conv, with_pointwise_as_linear
-
-    torch.manual_seed(0)
-    top = models.split_top(torchvision.models.resnet50().eval(), "layer4.1", "flatten")
-    x = torch.randn(2, 2048, 4, 4)
-    with torch.no_grad():
-        expected = top(x)
-        names = set(top.state_dict())
-        fast = with_pointwise_as_linear(top)
-        assert sum(n.target is pointwise_conv for n in fast.graph.nodes) == 2  # layer4.2.conv1 and conv3
-        assert set(fast.state_dict()) == names  # the same parameters under the same names
-        torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-4,
-                                   atol=1e-4)
-
-
+@pytest.mark.slow
 def test_saved_model_predicts_new_images_like_the_trained_one(cache, tmp_path, colour_images):
     out = tmp_path / "run"
     res = finetune(cache["path"], "layer3", out=out, train_blocks=[0, 1], epochs=2, progress=False)
@@ -175,20 +157,6 @@ def test_saved_model_predicts_new_images_like_the_trained_one(cache, tmp_path, c
     assert net.classes == sorted(COLOURS)
 
 
-def test_minibatches_cover_every_row_once_reading_whole_chunks(tmp_path):
-    with h5py.File(tmp_path / "x.h5", "w") as f:
-        f.create_dataset("features/x", data=np.arange(40, dtype=np.float32).reshape(40, 1), chunks=(4, 1))
-    rows = Rows(tmp_path / "x.h5", ["x"], np.arange(0, 40, 2), block_rows=4)  # every other row: 2 of each chunk
-    seen = []
-    for pos, block in minibatches(rows, np.arange(len(rows)), 3, np.random.RandomState(0)):
-        np.testing.assert_array_equal(block[:, 0], 2 * pos)  # each position got its own row
-        seen += pos.tolist()
-    assert sorted(seen) == list(range(20))
-    assert seen != sorted(seen)  # shuffled
-    assert rows_per_chunk(100_000, 10_000, maps=True) == 1  # big maps: one image per chunk
-    assert rows_per_chunk(1_000, 10_000, maps=True) == 65
-
-
 def test_a_split_across_a_skip_connection_is_refused_with_the_valid_nodes():
     module = models.load_backbone(ExtractConfig(**SETTINGS)).module
     with pytest.raises(FeatcacheError, match=r"layer3\.0\.add also uses layer3\.0\.downsample\.1.*skip connection.*"
@@ -217,6 +185,7 @@ def test_an_untraceable_model_is_refused():
         models.split_top(DataDependent(), "conv", "fc")
 
 
+@pytest.mark.slow
 def test_a_cache_without_activations_at_the_node_names_the_extract_command(cache, tmp_path):
     pooled = featcache.extract(cache["root"] / "data", layers=["layer3"], cache_dir=tmp_path / "c", **SETTINGS)
     for path, node in ((pooled, "layer3"), (cache["path"], "layer2")):
@@ -229,26 +198,7 @@ def test_a_cache_without_activations_at_the_node_names_the_extract_command(cache
         finetune(cache["path"], "layer3", train_blocks=[3], progress=False)
 
 
-def test_label_smoothing_softens_the_training_loss_from_the_flag_to_the_estimator(cache, tmp_path):
-    """--label-smoothing: one field of FinetuneConfig, its table, and the estimator that uses it. A smoothed target
-    keeps the loss of a confident right answer above zero, so the same seeded fit ends with a higher training loss;
-    the value reaches the saved model, and a bad one is refused by the table."""
-    fs = featcache.load(cache["path"])
-    top, _ = split_for(fs.meta, cache["path"], "layer3")
-    X, y = fs.features["layer3"].reshape(len(fs), -1), np.array(COLOURS)[fs.y]
-    kw = dict(top=top, input_shape=(256, 2, 2), train_blocks=0, epochs=3, early_stopping=False, precision="fp32",
-              random_state=3)
-    plain, smooth = (TopClassifier(**kw, label_smoothing=s).fit(X, y) for s in (0.0, 0.3))
-    assert smooth.loss_curve_[-1] > plain.loss_curve_[-1]
-    out = tmp_path / "smooth"
-    assert main([str(cache["path"]), "--from-layer", "layer3", "--out", str(out), "--epochs", "1", "--train-blocks",
-                 "0", "--label-smoothing", "0.1", "--no-progress", "--no-plots", "-q"]) == 0
-    assert load_model(out / "best.safetensors").pipeline.label_smoothing == 0.1
-    with pytest.raises(ParameterError, match="'label_smoothing' parameter of FinetuneConfig must be a float in the "
-                                             r"range \[0, 1\). Got 1.5"):
-        finetune(cache["path"], "layer3", label_smoothing=1.5)
-
-
+@pytest.mark.slow
 def test_cli_help_run_and_error(cache, tmp_path, capsys):
     cmd = [sys.executable, "-m", "featcache.finetune"]
     helped = subprocess.run(cmd + ["--help"], capture_output=True, text=True)
@@ -277,6 +227,7 @@ def test_configurations_are_ranked_on_rows_they_were_not_stopped_on(cache, caplo
     assert "3 rows stop each configuration's training early, 3 others rank the configurations" in caplog.text
 
 
+@pytest.mark.slow
 def test_the_best_is_refitted_on_train_and_val_for_its_best_epochs(cache, caplog):
     """As the sweep refits its best: the saved model trained on every pool row, for the epochs that were best."""
     import logging
@@ -310,23 +261,21 @@ def test_no_epoch_starts_past_the_budget_and_the_best_so_far_is_kept(cache):
     assert res.leaderboard["note"].iloc[0] == "1 epochs, best 1 (stopped at the budget)"
 
 
-def test_the_rows_that_compare_stages_are_predicted_by_a_configuration_ranked_on_other_rows():
-    """Each half of the ranking rows is predicted by the configuration more accurate on the other half: the best
-    configuration's own predictions would flatter fine-tuning on the rows where it was picked (the winner's curse)."""
-    from sklearn.model_selection import StratifiedKFold
-
-    from featcache.selection.leaderboard import crossfit_pred
-
-    y = np.repeat([0, 1], 20)
-    (h1, h2), _ = StratifiedKFold(2, shuffle=True, random_state=0).split(y, y)  # the halves it uses
-    a, b = 1 - y, 1 - y  # both wrong everywhere, then right on:
-    a[h1] = y[h1]  # A: all of the first half and 4 of the 20 rows of the second
-    a[h2[:4]] = y[h2[:4]]
-    b[h1[:10]] = y[h1[:10]]  # B: half of the first half and all of the second
-    b[h2] = y[h2]
-    assert (b == y).mean() == 0.75 > (a == y).mean() == 0.6  # B ranks first on all the rows
-    crossed = crossfit_pred([a, b], y, seed=0)
-    np.testing.assert_array_equal(crossed[h2], a[h2])  # A won the first half, so it predicts the second
-    np.testing.assert_array_equal(crossed[h1], b[h1])  # and B, which won the second, the first
-    assert (crossed == y).mean() == 14 / 40  # not B's 0.75
-    np.testing.assert_array_equal(crossfit_pred([a], y, seed=0), a)  # one configuration: its own
+def test_label_smoothing_softens_the_training_loss_from_the_flag_to_the_estimator(cache, tmp_path):
+    """--label-smoothing: one field of FinetuneConfig, its table, and the estimator that uses it. A smoothed target
+    keeps the loss of a confident right answer above zero, so the same seeded fit ends with a higher training loss;
+    the value reaches the saved model, and a bad one is refused by the table."""
+    fs = featcache.load(cache["path"])
+    top, _ = split_for(fs.meta, cache["path"], "layer3")
+    X, y = fs.features["layer3"].reshape(len(fs), -1), np.array(COLOURS)[fs.y]
+    kw = dict(top=top, input_shape=(256, 2, 2), train_blocks=0, epochs=3, early_stopping=False, precision="fp32",
+              random_state=3)
+    plain, smooth = (TopClassifier(**kw, label_smoothing=s).fit(X, y) for s in (0.0, 0.3))
+    assert smooth.loss_curve_[-1] > plain.loss_curve_[-1]
+    out = tmp_path / "smooth"
+    assert main([str(cache["path"]), "--from-layer", "layer3", "--out", str(out), "--epochs", "1", "--train-blocks",
+                 "0", "--label-smoothing", "0.1", "--no-progress", "--no-plots", "-q"]) == 0
+    assert load_model(out / "best.safetensors").pipeline.label_smoothing == 0.1
+    with pytest.raises(ParameterError, match="'label_smoothing' parameter of FinetuneConfig must be a float in the "
+                                             r"range \[0, 1\). Got 1.5"):
+        finetune(cache["path"], "layer3", label_smoothing=1.5)

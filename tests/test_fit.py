@@ -10,17 +10,15 @@ import pytest
 
 import featcache
 from featcache.autofit import FINETUNE_FOLDS
-from featcache.autofit.comparison import p_better
 from featcache.config import FeatcacheError
 
 SMALL = dict(model="resnet18", weights="none", image_size=32)  # a real network, seeded weights, tiny inputs
 
 
-@pytest.fixture(autouse=True)
-def logs_reach_caplog(monkeypatch):
-    monkeypatch.setattr(logging.getLogger("featcache"), "propagate", True)
+pytestmark = pytest.mark.usefixtures("logs_reach_caplog")  # the fixture is in conftest.py
 
 
+@pytest.mark.slow
 def test_a_tiny_budget_still_returns_a_model_and_says_what_it_skipped(split_folder, tmp_path):
     out = tmp_path / "run"
     res = featcache.fit(split_folder, out, budget=0.01, cache_dir=tmp_path / "c", progress=False, **SMALL)
@@ -37,6 +35,7 @@ def test_a_tiny_budget_still_returns_a_model_and_says_what_it_skipped(split_fold
     assert len(predictions) == 20 and set(predictions["prediction"]) <= {"a", "b"}
 
 
+@pytest.mark.slow
 def test_a_second_run_reuses_the_cache_the_sweep_and_the_fine_tuned_model(split_folder, tmp_path, caplog):
     kw = dict(cache_dir=tmp_path / "c", progress=False, finetune="always", train_blocks=[1], views=1, **SMALL)
     first = featcache.fit(split_folder, tmp_path / "run", **kw)
@@ -98,8 +97,3 @@ def test_bad_input_is_a_clear_error(split_folder, tmp_path):
     cli = subprocess.run([sys.executable, "-m", "featcache.fit", "--data", str(split_folder), "--out",
                           str(tmp_path / "o"), "--budget", "soon"], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 2 and "argument --budget: 'soon' is not a duration" in cli.stderr
-
-
-def test_the_log_says_how_likely_a_win_on_the_same_rows_is_chance():
-    assert p_better(12, 2) < 0.05 < p_better(4, 0)  # 4 of 4 discordant rows: p = 1/16
-    assert p_better(0, 0) == 1.0 and p_better(2, 5) > 0.5

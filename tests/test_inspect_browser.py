@@ -21,6 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "chrome")
                  if shutil.which(n)), None)
 
+pytestmark = pytest.mark.slow  # every test here builds a report and runs Chromium on it
+
 
 def _chromium(*args, timeout=120):
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",

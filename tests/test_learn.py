@@ -23,6 +23,7 @@ from featcache.learn.logistic import fast_path_supported, logistic_path
 # check_classifiers_train needs > 83% training accuracy on 300 blob points within the default
 # number of epochs; lr=1e-2 gets there in a few, which keeps the ~60 checks quick. No check is
 # skipped or expected to fail (check_array_api_input skips itself without SCIPY_ARRAY_API).
+@pytest.mark.slow  # each case is quick; its cases together take more than 10 s
 @parametrize_with_checks([DenseHead(hidden_layer_sizes=8, dropout=0.1, lr=1e-2, epochs=30)])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
@@ -35,6 +36,7 @@ def blobs():
     return X.astype(np.float32), names
 
 
+@pytest.mark.slow
 def test_dense_head_in_pipeline_and_grid_search(blobs):
     X, y = blobs
     pipe = make_pipeline(StandardScaler(), DenseHead(epochs=30, batch_size=32, random_state=0))

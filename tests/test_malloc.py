@@ -77,6 +77,7 @@ def _probe(tmp_path, **env) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _is_glibc(), reason="the setting is glibc's (mallopt)")
 def test_the_setting_is_in_force_in_worker_processes_and_off_on_request(tmp_path):
     tuned = _probe(tmp_path)

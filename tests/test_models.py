@@ -3,8 +3,9 @@ import pickle
 
 import pytest
 import torch
+import torchvision
 
-from featcache import ExtractConfig, FeatcacheError
+from featcache import ExtractConfig, FeatcacheError, models
 from featcache.models import (
     FeatureExtractor,
     check_layers,
@@ -222,6 +223,7 @@ def test_vit_class_token_layer():
     assert rows["encoder.ln"]["dim"] == 768
 
 
+@pytest.mark.slow
 def test_timm_model_by_prefix(split_folder, fast):
     import featcache
 
@@ -233,6 +235,7 @@ def test_timm_model_by_prefix(split_folder, fast):
         load_backbone(ExtractConfig(model="timm:resnet1800", weights="none"))
 
 
+@pytest.mark.slow
 def test_default_layers_are_the_last_three_stages_or_the_penultimate_features():
     from featcache.models import default_layers
 
@@ -260,3 +263,21 @@ def test_one_tensor_one_name(split_folder, fast):
     settings = {k: v for k, v in fast.items() if k != "layers"}
     assert featcache.extract(split_folder, layers=["layer4.1.relu_1"], **settings) == \
         featcache.extract(split_folder, layers=["layer4"], **settings)
+
+
+def test_pointwise_convolutions_become_matrix_products_with_the_same_outputs():
+    """resnet50's bottleneck 1x1 convs (nn.Conv2d leaves) are rewritten; the 3x3 and strided ones are not."""
+    from featcache.models.cuts import pointwise_conv, with_pointwise_as_linear
+
+    torch.manual_seed(0)
+    top = models.split_top(torchvision.models.resnet50().eval(), "layer4.1", "flatten")
+    x = torch.randn(2, 2048, 4, 4)
+    with torch.no_grad():
+        expected = top(x)
+        names = set(top.state_dict())
+        fast = with_pointwise_as_linear(top)
+        assert sum(n.target is pointwise_conv for n in fast.graph.nodes) == 2  # layer4.2.conv1 and conv3
+        assert set(fast.state_dict()) == names  # the same parameters under the same names
+        torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-4,
+                                   atol=1e-4)

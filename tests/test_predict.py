@@ -111,6 +111,7 @@ def _cli(*args):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli(trained, tmp_path, capsys):
     out = tmp_path / "preds.csv"
     ok = _cli(trained["model"], "--data", trained["cache"], "--out", out, "--no-progress")
@@ -132,6 +133,7 @@ def test_cli(trained, tmp_path, capsys):
     assert bad.stderr.startswith(f"featcache: error: refusing to load {lonely}: it has no m.joblib.json")
 
 
+@pytest.mark.slow
 def test_the_wrong_kind_of_file_is_named(trained, tmp_path):
     """A cache where a model is expected, a folder where a cache is: one line that says what to do."""
     with pytest.raises(FeatcacheError, match=r"is a feature cache, not a model file: fit a model on it first"):
@@ -168,6 +170,7 @@ def _forge(path: Path, obj, metadata: dict) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_loading_a_model_file_never_runs_code_from_it(trained, tmp_path):
     """Whoever wrote both files: a skops file holding an untrusted type is refused before anything is created;
     a 0.1 pickle is refused with how to convert one you trust; a factory model needs --trust-model-code."""

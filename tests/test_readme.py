@@ -32,6 +32,7 @@ def test_the_readme_has_python_examples():
     assert len(BLOCKS) >= PYTHON_BLOCKS_BEFORE_SPLIT, [name for name, _ in BLOCKS]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", [block for _, block in BLOCKS], ids=[name for name, _ in BLOCKS])
 def test_python_example_runs(block, tmp_path_factory):
     cache_dir = tmp_path_factory.getbasetemp() / "readme-cache"  # shared: the digits are extracted once

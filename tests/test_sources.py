@@ -1,11 +1,8 @@
-"""Reading images and labels: folders, splits, CSV, unlabelled, Datasets; decoding every mode to RGB."""
-import numpy as np
+"""Reading images and labels: folders, splits, CSV, unlabelled, Datasets (decoding: test_decode.py)."""
 import pytest
 import torch
-from PIL import Image
 
 from featcache import FeatcacheError
-from featcache.decode import open_rgb, resize_center_crop, to_rgb
 from featcache.sources import UNLABELLED, from_dataset, open_source
 
 
@@ -85,33 +82,6 @@ def test_manifest_tracks_size_mtime_and_optional_hash(class_folder):
     m = src.manifest()
     assert len(m["size"]) == len(m["mtime_ns"]) == 12 and m["sha256"] is None
     assert len(src.manifest(hash_content=True)["sha256"][0]) == 64
-
-
-def test_every_odd_mode_decodes_to_rgb_uint8(odd_images):
-    for path in sorted((odd_images / "odd").iterdir()):
-        arr = resize_center_crop(open_rgb(path, 40), 40, 32)
-        assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8, path.name
-
-
-def test_exif_orientation_is_applied(tmp_path):
-    # Left half red, right half blue, stored 40x20 landscape with orientation 6 (rotate 90° CW to show).
-    arr = np.zeros((20, 40, 3), np.uint8)
-    arr[:, :20] = (255, 0, 0)
-    arr[:, 20:] = (0, 0, 255)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    Image.fromarray(arr).save(tmp_path / "r.jpg", exif=exif, quality=95)
-    out = resize_center_crop(open_rgb(tmp_path / "r.jpg", 20), 20, 20)
-    # shown portrait: red on top, blue at the bottom
-    assert out[2, 10, 0] > 200 and out[2, 10, 2] < 60
-    assert out[17, 10, 2] > 200 and out[17, 10, 0] < 60
-
-
-def test_sixteen_bit_is_scaled_not_clipped_and_alpha_goes_on_white():
-    half = Image.fromarray(np.full((4, 4), 32768, np.uint16))  # mid-grey in 16 bits
-    assert abs(int(np.asarray(to_rgb(half))[0, 0, 0]) - 128) <= 1
-    clear = Image.fromarray(np.zeros((4, 4, 4), np.uint8), "RGBA")  # fully transparent black
-    assert np.asarray(to_rgb(clear))[0, 0].tolist() == [255, 255, 255]
 
 
 def test_torch_dataset_source():

@@ -14,7 +14,7 @@ import pytest
 import featcache
 from featcache.cli.sweep import main
 from featcache.config import FeatcacheError
-from featcache.selection.grids import CLASSIFIERS, DEFAULT_GRID, expand_grid, read_grid
+from featcache.selection.grids import CLASSIFIERS, DEFAULT_GRID
 from featcache.sweeping import sweep
 
 COLOURS = ("red", "green", "blue")
@@ -30,10 +30,7 @@ EVERY_CLASSIFIER = {
 TINY = {"logreg": {"preprocess": "standardize", "C": [0.01, 1.0]}, "knn": {"n_neighbors": 3}}
 
 
-@pytest.fixture(autouse=True)
-def logs_reach_caplog(monkeypatch):
-    """CLI runs in this process (ours or other test files') stop the featcache logger propagating."""
-    monkeypatch.setattr(logging.getLogger("featcache"), "propagate", True)
+pytestmark = pytest.mark.usefixtures("logs_reach_caplog")  # the fixture is in conftest.py
 
 
 def _images(root: Path, make_image, counts: dict, classes=COLOURS) -> Path:
@@ -68,6 +65,7 @@ def caches(tmp_path_factory, make_image):
     }
 
 
+@pytest.mark.slow
 def test_every_classifier_on_a_real_cache(caches, tmp_path):
     res = sweep(caches["split"], grid=EVERY_CLASSIFIER, out=tmp_path / "out", results_dir=tmp_path / "r",
                 progress=False)
@@ -96,6 +94,7 @@ def test_val_split_selects_on_val_and_refits_on_train_plus_val(caches, tmp_path)
     assert res.test_scores is not None and res.out is None
 
 
+@pytest.mark.slow
 def test_cv_without_splits_falls_back_for_small_classes(caches, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="featcache"):
         res = sweep(caches["flat"], grid=TINY, results_dir=tmp_path, progress=False, ensemble=0)
@@ -114,6 +113,7 @@ def test_cache_without_val_uses_cv_inside_train(caches, tmp_path):
     assert res.best[-1].classes_.size == 3 and res.test_scores is not None
 
 
+@pytest.mark.slow
 def test_a_class_with_one_image_falls_back_to_plain_kfold(tmp_path, make_image, caplog):
     cache = _extract(_images(tmp_path / "d", make_image, {None: [5, 5, 1]}), tmp_path / "c")
     with caplog.at_level(logging.WARNING, logger="featcache"):
@@ -143,6 +143,7 @@ def test_rerun_fits_nothing_and_a_new_point_fits_only_itself(caches, tmp_path, c
     assert len(fresh.fitted) == 3 and not (Path(caches["split"]).parent / "sweep-results").exists()
 
 
+@pytest.mark.slow
 def test_parallel_workers_give_the_same_leaderboard(caches, tmp_path):
     grid = {"logreg": {"preprocess": "standardize", "C": [0.01, 1.0]}, "ridge": {"alpha": [1.0, 10.0]}}
     one = sweep(caches["split"], grid=grid, reuse=False, progress=False).leaderboard
@@ -232,14 +233,6 @@ def test_the_layer_screen_runs_the_grid_on_the_best_choices_only(caches, tmp_pat
     assert set(streamed.leaderboard["layer"]) == {"layer4"} and not streamed.layer_screen
 
 
-def test_layer_choices():
-    from featcache.selection.features import layer_choices
-
-    assert layer_choices(["a"]) == [["a"]]
-    assert layer_choices(["a", "b", "c"]) == [["a"], ["b"], ["c"], ["a", "b"], ["b", "c"], ["a", "b", "c"]]
-    assert layer_choices(list("abcd")) == [["a"], ["b"], ["c"], ["d"], ["a", "b", "c", "d"]]
-
-
 def test_a_failing_configuration_is_reported_not_fatal(caches, tmp_path):
     res = sweep(caches["split"], grid={"knn": {"n_neighbors": [3, 500]}}, results_dir=tmp_path, progress=False)
     board = res.leaderboard
@@ -280,16 +273,7 @@ def test_bad_grid_files(caches, tmp_path):
     assert len(sweep(caches["split"], grid=good, reuse=False, progress=False).leaderboard) == 2
 
 
-def test_default_grid_is_valid_and_sized_to_the_rows():
-    configs = expand_grid(read_grid(None))
-    assert {c.classifier for c in configs} == {"svm", "logreg", "ridge", "knn", "dense"} and 10 <= len(configs) <= 20
-    small, large = expand_grid(read_grid(None), n_rows=20000), expand_grid(read_grid(None), n_rows=20001)
-    assert any(c.classifier == "svm" for c in small) and not any("rbf" in c.preprocess for c in small)
-    assert not any(c.classifier == "svm" for c in large) and any(c.preprocess == "l2+rbf:2000" for c in large)
-    with pytest.raises(FeatcacheError, match=r"unknown classifier 'svmm' \(did you mean svm, linsvm\?\); valid: "):
-        expand_grid(read_grid(None), only=["svmm"])
-
-
+@pytest.mark.slow
 def test_caches_without_labels_or_with_one_class(tmp_path, make_image):
     unlabelled = tmp_path / "u"
     for i in range(4):
@@ -320,6 +304,7 @@ def _cli(*args, cwd=None):
                           text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_success_and_errors(caches, tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text('[knn]\nn_neighbors = [1, 3]\npreprocess = ["none", "l2"]\n', encoding="utf-8")
@@ -399,31 +384,6 @@ def test_the_log_names_the_layer_choices_the_grid_runs_on(caches, tmp_path, capl
     assert "layer choice(s) layer3 (256 features), layer4 (512 features)" in line
 
 
-def test_terminal_leaderboard_shows_swept_values_in_full():
-    import pandas as pd
-
-    from featcache.selection.leaderboard import format_leaderboard, swept_params
-
-    board = pd.DataFrame({"rank": [1, 2, 3], "classifier": ["finetune"] * 3,
-                          "params": ["train_blocks=all, lr=0.0001, head_lr=0.001",
-                                     "train_blocks=1, lr=0.0001, head_lr=0.003",
-                                     "train_blocks=0, lr=0.0001, head_lr=0.001"],
-                          "preprocess": ["none"] * 3, "layer": ["l"] * 3, "val_accuracy": [0.9, 0.8, 0.7],
-                          "val_log_loss": [0.3, 0.4, 0.5], "fit_s": [1.0, 1.0, 1.0], "note": [""] * 3})
-    assert swept_params(board) == ["train_blocks=all, head_lr=0.001", "train_blocks=1, head_lr=0.003",
-                                   "train_blocks=0, head_lr=0.001"]
-    text = format_leaderboard(board, limit=2)
-    assert "head_lr=0.003" in text and "lr=0.0001" not in text and "1 more rows in leaderboard.csv" in text
-
-
-def test_plots_call_the_smallest_loss_best():
-    from featcache.selection.plots import best_per_value
-
-    x, scores = [1.0, 1.0, 2.0], [0.5, 0.3, 0.9]
-    assert best_per_value(x, scores, "log_loss") == {1.0: 0.3, 2.0: 0.9}
-    assert best_per_value(x, scores, "accuracy") == {1.0: 0.5, 2.0: 0.9}
-
-
 # --- the default path: validation sized to the data, successive halving, the ensemble, the budget ----------------
 
 HALVING_GRID = {"logreg": {"preprocess": "standardize", "C": [1e-7, 1e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 1e-2, 1.0]},
@@ -436,6 +396,7 @@ def big_cache(tmp_path_factory, feature_cache):
     return feature_cache(tmp_path_factory.mktemp("big") / "big.h5", n=10000, splits=(0.85, 0.0))
 
 
+@pytest.mark.slow
 def test_halving_finds_the_full_grids_best_with_fewer_fits(big_cache, tmp_path):
     kw = dict(grid=HALVING_GRID, reuse=False, progress=False, ensemble=0)
     full = sweep(big_cache, halving=False, **kw)
@@ -510,6 +471,7 @@ def test_a_budget_stops_new_fits_and_keeps_the_best_so_far(big_cache, caplog):
     assert "the budget ran out" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_configuration_out_of_time_at_a_later_rung_keeps_its_earlier_record(big_cache, tmp_path):
     kw = dict(grid=HALVING_GRID, results_dir=tmp_path / "r", progress=False, ensemble=0)
     sweep(big_cache, **kw)  # every first-rung record is stored; the final rung only for accuracy's best 4
@@ -519,17 +481,6 @@ def test_a_configuration_out_of_time_at_a_later_rung_keeps_its_earlier_record(bi
     assert res.skipped and set(res.skipped) <= set(late["classifier"] + "(" + late["params"] + ") on "
                                                    + late["preprocess"])
     assert len(board) == 12  # nobody vanished: the skipped ones rank below, with their first-rung scores
-
-
-def test_under_a_budget_the_unit_that_always_runs_is_the_callers_first():
-    from featcache.selection.fitting import _tasks
-    from featcache.selection.grids import expand_grid
-
-    configs = expand_grid({"dense": {"hidden_layer_sizes": [64]}, "knn": {"n_neighbors": [5, 15]},
-                           "logreg": {"preprocess": "l2", "C": [1.0, 10.0]}})
-    knn15 = next(c for c in configs if c.classifier == "knn" and c.params["n_neighbors"] == 15)
-    assert _tasks(configs, 2)[0][0][0].classifier == "dense"  # no budget: slow units first
-    assert [t[0] for t in _tasks(configs, 2, lead=knn15)[:2]] == [[knn15], [knn15]]  # both folds of the lead
 
 
 def test_the_best_is_compared_cross_fitted_and_says_how_many_it_was_picked_from(feature_cache, tmp_path):
@@ -566,13 +517,3 @@ def test_log_loss_can_pick_a_kernel_svm_from_its_calibrated_scores(caches, tmp_p
     assert np.isfinite(board.loc["svm", "val_log_loss"]) and 0 < board.loc["svm", "val_log_loss"]
     assert res.best_config.classifier == "svm"  # logistic regression this regularised is close to uniform
     assert board.loc["svm", "val_log_loss"] < board.loc["logreg", "val_log_loss"]
-
-
-def test_a_result_key_changes_with_scipy_whose_solvers_fit_the_models():
-    """lbfgs (logistic regression, the dense head's calibration) is scipy's: a stored result fitted under another
-    scipy release is not reused."""
-    from importlib import metadata
-
-    from featcache.selection.store import result_versions
-
-    assert result_versions()["scipy"] == metadata.version("scipy")

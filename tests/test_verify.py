@@ -7,11 +7,13 @@ import time
 
 import h5py
 import numpy as np
+import pytest
 
 import featcache
 from featcache.cache import verify
 
 
+@pytest.mark.slow
 def test_sound_cache_passes_and_cli_exits_zero(split_folder, fast):
     path = featcache.extract(split_folder, **fast)
     assert verify(path) == []
@@ -19,6 +21,7 @@ def test_sound_cache_passes_and_cli_exits_zero(split_folder, fast):
     assert r.returncode == 0 and r.stdout.strip().endswith(": OK")
 
 
+@pytest.mark.slow
 def test_changed_input_file_is_reported(split_folder, fast):
     path = featcache.extract(split_folder, **fast)
     f = split_folder / "val" / "a" / "img_0.png"
@@ -30,6 +33,7 @@ def test_changed_input_file_is_reported(split_folder, fast):
     assert "no longer exist" in verify(path)[0]
 
 
+@pytest.mark.slow
 def test_nan_rows_edited_key_and_row_mismatch_are_reported(split_folder, fast):
     path = featcache.extract(split_folder, **fast)
     with h5py.File(path, "r+") as f:
@@ -56,6 +60,7 @@ def test_partial_and_foreign_files(tmp_path):
     assert "format_version is 7" in verify(tmp_path / "y.h5")[0]
 
 
+@pytest.mark.slow
 def test_any_flipped_feature_byte_is_found_by_the_checksums(split_folder, fast):
     """Zeros written over one chunk of features on disk (as a bad sector would): verify names the rows and load
     refuses the file, in one line, instead of returning wrong numbers."""

@@ -23,6 +23,7 @@ def view_cache(split_folder, fast):
     return featcache.extract(split_folder, views=3, augment=["flip", "crop", "color"], **fast)
 
 
+@pytest.mark.slow
 def test_views_are_stored_beside_unchanged_clean_features(split_folder, fast, view_cache):
     fs = load(view_cache)
     layer = fs.layers[-1]  # X is the last layer
@@ -36,6 +37,7 @@ def test_views_are_stored_beside_unchanged_clean_features(split_folder, fast, vi
     assert not np.allclose(v[:, 0], fs.X) and not np.allclose(v[:, 0], v[:, 1])  # views really differ
 
 
+@pytest.mark.slow
 def test_views_are_reproducible_across_runs_workers_and_batches(split_folder, fast, view_cache, tmp_path):
     again = featcache.extract(split_folder, views=3, augment=["flip", "crop", "color"],
                               **dict(fast, cache_dir=tmp_path / "other", num_workers=2, batch_size=5))
@@ -64,6 +66,7 @@ def _scramble_views(path, dst, split_names):
     return dst
 
 
+@pytest.mark.slow
 def test_views_of_val_and_test_images_never_reach_training(view_cache, tmp_path):
     settings = dict(grid=GRID, reuse=False, progress=False, plots=False)
     base = sweep(view_cache, **settings)
@@ -83,6 +86,7 @@ def test_views_of_val_and_test_images_never_reach_training(view_cache, tmp_path)
     assert not np.allclose(base.best[-1].coef_, unused.best[-1].coef_)
 
 
+@pytest.mark.slow
 def test_tta_scores_use_the_views_and_predict_repeats_them(split_folder, view_cache, tmp_path):
     res = sweep(view_cache, grid=GRID, tta=True, out=tmp_path / "run", results_dir=tmp_path / "r",
                 progress=False, plots=False)

@@ -17,8 +17,9 @@ import featcache
 from featcache.extraction import engine as engine_choice
 from featcache.models import engines
 
-pytestmark = pytest.mark.skipif(set(engines.installed_engines()) != set(engines.CPU_ENGINES),
-                                reason="the CPU engines are not installed (pip install -e '.[cpu-fast]')")
+pytestmark = [pytest.mark.skipif(set(engines.installed_engines()) != set(engines.CPU_ENGINES),
+                                 reason="the CPU engines are not installed (pip install -e '.[cpu-fast]')"),
+              pytest.mark.usefixtures("logs_reach_caplog")]  # the fixture is in conftest.py
 
 
 def _features(path) -> np.ndarray:
@@ -35,12 +36,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 
-@pytest.fixture(autouse=True)
-def logs_reach_caplog(monkeypatch):
-    """The command line stops featcache's log at its own handler; tests run after a CLI test in this process."""
-    monkeypatch.setattr(logging.getLogger("featcache"), "propagate", True)
-
-
+@pytest.mark.slow
 def test_fp32_engines_agree_with_torch_and_share_its_cache_key(class_folder, tmp_path, caplog):
     """EfficientNet-Lite0's real ImageNet weights: each engine writes the same cache (same key, same file name) as
     torch, with features at a cosine >= AGREEMENT; the graph is exported once and reused."""
@@ -60,6 +56,7 @@ def test_fp32_engines_agree_with_torch_and_share_its_cache_key(class_folder, tmp
     assert "engine openvino (cosine" in caplog.text
 
 
+@pytest.mark.slow
 def test_auto_runs_the_fastest_engine_measured_here(split_folder, fast, monkeypatch, caplog):
     """Every candidate is timed (torch too) and the fastest that agrees runs; the measurement is kept."""
     monkeypatch.setattr(engine_choice, "SHORT_RUN", 0)  # the folder is tiny: time the engines anyway
@@ -109,6 +106,7 @@ def test_an_engine_that_cannot_give_torchs_features_leaves_the_run_to_torch(kind
     assert re.search(why, line) and "\x1b[" not in caplog.text  # one plain line, no exporter's colours
 
 
+@pytest.mark.slow
 def test_int8_is_opt_in_with_a_key_of_its_own(class_folder, tmp_path, caplog):
     settings = dict(image_size=64, num_workers=0, progress=False, cache_dir=tmp_path / "c")
     caplog.set_level(logging.INFO, logger="featcache")
@@ -126,6 +124,7 @@ def test_int8_is_opt_in_with_a_key_of_its_own(class_folder, tmp_path, caplog):
         featcache.extract(class_folder, precision="int8", engine="torch", **settings)
 
 
+@pytest.mark.slow
 def test_views_and_scales_run_on_an_engine_with_torchs_features(split_folder, fast, tmp_path):
     """fit's extra passes: augmented views (a 5-d batch) and the network at two scales, in one exported graph."""
     extra = dict(views=1, scales=(1.0, 0.5), image_size=48)

@@ -17,7 +17,8 @@ TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent))
 FLAGS = ["--model", "resnet18", "--weights", "none", "--image-size", "64", "--precision", "fp32",
          "--num-workers", "0", "--batch-size", "4", "--no-progress"]
 
-pytestmark = pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed beside this Python")
+pytestmark = [pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed beside this Python"),
+              pytest.mark.slow]  # every test here starts torchrun with two ranks: more than a few seconds
 
 
 def _folder(root, make_image, n=30):

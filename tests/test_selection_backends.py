@@ -49,6 +49,7 @@ def _same_board(a, b):
     pd.testing.assert_frame_equal(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["dask", "ray", "threading"])
 def test_a_cluster_sweep_gives_the_loky_leaderboard(cache, loky_board, backend, request):
     address = request.getfixturevalue("dask_address") if backend == "dask" else None

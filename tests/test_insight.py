@@ -67,6 +67,7 @@ def _rel(paths, root):
     return [Path(p).relative_to(root).as_posix() for p in paths]
 
 
+@pytest.mark.slow
 def test_planted_copies_and_leaks_are_found(digits):
     res = featcache.inspect(digits["planted"], only="duplicates", progress=False)
     root = digits["planted_root"]
@@ -81,6 +82,7 @@ def test_planted_copies_and_leaks_are_found(digits):
     assert len(res.clusters) == 5 and set(res.clusters["size"]) == {2}
 
 
+@pytest.mark.slow
 def test_clean_data_has_no_copies(digits):
     res = featcache.inspect(digits["clean"], only=["duplicates", "outliers"], progress=False)
     assert len(res.duplicates) == 0 and len(res.leaks) == 0 and len(res.clusters) == 0
@@ -207,6 +209,7 @@ def test_our_confident_learning_agrees_with_cleanlab():
     assert (ours & theirs).sum() / max(1, (ours | theirs).sum()) > 0.9
 
 
+@pytest.mark.slow
 def test_a_cache_without_labels_gets_duplicates_and_outliers_only(unlabelled_folder, fast):
     cache = featcache.extract(unlabelled_folder, **fast)
     res = inspect(cache, progress=False)
@@ -216,6 +219,7 @@ def test_a_cache_without_labels_gets_duplicates_and_outliers_only(unlabelled_fol
         inspect(cache, only="labels", progress=False)
 
 
+@pytest.mark.slow
 def test_one_class_and_bad_flags_get_clear_messages(class_folder, fast, tmp_path):
     shutil.rmtree(class_folder / "dog")
     shutil.rmtree(class_folder / "bird")
@@ -239,6 +243,7 @@ def test_one_class_and_bad_flags_get_clear_messages(class_folder, fast, tmp_path
     assert folder.returncode == 2 and "image folder, not a feature cache" in folder.stderr
 
 
+@pytest.mark.slow
 def test_missing_files_are_reported_not_fatal(split_folder, fast):
     cache = featcache.extract(split_folder, **fast)
     gone = sorted(split_folder.rglob("*.png"))[:3]
@@ -248,6 +253,7 @@ def test_missing_files_are_reported_not_fatal(split_folder, fast):
     assert any("3 of 20 image files are missing" in n for n in res.summary["notes"])
 
 
+@pytest.mark.slow
 def test_report_folder_holds_the_tables_and_refuses_to_overwrite(digits, tmp_path):
     out = tmp_path / "report"
     res = featcache.inspect(digits["planted"], out=out, progress=False)

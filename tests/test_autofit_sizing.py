@@ -1,8 +1,10 @@
-"""``fit``'s input size from the data (featcache/sizing.py): small images screened at a few sizes on a sample of the
-training images (never test), large ones kept at the model's own size; the choice recorded and used."""
+"""``fit``'s input size from the data (featcache/autofit/sizing.py): small images screened at a few sizes on a
+sample of the training images (never test), large ones kept at the model's own size; the choice recorded and used."""
 from __future__ import annotations
 
 import json
+
+import pytest
 
 import featcache
 from featcache.autofit.sizing import candidate_sizes
@@ -18,6 +20,7 @@ def test_candidate_sizes_stay_below_the_models_own():
     assert candidate_sizes(100, 112) == [64, 96]
 
 
+@pytest.mark.slow
 def test_small_images_get_the_size_that_validates_best(split_folder, tmp_path):
     """24-px images: each candidate is screened on the 16 train/val images; the winner is what the cache holds."""
     out = tmp_path / "run"
@@ -34,6 +37,7 @@ def test_small_images_get_the_size_that_validates_best(split_folder, tmp_path):
     assert again.stages["image_size"] == record and again.cache == res.cache
 
 
+@pytest.mark.slow
 def test_images_as_large_as_the_models_input_keep_its_size(tmp_path, make_image):
     for k, cls in enumerate(("a", "b")):
         for i in range(4):

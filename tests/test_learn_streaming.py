@@ -182,6 +182,7 @@ def test_features_larger_than_memory_are_refused_with_the_way_out(cache, tmp_pat
     assert res.leaderboard["status"].tolist() == ["ok"]
 
 
+@pytest.mark.slow
 def test_cli_out_of_core(cache, tmp_path):
     import subprocess
     import sys

@@ -65,7 +65,7 @@ def finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, de
         return row, report
     report.record["vs_best"] = comparison
     log.info("fit: on %d held-out rows (%d folds), the fine-tuned top %.4f vs the %s's best trained on the same "
-             "rows %.4f (%d right only by fine-tuning, %d only by the other; McNemar p=%.3f): %s wins",
+             "rows %.4f (%d right only by fine-tuning, %d only by the other; one-sided McNemar p=%.3f): %s wins",
              comparison["rows"], comparison["folds"], comparison["new"], lead.stage, comparison["best"],
              comparison["new_only"], comparison["best_only"], comparison["p_value"], comparison["winner"])
     return dict(row, same_rows=f"{comparison['new']:.4f} vs the {lead.stage}'s {comparison['best']:.4f} on "

@@ -90,8 +90,9 @@ def variant_stage(name: str, cfg: FitConfig, lead: BestSoFar, pass_s: float, dea
                      **{k: list(v) if isinstance(v, tuple) else v for k, v in variant.changes.items()},
                      "best": swept.best_config.label(), "scheme": swept.scheme, "vs_best": comparison.record()}
     log.info("fit: with %s, out of fold on the same %d rows: %.4f vs the %s's %.4f (%d right only with, %d only "
-             "without; McNemar p=%.3f): %s wins", variant.how, comparison.rows, comparison.new or 0.0, lead.stage,
-             comparison.best or 0.0, comparison.new_only, comparison.best_only, comparison.p_value, comparison.winner)
+             "without; one-sided McNemar p=%.3f): %s wins", variant.how, comparison.rows, comparison.new or 0.0,
+             lead.stage, comparison.best or 0.0, comparison.new_only, comparison.best_only, comparison.p_value,
+             comparison.winner)
     return BestSoFar(swept, Path(vcache), name, extract_cfg, variant.passes, variant.tta or lead.tta), report
 
 

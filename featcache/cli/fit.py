@@ -30,7 +30,7 @@ def build_parser() -> Parser:
                     "the top blocks from cached activations at the penultimate stage output, costed from a measured "
                     "epoch: the full --train-blocks grid when it fits, else one configuration for as many epochs as "
                     "fit. A later stage replaces the best so far when it is right on more of the same held-out "
-                    "images, both sides cross-fitted (a tie keeps the cheaper; the log gives an exact McNemar p). One "
+                    "images, both sides cross-fitted (a tie keeps the cheaper; the log gives an exact one-sided McNemar p). One "
                     "leaderboard across the stages; the sweep's best says it is the best of N on those rows; the "
                     "winner alone is scored on test and copied to OUT/best.skops or OUT/best.safetensors for "
                     "featcache.predict. OUT/fit.json says what each stage took, how the stages compared and what was "

@@ -44,7 +44,8 @@ class ExtractConfig(Config):
 
     data: Any = setting(None, "image folder (class subfolders, optionally inside train/ val/ test/; or a flat folder "
                               "= unlabelled) or a CSV with columns path,label[,split]; the Python API also takes a "
-                              "torch Dataset (its files and labels enter the cache key, not its path)")
+                              "torch Dataset (its files and labels enter the cache key, not its path); required, but "
+                              "for extract --list-layers")
     model: Any = setting(DEFAULT_MODEL, "torchvision model name (e.g. resnet50), timm:NAME, or package.module:factory "
                                         "(the default's ImageNet weights ship with the package: works offline); the "
                                         "Python API also takes an nn.Module", key=True)

@@ -3,21 +3,32 @@
 :class:`FeatcacheError` is a ``ValueError``, so scikit-learn's conventions (bad parameters raise
 ``ValueError``) and featcache's (the CLI prints a user error as one line, exit 2) are the same rule.
 A message names a parameter as a template, ``{name}`` (the Python name in braces; ``{{name}}`` inside an
-f-string): ``str(e)`` reads the Python name, and the CLI (``featcache.cli.run_cli``) the flag that sets it in the
-running command, so a message names ``n_jobs`` for Python callers and ``--n-jobs`` on the command line.
+f-string), or a parameter set to a value as ``{name=value}``: ``str(e)`` reads ``n_jobs`` / ``use_views=False``, and
+the CLI (``featcache.cli.run_cli``) the flag that does it in the running command, ``--n-jobs`` / ``--no-views``.
+Only names registered as parameters (:func:`register_parameters`: every config field, and the few function
+parameters a message names) are templates, so a path such as ``/data/{split}/x.csv`` in a message stays as it is.
 :class:`ParameterError` says which parameter was wrong and has its own command-line wording (:meth:`for_flag`).
 """
 from __future__ import annotations
 
-import keyword
 import re
-from typing import Callable
+from typing import Callable, Optional
 
-__all__ = ["FeatcacheError", "ParameterError", "ConflictError"]
+__all__ = ["FeatcacheError", "ParameterError", "ConflictError", "register_parameters"]
 
-# A parameter in a message: a Python identifier in braces. Any other braces (a dict or set formatted into the
-# message, ``{'a': 1}``, ``{1, 2}``, ``{None}``) are text and come out unchanged.
-_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A parameter in a message: a registered name in braces, optionally with the value it is set to. Any other braces
+# (a dict or set formatted into the message, ``{'a': 1}``, ``{None}``, a path's ``{split}``) are text, left as they are.
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?:=([^{}=]+))?\}")
+_PARAMETERS: set = set()
+
+
+def register_parameters(*names: str) -> None:
+    """Make ``names`` parameters a message may name as ``{name}`` (configs register their fields)."""
+    _PARAMETERS.update(names)
+
+
+def _python_name(name: str, value: Optional[str]) -> str:
+    return name if value is None else f"{name}={value}"
 
 
 class FeatcacheError(ValueError):
@@ -32,16 +43,17 @@ class FeatcacheError(ValueError):
         super().__init__(template, *args)
 
     def __str__(self) -> str:
-        return self.render(lambda name: name) if len(self.args) == 1 else super().__str__()
+        return self.render(_python_name) if len(self.args) == 1 else super().__str__()
 
     @property
     def params(self):
         """The parameters the message names, in order."""
-        return [m.group(1) for m in _PARAM.finditer(self.template) if not keyword.iskeyword(m.group(1))]
+        return [m.group(1) for m in _PARAM.finditer(self.template) if m.group(1) in _PARAMETERS]
 
-    def render(self, name_of: Callable[[str], str]) -> str:
-        """The message with each ``{name}`` replaced by ``name_of(name)``."""
-        return _PARAM.sub(lambda m: m.group(0) if keyword.iskeyword(m.group(1)) else name_of(m.group(1)),
+    def render(self, name_of: Callable[[str, Optional[str]], str]) -> str:
+        """The message with each ``{name}`` / ``{name=value}`` replaced by ``name_of(name, value)`` (value None
+        for a bare name)."""
+        return _PARAM.sub(lambda m: name_of(m.group(1), m.group(2)) if m.group(1) in _PARAMETERS else m.group(0),
                           self.template)
 
 

@@ -73,7 +73,7 @@ def features_for(metadata: dict, data, *, cache_dir=None, device: str = "auto", 
         if record.get("weights") == "given module":
             raise FeatcacheError("the model's features came from a torch module passed in Python; extract features "
                                  "for the new images with that module and pass the cache file as {data}")
-        cfg = ExtractConfig.from_record(record, views=bool(metadata.get("tta")), data=data, cache_dir=cache_dir,
+        cfg = ExtractConfig.from_record(record, with_views=bool(metadata.get("tta")), data=data, cache_dir=cache_dir,
                                         device=device, batch_size=batch_size, num_workers=num_workers,
                                         progress=progress)
         cache = extract(config=cfg)

@@ -58,7 +58,7 @@ def test_fit_records_the_plan_it_ran(split_folder, tmp_path):
     # The comparison with fine-tuning retrains the best so far once per fold: past the deadline no fold after the
     # first starts, and it counts the rows of the folds it did.
     from featcache.autofit.finetune_stage import _versus_best
-    from featcache.autofit.variants import BestSoFar
+    from featcache.autofit.stage import BestSoFar
     from featcache.config import ExtractConfig
 
     cache = Path(res.stages["extract"]["cache"])

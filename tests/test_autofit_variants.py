@@ -23,7 +23,8 @@ def test_the_log_says_how_likely_a_win_on_the_same_rows_is_chance():
 def test_views_never_give_an_exact_kernel_svm_more_rows_than_the_default_grid_does(tmp_path):
     """An RBF SVM's fit grows faster than its rows squared: the views stage refuses (1+K)x the pool beyond the
     default grid's exact-kernel limit, before extracting anything, and says why."""
-    from featcache.autofit.variants import BestSoFar, exact_kernel_rows, variant_stage
+    from featcache.autofit.stage import BestSoFar
+    from featcache.autofit.variants import exact_kernel_rows, variant_stage
     from featcache.config import ExtractConfig, FitConfig
     from featcache.selection.grids import Config
     from featcache.sweeping import SweepResult
@@ -48,7 +49,8 @@ def test_a_variant_whose_sweep_cannot_fit_in_memory_is_skipped_before_extracting
     extraction wasted): the copies the variant's sweep would hold are checked first. The machine's memory cannot
     be made smaller in a test, so the probe of available memory is patched."""
     import featcache.cache
-    from featcache.autofit.variants import BestSoFar, variant_stage
+    from featcache.autofit.stage import BestSoFar
+    from featcache.autofit.variants import variant_stage
     from featcache.config import ExtractConfig, FitConfig
     from featcache.selection.grids import Config
     from featcache.sweeping import SweepResult
@@ -72,7 +74,8 @@ def test_a_variant_whose_sweep_cannot_fit_in_memory_is_skipped_before_extracting
 def test_after_extracting_a_variants_fits_start_only_if_they_still_fit(split_folder, fast, tmp_path):
     """The estimate before extracting covered the variant (no time for its passes is counted here: pass_s 0), but the
     extraction itself took the time the fits needed: they are not started, and the log says why."""
-    from featcache.autofit.variants import BestSoFar, _fits_seconds, variant_stage
+    from featcache.autofit.stage import BestSoFar
+    from featcache.autofit.variants import _fits_seconds, variant_stage
     from featcache.config import ExtractConfig, FitConfig
 
     extract_cfg = ExtractConfig(data=split_folder, **fast)

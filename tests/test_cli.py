@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -93,8 +94,7 @@ def test_rm_refuses_a_cache_a_running_sweep_uses_and_the_sweep_survives_a_forced
     (tmp_path / "c").mkdir()
     cache = feature_cache(tmp_path / "c" / "busy.h5", n=3000, dim=64)
     store = tmp_path / "c" / "sweep-results" / featcache.load(cache).meta.fingerprint[:16]
-    # 24 fits of about 0.3 s: on a loaded machine the rm below must still land while fits remain to be stored
-    code = ("import featcache; featcache.sweep(%r, grid={'svm': {'C': [round(0.01 * 1.5 ** i, 5) for i in range(24)]}},"
+    code = ("import featcache; featcache.sweep(%r, grid={'svm': {'C': [0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100]}},"
             " n_jobs=1, halving=False, ensemble=0, screen_layers=0, progress=False)" % str(cache))
     sweep = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     try:
@@ -110,12 +110,16 @@ def test_rm_refuses_a_cache_a_running_sweep_uses_and_the_sweep_survives_a_forced
             time.sleep(0.05)
         while not any(store.glob("*.json")):  # and has kept a result
             assert sweep.poll() is None and time.time() < deadline
-            time.sleep(0.05)
+            time.sleep(0.01)
+        # Paused (SIGSTOP) while both rm run, so that it still has results to store after them however loaded the
+        # machine is; it keeps its lock while stopped.
+        os.kill(sweep.pid, signal.SIGSTOP)
         refused = _run("rm", cache)
         assert refused.returncode == 2 and "is in use by a running process (a sweep or fine-tuning)" in refused.stderr
         assert cache.exists() and store.exists()
         forced = _run("rm", "--force", cache)
         assert forced.returncode == 0 and not cache.exists(), forced.stderr
+        os.kill(sweep.pid, signal.SIGCONT)
         _, err = sweep.communicate(timeout=240)
     finally:
         sweep.kill()
@@ -217,27 +221,31 @@ def test_adding_a_setting_is_one_field():
 
 
 def test_any_error_names_parameters_by_template_and_other_braces_stay_text():
-    """``{name}`` is a parameter (the Python name from Python, the flag on the command line); a dict, a set or
-    None formatted into the message is text, whatever braces it has."""
+    """``{name}`` is a parameter (the Python name from Python, the flag on the command line) and ``{name=value}`` one
+    set to a value; a dict, a set, None, or a path's ``{split}`` formatted into the message is text: only the
+    registered names (every config field) are templates."""
     import argparse
     import pickle
 
     from featcache.cli import _for_cli
 
-    values = {"a": 1}, {2, 3}, {None}, "{'x'}", "{1}"
+    values = {"a": 1}, {2, 3}, {None}, "{'x'}", "{1}", "/data/{split}/x.csv"
     e = FeatcacheError(f"{{batch_size}} too big for {{layers}} with {values[0]} {values[1]} {values[2]} "
-                       f"{values[3]} {values[4]} {{not a name}} {{}}")
-    text = " {'a': 1} {2, 3} {None} {'x'} {1} {not a name} {}"
-    assert str(e) == "batch_size too big for layers with" + text
-    assert e.params == ["batch_size", "layers"]
+                       f"{values[3]} {values[4]} {values[5]} {{not a name}} {{}}; or {{use_views=False}}")
+    text = " {'a': 1} {2, 3} {None} {'x'} {1} /data/{split}/x.csv {not a name} {}; or "
+    assert str(e) == "batch_size too big for layers with" + text + "use_views=False"
+    assert e.params == ["batch_size", "layers", "use_views"]
     p = argparse.ArgumentParser()
     p.add_argument("--batch-size")
     p.add_argument("--layer", dest="layers")
-    assert _for_cli(e, p) == "--batch-size too big for --layer with" + text
-    assert _for_cli(e, argparse.ArgumentParser()) == "--batch-size too big for --layers with" + text, (
-        "a parameter the command has no flag for reads as its name with dashes")
+    p.add_argument("--no-views", dest="use_views", action="store_false")
+    assert _for_cli(e, p) == "--batch-size too big for --layer with" + text + "--no-views"
+    assert _for_cli(e, argparse.ArgumentParser()) == "--batch-size too big for --layer with" + text + "--no-views", (
+        "a parameter the command has no flag for reads as the flag its field spells")
+    assert _for_cli(FeatcacheError("give a larger {budget=90}, or {halving=False}"), argparse.ArgumentParser()) == (
+        "give a larger --budget 90, or --no-halving")
     assert _for_cli(pickle.loads(pickle.dumps(e)), p) == _for_cli(e, p), "a worker's error keeps its template"
-    assert issubclass(ConflictError, FeatcacheError) and str(ConflictError("{cv} or {x}")) == "cv or x"
+    assert issubclass(ConflictError, FeatcacheError) and str(ConflictError("{cv} or {x}")) == "cv or {x}"
     got = ParameterError("SweepConfig", "n_jobs", "an int >= 1", "{seed}")
     assert str(got) == "The 'n_jobs' parameter of SweepConfig must be an int >= 1. Got '{seed}' instead."
 

@@ -56,7 +56,7 @@ def test_a_caches_record_gives_back_every_setting_that_entered_its_key():
     record = given.to_record(model="resnet18", weights="none (random init)", weights_sha256="", layers=["layer4"],
                              preprocess={"crop_size": 96, "resize_size": 110, "mean": [0.5] * 3, "std": [0.2] * 3},
                              precision="fp32", engine="torch", engine_key=None)
-    back = ExtractConfig.from_record(record, views=True)
+    back = ExtractConfig.from_record(record, with_views=True)
     assert set(ExtractConfig.key_fields()) >= {"model", "layers", "pool", "image_size", "scales", "views"}
     plain = lambda v: [float(x) if isinstance(x, float) else x for x in v] if isinstance(v, (list, tuple)) else v  # noqa: E731
     assert {name: plain(getattr(back, name)) for name in ExtractConfig.key_fields()} == {

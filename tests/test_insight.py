@@ -269,18 +269,22 @@ def test_report_folder_holds_the_tables_and_refuses_to_overwrite(digits, tmp_pat
         featcache.inspect(digits["planted"], out=out, progress=False)
 
 
-def test_report_folder_is_checked_before_any_work_as_a_sweeps_out_is(tmp_path):
-    """inspect checks --out with the sweep's helper (selection.outputs.prepare_out), before reading the cache."""
-    missing_cache = tmp_path / "never-read.h5"
+def test_report_folder_is_checked_before_any_work_as_a_sweeps_out_is(tmp_path, feature_cache):
+    """inspect checks --out with the sweep's helper (selection.outputs.prepare_out) before any work, once the cache
+    opened: a cache that cannot be read leaves no report folder behind."""
+    with pytest.raises(FeatcacheError):
+        featcache.inspect(tmp_path / "missing.h5", out=tmp_path / "report", progress=False)
+    assert not (tmp_path / "report").exists()
+    cache = feature_cache(tmp_path / "c.h5", n=100, dim=8)  # a real cache; the report never starts
     (tmp_path / "file").write_text("x")
     with pytest.raises(FeatcacheError, match="is a file; pass a folder"):
-        featcache.inspect(missing_cache, out=tmp_path / "file", progress=False)
+        featcache.inspect(cache, out=tmp_path / "file", progress=False)
     with pytest.raises(FeatcacheError, match="cannot write to out "):
-        featcache.inspect(missing_cache, out=tmp_path / "file" / "sub", progress=False)
+        featcache.inspect(cache, out=tmp_path / "file" / "sub", progress=False)
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "summary.json").write_text("{}")
     with pytest.raises(FeatcacheError, match=r"holds a report \(summary.json\); pass overwrite"):
-        featcache.inspect(missing_cache, out=tmp_path / "old", progress=False)
+        featcache.inspect(cache, out=tmp_path / "old", progress=False)
     (tmp_path / "old" / "best.skops").write_text("")  # a sweep's files are not a report: only the report's count
     with pytest.raises(FeatcacheError, match=r"holds a report \(summary.json\)"):
-        featcache.inspect(missing_cache, out=tmp_path / "old", progress=False)
+        featcache.inspect(cache, out=tmp_path / "old", progress=False)

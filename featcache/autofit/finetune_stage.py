@@ -20,7 +20,8 @@ from ..config import ExtractConfig, FitConfig
 from ..errors import FeatcacheError
 from .budget import FOLDS, plan_finetune, train_seconds_per_row
 from .comparison import Comparison, paired_comparison
-from .variants import BestSoFar, StageReport, fold_seconds
+from .stage import BestSoFar, StageReport
+from .variants import fold_seconds
 
 __all__ = ["finetune_stage", "finetune_test", "FINETUNE_FOLDS"]
 
@@ -48,7 +49,8 @@ def finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, de
     if (previous.get("status") == "done" and previous.get("signature") == signature
             and (out / "finetune" / "finetune.json").is_file()):
         log.info("fit: fine-tuning reused from %s", out / "finetune")
-        report.record, row = previous, previous["row"]
+        # a copy without the comparison of an earlier format (vs_sweep), which is done again
+        report.record, row = {k: v for k, v in previous.items() if k != "vs_sweep"}, previous["row"]
     else:
         # The plan leaves time for the comparison's first fold (one fit of the best so far), which always runs.
         row = _finetune(cfg, extract_cfg, pass_s, deadline - fold_seconds(lead.result), out, cache, report)
@@ -57,7 +59,7 @@ def finetune_stage(cfg: FitConfig, extract_cfg: ExtractConfig, pass_s: float, de
         report.record["signature"] = signature
     # What fine-tuning was compared with, down to the cache: a stored comparison is reused only against the same.
     against = f"{lead.stage}: {lead.result.best_config.label()} ({lead.cache.name})"
-    comparison = report.record.get("vs_best")
+    comparison = report.record.pop("vs_best", None)  # kept only when made against the same best so far
     if (comparison or {}).get("against") != against:
         found = _versus_best(lead, report.record, cfg.seed, deadline, against)
         comparison = None if found is None else found.record()

@@ -31,7 +31,8 @@ from .budget import forecast
 from .comparison import held_out, pool_truth, trained_rows
 from .finetune_stage import finetune_stage, finetune_test
 from .sizing import choose_image_size
-from .variants import BestSoFar, StageReport, variant_stage
+from .stage import BestSoFar, StageReport
+from .variants import variant_stage
 
 __all__ = ["fit", "run_fit", "FitResult", "STATE_FORMAT"]
 

@@ -1,4 +1,4 @@
-"""``fit``'s variant stages, and what every stage of fit reports (:class:`StageReport`).
+"""``fit``'s variant stages: the best so far again on other features of the same images.
 
 Stage: commands (``fit``'s). A variant stage (``scales``: the network also at other sizes, features joined;
 ``views``: augmented views to train on, predicting with test-time augmentation) refits the best model so far on other
@@ -11,46 +11,20 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..config import ExtractConfig, FitConfig, plain_scales
+from ..config import FitConfig, plain_scales
 from ..errors import FeatcacheError
 from .comparison import Comparison, held_out, paired_comparison, trained_rows
+from .stage import BestSoFar, StageReport
 
-__all__ = ["BestSoFar", "StageReport", "variant_stage", "exact_kernel_rows", "fold_seconds"]
+__all__ = ["variant_stage", "exact_kernel_rows", "fold_seconds"]
 
 log = logging.getLogger("featcache")
-
-
-@dataclass
-class BestSoFar:
-    """The best model so far: a sweep's result, the cache it ran on, the stage that made it, how that cache was
-    extracted and what one extraction with those settings costs, in passes of the plain model."""
-
-    result: Any  # SweepResult
-    cache: Path
-    stage: str
-    extract_cfg: ExtractConfig
-    passes: float = 1.0
-    tta: bool = False
-
-
-@dataclass
-class StageReport:
-    """What one of fit's stages did: its record in ``fit.json`` (None: it did not run) and what it did not try, and
-    why (each line starts with the stage's name)."""
-
-    name: str
-    record: Optional[dict] = None
-    skipped: List[str] = field(default_factory=list)
-
-    def skip(self, why: str) -> "StageReport":
-        self.skipped.append(f"{self.name}: {why}")
-        return self
 
 
 @dataclass

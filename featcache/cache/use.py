@@ -15,7 +15,7 @@ from typing import Iterator, Optional, Sequence
 
 from filelock import FileLock, Timeout
 
-from ..errors import FeatcacheError
+from ..errors import FeatcacheError, register_parameters
 from .key import lock_path
 
 try:
@@ -24,6 +24,8 @@ except ImportError:  # Windows
     fcntl = None
 
 __all__ = ["in_use", "for_removal", "use_path"]
+
+register_parameters("force")  # for_removal's, named in its message as {force} (rm and prune's --force)
 
 log = logging.getLogger("featcache")
 

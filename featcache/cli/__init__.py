@@ -17,6 +17,7 @@ import sys
 from typing import Optional, Sequence
 
 from .._malloc import tune_allocator
+from ..config._base import comma_list
 from ..errors import FeatcacheError, ParameterError
 
 __all__ = ["Parser", "run_cli", "setup_logging", "config_from_args", "flag_of", "add_run_flags", "add_print_flags",
@@ -56,13 +57,20 @@ class _Words(argparse.Action):
     """A list of words given with spaces, commas or both (``--augment flip,crop`` = ``--augment flip crop``)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, tuple(w for v in values for w in v.split(",") if w))
+        setattr(namespace, self.dest, tuple(w for v in values for w in comma_list(v)))
 
 
 def _default_text(value, argparse_kwargs: dict) -> str:
     if isinstance(value, (list, tuple)):
         return (" " if argparse_kwargs.get("nargs") else ",").join(_default_text(v, {}) for v in value)
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _flag_spelling(f: dataclasses.Field) -> str:
+    """A setting's flag: its own spelling, else ``--the-name``, or ``--no-the-name`` for a bool that defaults to
+    True."""
+    no = "--no-" if isinstance(f.default, bool) and f.default else "--"
+    return f.metadata.get("flag") or no + f.name.replace("_", "-")
 
 
 def add_config_flags(p: argparse.ArgumentParser, config_class, names: Optional[Sequence[str]] = None) -> None:
@@ -78,11 +86,10 @@ def add_config_flags(p: argparse.ArgumentParser, config_class, names: Optional[S
         kwargs = dict(meta["argparse"])
         words = kwargs.pop("words", False)
         help_text = meta["help"]
+        flag = _flag_spelling(f)
         if isinstance(f.default, bool):
-            flag = meta["flag"] or ("--no-" if f.default else "--") + f.name.replace("_", "-")
             kwargs["action"] = "store_false" if f.default else "store_true"
         else:
-            flag = meta["flag"] or "--" + f.name.replace("_", "-")
             allowed = config_class._parameter_constraints.get(f.name, [])
             if len(allowed) == 1 and isinstance(allowed[0], Options) and "type" not in kwargs:
                 kwargs["choices"] = allowed[0].values
@@ -120,11 +127,31 @@ def flag_of(parser: argparse.ArgumentParser, param: str) -> Optional[str]:
 
 
 def _for_cli(e: FeatcacheError, parser) -> str:
-    """The message of ``e`` with parameter names replaced by the flags that set them in this command; a parameter
-    no flag of it sets (an extract setting named by sweep) reads as ``--name-with-dashes``."""
+    """The message of ``e`` with each parameter it names as the flag that sets it in this command, or, for a
+    parameter this command has no flag for (an extract setting named by sweep), the flag its field spells."""
     if isinstance(e, ParameterError) and flag_of(parser, e.param):
         return e.for_flag(flag_of(parser, e.param))
-    return e.render(lambda name: flag_of(parser, name) or "--" + name.replace("_", "-"))
+    return e.render(lambda name, value: _flag_text(parser, name, value))
+
+
+def _flag_text(parser, name: str, value: Optional[str]) -> str:
+    """``{name}`` or ``{name=value}`` on the command line: ``--n-jobs``, ``--budget 90``, or a bool's own flag
+    (``{use_views=False}`` is ``--no-views``)."""
+    action = next((a for a in parser._actions if a.dest == name and a.option_strings), None)
+    if action is not None:
+        flag, switch = max(action.option_strings, key=len), action.nargs == 0
+    else:
+        field = next((f for config in _configs() for f in dataclasses.fields(config) if f.name == name), None)
+        flag = _flag_spelling(field) if field is not None else "--" + name.replace("_", "-")
+        switch = field is not None and isinstance(field.default, bool)
+    return flag if value is None or switch else f"{flag} {value}"
+
+
+def _configs():
+    from .. import config
+
+    return (config.ExtractConfig, config.SweepConfig, config.FinetuneConfig, config.FitConfig, config.PredictConfig,
+            config.InspectConfig)
 
 
 def run_cli(main_fn, argv=None, parser: Optional[argparse.ArgumentParser] = None) -> int:

@@ -15,12 +15,12 @@ from typing import Any, Optional, Tuple
 
 from .._util import parse_duration
 from .._validation import Interval, Matches
-from ..errors import ParameterError
+from ..errors import ParameterError, register_parameters
 
 __all__ = ["Config", "setting", "default_cache_dir", "DEFAULT_MODEL", "DEVICE", "POOLS", "plain_scales",
            "PRECISIONS", "ENGINES", "TRAIN_PRECISIONS", "DTYPES", "AUGMENTATIONS", "MAX_VIEWS", "MAX_SCALE",
            "METRICS", "BACKENDS", "CLUSTER_BACKENDS", "POSITIVE_INT", "FRACTION", "DURATION", "CACHE_DIR_HELP",
-           "int_or", "duration", "blocks", "int_or_auto"]
+           "int_or", "duration", "blocks", "int_or_auto", "comma_list"]
 
 DEFAULT_MODEL = "efficientnet_lite0"
 POOLS = ("avg", "max", "gem", "flatten", "cls", "none")
@@ -44,7 +44,8 @@ def plain_scales(scales) -> bool:
 DEVICE = Matches(r"auto|cpu|cuda(:\d+)?", "'auto', 'cpu', 'cuda' or 'cuda:N'")
 POSITIVE_INT = Interval(Integral, 1, None)
 FRACTION = Interval(Real, 0, 1, "neither")
-DURATION = Matches(r"\s*(\d+(\.\d+)?\s*[hmsHMS]?\s*)+", "a duration such as '90s', '15m', '1h' or '1h30m'")
+# a positive duration: some digit other than 0 (``"0s"`` is refused, as the number 0 is)
+DURATION = Matches(r"(?=.*[1-9])\s*(\d+(\.\d+)?\s*[hmsHMS]?\s*)+", "a duration such as '90s', '15m', '1h' or '1h30m'")
 CACHE_DIR_HELP = "where caches live (default: $FEATCACHE_DIR, else $XDG_CACHE_HOME/featcache, else ~/.cache/featcache)"
 
 
@@ -70,6 +71,10 @@ class Config:
     that enter the cache key."""
 
     _parameter_constraints: dict = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        register_parameters(*getattr(cls, "__annotations__", {}))  # its fields may be named in messages: {name}
 
     def replace(self, **changes: Any):
         return dataclasses.replace(self, **changes)
@@ -112,6 +117,11 @@ def int_or(word: str, what: str):
             raise argparse.ArgumentTypeError(f"expected {what} or {word}, got {text!r}") from None
     parse.__name__ = f"int_or_{word}"
     return parse
+
+
+def comma_list(text: str) -> list:
+    """A flag's type for a comma-separated list (``--classifiers logreg,knn``): its items, stripped."""
+    return [w.strip() for w in text.split(",") if w.strip()]
 
 
 def duration(text: str) -> float:

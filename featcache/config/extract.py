@@ -181,9 +181,9 @@ class ExtractConfig(Config):
         }
 
     @classmethod
-    def from_record(cls, record: dict, views: bool = False, **changes: Any) -> "ExtractConfig":
+    def from_record(cls, record: dict, with_views: bool = False, **changes: Any) -> "ExtractConfig":
         """The settings that reproduce a cache's features from its stored record (:meth:`to_record`), and with
-        ``views`` its augmented views too; ``changes`` are set on top (``data=``, ``device=``...)."""
+        ``with_views`` its augmented views too; ``changes`` are set on top (``data=``, ``device=``...)."""
         pre = record.get("preprocess") or {}
         weights = str(record.get("weights", "DEFAULT"))
         if weights.startswith("none"):
@@ -199,6 +199,6 @@ class ExtractConfig(Config):
         }
         if record.get("engine_key"):  # features only one engine makes (int8, OpenVINO's bf16) come from it again
             settings["engine"] = record["engine"]
-        if views:
+        if with_views:
             settings.update(views=int(record.get("views", 0)), augment=tuple(record.get("augment") or ()))
         return cls(**{**settings, **changes})

@@ -9,17 +9,13 @@ from typing import Optional, Sequence, Union
 
 from .._validation import Interval, Options
 from .._validation import Sequence as ListOf
-from ._base import POSITIVE_INT, Config, setting
+from ._base import POSITIVE_INT, Config, comma_list, setting
 
 __all__ = ["InspectConfig", "FINDINGS", "NEIGHBOURS", "LABEL_METHODS"]
 
 FINDINGS = ("duplicates", "labels", "outliers", "confusion", "map")
 NEIGHBOURS = ("auto", "exact", "faiss", "hnswlib")
 LABEL_METHODS = ("cleanlab", "featcache")
-
-
-def _words(text: str):
-    return [w.strip() for w in text.split(",") if w.strip()]
 
 
 @dataclass
@@ -29,7 +25,7 @@ class InspectConfig(Config):
     cache: Path
     out: Optional[Path] = None  # the report folder; None: write nothing (the Python API still returns the result)
     only: Union[str, Sequence[str], None] = setting(None, f"comma-separated findings to run: {','.join(FINDINGS)} "
-                                                          f"(default: all)", type=_words)
+                                                          f"(default: all)", type=comma_list)
     threshold: Optional[float] = setting(
         None, "pixel similarity (correlation of 16x16 grey thumbnails, best over small crops) at or above which a "
               "candidate pair is a copy (default: 0.996, measured on MNIST: resized, re-encoded, cropped and "
@@ -70,7 +66,7 @@ class InspectConfig(Config):
         """The findings to run, in their order: ``only`` as a list (it may be given as ``"a,b"``), else all."""
         if self.only is None:
             return list(FINDINGS)
-        names = _words(self.only) if isinstance(self.only, str) else list(self.only)
+        names = comma_list(self.only) if isinstance(self.only, str) else list(self.only)
         if not names or any(n not in FINDINGS for n in names):
             self._refuse("only", f"a comma-separated list of {', '.join(FINDINGS)}")
         return names

@@ -6,10 +6,10 @@ import os
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-from .._validation import Interval
-from ._base import CACHE_DIR_HELP, DEVICE, POSITIVE_INT, Config, setting
+from .._validation import Interval, Options
+from ._base import CACHE_DIR_HELP, DEVICE, POSITIVE_INT, Config, int_or_auto, setting
 
 __all__ = ["PredictConfig"]
 
@@ -27,19 +27,20 @@ class PredictConfig(Config):
                                             "refused without this flag")
     cache_dir: Optional[Path] = setting(None, CACHE_DIR_HELP, type=Path)
     device: str = setting("auto", "for extraction: auto, cpu, cuda or cuda:N")
-    batch_size: int = setting(64, "images per forward pass", type=int)
+    batch_size: Union[int, str] = setting(64, "images per forward pass, or auto = the largest that fits on the GPU",
+                                          type=int_or_auto)
     num_workers: Optional[int] = setting(None, "decode processes (default: chosen from the CPU count)", type=int)
     progress: bool = setting(True)  # the CLI's --no-progress and -q set it
 
     _parameter_constraints = {
         "model": [str, os.PathLike],
-        "data": [str, os.PathLike],
+        "data": [str, os.PathLike, object],  # or a torch Dataset (Python API)
         "out": [None, str, os.PathLike],
         "proba": [bool],
         "trust_model_code": [bool],
         "cache_dir": [None, str, os.PathLike],
         "device": [DEVICE],
-        "batch_size": [POSITIVE_INT],
+        "batch_size": [POSITIVE_INT, Options(("auto",))],
         "num_workers": [None, Interval(Integral, 0, None)],
         "progress": [bool],
     }

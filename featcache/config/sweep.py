@@ -9,13 +9,20 @@ from typing import Any, Optional, Sequence, Union
 from .._validation import Interval, Options
 from .._validation import Sequence as ListOf
 from ..errors import ConflictError
-from ._base import BACKENDS, CLUSTER_BACKENDS, DURATION, FRACTION, METRICS, POSITIVE_INT, Config, duration, setting
+from ._base import (
+    BACKENDS,
+    CLUSTER_BACKENDS,
+    DURATION,
+    FRACTION,
+    METRICS,
+    POSITIVE_INT,
+    Config,
+    comma_list,
+    duration,
+    setting,
+)
 
 __all__ = ["SweepConfig"]
-
-
-def _names(text: str):
-    return [c.strip() for c in text.split(",") if c.strip()]
 
 
 @dataclass
@@ -28,7 +35,7 @@ class SweepConfig(Config):
                               "(default: the built-in grid, see --print-grid); the Python API also takes a dict",
                         type=Path)
     classifiers: Sequence[str] = setting((), "comma-separated subset of the grid's classifiers (default: all in the "
-                                             "grid; see --list-classifiers)", type=_names)
+                                             "grid; see --list-classifiers)", type=comma_list)
     layer: Optional[str] = setting(
         None, "cache layer to use, several joined with '+' to concatenate them, or comma-separated choices to try "
               "(e.g. layer3,layer4,layer3+layer4) (default: the cache's layer; with several, each alone, adjacent "

@@ -149,8 +149,8 @@ def run_inspect(cfg: InspectConfig) -> InspectResult:
     wanted = cfg.findings()
     if cfg.label_method == "cleanlab" and not _labels.have_cleanlab():
         raise ConflictError("{label_method} cleanlab needs cleanlab: pip install 'featcache[inspect]'")
+    ds = open_dataset(cfg.cache, cfg.layer)  # a bad cache is refused before the report folder is made
     out = None if cfg.out is None else prepare_out(cfg.out, cfg.overwrite, OUTPUTS, holds="a report")
-    ds = open_dataset(cfg.cache, cfg.layer)
     notes: List[str] = []
     res = InspectResult(out=out)
     label_rows = _label_rows(ds, wanted, cfg.only is not None, notes)

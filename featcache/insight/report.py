@@ -1,4 +1,4 @@
-"""The report folder: CSV tables, PNG plots and ``index.html``, and the summary's lines (stage: insight; ``run``
+"""The report folder: CSV tables, PNG plots and ``index.html``, and the summary's lines (stage: insight; ``pipeline``
 imports it, never the other way).
 
 ``index.html`` is one self-contained page that works opened from disk, offline, with no server: the summary, the

@@ -87,9 +87,9 @@ def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_
         dims = {name: int(np.prod(fs.features[name].shape[1:])) for name in layers}
         use_views = views and all(name in fs.views for name in layers)
         if out_of_core and (len(choices) > 1 or use_views):
-            raise FeatcacheError("{out_of_core} streams one layer choice without augmented views: pick it with "
+            raise FeatcacheError("{out_of_core=True} streams one layer choice without augmented views: pick it with "
                                  "{layer} (e.g. {layer} " + "+".join(layers) + ")"
-                                 + (" and add {use_views}" if use_views else ""))
+                                 + (" and {use_views=False}" if use_views else ""))
         if not out_of_core:
             per_copy = len(fs) * sum(dims.values()) * 4 * (1 + (fs.views[layers[0]].shape[1] if use_views else 0))
             if shared_copy is None:  # n_jobs None: workers (and their shared copy) only for large features
@@ -152,7 +152,7 @@ def _check_memory(per_copy: int, copies: int) -> None:
     if available is not None and per_copy * copies > available:
         raise FeatcacheError(f"the features need {human_size(per_copy * copies)} ({copies} copies of "
                              f"{human_size(per_copy)} while loading and fitting) but {human_size(max(available, 0))} "
-                             f"of memory is available; rerun with {{out_of_core}} to stream them from the cache "
+                             f"of memory is available; rerun with {{out_of_core=True}} to stream them from the cache "
                              f"(classifiers {', '.join(STREAMING_CLASSIFIERS)})")
 
 

@@ -43,7 +43,7 @@ def rank(cfg: SweepConfig, problem: Problem, rungs: Rungs, final: List[Config], 
     top = [by_id[i] for i in ok["config_id"].iloc[: cfg.test_top] if i in by_id]
     if not top:
         raise FeatcacheError("no configuration trained on all the rows succeeded (the budget ran out, or every "
-                             "one failed); give a larger {budget}, or {halving}")
+                             "one failed); give a larger {budget}, or {halving=False}")
     return Ranking(board, keys, ok, whole, top)
 
 

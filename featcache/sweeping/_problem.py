@@ -43,7 +43,7 @@ def prepare(cfg: SweepConfig) -> Problem:
                           tasks=backends.local_tasks(cfg.backend, cfg.n_jobs))
     if cfg.tta and feats.V is None:
         raise FeatcacheError("{tta} needs augmented views in the cache; extract with {views} K "
-                             "(and do not pass {use_views})")
+                             "(and without {use_views=False})")
     scheme = make_scheme(feats.y, feats.pool_split, feats.classes, cfg.cv, cfg.val_fraction, cfg.seed)
     per_row = 1 + (int(feats.V.shape[1]) if feats.V is not None else 0)  # training rows per image (its views)
     n_rows = len(feats.y) * per_row  # what the best is refitted on: the grid's max_rows/min_rows are about it
@@ -72,7 +72,7 @@ def _streamable(configs: List[Config], default_grid: bool) -> List[Config]:
           and all(step in streaming.STREAMING_PREPROCESS for step in c.preprocess.split("+"))]
     if len(ok) < len(configs):
         bad = sorted({c.label() for c in configs} - {c.label() for c in ok})
-        raise FeatcacheError(f"{{out_of_core}} trains only {', '.join(streaming.STREAMING_CLASSIFIERS)} with "
+        raise FeatcacheError(f"{{out_of_core=True}} trains only {', '.join(streaming.STREAMING_CLASSIFIERS)} with "
                              f"preprocess {' / '.join(streaming.STREAMING_PREPROCESS)} (chained with '+'); not {bad[0]}"
                              + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
     return configs

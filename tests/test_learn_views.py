@@ -108,7 +108,7 @@ def test_tta_scores_use_the_views_and_predict_repeats_them(split_folder, view_ca
 def test_tta_without_views_is_a_clear_error(split_folder, fast, tmp_path):
     plain = featcache.extract(split_folder, **fast)
     with pytest.raises(featcache.FeatcacheError, match=r"^tta needs augmented views in the cache; extract with views K "
-                                                       r"\(and do not pass use_views\)"):
+                                                       r"\(and without use_views=False\)"):
         sweep(plain, grid=GRID, tta=True, results_dir=tmp_path, progress=False)
 
 

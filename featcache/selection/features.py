@@ -87,7 +87,7 @@ def load_features(path, layer: Optional[str] = None, views: bool = True, out_of_
         dims = {name: int(np.prod(fs.features[name].shape[1:])) for name in layers}
         use_views = views and all(name in fs.views for name in layers)
         if out_of_core and (len(choices) > 1 or use_views):
-            raise FeatcacheError("{out_of_core=True} streams one layer choice without augmented views: pick it with "
+            raise FeatcacheError("{out_of_core} streams one layer choice without augmented views: pick it with "
                                  "{layer} (e.g. {layer} " + "+".join(layers) + ")"
                                  + (" and {use_views=False}" if use_views else ""))
         if not out_of_core:

@@ -72,7 +72,7 @@ def _streamable(configs: List[Config], default_grid: bool) -> List[Config]:
           and all(step in streaming.STREAMING_PREPROCESS for step in c.preprocess.split("+"))]
     if len(ok) < len(configs):
         bad = sorted({c.label() for c in configs} - {c.label() for c in ok})
-        raise FeatcacheError(f"{{out_of_core=True}} trains only {', '.join(streaming.STREAMING_CLASSIFIERS)} with "
+        raise FeatcacheError(f"{{out_of_core}} trains only {', '.join(streaming.STREAMING_CLASSIFIERS)} with "
                              f"preprocess {' / '.join(streaming.STREAMING_PREPROCESS)} (chained with '+'); not {bad[0]}"
                              + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
     return configs

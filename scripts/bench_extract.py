@@ -199,7 +199,7 @@ def _decoded(folder: Path, size: int, n: int):
     src = sources.open_source(str(folder))
     pick = np.linspace(0, len(src) - 1, num=min(n, len(src))).round().astype(int)
     arrs = [decode.decode_sample(src, int(i), pre.resize_size, pre.crop_size) for i in pick]
-    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(np.stack(arrs))
 
 
 def _model_only(spec: dict) -> dict:
@@ -289,6 +289,50 @@ def _decode_only(spec: dict) -> dict:
     t = time.perf_counter()
     n = sum(len(reasons) for _, reasons, _ in batches)
     return {"img_s": round(n / (time.perf_counter() - t), 1), "workers": workers}
+
+
+def _pillow_resize_center_crop(img, resize_size: int, crop_size: int) -> np.ndarray:
+    """featcache's resize before FEATURES_VERSION 2 (Pillow's bilinear, then the loader's transpose to CHW): the
+    baseline of the decode table."""
+    from PIL import Image
+
+    w, h = img.size
+    scale = resize_size / min(w, h)
+    new_w, new_h = max(crop_size, round(w * scale)), max(crop_size, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.BILINEAR, reducing_gap=3.0)
+    left, top = (new_w - crop_size) // 2, (new_h - crop_size) // 2
+    return np.ascontiguousarray(np.array(img.crop((left, top, left + crop_size, top + crop_size))).transpose(2, 0, 1))
+
+
+def decode_table(args, sets: dict) -> list:
+    """One core's milliseconds per image, file to (3, S, S) uint8: Pillow's resize (before) and featcache's, in
+    alternating passes over the same files (best of 3 each)."""
+    import torch
+
+    from featcache import decode, sources
+    from featcache.config import ExtractConfig
+    from featcache.models import load_backbone
+
+    say("\n== decoding one image on one core: file -> (3, S, S) uint8, best of 3 passes, ms per image ==")
+    torch.set_num_threads(1)
+    rows = []
+    for name, folder in sets.items():
+        src = sources.open_source(str(folder))
+        n = min(len(src), 600)
+        for size in args.sizes:
+            pre = load_backbone(ExtractConfig(image_size=size, weights="none")).preprocess
+            best = {"pillow": float("inf"), "featcache": float("inf")}
+            for _ in range(3):
+                for which, resize in (("pillow", _pillow_resize_center_crop), ("featcache", decode.resize_center_crop)):
+                    t = time.perf_counter()
+                    for i in range(n):
+                        resize(decode.load_image(src, i, pre.resize_size), pre.resize_size, pre.crop_size)
+                    best[which] = min(best[which], (time.perf_counter() - t) / n * 1e3)
+            say(f"{name:<22} {size:>4} px  Pillow's resize {best['pillow']:.3f} ms, featcache's (torch uint8) "
+                f"{best['featcache']:.3f} ms -> {best['pillow'] / best['featcache']:.2f}x")
+            rows.append({"set": name, "size": size, **best})
+    return rows
 
 
 def measure(spec: dict, env: dict = None) -> dict:
@@ -501,6 +545,7 @@ def parse_args(argv=None):
     p.add_argument("--pngs", type=int, default=6000, help="PNGs of 32x32 for the end-to-end runs (0: none)")
     p.add_argument("--rounds", type=int, default=5, help="end-to-end rounds per set and size (median reported)")
     p.add_argument("--skip-e2e", action="store_true", help="only the machine, allocator, engine and hit sections")
+    p.add_argument("--decode", action="store_true", help="only the decoding table (Pillow's resize vs featcache's)")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="generated images are kept and reused here")
     p.add_argument("--quiet-wait", type=float, default=30.0,
                    help="before each measurement wait up to this many seconds for other processes to go quiet")
@@ -534,8 +579,11 @@ def main(argv=None) -> None:
         f"python {info['python']}, torch {info['torch']}, onnxruntime {info['onnxruntime']}, openvino "
         f"{info['openvino']}, pillow {info['pillow']}; {time.strftime('%Y-%m-%d')}")
     sets = image_sets(args)
+    if args.decode:
+        print(json.dumps({"machine": info, "decode": decode_table(args, sets)}), flush=True)
+        return
     first = next(iter(sets.values())) if sets else make_images(args.workdir / "jpegs-1000", 1000, (320, 240))
-    result = {"machine": info, "allocator": allocator_table(args, first)}
+    result = {"machine": info, "decode": decode_table(args, sets), "allocator": allocator_table(args, first)}
     table = engine_table(args, first, {"avx512_bf16", "amx_bf16"} & set(info["flags"]) != set())
     result["engines"] = {f"{s} {e} {p}": v for (s, e, p), v in table.items()}
     if not args.skip_e2e:

@@ -92,7 +92,7 @@ def bench(images: Path, node: str = "_blocks.14.add", model: str = "efficientnet
     def loader(rows, shuffle):
         def collate(batch):
             arrays = [decode.decode_sample(source, i, pre["resize_size"], pre["crop_size"]) for i in batch]
-            return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), torch.from_numpy(source.labels[batch])
+            return torch.from_numpy(np.stack(arrays)), torch.from_numpy(source.labels[batch])
         # Decoding in this process, so its CPU time is counted (on 2 cores a worker overlaps little anyway).
         return torch.utils.data.DataLoader(list(rows), batch_size=batch_size, shuffle=shuffle, collate_fn=collate)
 

@@ -154,7 +154,7 @@ def bench_dense(images: Path, e2e_epochs: int, epochs: int = 10) -> dict:
 
     def collate(batch):
         arrays = [decode.decode_sample(src, i, pre["resize_size"], pre["crop_size"]) for i, src in batch]
-        images_ = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        images_ = torch.from_numpy(np.stack(arrays))
         return images_, torch.from_numpy(source.labels[[i for i, _ in batch]])
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True, collate_fn=collate,

@@ -75,7 +75,7 @@ def test_features_match_the_model_run_by_hand(split_folder, fast):
     img = resize_center_crop(open_rgb(split_folder / fs.paths[5], 37), 37, 32)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255 - mean) / std
+    x = (torch.from_numpy(img)[None].float() / 255 - mean) / std
     model.fc = torch.nn.Identity()
     with torch.inference_mode():
         expected = model.eval()(x)[0].numpy()
@@ -97,7 +97,7 @@ def test_scales_join_each_layer_over_the_model_run_at_other_sizes(split_folder, 
     img = resize_center_crop(open_rgb(split_folder / fs.paths[5], 37), 37, 32)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255 - mean) / std
+    x = (torch.from_numpy(img)[None].float() / 255 - mean) / std
     x = torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
     model.fc = torch.nn.Identity()
     with torch.inference_mode():

@@ -152,7 +152,7 @@ def test_saved_model_predicts_new_images_like_the_trained_one(cache, tmp_path, c
     src = sources.open_source(new)
     images = np.stack([decode.decode_sample(src, i, pre["resize_size"], pre["crop_size"]) for i in range(len(src))])
     with torch.no_grad():
-        proba = torch.softmax(net(torch.from_numpy(images).permute(0, 3, 1, 2)).double(), 1).numpy()
+        proba = torch.softmax(net(torch.from_numpy(images)).double(), 1).numpy()
     np.testing.assert_allclose(proba, df.filter(like="proba_").to_numpy(), atol=1e-4)
     assert net.classes == sorted(COLOURS)
 

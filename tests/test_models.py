@@ -52,7 +52,7 @@ def test_builtin_efficientnet_lite0_has_real_imagenet_weights():
     from featcache.decode import resize_center_crop
 
     img = resize_center_crop(Image.fromarray(load_sample_image("flower.jpg")), 256, 224)
-    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(img)[None].float() / 255
     mean, std = torch.tensor(bb.preprocess.mean), torch.tensor(bb.preprocess.std)
     logits = bb.module((x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))
     top = ResNet50_Weights.DEFAULT.meta["categories"][int(logits.argmax())]

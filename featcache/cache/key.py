@@ -21,7 +21,7 @@ __all__ = ["ModelIdentity", "cache_key", "key_parts", "files_fingerprint", "cach
 # featcache's own code that changes feature values: decoding and RGB conversion (``decode``), resizing and
 # cropping, normalisation and pooling (``models.extractor``), augmented views. Bump it with any change there, so
 # no cache made by the old code is reused (tests/test_decode.py pins the decoded pixels of this version).
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 
 
 @dataclass

@@ -108,10 +108,10 @@ def check_images(source, pre: models.Preprocess, n: int = _CHECK_IMAGES, extras:
             continue
     if extras or not picked:
         ramp = np.linspace(0, 255, size, dtype=np.float32)
-        picked.append(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
+        picked.append(np.random.default_rng(0).integers(0, 256, (3, size, size), dtype=np.uint8))
         picked.append(np.stack([np.add.outer(ramp, ramp) / 2, np.add.outer(ramp, ramp[::-1]) / 2,
-                                np.broadcast_to(ramp, (size, size))], axis=-1).astype(np.uint8))
-    return torch.from_numpy(np.stack(picked)).permute(0, 3, 1, 2).contiguous()
+                                np.broadcast_to(ramp, (size, size))]).astype(np.uint8))
+    return torch.from_numpy(np.stack(picked))
 
 
 def _work_dir(cfg: ExtractConfig, backbone: models.Backbone, fx) -> Path:

@@ -83,7 +83,7 @@ class DecodeDataset(torch.utils.data.Dataset):
                     arr = decode.decode_sample(self.source, i, pre.resize_size, pre.crop_size)
         except Exception as e:  # any undecodable input becomes a recorded failure, never a crash
             return self._blank(), f"{type(e).__name__}: {e}", False
-        return torch.from_numpy(arr).movedim(-1, -3), "", False
+        return torch.from_numpy(arr), "", False
 
     def _blank(self) -> torch.Tensor:
         shape = (1 + self.views,) * bool(self.views) + (3, self.pre.crop_size, self.pre.crop_size)
@@ -235,17 +235,6 @@ def decode_jpegs_on_device(datas: List[torch.Tensor], device, resize_size: int, 
             except RuntimeError as e:
                 images.append(None)
                 reasons.append(f"RuntimeError: {e}")
-    return [None if img is None else _resize_center_crop_tensor(img, resize_size, crop_size) for img in images], reasons
+    return [None if img is None else decode.resize_center_crop_tensor(img, resize_size, crop_size)
+            for img in images], reasons
 
-
-def _resize_center_crop_tensor(img: torch.Tensor, resize_size: int, crop_size: int) -> torch.Tensor:
-    """The tensor twin of :func:`resize_center_crop`: (3, H, W) uint8 → (3, crop, crop) uint8, same device."""
-    h, w = img.shape[-2:]
-    scale = resize_size / min(w, h)
-    new_w, new_h = max(crop_size, round(w * scale)), max(crop_size, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        img = torch.nn.functional.interpolate(img[None].float(), size=(new_h, new_w), mode="bilinear",
-                                              antialias=True, align_corners=False)[0]
-        img = img.round_().clamp_(0, 255).to(torch.uint8)
-    top, left = (new_h - crop_size) // 2, (new_w - crop_size) // 2
-    return img[:, top:top + crop_size, left:left + crop_size]

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 from .errors import FeatcacheError
 
 __all__ = ["to_rgb_array", "to_rgb", "open_rgb", "resize_center_crop", "resize_center_crop_tensor", "is_jpeg",
-           "decode_sample", "load_image", "augmenter", "view_seed", "decode_views"]
+           "decode_sample", "load_image", "augmenter", "view_seeds", "decode_views"]
 
 
 def to_rgb_array(image) -> np.ndarray:
@@ -125,7 +125,7 @@ def load_image(source, i: int, draft_size: int) -> Image.Image:
 
 
 def augmenter(augment, crop_size: int, resize_size: int):
-    """The torchvision transform that makes one augmented ``crop_size``² view of an RGB image.
+    """The torchvision transform that makes one augmented ``crop_size``² view of a (3, H, W) uint8 image tensor.
 
     ``crop``: random resized crop (15-100% of the area, aspect 3/4-4/3), else resize + centre crop;
     ``flip``: horizontal flip with p=0.5; ``color``: brightness/contrast/saturation jitter of 0.3.
@@ -141,22 +141,30 @@ def augmenter(augment, crop_size: int, resize_size: int):
     return v2.Compose(steps)
 
 
-def view_seed(img: Image.Image, k: int) -> int:
-    """A seed fixed by the decoded pixels and the view number: the same image gets the same views
+def view_seeds(img: Image.Image, views: int) -> list:
+    """One seed per view, fixed by the decoded pixels and the view number: the same image gets the same views
     wherever it lies and however the run is resumed, sharded or batched."""
-    h = hashlib.blake2b(img.tobytes(), digest_size=8)
-    h.update(k.to_bytes(4, "little"))
-    return int.from_bytes(h.digest(), "little")
+    pixels = hashlib.blake2b(img.tobytes(), digest_size=8)
+    seeds = []
+    for k in range(views):
+        h = pixels.copy()
+        h.update(k.to_bytes(4, "little"))
+        seeds.append(int.from_bytes(h.digest(), "little"))
+    return seeds
 
 
 def decode_views(source, i: int, resize_size: int, crop_size: int, views: int, transform) -> np.ndarray:
-    """The clean centre crop of row ``i`` followed by ``views`` augmented views: (1 + views, 3, S, S) uint8."""
+    """The clean centre crop of row ``i`` followed by ``views`` augmented views: (1 + views, 3, S, S) uint8. The
+    views are made from the decoded image as a uint8 tensor (torch's resize, as the clean crop)."""
     import torch
 
     img = load_image(source, i, resize_size)
-    out = [resize_center_crop(img, resize_size, crop_size)]
-    for k in range(views):
+    chw = torch.from_numpy(np.array(img)).permute(2, 0, 1)
+    out = [resize_center_crop_tensor(chw, resize_size, crop_size)]
+    for seed in view_seeds(img, views):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(view_seed(img, k))
-            out.append(np.asarray(transform(img)).transpose(2, 0, 1))
-    return np.stack(out)
+            # the CPU generator alone: torch.manual_seed also queues a seed for every lazy GPU backend, and
+            # records a traceback each time (0.3 ms a view)
+            torch.default_generator.manual_seed(seed)
+            out.append(transform(chw))
+    return torch.stack(out).numpy()

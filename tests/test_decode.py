@@ -7,6 +7,7 @@ the old code is ever reused for the new one. Every odd image mode decodes to RGB
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -154,3 +155,53 @@ def test_sixteen_bit_is_scaled_not_clipped_and_alpha_goes_on_white():
     assert abs(int(np.asarray(to_rgb(half))[0, 0, 0]) - 128) <= 1
     clear = Image.fromarray(np.zeros((4, 4, 4), np.uint8), "RGBA")  # fully transparent black
     assert np.asarray(to_rgb(clear))[0, 0].tolist() == [255, 255, 255]
+
+
+def test_resize_is_within_one_grey_level_of_pillows_bilinear(tmp_path):
+    """torch's uint8 kernel stands in for Pillow's antialiased bilinear (faster, FEATURES_VERSION 2): down- and
+    upscaling, odd sizes, the crop centred the same way."""
+    from sklearn.datasets import load_sample_image
+
+    photo = Image.fromarray(load_sample_image("flower.jpg"))
+    for size, (resize, crop) in (((320, 240), (110, 96)), ((320, 240), (256, 224)), ((37, 53), (64, 56)),
+                                 ((1000, 30), (40, 32))):
+        img = photo.resize(size, Image.BILINEAR)
+        w, h = img.size
+        scale = resize / min(w, h)
+        new_w, new_h = max(crop, round(w * scale)), max(crop, round(h * scale))
+        left, top = (new_w - crop) // 2, (new_h - crop) // 2
+        pil = np.asarray(img.resize((new_w, new_h), Image.BILINEAR, reducing_gap=3.0)
+                         .crop((left, top, left + crop, top + crop))).transpose(2, 0, 1)
+        ours = resize_center_crop(img, resize, crop)
+        assert ours.shape == (3, crop, crop) and ours.flags.c_contiguous
+        diff = np.abs(ours.astype(int) - pil)
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.02, (size, diff.max(), (diff > 0).mean())
+
+
+def test_views_depend_on_the_pixels_only_and_leave_the_global_generator_alone(tmp_path):
+    """The same image gets the same views wherever it lies (another row, another call); two images get other
+    views; the caller's random stream is untouched (the seeding uses the CPU generator inside fork_rng)."""
+    import torch
+
+    from featcache import decode, sources
+
+    rng = np.random.default_rng(1)
+    for c, name in (("a", "x.png"), ("b", "y.png"), ("b", "z.png")):
+        (tmp_path / c).mkdir(exist_ok=True)
+        pixels = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8) if name != "z.png" else None
+        Image.fromarray(pixels if pixels is not None else
+                        np.asarray(Image.open(tmp_path / "a" / "x.png"))).save(tmp_path / c / name)
+    src = sources.open_source(str(tmp_path))
+    rows = {Path(p).name: i for i, p in enumerate(src.paths)}
+    transform = decode.augmenter(("flip", "crop", "color"), 32, 36)
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    x = decode.decode_views(src, rows["x.png"], 36, 32, 3, transform)
+    after = torch.rand(3)
+    assert torch.equal(before, after)
+    assert x.shape == (4, 3, 32, 32) and x.dtype == np.uint8
+    np.testing.assert_array_equal(x, decode.decode_views(src, rows["z.png"], 36, 32, 3, transform))
+    y = decode.decode_views(src, rows["y.png"], 36, 32, 3, transform)
+    assert not np.array_equal(x[1:], y[1:])
+    assert len({v.tobytes() for v in x[1:]}) == 3  # each view its own

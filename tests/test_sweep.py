@@ -463,6 +463,28 @@ def test_the_ensemble_is_chosen_on_out_of_fold_scores_refitted_on_the_pool_and_u
     assert again.n_fits == 0 and again.best_config == res.best_config  # made again from the stored scores
 
 
+def test_a_rerun_from_stored_results_scores_and_ensembles_exactly_as_the_run_that_stored_them(feature_cache,
+                                                                                                 tmp_path):
+    """The store keeps out-of-fold scores in float16; a fresh fit uses them at that precision too, so every
+    calibrated log-loss and the ensemble (members, weights, temperatures) are the same when read back (they differed
+    in the 6th decimal, enough to tip a greedy ensemble on a close call)."""
+    from featcache.selection.store import as_stored
+
+    cache = feature_cache(tmp_path / "noisy.h5", n=1500)
+    grid = {"logreg": {"preprocess": "standardize", "C": [0.01, 1.0]}, "knn": {"n_neighbors": 25},
+            "svm": {"preprocess": "standardize"}, "ridge": {"alpha": 10.0}}
+    first = sweep(cache, grid=grid, results_dir=tmp_path / "r", progress=False)
+    again = sweep(cache, grid=grid, results_dir=tmp_path / "r", progress=False)
+    assert first.n_fits > 0 and again.n_fits == 0 and again.n_cached >= 5
+    assert again.best_config == first.best_config
+    key = ["classifier", "params"]
+    one, two = (b.set_index(key).sort_index()["val_log_loss"] for b in (first.leaderboard, again.leaderboard))
+    assert list(one.index) == list(two.index)
+    np.testing.assert_array_equal(one.to_numpy(), two.to_numpy())
+    x = np.array([0.1234567, 12.345678, -3.3333333], dtype=np.float32)
+    assert np.array_equal(as_stored(as_stored(x)), as_stored(x)) and not np.array_equal(as_stored(x), x)
+
+
 def test_a_budget_stops_new_fits_and_keeps_the_best_so_far(big_cache, caplog):
     with caplog.at_level(logging.WARNING, logger="featcache"):
         res = sweep(big_cache, grid=HALVING_GRID, budget=0.01, reuse=False, progress=False)

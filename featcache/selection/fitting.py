@@ -25,7 +25,7 @@ from . import backends, grids
 from .features import SweepRows
 from .grids import Config
 from .schemes import Scheme
-from .store import ResultStore, config_key
+from .store import ResultStore, as_stored, config_key
 
 __all__ = ["fit_configs", "Fits", "screen_layers", "SCREEN_GRID", "SCREEN_TEXT", "scorer", "refit_reserve"]
 
@@ -91,7 +91,7 @@ def _run_task(configs: List[Config], X, V, y, train, val, columns, n_classes: in
                 kind, oof = calibration.class_scores(scorer(pipe, X_val), X_val, V_val, range(n_classes))
                 results.append({"scores": metrics.scores(y_val, pred, proba, n_classes), "pred": pred.tolist(),
                                 "fit_s": seconds, "note": note, "oof_kind": kind,
-                                "oof": None if oof is None else oof.astype(np.float32)})
+                                "oof": None if oof is None else as_stored(oof)})
             return results
         except Exception as e:  # one bad configuration must not end the sweep
             return [{"error": f"{type(e).__name__}: {e}".splitlines()[0], "fit_s": 0.0} for _ in configs]

@@ -19,13 +19,22 @@ import numpy as np
 from .._util import atomic_path, atomic_write_text, library_versions
 from .grids import Config
 
-__all__ = ["RESULTS_VERSION", "ResultStore", "result_key", "config_key", "result_versions"]
+__all__ = ["RESULTS_VERSION", "OOF_DTYPE", "ResultStore", "as_stored", "result_key", "config_key", "result_versions"]
 
 log = logging.getLogger("featcache")
 
 # 2: the streaming shuffle buffer and the in-memory reading of cached activations changed (0.1.0's results)
 # 3: records keep out-of-fold class scores and a calibrating temperature; decision-score classifiers get a log-loss
-RESULTS_VERSION = 3
+# 4: out-of-fold scores are used at the precision the store keeps (float16), fresh or stored, so a rerun from stored
+#    results calibrates and ensembles exactly as the run that stored them
+RESULTS_VERSION = 4
+OOF_DTYPE = np.float16  # out-of-fold class scores on disk: half the bytes of float32, 3 significant digits
+
+
+def as_stored(oof: np.ndarray) -> np.ndarray:
+    """Out-of-fold scores rounded to what the store keeps (float32 for arithmetic): a fresh fit uses exactly the
+    numbers a rerun reads back, so both choose the same temperature, log-loss and ensemble."""
+    return np.asarray(oof, dtype=OOF_DTYPE).astype(np.float32)
 
 
 def result_versions() -> dict:
@@ -77,7 +86,7 @@ class ResultStore:
             return None
         if record.get("oof_kind"):
             try:
-                record["oof"] = np.load(self.dir / f"{key[:32]}.oof.npy").astype(np.float32)
+                record["oof"] = as_stored(np.load(self.dir / f"{key[:32]}.oof.npy"))
             except (OSError, ValueError):
                 return None  # the scores are part of the record: refit rather than use half of it
         return record
@@ -106,7 +115,7 @@ class ResultStore:
         if oof is not None:  # first, so a record on disk always has its scores
             with atomic_path(self.dir / f"{key[:32]}.oof.npy") as tmp:
                 with open(tmp, "wb") as f:
-                    np.save(f, np.asarray(oof, dtype=np.float16))
+                    np.save(f, np.asarray(oof, dtype=OOF_DTYPE))
         text = json.dumps({**{k: v for k, v in record.items() if k != "oof"}, "key": key, "format": RESULTS_VERSION})
         atomic_write_text(self.dir / f"{key[:32]}.json", text)
 
